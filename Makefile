@@ -1,0 +1,32 @@
+# `make test` and `make run` set up .venv on first use.
+PY ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test run bench lint reproduce clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+run: $(STAMP)
+	$(BIN)/cellsearch run studies/quickstart.yaml
+	$(BIN)/cellsearch leaderboard studies/quickstart.yaml
+	$(BIN)/cellsearch export studies/quickstart.yaml --out runs/quickstart/best
+
+bench: $(STAMP)
+	$(BIN)/cellsearch bench --all --out docs/bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check cellsearch plugins tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

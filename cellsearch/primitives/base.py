@@ -1,0 +1,96 @@
+"""The contract of a primitive, written once (one abstract base per role).
+
+A primitive is a small class registered under a role and a name. Its first docstring line is its
+formula (``cellsearch list primitives`` prints it); the rest of the docstring holds its equations in
+full and cites PRIMITIVES.md. Options are declared in ``defaults`` and validated when the primitive is
+built, so a typo in a study file fails before anything trains.
+
+Roles and what the composer asks of each (see :mod:`cellsearch.cells` for how they meet):
+
+- ``update``: the cell skeleton. Declares its gate blocks, candidate blocks, which gate keeps old
+  state, the number of state tensors, and implements one step from precomputed input projections.
+- ``gate``: turns the gate pre-activations into gate values (and may add blocks, like UR's r).
+- ``init``: sets weights and biases of named blocks after the default initialization.
+- ``saturation``: the squashing of the new state (may own parameters, like asRNN's W_f).
+- ``recurrence``: the parametrization of the recurrent matrices.
+- ``depth``: arrangement of cells (see :mod:`cellsearch.depth`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..spec import SpecError
+
+__all__ = ["Primitive", "Block", "formula_of", "check_options"]
+
+
+@dataclass(frozen=True)
+class Block:
+    """One gate block: pre-activation a = W x + U h + b of width n.
+
+    ``kind`` is ``gate`` (squashed by the gate primitive), ``cand`` (a candidate / transition block) or
+    ``proj`` (an input projection used by a primitive, e.g. the refined gate's P x; no bias).
+    ``recurrent`` says whether the block has a recurrent term U h.
+    """
+
+    name: str
+    kind: str
+    recurrent: bool = True
+
+    @property
+    def bias(self) -> bool:
+        return self.kind != "proj"
+
+
+def check_options(owner: str, defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``given`` into ``defaults``; unknown keys and wrong types raise :class:`SpecError`."""
+    out = dict(defaults)
+    for key, value in given.items():
+        if key not in defaults:
+            allowed = sorted(defaults) or "no options"
+            raise SpecError(f"{owner}.{key}", key, f"one of {allowed}")
+        default = defaults[key]
+        if default is not None and not _same_kind(default, value):
+            raise SpecError(f"{owner}.{key}", value, f"a value of type {type(default).__name__}")
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _same_kind(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def formula_of(obj: Any) -> str:
+    """The first docstring line of a primitive or cell: its formula."""
+    doc = inspect.getdoc(obj) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Primitive:
+    """Base of every primitive. Subclasses set ``role``, ``name`` and ``defaults`` (their options)."""
+
+    role: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    #: Option names and default values; the types of the defaults are enforced.
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        self.options = check_options(f"cell.options.{self.role}", self.defaults, options)
+
+    @classmethod
+    def formula(cls) -> str:
+        return formula_of(cls)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{self.role}:{self.name}({opts})"

@@ -1,0 +1,287 @@
+"""Name registries for primitives (by role), cells and tasks, filled from code and from entry points.
+
+Built-in primitives register with :func:`register_primitive`; published cells, third-party cells,
+primitives and tasks arrive through the entry-point groups ``cellsearch.primitives``,
+``cellsearch.cells`` and ``cellsearch.tasks`` (pluggy-style: a plugin is loaded and validated when the
+registry is first read, its distribution is recorded as its origin, a duplicate name is an error naming
+both origins, and a plugin that fails to import is reported by name while the others keep working).
+
+This module imports neither torch nor any plugin at import time.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import threading
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from .spec import ROLES
+
+__all__ = [
+    "RegistryError",
+    "UnknownNameError",
+    "DuplicateNameError",
+    "PluginLoadError",
+    "register_primitive",
+    "register_cell",
+    "register_task",
+    "get_primitive",
+    "get_cell_card",
+    "get_task",
+    "list_primitives",
+    "list_cells",
+    "list_tasks",
+    "origin_of",
+    "plugin_errors",
+    "did_you_mean",
+]
+
+GROUPS = {"primitive": "cellsearch.primitives", "cell": "cellsearch.cells", "task": "cellsearch.tasks"}
+_BUILTIN_MODULES = ("cellsearch.primitives", "cellsearch.depth", "cellsearch.tasks")
+
+
+class RegistryError(LookupError):
+    """Base class of registry errors."""
+
+
+class UnknownNameError(RegistryError, KeyError):
+    """A name that is not registered; the message lists close matches and the allowed names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DuplicateNameError(RegistryError):
+    """Two registrations under one name; the message names both origins."""
+
+
+@dataclass(frozen=True)
+class PluginLoadError:
+    """An entry point that could not be loaded: its group, name, target and the error."""
+
+    group: str
+    name: str
+    target: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} ({self.group} -> {self.target}) failed to load: {self.error}"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    kind: str
+    key: str
+    obj: Any
+    origin: str
+
+
+_entries: dict[tuple[str, str], _Entry] = {}
+_errors: list[PluginLoadError] = []
+_loaded = False
+_lock = threading.RLock()
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest choices, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+
+
+def _key(kind: str, name: str, role: str | None) -> str:
+    return f"{role}:{name}" if kind == "primitive" else name
+
+
+def _add(kind: str, name: str, obj: Any, origin: str, role: str | None = None) -> None:
+    key = _key(kind, name, role)
+    with _lock:
+        old = _entries.get((kind, key))
+        if old is not None and old.obj is not obj:
+            what = f"{role} primitive" if role else kind
+            raise DuplicateNameError(
+                f"duplicate {what} name {name!r}: registered by {old.origin} and again by {origin}; "
+                "rename one of them (names are unique per role)"
+            )
+        _entries[(kind, key)] = _Entry(kind, key, obj, origin)
+
+
+def _caller_origin(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    top = module.split(".")[0]
+    return "cellsearch (built-in)" if top == "cellsearch" else f"module {module}"
+
+
+def register_primitive(cls: type | None = None, *, origin: str | None = None) -> Any:
+    """Class decorator: register a primitive class under ``cls.role`` / ``cls.name``."""
+
+    def wrap(c: type) -> type:
+        role, name = getattr(c, "role", None), getattr(c, "name", None)
+        if role not in ROLES:
+            raise RegistryError(f"primitive {c!r} has role {role!r}; expected one of {list(ROLES)}")
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"primitive {c!r} needs a non-empty string attribute 'name'")
+        _add("primitive", name, c, origin or _caller_origin(c), role)
+        return c
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def register_cell(card: Any, *, origin: str | None = None) -> Any:
+    """Register a :class:`~cellsearch.cards.CellCard` under ``card.name``."""
+    _add("cell", card.name, card, origin or _caller_origin(card))
+    return card
+
+
+def register_task(cls: Any = None, *, origin: str | None = None) -> Any:
+    """Class decorator: register a task class under ``cls.name``."""
+
+    def wrap(c: Any) -> Any:
+        _add("task", c.name, c, origin or _caller_origin(c))
+        return c
+
+    return wrap(cls) if cls is not None else wrap
+
+
+def _load_entry_point(kind: str, ep: metadata.EntryPoint) -> None:
+    dist = getattr(ep, "dist", None)
+    origin = f"distribution {dist.name if dist else '?'} (entry point {ep.value})"
+    try:
+        obj = ep.load()
+        _validate_plugin(kind, ep.name, obj)
+    except DuplicateNameError:
+        raise
+    except Exception as exc:  # a broken plugin must not take the others down
+        err = PluginLoadError(GROUPS[kind], ep.name, ep.value, f"{type(exc).__name__}: {exc}")
+        _errors.append(err)
+        warnings.warn(str(err), RuntimeWarning, stacklevel=3)
+        return
+    if kind == "primitive":
+        _add(kind, obj.name, obj, origin, obj.role)
+    elif kind == "cell":
+        _add(kind, ep.name, obj, origin)
+    else:
+        _add(kind, ep.name, obj, origin)
+
+
+def _validate_plugin(kind: str, name: str, obj: Any) -> None:
+    if kind == "primitive":
+        from .primitives.base import Primitive  # torch is needed to use primitives anyway
+
+        if not (isinstance(obj, type) and issubclass(obj, Primitive)):
+            raise TypeError(f"expected a Primitive subclass, got {obj!r}")
+        if obj.name != name:
+            raise TypeError(f"entry point name {name!r} differs from the primitive's name {obj.name!r}")
+    elif kind == "cell":
+        from .cards import CellCard
+
+        if not isinstance(obj, CellCard):
+            raise TypeError(f"expected a CellCard, got {type(obj).__name__}")
+        if obj.name != name:
+            raise TypeError(f"entry point name {name!r} differs from the card's name {obj.name!r}")
+    else:
+        if not (isinstance(obj, type) and getattr(obj, "name", None) == name):
+            raise TypeError(f"expected a Task class whose .name is {name!r}, got {obj!r}")
+
+
+def load_plugins(force: bool = False) -> None:
+    """Import the built-in primitives and tasks, then every entry point (once, unless ``force``)."""
+    global _loaded
+    with _lock:
+        if _loaded and not force:
+            return
+        _loaded = True
+        if force:
+            _errors.clear()
+        import importlib
+
+        for module in _BUILTIN_MODULES:
+            importlib.import_module(module)
+        for kind, group in GROUPS.items():
+            for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+                _load_entry_point(kind, ep)
+
+
+def plugin_errors() -> list[PluginLoadError]:
+    """Plugins that failed to load, each with its name and error."""
+    load_plugins()
+    return list(_errors)
+
+
+def _names(kind: str, role: str | None = None) -> list[str]:
+    load_plugins()
+    out = []
+    for (k, key), entry in _entries.items():
+        if k != kind:
+            continue
+        if kind == "primitive":
+            r, name = key.split(":", 1)
+            if role is None or r == role:
+                out.append(name if role else key.replace(":", "/"))
+        else:
+            out.append(key)
+    return sorted(set(out))
+
+
+def _filter(names: list[str], pattern: str | None) -> list[str]:
+    return names if not pattern else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def list_primitives(role: str | None = None, pattern: str | None = None) -> list[str]:
+    """Registered primitives: names of one role, or ``role/name`` for all; ``pattern`` is a wildcard."""
+    if role is not None and role not in ROLES:
+        raise UnknownNameError(f"unknown role {role!r}; {did_you_mean(role, ROLES)}allowed: {list(ROLES)}")
+    return _filter(_names("primitive", role), pattern)
+
+
+def list_cells(pattern: str | None = None) -> list[str]:
+    """Registered cells (published and third-party); ``pattern`` is a wildcard such as ``"*lstm"``."""
+    return _filter(_names("cell"), pattern)
+
+
+def list_tasks(pattern: str | None = None) -> list[str]:
+    """Registered tasks."""
+    return _filter(_names("task"), pattern)
+
+
+def _get(kind: str, name: str, role: str | None, what: str) -> Any:
+    load_plugins()
+    entry = _entries.get((kind, _key(kind, name, role)))
+    if entry is None:
+        choices = _names(kind, role) if kind == "primitive" else _names(kind)
+        raise UnknownNameError(f"unknown {what} {name!r}; {did_you_mean(name, choices)}registered: {choices}")
+    return entry.obj
+
+
+def get_primitive(role: str, name: str) -> type:
+    """The primitive class registered as ``name`` in ``role``."""
+    if role not in ROLES:
+        raise UnknownNameError(f"unknown role {role!r}; {did_you_mean(role, ROLES)}allowed: {list(ROLES)}")
+    return _get("primitive", name, role, f"{role} primitive")
+
+
+def get_cell_card(name: str) -> Any:
+    """The :class:`~cellsearch.cards.CellCard` registered as ``name``."""
+    return _get("cell", name, None, "cell")
+
+
+def get_task(name: str) -> Any:
+    """The task class registered as ``name``."""
+    return _get("task", name, None, "task")
+
+
+def origin_of(kind: str, name: str, role: str | None = None) -> str:
+    """Where a registered name came from (``cellsearch (built-in)`` or a distribution)."""
+    load_plugins()
+    return _entries[(kind, _key(kind, name, role))].origin
+
+
+def unregister(kind: str, name: str, role: str | None = None) -> None:
+    """Remove one registration (for tests and interactive use)."""
+    with _lock:
+        _entries.pop((kind, _key(kind, name, role)), None)
+

@@ -1,0 +1,270 @@
+"""The genome: frozen, torch-free descriptions of a cell, its depth configuration and a whole model.
+
+A :class:`CellSpec` names one registered primitive per role (update, gate, init, saturation,
+recurrence) plus per-role options; a :class:`DepthSpec` says how cells are arranged (Pascanu et al.
+2014); a :class:`ModelSpec` adds the sizes. All three are immutable, round-trip through YAML and JSON,
+and have a stable :meth:`digest` (sha256 of canonical JSON), so a search can deduplicate candidates
+and any trial can be rebuilt from what it stored.
+
+This module must not import torch: the search space and the storage layer use it on machines (and in
+processes) that never build a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "CellSpec",
+    "DepthSpec",
+    "ModelSpec",
+    "SpecError",
+    "ROLES",
+    "CELL_ROLES",
+    "TRANSITIONS",
+]
+
+#: Roles a primitive can fill. ``depth`` primitives arrange cells; the others fill a cell's slots.
+CELL_ROLES: tuple[str, ...] = ("update", "gate", "init", "saturation", "recurrence")
+ROLES: tuple[str, ...] = (*CELL_ROLES, "depth")
+#: Values of :attr:`DepthSpec.transition` (Pascanu et al. DT / DT(S)).
+TRANSITIONS: tuple[str, ...] = ("none", "deep", "deep_shortcut")
+
+
+class SpecError(ValueError):
+    """A spec field holds a value that is not allowed; the message names the field and the choices."""
+
+    def __init__(self, where: str, value: Any, allowed: str) -> None:
+        self.where, self.value, self.allowed = where, value, allowed
+        super().__init__(f"{where}: {value!r} is not allowed; expected {allowed}")
+
+
+class FrozenDict(Mapping):
+    """A hashable, immutable mapping (JSON-like values only) used for primitive options."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        items = {str(k): _freeze(v) for k, v in (data or {}).items()}
+        object.__setattr__(self, "_items", dict(sorted(items.items())))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._items.items()))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._items!r})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenDict is immutable")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return FrozenDict(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise SpecError("option value", value, "JSON-like values (numbers, strings, booleans, lists, mappings)")
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _check_type(where: str, value: Any, kind: type | tuple[type, ...], allowed: str) -> None:
+    if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else ()):
+        raise SpecError(where, value, allowed)
+    if not isinstance(value, kind):
+        raise SpecError(where, value, allowed)
+
+
+def _check_keys(where: str, data: Mapping[str, Any], cls: type) -> None:
+    if not isinstance(data, Mapping):
+        raise SpecError(where, data, f"a mapping with keys {sorted(f.name for f in dataclasses.fields(cls))}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            raise SpecError(f"{where}.{key}", key, f"one of {sorted(names)}")
+
+
+class _SpecMixin:
+    """Shared serialization for the spec dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, _SpecMixin) else _thaw(value)
+        return out
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no whitespace; the input of :meth:`digest`."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def digest(self, length: int = 16) -> str:
+        """A stable identifier: the first ``length`` hex digits of sha256 of :meth:`to_json`."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:length]
+
+    def replace(self, **changes: Any):
+        """A copy with fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+    @classmethod
+    def from_json(cls, text: str):
+        return cls.from_dict(json.loads(text))  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_yaml(cls, text: str):
+        return cls.from_dict(yaml.safe_load(text))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class CellSpec(_SpecMixin):
+    """One recurrent cell: a registered primitive per role, plus per-role options.
+
+    ``options`` maps a role to the keyword options of the primitive in that role, e.g.
+    ``{"gate": {"mode": "mul", "gates": ["i", "o"]}, "init": {"t_max": 784}}``. Names are checked
+    against the registry when the cell is built (:func:`cellsearch.cells.check_spec`), not here, so that
+    this module stays torch- and plugin-free.
+    """
+
+    update: str = "lstm"
+    gate: str = "sigmoid"
+    init: str = "default"
+    saturation: str = "tanh"
+    recurrence: str = "free"
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
+
+    def __post_init__(self) -> None:
+        for role in CELL_ROLES:
+            value = getattr(self, role)
+            if not isinstance(value, str) or not value:
+                raise SpecError(f"cell.{role}", value, "the name of a registered primitive (a string)")
+        if not isinstance(self.options, Mapping):
+            raise SpecError("cell.options", self.options, f"a mapping from a role ({', '.join(CELL_ROLES)}) "
+                            "to that primitive's options")
+        for role, opts in self.options.items():
+            if role not in CELL_ROLES:
+                raise SpecError(f"cell.options.{role}", role, f"one of {list(CELL_ROLES)}")
+            if not isinstance(opts, Mapping):
+                raise SpecError(f"cell.options.{role}", opts, "a mapping of option names to values")
+        object.__setattr__(self, "options", FrozenDict({k: v for k, v in self.options.items() if len(v)}))
+
+    def options_for(self, role: str) -> dict[str, Any]:
+        """The options of the primitive in ``role`` as a plain dict (empty when none)."""
+        return _thaw(self.options.get(role, {}))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CellSpec:
+        _check_keys("cell", data, cls)
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class DepthSpec(_SpecMixin):
+    """How cells are arranged (Pascanu et al. 2014, PRIMITIVES.md §6).
+
+    - ``layers``: stacked cells (sRNN); layer ℓ reads layer ℓ−1's output.
+    - ``transition``: ``none``; ``deep`` (DT: the candidate path gets ``transition_layers`` extra
+      nonlinear layers per step); ``deep_shortcut`` (DT(S): plus a direct W_s h_{t−1} path).
+    - ``output_layers``: deep output (DO) — an MLP of this many layers between state and readout.
+    - ``input_layers``: deep input — an MLP of this many layers from x_t into the first cell.
+    - ``residual``: h^(ℓ) += h^(ℓ−1) between equal-width layers.
+    - ``dropout``: dropout between stacked layers (not inside the recurrence).
+    """
+
+    layers: int = 1
+    transition: str = "none"
+    transition_layers: int = 1
+    output_layers: int = 0
+    input_layers: int = 0
+    residual: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_type("depth.layers", self.layers, int, "an integer >= 1")
+        if self.layers < 1:
+            raise SpecError("depth.layers", self.layers, "an integer >= 1")
+        if self.transition not in TRANSITIONS:
+            raise SpecError("depth.transition", self.transition, f"one of {list(TRANSITIONS)}")
+        for name in ("transition_layers", "output_layers", "input_layers"):
+            value = getattr(self, name)
+            low = 1 if name == "transition_layers" else 0
+            _check_type(f"depth.{name}", value, int, f"an integer >= {low}")
+            if value < low:
+                raise SpecError(f"depth.{name}", value, f"an integer >= {low}")
+        _check_type("depth.residual", self.residual, bool, "true or false")
+        _check_type("depth.dropout", self.dropout, (int, float), "a number in [0, 1)")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise SpecError("depth.dropout", self.dropout, "a number in [0, 1)")
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DepthSpec:
+        _check_keys("depth", data, cls)
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class ModelSpec(_SpecMixin):
+    """A whole candidate: a cell, a depth configuration and the hidden size.
+
+    ``input_size`` and ``output_size`` come from the task and may be left ``None`` in a search space.
+    """
+
+    cell: CellSpec = field(default_factory=CellSpec)
+    depth: DepthSpec = field(default_factory=DepthSpec)
+    hidden_size: int = 64
+    input_size: int | None = None
+    output_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cell, Mapping):
+            object.__setattr__(self, "cell", CellSpec.from_dict(self.cell))
+        if isinstance(self.depth, Mapping):
+            object.__setattr__(self, "depth", DepthSpec.from_dict(self.depth))
+        if not isinstance(self.cell, CellSpec):
+            raise SpecError("model.cell", self.cell, "a CellSpec or a mapping")
+        if not isinstance(self.depth, DepthSpec):
+            raise SpecError("model.depth", self.depth, "a DepthSpec or a mapping")
+        _check_type("model.hidden_size", self.hidden_size, int, "an integer >= 1")
+        if self.hidden_size < 1:
+            raise SpecError("model.hidden_size", self.hidden_size, "an integer >= 1")
+        for name in ("input_size", "output_size"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_type(f"model.{name}", value, int, "an integer >= 1 or null")
+                if value < 1:
+                    raise SpecError(f"model.{name}", value, "an integer >= 1 or null")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        _check_keys("model", data, cls)
+        return cls(**dict(data))

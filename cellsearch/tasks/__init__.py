@@ -1,0 +1,1 @@
+"""Tasks (filled by the tasks module)."""
