@@ -1,0 +1,84 @@
+"""The ``cellsearch`` command line: one module per command under :mod:`cellsearch.commands`.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``.
+Modules are imported only when their command runs, so ``cellsearch list`` never loads Optuna or Ray.
+User mistakes (:class:`UserError`, :class:`~cellsearch.spec.SpecError`, unknown names) print one line and
+exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .registry import RegistryError
+from .spec import SpecError
+
+__all__ = ["main", "UserError", "COMMANDS"]
+
+#: command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("cellsearch.commands.listing", "list primitives, cells, tasks or spaces"),
+    "show": ("cellsearch.commands.show", "a cell's spec, equations, citation and parameter count"),
+    "run": ("cellsearch.commands.run", "run (or continue) a study"),
+    "resume": ("cellsearch.commands.run", "continue a study (same as run)"),
+    "leaderboard": ("cellsearch.commands.leaderboard", "best trials of a study"),
+    "export": ("cellsearch.commands.export", "export a trial as a standalone PyTorch module"),
+    "plot": ("cellsearch.commands.plot", "plots of a study (PNG and HTML)"),
+    "bench": ("cellsearch.commands.bench", "tokens/s forward+backward vs torch.nn.LSTM"),
+    "diagnose": ("cellsearch.commands.diagnose", "gradient-magnitude map (layer × time)"),
+}
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cellsearch", description="Search recurrent-network cells.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = _parser()
+        if argv and argv[0] not in ("-h", "--help"):
+            from .registry import did_you_mean
+
+            parser.print_usage(sys.stderr)
+            print(f"cellsearch: error: unknown command {argv[0]!r}; {did_you_mean(argv[0], COMMANDS)}"
+                  f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
+            return 2
+        parser.print_help()
+        return 0
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            print(f"cellsearch: error: command {name!r} is not available in this version", file=sys.stderr)
+            return 2
+        raise
+    parser = argparse.ArgumentParser(prog=f"cellsearch {name}", description=help_)
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    args.command = name
+    try:
+        return int(module.run(args) or 0)
+    except (UserError, SpecError, RegistryError) as exc:
+        print(f"cellsearch {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cellsearch {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
