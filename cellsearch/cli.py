@@ -39,7 +39,7 @@ class UserError(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellsearch", description="Search recurrent-network cells.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_) in COMMANDS.items():
+    for name, (_module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 

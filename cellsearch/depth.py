@@ -5,7 +5,7 @@ The depth primitives, registered under role ``depth``:
 | name | where | equations |
 |---|---|---|
 | stacked | between cells | h^(ℓ)_t = cell_ℓ(h^(ℓ−1)_t, h^(ℓ)_{t−1}), h^(0) = x |
-| deep_transition | inside the cell, on the candidate path | z_1 = φ(a); z_j = φ(W_j z_{j−1} + b_j); pre = W_L z_{L−1} + b_L [+ W_s h_{t−1}] |
+| deep_transition | candidate path | z_1 = φ(a); z_j = φ(W_j z_{j−1} + b_j); pre = W_L z_{L−1} + b_L [+ W_s h] |
 | deep_output | after the top layer | y_t = φ(V_L … φ(V_1 h_t)) before the task's readout |
 | deep_input | before the first layer | x_t → φ(W_L … φ(W_1 x_t)) |
 | residual | between equal-width layers | h^(ℓ)_t += h^(ℓ−1)_t |

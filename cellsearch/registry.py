@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 import threading
 import warnings
 from collections.abc import Iterable
@@ -160,12 +161,7 @@ def _load_entry_point(kind: str, ep: metadata.EntryPoint) -> None:
         _errors.append(err)
         warnings.warn(str(err), RuntimeWarning, stacklevel=3)
         return
-    if kind == "primitive":
-        _add(kind, obj.name, obj, origin, obj.role)
-    elif kind == "cell":
-        _add(kind, ep.name, obj, origin)
-    else:
-        _add(kind, ep.name, obj, origin)
+    _add(kind, ep.name, obj, origin, obj.role if kind == "primitive" else None)
 
 
 def _validate_plugin(kind: str, name: str, obj: Any) -> None:
@@ -188,8 +184,16 @@ def _validate_plugin(kind: str, name: str, obj: Any) -> None:
             raise TypeError(f"expected a Task class whose .name is {name!r}, got {obj!r}")
 
 
+def _disabled() -> set[str]:
+    """Entry-point or distribution names listed in ``CELLSEARCH_DISABLE_PLUGINS`` (comma-separated)."""
+    return {s.strip() for s in os.environ.get("CELLSEARCH_DISABLE_PLUGINS", "").split(",") if s.strip()}
+
+
 def load_plugins(force: bool = False) -> None:
-    """Import the built-in primitives and tasks, then every entry point (once, unless ``force``)."""
+    """Import the built-in primitives and tasks, then every entry point (once, unless ``force``).
+
+    Set ``CELLSEARCH_DISABLE_PLUGINS=name,dist`` to skip entry points by name or distribution.
+    """
     global _loaded
     with _lock:
         if _loaded and not force:
@@ -201,8 +205,12 @@ def load_plugins(force: bool = False) -> None:
 
         for module in _BUILTIN_MODULES:
             importlib.import_module(module)
+        disabled = _disabled()
         for kind, group in GROUPS.items():
             for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+                dist = getattr(ep, "dist", None)
+                if ep.name in disabled or (dist is not None and dist.name in disabled):
+                    continue
                 _load_entry_point(kind, ep)
 
 
@@ -215,7 +223,7 @@ def plugin_errors() -> list[PluginLoadError]:
 def _names(kind: str, role: str | None = None) -> list[str]:
     load_plugins()
     out = []
-    for (k, key), entry in _entries.items():
+    for k, key in _entries:
         if k != kind:
             continue
         if kind == "primitive":
