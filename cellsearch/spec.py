@@ -76,6 +76,9 @@ class FrozenDict(Mapping):
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("FrozenDict is immutable")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # pickling / copy.deepcopy (Ray, multiprocessing, torch.save)
+        return (FrozenDict, (_thaw(self),))
+
 
 def _freeze(value: Any) -> Any:
     if isinstance(value, Mapping):
