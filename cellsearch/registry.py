@@ -85,6 +85,7 @@ class _Entry:
 _entries: dict[tuple[str, str], _Entry] = {}
 _errors: list[PluginLoadError] = []
 _loaded = False
+_fatal: DuplicateNameError | None = None
 _lock = threading.RLock()
 
 
@@ -194,11 +195,13 @@ def load_plugins(force: bool = False) -> None:
 
     Set ``CELLSEARCH_DISABLE_PLUGINS=name,dist`` to skip entry points by name or distribution.
     """
-    global _loaded
+    global _loaded, _fatal
     with _lock:
         if _loaded and not force:
+            if _fatal is not None:
+                raise _fatal
             return
-        _loaded = True
+        _loaded, _fatal = True, None
         if force:
             _errors.clear()
         import importlib
@@ -206,12 +209,19 @@ def load_plugins(force: bool = False) -> None:
         for module in _BUILTIN_MODULES:
             importlib.import_module(module)
         disabled = _disabled()
+        clashes: list[str] = []
         for kind, group in GROUPS.items():
             for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
                 dist = getattr(ep, "dist", None)
                 if ep.name in disabled or (dist is not None and dist.name in disabled):
                     continue
-                _load_entry_point(kind, ep)
+                try:
+                    _load_entry_point(kind, ep)
+                except DuplicateNameError as exc:  # keep loading the others, then refuse on every read
+                    clashes.append(str(exc))
+        if clashes:
+            _fatal = DuplicateNameError("; ".join(clashes))
+            raise _fatal
 
 
 def plugin_errors() -> list[PluginLoadError]:

@@ -78,7 +78,8 @@ class URGate(Gate):
     """g = f + (2r − 1)⊙f⊙(1 − f),  f = σ(a_f), r = σ(a_r)
 
     Refine gate (Gu et al., ICML 2020; PRIMITIVES.md §3) on the update's keep gate f, with its own block
-    r = σ(W_r x + U_r h + b_r) whose bias is initialised to −b_f [code, two reimplementations]:
+    r = σ(W_r x + U_r h + b_r) whose bias is initialised to −b_f [code, two reimplementations] (the block is
+    named ``r``, or ``rho`` for an update that already has a gate ``r``, i.e. the GRU's reset gate):
     g = r⊙(1 − (1 − f)²) + (1 − r)⊙f², so g ∈ [f², 1 − (1 − f)²]. Other gates stay σ(a).
     When the keep gate writes (keep polarity −1, e.g. STAR's k, MGU's f) the refinement is applied to
     the keep coefficient 1 − w: w' = 1 − g(1 − w, r) = w + (1 − 2r)⊙w⊙(1 − w).
@@ -87,13 +88,18 @@ class URGate(Gate):
     name = "ur"
     requires = frozenset({"keep_gate"})
 
+    @property
+    def block_name(self) -> str:
+        """The refine block's name: ``r``, or ``rho`` when the update already has a gate ``r`` (GRU)."""
+        return "rho" if "r" in self.update.gates else "r"
+
     def extra_blocks(self) -> list[tuple[str, str]]:
-        return [("r", self.update.keep)]  # type: ignore[list-item]
+        return [(self.block_name, self.update.keep)]  # type: ignore[list-item]
 
     def after_init(self, cell: Any) -> None:
         """b_r = −b_f: r's bias is the negative of the keep gate's (in keep polarity) [code]."""
         keep_logit = self.update.keep_polarity * cell.block_bias(self.update.keep)
-        cell.block_bias("r").copy_(-keep_logit)
+        cell.block_bias(self.block_name).copy_(-keep_logit)
 
     def function(self, k: int) -> GateFn:
         j = self.gate_names.index(self.update.keep)  # r sits right after the keep gate

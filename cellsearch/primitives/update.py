@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..registry import register_primitive
+from ..spec import SpecError
 from .base import Block, Primitive
 
 __all__ = ["Update", "Vanilla", "LSTM", "LSTMTied", "GRU", "MGU", "STAR"]
@@ -223,6 +224,12 @@ class STAR(Update):
     provides = _caps("keep_gate", "single_state")
     refined_default = ("k",)
     defaults: ClassVar[dict[str, Any]] = {"beta": None}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        beta = self.options["beta"]
+        if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
+            raise SpecError("cell.options.update.beta", beta, "null (paper form) or a number (code variant, 1.0)")
 
     def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
