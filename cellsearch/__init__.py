@@ -25,6 +25,7 @@ __all__ = [
     "list_cells", "list_primitives", "list_tasks", "plugin_errors",
     "register_cell", "register_primitive", "register_task",
     "get_cell", "create_cell", "create_rnn", "count_parameters", "parameter_groups",
+    "run_study", "export",
 ]
 
 _LAZY = {
@@ -34,6 +35,8 @@ _LAZY = {
     "create_rnn": ("cellsearch.api", "create_rnn"),
     "count_parameters": ("cellsearch.api", "count_parameters"),
     "parameter_groups": ("cellsearch.api", "parameter_groups"),
+    "run_study": ("cellsearch.search", "run_study"),
+    "export": ("cellsearch.exporter", "export"),
 }
 
 if TYPE_CHECKING:

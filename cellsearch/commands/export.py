@@ -1,0 +1,32 @@
+"""``cellsearch export STUDY.yaml [--trial N] --out DIR``: a trial as a standalone PyTorch module."""
+
+from __future__ import annotations
+
+import argparse
+
+from .run import add_study_arguments
+
+HELP = "export a trial as a standalone PyTorch module"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_study_arguments(parser)
+    parser.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from ..search import load_config
+    from ..search.optuna_backend import open_study
+    from ..search.results import export_trial
+
+    config = load_config(args.study, args.sets, storage=args.storage)
+    study = open_study(config, args.storage, create=False)
+    path = export_trial(study, config, args.out, args.trial)
+    Console().print(
+        f"exported to {path} (+ {path.with_suffix('.safetensors').name}, spec.yaml, MODEL_CARD.md)",
+        markup=False,
+    )
+    return 0

@@ -1,0 +1,105 @@
+"""Search backends behind one entry point, :func:`run_study`.
+
+A backend is a module with ``run(config, storage_url=None, display=None) -> StudyResult``; ``optuna``
+is built in. The ``ray`` hook names ``cellsearch.search.ray_backend`` (Ray Tune wrapping the same
+``sample(trial)`` with OptunaSearch, trials stopped by a scheduler recorded as PRUNED): until that module
+exists, ``backend: ray`` is refused with a clear message. Importing this package imports neither Optuna
+nor Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..cli import UserError
+
+__all__ = ["BACKENDS", "get_backend", "run_study", "load_config"]
+
+#: backend name -> module implementing ``run(config, storage_url, display)``
+BACKENDS: dict[str, str] = {
+    "optuna": "cellsearch.search.optuna_backend",
+    "ray": "cellsearch.search.ray_backend",
+}
+
+_RUN_OPTIONS = {
+    "n_trials": "search.n_trials",
+    "backend": "search.backend",
+    "storage": "storage",
+    "timeout": "search.timeout",
+    "n_jobs": "search.n_jobs",
+    "sampler": "search.sampler",
+    "pruner": "search.pruner",
+    "seed": "search.seed",
+    "name": "name",
+    "output_dir": "output_dir",
+}
+
+
+def get_backend(name: str) -> ModuleType:
+    """The backend module for ``name``."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
+    try:
+        return importlib.import_module(BACKENDS[name])
+    except ModuleNotFoundError as exc:
+        if exc.name == BACKENDS[name]:
+            raise UserError(
+                f"backend {name!r} is not available in this version of cellsearch; use backend: optuna"
+            ) from None
+        raise
+
+
+def _overrides(options: Mapping[str, Any], sets: Iterable[str]) -> list[tuple[str, Any]] | list[str]:
+    items: list[Any] = list(sets)
+    for key, value in options.items():
+        if value is None:
+            continue
+        dotted = _RUN_OPTIONS.get(key, key.replace("__", "."))
+        items.append((dotted, value))
+    return items
+
+
+def load_config(path_or_config: Any, sets: Iterable[str] = (), **options: Any) -> Any:
+    """A validated :class:`~cellsearch.study.StudyConfig` from a path or config plus overrides.
+
+    ``sets`` are ``"a.b=v"`` strings; ``options`` are ``n_trials``, ``backend``, ``storage``, ``timeout``,
+    ``n_jobs``, ``sampler``, ``pruner``, ``seed``, ``name``, ``output_dir`` or dotted keys written with
+    ``__`` (``train__epochs=1``).
+    """
+    from ..study import StudyConfig, load_study, parse_set, study_from_mapping
+
+    items = _overrides(options, sets)
+    pairs = dict(parse_set(i) if isinstance(i, str) else i for i in items)
+    if isinstance(path_or_config, (str, Path)):
+        return load_study(path_or_config, pairs)
+    if isinstance(path_or_config, StudyConfig):
+        if not pairs:
+            return path_or_config
+        raw = path_or_config.to_dict()
+        raw = {k: v for k, v in raw.items() if v is not None}
+        return study_from_mapping(raw, source=path_or_config.source, overrides=pairs)
+    if isinstance(path_or_config, Mapping):
+        return study_from_mapping(dict(path_or_config), overrides=pairs)
+    raise TypeError(
+        f"expected a study file path, a StudyConfig or a mapping, got {type(path_or_config).__name__}"
+    )
+
+
+def run_study(path_or_config: Any, *, set: Iterable[str] = (), display: str = "auto", **options: Any) -> Any:
+    """Run (or continue) a study; the same as ``cellsearch run``. Returns a ``StudyResult``.
+
+    ``display``: ``auto`` (rich live panel on a terminal, plain lines otherwise), ``live``, ``plain`` or
+    ``quiet``. Other keywords: see :func:`load_config`.
+    """
+    config = load_config(path_or_config, set, **options)
+    backend = get_backend(config.search.backend)
+    from .display import Display
+
+    if display not in ("auto", "live", "plain", "quiet"):
+        raise UserError(f"display {display!r}: expected one of auto, live, plain, quiet")
+    shown = Display(config, quiet=display == "quiet", live={"live": True, "plain": False}.get(display))
+    return backend.run(config, display=shown)

@@ -1,0 +1,457 @@
+"""The Optuna backend: samplers, pruners, the objective, budget and resume.
+
+One study per ``StudyConfig`` in its storage (default ``sqlite:///runs/<name>/study.db``). Running the same
+study again continues it:
+
+- the study stores a fingerprint of its task, space, model and objective; a changed one is refused;
+- RUNNING trials whose process died are marked FAIL (``fail_reason``) and their parameters re-queued;
+- the budget ``n_trials`` counts trials that finished (COMPLETE, PRUNED, or FAIL from the training itself,
+  e.g. divergence), not trials killed with their process, so a rerun after a kill completes the budget;
+- the published cells of the space are enqueued as the first trials, once, when the study is created.
+
+Every trial stores as user attributes: ``spec`` (ModelSpec JSON), ``digest``, ``key`` (spec + training
+config + task), ``n_params``, ``train``, ``history`` (per-epoch metrics, updated every epoch), ``metrics``
+(final epoch), ``summary``, ``worker``, ``weights`` (safetensors of the final model, COMPLETE trials), and
+``fail_reason`` / ``prune_reason``. A trial whose key matches an earlier COMPLETE (or PRUNED) trial reuses
+that result (``reused_from``) instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ..cli import UserError
+from ..study import StudyConfig
+from .display import Display
+from .space import Candidate, build_space
+from .storage import fail_dead_trials, make_storage, worker_id
+
+__all__ = [
+    "constructor_arguments",
+    "make_sampler",
+    "make_pruner",
+    "run",
+    "open_study",
+    "Objective",
+    "counted",
+    "requeue",
+    "StudyResult",
+    "export_from",
+]
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+_SAMPLERS: dict[str, Callable[[], Any]] = {
+    "tpe": lambda: optuna.samplers.TPESampler,
+    "random": lambda: optuna.samplers.RandomSampler,
+    "cmaes": lambda: optuna.samplers.CmaEsSampler,
+    "gp": lambda: optuna.samplers.GPSampler,
+    "nsga2": lambda: optuna.samplers.NSGAIISampler,
+}
+_PRUNERS: dict[str, Callable[[], Any]] = {
+    "median": lambda: optuna.pruners.MedianPruner,
+    "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": lambda: optuna.pruners.HyperbandPruner,
+    "none": lambda: optuna.pruners.NopPruner,
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Samplers and pruners
+
+
+def constructor_arguments(kind: str, name: str) -> set[str]:
+    """Keyword arguments the Optuna class behind sampler / pruner ``name`` accepts."""
+    cls = (_SAMPLERS if kind == "sampler" else _PRUNERS)[name]()
+    return {p for p in inspect.signature(cls).parameters if p not in ("self", "seed")}
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded with ``search.seed``."""
+    s = config.search
+    if s.sampler == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise UserError("search.sampler 'cmaes' needs the 'cmaes' package (pip install cmaes)") from None
+    cls = _SAMPLERS[s.sampler]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return cls(seed=s.seed, **dict(s.sampler_args))
+
+
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner (none for multi-objective studies: Optuna cannot prune them)."""
+    name = "none" if config.multi_objective else config.search.pruner
+    return _PRUNERS[name]()(**dict(config.search.pruner_args if name != "none" else {}))
+
+
+# ------------------------------------------------------------------------------------------------
+# Study, budget, resume
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue the parameters of a trial killed with its process (a fresh trial redoes it)."""
+    attrs = {"retry_of": trial.number}
+    if "published" in trial.user_attrs:
+        attrs["published"] = trial.user_attrs["published"]
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+
+
+def _stale_callback(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's heartbeat failed ``trial`` (its worker stopped beating): record why and re-queue it."""
+    study._storage.set_trial_user_attr(
+        trial._trial_id, "fail_reason", "interrupted: its worker stopped sending heartbeats"
+    )
+    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+    requeue(study, trial)
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that used the budget: finished ones, not those killed with their process."""
+    return sum(
+        1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get("interrupted")
+    )
+
+
+def open_study(config: StudyConfig, storage_url: str | None = None, create: bool = True) -> optuna.Study:
+    """Create or load the study; refuse one whose fingerprint (task, space, model, objective) differs."""
+    url = storage_url or config.storage_url
+    sampler, pruner = (make_sampler(config), make_pruner(config)) if create else (None, None)
+    storage = make_storage(url, create=create, failed_trial_callback=_stale_callback)
+    if not create:
+        try:
+            return optuna.load_study(study_name=config.name, storage=storage)
+        except KeyError:
+            raise UserError(
+                f"no study named {config.name!r} in {url} (run it first: cellsearch run {config.source})"
+            ) from None
+    study = optuna.create_study(
+        storage=storage,
+        study_name=config.name,
+        directions=config.directions,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    _check_fingerprint(study, config, url)
+    return study
+
+
+def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str) -> None:
+    stored = study.user_attrs.get("fingerprint")
+    current = config.fingerprint()
+    if stored is None:
+        study.set_user_attr("fingerprint", current)
+        study.set_user_attr("config", config.to_dict())
+        return
+    if stored != current:
+        before = study.user_attrs.get("config", {})
+        changed = [
+            k
+            for k in ("task", "space", "cells", "seeds", "model", "objective")
+            if before.get(k) != config.to_dict().get(k)
+        ]
+        raise UserError(
+            f"{config.source}: the study {config.name!r} in {url} was created with a different "
+            f"{', '.join(changed) or 'space'} (fingerprint {stored}, now {current}); trials would be mixed. "
+            "Use a new name (--set name=NEW) or storage, or restore the study file"
+        )
+    if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in config.directions]:
+        raise UserError(f"{config.source}: objective directions differ from the stored study {config.name!r}")
+
+
+def _seed_trials(study: optuna.Study, space: Any, config: StudyConfig) -> int:
+    """Enqueue the published cells (once, on a new study); returns how many were enqueued."""
+    if study.user_attrs.get("seeded") or not config.search.enqueue_published:
+        return 0
+    seeds = space.seed_trials()
+    for seed in seeds:
+        study.enqueue_trial(dict(seed.params), user_attrs=dict(seed.user_attrs), skip_if_exists=True)
+    study.set_user_attr("seeded", True)
+    return len(seeds)
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+
+
+def _key(spec: Any, train: dict[str, Any], task: dict[str, Any]) -> str:
+    data = {"spec": spec.to_dict(), "train": train, "task": task}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: float(v) if hasattr(v, "__float__") else str(v)))
+
+
+class Objective:
+    """``objective(trial)``: sample → resolve → (reuse | train) → objective values; see the module doc."""
+
+    def __init__(self, config: StudyConfig, space: Any, task: Any, display: Display | None = None) -> None:
+        self.config, self.space, self.task, self.display = config, space, task, display
+        self.worker = worker_id()
+        self.task_dict = config.task.to_dict()
+
+    def __call__(self, trial: Trial) -> float | list[float]:
+        try:
+            return self._run(trial)
+        except KeyboardInterrupt:  # like a kill: the trial does not use the budget and is redone next run
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr("interrupted", True)
+            attrs = {"retry_of": trial.number}
+            if "published" in trial.user_attrs:
+                attrs["published"] = trial.user_attrs["published"]
+            trial.study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+            raise
+
+    def _run(self, trial: Trial) -> float | list[float]:
+        trial.set_user_attr("worker", self.worker)
+        candidate = self.space.candidate_for(self.space.sample(trial), trial.user_attrs.get("published"))
+        spec, train = self._resolve(candidate)
+        key = _key(spec, train.to_dict(), self.task_dict)
+        self._describe(trial, candidate, spec, train, key)
+        if self.display is not None:
+            self.display.trial_started(trial.number, candidate.summary())
+        earlier = self._earlier(trial, key)
+        if earlier is not None:
+            return self._reuse(trial, earlier)
+        return self._train(trial, spec, train)
+
+    def _resolve(self, candidate: Candidate) -> tuple[Any, Any]:
+        from ..train import TrainConfig, resolve_model_spec
+
+        spec = resolve_model_spec(
+            candidate.cell,
+            candidate.depth,
+            self.task,
+            hidden_size=candidate.hidden_size,
+            param_budget=self.config.model.param_budget,
+        )
+        train = TrainConfig.from_dict(
+            {**self.config.train_dict(), **dict(candidate.train), "progress": False}
+        )
+        return spec, train
+
+    def _describe(self, trial: Trial, candidate: Candidate, spec: Any, train: Any, key: str) -> None:
+        trial.set_user_attr("spec", spec.to_json())
+        trial.set_user_attr("digest", spec.digest())
+        trial.set_user_attr("key", key)
+        trial.set_user_attr("summary", candidate.summary())
+        trial.set_user_attr("readout", self.task.readout)
+        trial.set_user_attr("train", _jsonable(train.to_dict()))
+
+    def _earlier(self, trial: Trial, key: str) -> FrozenTrial | None:
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if t.user_attrs.get("key") == key and t.number != trial.number:
+                return t
+        return None
+
+    def _reuse(self, trial: Trial, earlier: FrozenTrial) -> float | list[float]:
+        trial.set_user_attr("reused_from", earlier.number)
+        for name in ("n_params", "history", "metrics", "weights", "seconds"):
+            if name in earlier.user_attrs:
+                trial.set_user_attr(name, earlier.user_attrs[name])
+        if earlier.state == TrialState.PRUNED:
+            trial.set_user_attr(
+                "prune_reason",
+                f"same spec and training as trial {earlier.number}, which was "
+                f"pruned ({earlier.user_attrs.get('prune_reason', '')})",
+            )
+            raise optuna.TrialPruned()
+        for step, value in earlier.intermediate_values.items():
+            trial.report(value, step)
+        return earlier.values if self.config.multi_objective else earlier.values[0]
+
+    def _train(self, trial: Trial, spec: Any, train: Any) -> float | list[float]:
+        from ..train import DivergenceError
+        from ..train import train as run_training
+
+        history: list[dict[str, Any]] = []
+        callback = self._callback(trial, history)
+        try:
+            result = run_training(spec, self.task, train, callback=callback)
+        except DivergenceError as exc:
+            trial.set_user_attr("fail_reason", f"diverged: {exc}")
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
+            raise
+        trial.set_user_attr("n_params", result.n_params)
+        trial.set_user_attr("history", _jsonable(result.history))
+        trial.set_user_attr("metrics", _jsonable(result.final))
+        trial.set_user_attr("seconds", result.seconds)
+        values = [self._value(o.metric, result, spec) for o in self.config.objective]
+        self._save_weights(trial, result.model)
+        return values if self.config.multi_objective else values[0]
+
+    def _callback(self, trial: Trial, history: list[dict[str, Any]]) -> Callable[[int, dict[str, Any]], None]:
+        metric = self.config.objective[0].metric
+        prune = not self.config.multi_objective and metric.startswith("val_")
+
+        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+            history.append(_jsonable(metrics))
+            trial.set_user_attr("history", history)
+            if self.display is not None:
+                self.display.trial_epoch(trial.number, epoch, metrics)
+            if not prune or metric not in metrics:
+                return
+            value = float(metrics[metric])
+            trial.report(value, epoch)
+            if trial.should_prune():
+                trial.set_user_attr(
+                    "prune_reason",
+                    f"{self.config.search.pruner} pruner at epoch {epoch}: {metric} = {value:.4g}",
+                )
+                raise optuna.TrialPruned(f"epoch {epoch}")
+
+        return on_epoch
+
+    def _value(self, metric: str, result: Any, spec: Any) -> float:
+        if metric == "params":
+            return float(result.n_params)
+        if metric == "speed":
+            return _speed(spec, result.model)
+        value = result.final.get(metric)
+        if value is None:
+            raise UserError(
+                f"objective metric {metric!r} is not among the trainer's metrics {sorted(result.final)}"
+            )
+        return float(value)
+
+    def _save_weights(self, trial: Trial, model: Any) -> None:
+        from safetensors.torch import save_file
+
+        folder = self.config.directory / "trials"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{trial.number}.safetensors"
+        tmp = path.with_suffix(".tmp")
+        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
+        trial.set_user_attr("weights", str(path.resolve()))
+
+
+def _speed(spec: Any, model: Any) -> float:
+    """Forward + backward tokens per second of the trained model (:func:`cellsearch.bench.measure_speed`)."""
+    from .. import bench
+
+    return float(bench.measure_speed(model, input_size=spec.input_size, repeats=5, warmup=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Running
+
+
+def run(config: StudyConfig, storage_url: str | None = None, display: Display | None = None) -> StudyResult:
+    """Create or continue ``config``'s study and run the remaining budget."""
+    from ..tasks import make_task
+
+    space = build_space(config)
+    task = make_task(config.task.to_dict())
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are shown with their reason by the display
+    study = open_study(config, storage_url)
+    failed = fail_dead_trials(study, requeue)
+    _seed_trials(study, space, config)
+    budget = config.search.n_trials
+    remaining = None if budget is None else max(0, budget - counted(study))
+    display = display or Display(config, quiet=True)
+    display.start(study, remaining, resumed=counted(study), failed_dead=failed)
+    objective = Objective(config, space, task, display)
+    try:
+        if remaining is None or remaining > 0:
+            study.optimize(
+                objective,
+                n_trials=remaining,
+                timeout=config.search.timeout,
+                n_jobs=config.search.n_jobs,
+                catch=(Exception,),
+                callbacks=[display.trial_finished, _budget_callback(budget)],
+            )
+    finally:
+        display.stop()
+    return StudyResult(config, study, storage_url or config.storage_url)
+
+
+def _budget_callback(budget: int | None) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
+        if budget is not None and counted(study) >= budget:
+            study.stop()
+
+    return stop_when_done
+
+
+class StudyResult:
+    """A study after (or without) running: the config, the ``optuna.Study`` and helpers."""
+
+    def __init__(self, config: StudyConfig, study: optuna.Study, storage_url: str) -> None:
+        self.config, self.study, self.storage_url = config, study, storage_url
+
+    def __repr__(self) -> str:
+        return (
+            f"StudyResult({self.config.name!r}, complete={self.n_complete}, pruned={self.n_pruned}, "
+            f"failed={self.n_failed})"
+        )
+
+    def _count(self, state: TrialState) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(state,)))
+
+    @property
+    def n_complete(self) -> int:
+        return self._count(TrialState.COMPLETE)
+
+    @property
+    def n_pruned(self) -> int:
+        return self._count(TrialState.PRUNED)
+
+    @property
+    def n_failed(self) -> int:
+        return self._count(TrialState.FAIL)
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.study.get_trials(deepcopy=False)
+
+    @property
+    def best_trials(self) -> list[FrozenTrial]:
+        """The best trial (single objective) or the Pareto front (multi-objective)."""
+        from .results import best_trials
+
+        return best_trials(self.study, self.config)
+
+    @property
+    def best_spec(self) -> Any:
+        """The ModelSpec of the best trial."""
+        from ..spec import ModelSpec
+
+        best = self.best_trials
+        return ModelSpec.from_json(best[0].user_attrs["spec"]) if best else None
+
+    def leaderboard(self, top: int = 10) -> list[dict[str, Any]]:
+        """The best trials as rows (number, state, summary, params, objective values, metrics)."""
+        from .results import leaderboard_rows
+
+        return leaderboard_rows(self.study, self.config, top)
+
+    def export(self, out_dir: str | Path, trial: int | None = None) -> Path:
+        """Export the best trial (or ``trial``) as a standalone module; returns the ``.py`` path."""
+        from .results import export_trial
+
+        return export_trial(self.study, self.config, out_dir, trial)
+
+
+def export_from(obj: Any, out_dir: str | Path, trial: int | None = None) -> Path:
+    """:func:`cellsearch.export` for a study path / config / result / optuna.Study / FrozenTrial."""
+    from .results import export_any
+
+    return export_any(obj, out_dir, trial)

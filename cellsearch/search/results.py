@@ -1,0 +1,213 @@
+"""Reading a finished (or running) study: best trials, leaderboard rows, rebuilding and exporting a trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from optuna import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from ..cli import UserError
+from ..study import StudyConfig
+
+__all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "export_any", "pick_trial"]
+
+
+def _sort_key(config: StudyConfig, trial: FrozenTrial) -> float:
+    value = trial.values[0]
+    return value if config.objective[0].direction == "minimize" else -value
+
+
+def best_trials(study: Study, config: StudyConfig) -> list[FrozenTrial]:
+    """Single objective: the best COMPLETE trial; multi-objective: the Pareto front by the first objective."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return []
+    if config.multi_objective:
+        return sorted(study.best_trials, key=lambda t: _sort_key(config, t))
+    return [min(complete, key=lambda t: _sort_key(config, t))]
+
+
+def ranked(study: Study, config: StudyConfig) -> list[FrozenTrial]:
+    """COMPLETE trials, best first (the Pareto front first for multi-objective), then PRUNED and FAIL."""
+    complete = sorted(
+        study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: _sort_key(config, t)
+    )
+    if config.multi_objective:
+        front = {t.number for t in best_trials(study, config)}
+        complete = [t for t in complete if t.number in front] + [t for t in complete if t.number not in front]
+    rest = study.get_trials(deepcopy=False, states=(TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
+    return complete + sorted(rest, key=lambda t: t.number)
+
+
+def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) -> list[dict[str, Any]]:
+    """One dict per trial, best first: number, state, summary, params, objectives, metrics, note."""
+    rows = []
+    front = {t.number for t in best_trials(study, config)} if config.multi_objective else set()
+    for t in ranked(study, config)[: top if top else None]:
+        attrs = t.user_attrs
+        metrics = attrs.get("metrics") or (attrs.get("history") or [{}])[-1]
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "summary": attrs.get("summary", ""),
+                "params": attrs.get("n_params"),
+                "objectives": dict(zip(config.metrics, t.values)) if t.values else {},
+                "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+                "seconds": attrs.get("seconds"),
+                "pareto": t.number in front,
+                "note": _note(t),
+            }
+        )
+    return rows
+
+
+def _note(trial: FrozenTrial) -> str:
+    attrs = trial.user_attrs
+    if "reused_from" in attrs:
+        return f"reused trial {attrs['reused_from']}"
+    return str(attrs.get("fail_reason") or attrs.get("prune_reason") or "")
+
+
+def pick_trial(study: Study, config: StudyConfig, number: int | None) -> FrozenTrial:
+    """Trial ``number``, or the best one; refuses trials that did not complete."""
+    trials = study.get_trials(deepcopy=False)
+    if number is None:
+        best = best_trials(study, config)
+        if not best:
+            raise UserError(f"study {config.name!r} has no completed trial to export yet")
+        return best[0]
+    match = [t for t in trials if t.number == number]
+    if not match:
+        raise UserError(f"study {config.name!r} has no trial {number}; trials are 0..{len(trials) - 1}")
+    if match[0].state != TrialState.COMPLETE:
+        raise UserError(
+            f"trial {number} of study {config.name!r} is {match[0].state.name}, not COMPLETE; "
+            "export a completed trial"
+        )
+    return match[0]
+
+
+def trial_model(trial: FrozenTrial, config: StudyConfig) -> Any:
+    """The trained model of a COMPLETE trial: its stored weights, else retrained from spec + seed."""
+    import torch
+
+    from ..model import SequenceModel
+    from ..spec import ModelSpec
+    from ..tasks import make_task
+
+    spec = ModelSpec.from_json(trial.user_attrs["spec"])
+    task = make_task(config.task.to_dict())
+    path = _weights_path(trial, config)
+    if path is None:
+        return _retrain(trial, config, spec, task)
+    from safetensors.torch import load_file
+
+    with torch.random.fork_rng(devices=[]):
+        model = SequenceModel(spec, task.readout)
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model.eval()
+
+
+def _weights_path(trial: FrozenTrial, config: StudyConfig) -> Path | None:
+    stored = trial.user_attrs.get("weights")
+    candidates = [Path(stored)] if stored else []
+    source = trial.user_attrs.get("reused_from", trial.number)
+    candidates.append(config.directory / "trials" / f"{source}.safetensors")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _retrain(trial: FrozenTrial, config: StudyConfig, spec: Any, task: Any) -> Any:
+    from ..train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict({**trial.user_attrs.get("train", config.train_dict()), "progress": False})
+    return train(spec, task, cfg).model.eval()
+
+
+def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number: int | None = None) -> Path:
+    """Export trial ``number`` (default: the best) of a study into ``out_dir``."""
+    from ..exporter import export_model
+
+    trial = pick_trial(study, config, number)
+    model = trial_model(trial, config)
+    attrs = trial.user_attrs
+    meta = {
+        "study": config.name,
+        "study_file": config.source,
+        "trial": trial.number,
+        "state": trial.state.name,
+        "task": config.task.to_dict(),
+        "objective": [o.to_dict() for o in config.objective],
+        "values": dict(zip(config.metrics, trial.values)),
+        "metrics": attrs.get("metrics"),
+        "train": attrs.get("train"),
+        "params": dict(trial.params),
+        "search": {
+            "sampler": config.search.sampler,
+            "pruner": config.search.pruner,
+            "n_trials": config.search.n_trials,
+        },
+    }
+    return export_model(model, out_dir, published=attrs.get("published"), meta=meta)
+
+
+def export_any(obj: Any, out_dir: str | Path, number: int | None = None) -> Path:
+    """Export from a study file path, StudyConfig, StudyResult, optuna.Study or FrozenTrial."""
+    from ..study import load_study
+    from .optuna_backend import StudyResult, open_study
+
+    if isinstance(obj, (str, Path)):
+        obj = load_study(obj)
+    if isinstance(obj, StudyConfig):
+        return export_trial(open_study(obj, create=False), obj, out_dir, number)
+    if isinstance(obj, StudyResult):
+        return obj.export(out_dir, number)
+    if isinstance(obj, Study):
+        return export_trial(obj, _config_of(obj), out_dir, number)
+    if isinstance(obj, FrozenTrial):
+        return _export_frozen(obj, out_dir)
+    raise TypeError(
+        f"cannot export a {type(obj).__name__}; expected a study path, StudyConfig, StudyResult, "
+        "optuna.Study, FrozenTrial or SequenceModel"
+    )
+
+
+def _config_of(study: Study) -> StudyConfig:
+    from ..study import study_from_mapping
+
+    raw = study.user_attrs.get("config")
+    if not raw:
+        raise UserError(f"study {study.study_name!r} was not created by cellsearch (no stored config)")
+    return study_from_mapping(_raw_from_stored(raw), source=f"study {study.study_name!r}")
+
+
+def _raw_from_stored(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored ``StudyConfig.to_dict()`` back into study-file form."""
+    out = {k: v for k, v in raw.items() if v is not None and k != "description"}
+    if out.get("space"):
+        space = dict(out["space"])
+        out["space"] = {k: v for k, v in space.items() if v not in (None, {}, [])}
+    return out
+
+
+def _export_frozen(trial: FrozenTrial, out_dir: str | Path) -> Path:
+    from ..exporter import export_model
+    from ..model import SequenceModel
+    from ..spec import ModelSpec
+
+    path = trial.user_attrs.get("weights")
+    if not path or not Path(path).is_file():
+        raise UserError(f"trial {trial.number} has no saved weights; export it through its study instead")
+    from safetensors.torch import load_file
+
+    spec = ModelSpec.from_json(trial.user_attrs["spec"])
+    model = SequenceModel(spec, trial.user_attrs.get("readout", "last"))
+    model.load_state_dict(load_file(path), strict=True)
+    return export_model(
+        model.eval(),
+        out_dir,
+        published=trial.user_attrs.get("published"),
+        meta={"trial": trial.number, "metrics": trial.user_attrs.get("metrics")},
+    )

@@ -1,0 +1,386 @@
+"""A search space as one define-by-run ``sample(trial)``, shared by every backend.
+
+Parameters are named by path (``cell/update``, ``cell/gate``, ``depth/layers``, ``train/lr``,
+``model/hidden_size``, ``cell/options/<primitive>/<option>``). A categorical's choices depend only on its
+name, so Optuna can always resume a study: where the compatible choices of a role depend on the chosen
+update (a refine gate needs a keep gate, adaptive saturation a single-state update), the parameter is
+named per update (``cell/gate@vanilla``) and offers only the compatible choices. Every combination the
+sampler can propose is checked once, when the space is built, so no trial is spent on an invalid cell.
+
+The published cells that lie in the space become the first trials (``study.enqueue_trial``): their
+parameters are found by replaying ``sample`` with a recording trial that answers from the card.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..spec import CELL_ROLES, CellSpec, DepthSpec, SpecError
+from ..study import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError
+
+__all__ = [
+    "Candidate",
+    "SeedTrial",
+    "SearchSpace",
+    "CellListSpace",
+    "build_space",
+    "compatible_choices",
+    "suggest",
+]
+
+_DEPTH_CELL_FIELDS = ("transition", "transition_layers", "output_layers", "input_layers")
+
+
+class TrialLike(Protocol):
+    """What ``sample`` needs from a trial (an Optuna Trial, FixedTrial, or a recorder)."""
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int: ...
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What one trial trains: a cell, a depth, a hidden size (None: from the model config / budget),
+    training overrides, and the published cell's name when the trial is one."""
+
+    cell: CellSpec
+    depth: DepthSpec
+    hidden_size: int | None = None
+    train: Mapping[str, Any] = field(default_factory=dict)
+    published: str | None = None
+
+    def summary(self) -> str:
+        """A short human description: ``ur_lstm`` or ``star/ur/ugi/tanh/free x2 +deep``."""
+        seed = f" seed={self.train['seed']}" if "seed" in self.train else ""
+        if self.published:
+            return self.published + seed
+        c, d = self.cell, self.depth
+        text = "/".join(getattr(c, role) for role in CELL_ROLES)
+        text += f" x{d.layers}" if d.layers > 1 else ""
+        text += f" +{d.transition}" if d.transition != "none" else ""
+        text += f" +out{d.output_layers}" if d.output_layers else ""
+        text += f" +in{d.input_layers}" if d.input_layers else ""
+        return text
+
+
+@dataclass(frozen=True)
+class SeedTrial:
+    """A trial to enqueue first: its parameters and user attributes."""
+
+    params: Mapping[str, Any]
+    user_attrs: Mapping[str, Any]
+
+
+def suggest(trial: TrialLike, name: str, param: Param) -> Any:
+    """Suggest ``param`` under ``name`` (a fixed parameter is returned without suggesting)."""
+    if param.fixed:
+        return param.values[0]
+    if param.kind == "categorical":
+        return trial.suggest_categorical(name, list(param.choices))
+    if param.kind == "int":
+        return trial.suggest_int(
+            name, int(param.low), int(param.high), step=int(param.step or 1), log=param.log
+        )
+    return trial.suggest_float(name, float(param.low), float(param.high), step=param.step, log=param.log)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compatibility
+
+
+def _role_param(space: SpaceConfig, role: str) -> Param:
+    return space.cell.get(role) or Param("categorical", (getattr(CellSpec(), role),))
+
+
+def _first_options(space: SpaceConfig, prim: str) -> dict[str, Any]:
+    return {
+        k: (p.choices[0] if p.kind == "categorical" else p.low)
+        for k, p in space.options.get(prim, {}).items()
+    }
+
+
+def _spec(space: SpaceConfig, choice: Mapping[str, str]) -> CellSpec:
+    options = {role: _first_options(space, name) for role, name in choice.items()}
+    return CellSpec(**choice, options={r: o for r, o in options.items() if o})
+
+
+def _check(spec: CellSpec) -> str | None:
+    from ..cells import check_spec
+
+    try:
+        check_spec(spec)
+    except SpecError as exc:
+        return str(exc)
+    return None
+
+
+def _option_values(param: Param) -> tuple[Any, ...]:
+    return param.choices if param.kind == "categorical" else (param.low, param.high)
+
+
+def check_options(space: SpaceConfig) -> None:
+    """Every value of every searched option must build with some update of the space (one at a time)."""
+    for prim, options in space.options.items():
+        role = next((r for r in CELL_ROLES if prim in _role_param(space, r).choices), None)
+        if role is None:
+            continue
+        updates = _role_param(space, "update").choices if role != "update" else (prim,)
+        for key, param in options.items():
+            errors = []
+            for value in _option_values(param):
+                opts = {**_first_options(space, prim), key: value}
+                tried = [_check(CellSpec(**{"update": u, role: prim}, options={role: opts})) for u in updates]
+                if all(tried):
+                    errors.append((value, tried[0]))
+            if errors:
+                value, err = errors[0]
+                raise StudyError(
+                    space.source, f"cell.options.{prim}.{key}", value, err.split("expected ", 1)[-1]
+                )
+
+
+def compatible_choices(space: SpaceConfig, update: str, role: str) -> tuple[list[str], list[str]]:
+    """The choices of ``role`` that combine with ``update`` (other roles at their defaults), and the
+    reasons the others were rejected."""
+    ok, reasons = [], []
+    for name in _role_param(space, role).choices:
+        err = _check(_spec(space, {"update": update, role: name}))
+        (reasons if err else ok).append(err or name)
+    return ok, reasons
+
+
+# ------------------------------------------------------------------------------------------------
+# The space
+
+
+class SearchSpace:
+    """A :class:`~cellsearch.study.SpaceConfig` made samplable (see the module docstring)."""
+
+    def __init__(self, space: SpaceConfig, model: ModelConfig) -> None:
+        self.config, self.model = space, model
+        self.updates: tuple[str, ...] = _role_param(space, "update").choices
+        #: role -> update -> compatible choices
+        self.allowed: dict[str, dict[str, tuple[str, ...]]] = {
+            role: {u: tuple(compatible_choices(space, u, role)[0]) for u in self.updates}
+            for role in CELL_ROLES[1:]
+        }
+        self._check_products()
+
+    # -- naming ------------------------------------------------------------------------------------
+    def role_name(self, role: str, update: str) -> str:
+        """``cell/<role>`` when every update allows every choice, else ``cell/<role>@<update>``."""
+        full = _role_param(self.config, role).choices
+        if all(set(choices) == set(full) for choices in self.allowed[role].values()):
+            return f"cell/{role}"
+        return f"cell/{role}@{update}"
+
+    def _check_products(self) -> None:
+        """Every combination the sampler can propose must build (checked once, here)."""
+        for update in self.updates:
+            lists = [self.allowed[role][update] for role in CELL_ROLES[1:]]
+            for combo in itertools.product(*lists):
+                choice = {"update": update, **dict(zip(CELL_ROLES[1:], combo))}
+                err = _check(_spec(self.config, choice))
+                if err:
+                    raise StudyError(
+                        self.config.source,
+                        "cell",
+                        choice,
+                        "a space whose every combination of "
+                        f"compatible primitives can be built; narrow the space ({err})",
+                    )
+
+    # -- sampling ----------------------------------------------------------------------------------
+    def sample(self, trial: TrialLike) -> Candidate:
+        """Suggest one candidate (define-by-run)."""
+        cell = self._sample_cell(trial)
+        depth = self._sample_depth(trial)
+        hidden = self._sample_hidden(trial)
+        train = {k: suggest(trial, f"train/{k}", p) for k, p in sorted(self.config.train.items())}
+        return Candidate(cell, depth, hidden, train)
+
+    def _sample_cell(self, trial: TrialLike) -> CellSpec:
+        update = suggest(trial, "cell/update", Param("categorical", self.updates))
+        choice = {"update": update}
+        for role in CELL_ROLES[1:]:
+            choices = self.allowed[role][update]
+            choice[role] = suggest(trial, self.role_name(role, update), Param("categorical", choices))
+        options: dict[str, dict[str, Any]] = {}
+        for role, prim in choice.items():
+            for opt, param in sorted(self.config.options.get(prim, {}).items()):
+                options.setdefault(role, {})[opt] = suggest(trial, f"cell/options/{prim}/{opt}", param)
+        return CellSpec(**choice, options=options)
+
+    def _sample_depth(self, trial: TrialLike) -> DepthSpec:
+        space = self.config.depth
+        values: dict[str, Any] = {"layers": self.model.num_layers}
+        for key in ("layers", "transition", "output_layers", "input_layers", "residual", "dropout"):
+            if key in space:
+                values[key] = suggest(trial, f"depth/{key}", space[key])
+        if values.get("transition", "none") != "none" and "transition_layers" in space:
+            values["transition_layers"] = suggest(
+                trial, "depth/transition_layers", space["transition_layers"]
+            )
+        return DepthSpec(**values)
+
+    def _sample_hidden(self, trial: TrialLike) -> int | None:
+        if self.config.hidden_size is not None:
+            return int(suggest(trial, "model/hidden_size", self.config.hidden_size))
+        return self.model.hidden_size
+
+    # -- published cells ---------------------------------------------------------------------------
+    def published_names(self) -> list[str]:
+        """The published cells the space asks to enqueue (all registered when ``published: true``)."""
+        from ..registry import list_cells
+
+        pub = self.config.published
+        return [] if pub is False else list_cells() if pub is True else list(pub)
+
+    def seed_trials(self) -> list[SeedTrial]:
+        """The published cells lying in the space, as parameters to enqueue."""
+        from ..registry import get_cell_card
+
+        out = []
+        for name in self.published_names():
+            params = self.params_for(get_cell_card(name))
+            if params is not None:
+                out.append(SeedTrial(params, {"published": name}))
+        return out
+
+    def params_for(self, card: Any) -> dict[str, Any] | None:
+        """The parameters that make ``sample`` propose ``card``'s cell, or None if it is not in the space."""
+        if not self._options_fit(card.spec):
+            return None
+        wanted = {"cell/update": card.spec.update}
+        wanted.update({f"cell/{role}": getattr(card.spec, role) for role in CELL_ROLES[1:]})
+        for key in _DEPTH_CELL_FIELDS:
+            value = getattr(card.depth, key)
+            if key not in self.config.depth and value != _depth_default(key):
+                return None
+            wanted[f"depth/{key}"] = value
+        recorder = _Recorder(wanted)
+        try:
+            got = self.sample(recorder)
+        except _NotInSpace:
+            return None
+        same_cell = all(getattr(got.cell, role) == getattr(card.spec, role) for role in CELL_ROLES)
+        same_depth = all(getattr(got.depth, key) == getattr(card.depth, key) for key in _DEPTH_CELL_FIELDS)
+        return recorder.params if same_cell and same_depth else None
+
+    def _options_fit(self, spec: CellSpec) -> bool:
+        """The card's effective option values (its own, else the primitive's defaults) lie in the space."""
+        from ..registry import get_primitive
+
+        for role in CELL_ROLES:
+            prim = getattr(spec, role)
+            given = spec.options_for(role)
+            for opt, param in self.config.options.get(prim, {}).items():
+                value = given.get(opt, getattr(get_primitive(role, prim), "defaults", {}).get(opt))
+                if not _within(param, value):
+                    return False
+        return True
+
+    def candidate_for(self, candidate: Candidate, published: str | None) -> Candidate:
+        """For an enqueued published cell: the card's exact cell spec (with its options)."""
+        if not published:
+            return candidate
+        from ..registry import get_cell_card
+
+        card = get_cell_card(published)
+        return Candidate(card.spec, candidate.depth, candidate.hidden_size, candidate.train, published)
+
+
+def _depth_default(key: str) -> Any:
+    return getattr(DepthSpec(), key)
+
+
+def _within(param: Param, value: Any) -> bool:
+    if param.kind == "categorical":
+        return value in param.choices
+    return isinstance(value, (int, float)) and param.low <= value <= param.high
+
+
+class _NotInSpace(Exception):
+    """A recorded value the space cannot propose."""
+
+
+class _Recorder:
+    """A trial that answers from ``wanted`` (by path, ignoring ``@`` suffixes) and records the names."""
+
+    def __init__(self, wanted: Mapping[str, Any]) -> None:
+        self.wanted, self.params = dict(wanted), {}
+
+    def _answer(self, name: str, ok: Any, default: Any) -> Any:
+        path = name.split("@", 1)[0]
+        if path not in self.wanted:
+            return default
+        value = self.wanted[path]
+        if not ok(value):
+            raise _NotInSpace(name)
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._answer(name, lambda v: v in choices, choices[0])
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._answer(name, lambda v: isinstance(v, int) and low <= v <= high, low)
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._answer(name, lambda v: isinstance(v, (int, float)) and low <= v <= high, low)
+
+
+# ------------------------------------------------------------------------------------------------
+# A fixed list of cells (compare_published)
+
+
+class CellListSpace:
+    """``cells: [lstm, gru, ...]`` × ``seeds``: every pair is enqueued; ``sample`` picks a cell (and seed)."""
+
+    def __init__(self, cells: Sequence[str], seeds: Sequence[int] | None, model: ModelConfig) -> None:
+        self.cells, self.seeds, self.model = tuple(cells), tuple(seeds) if seeds else None, model
+
+    def sample(self, trial: TrialLike) -> Candidate:
+        from ..registry import get_cell_card
+
+        name = suggest(trial, "cell", Param("categorical", self.cells))
+        card = get_cell_card(name)
+        train = {"seed": suggest(trial, "train/seed", Param("categorical", self.seeds))} if self.seeds else {}
+        depth = card.depth.replace(layers=self.model.num_layers)
+        return Candidate(card.spec, depth, self.model.hidden_size, train, name)
+
+    def seed_trials(self) -> list[SeedTrial]:
+        """Every (seed, cell) pair, seed-major: all cells once before any cell twice."""
+        seeds: Sequence[int | None] = self.seeds or (None,)
+        out = []
+        for seed, cell in itertools.product(seeds, self.cells):
+            params: dict[str, Any] = {} if len(self.cells) == 1 else {"cell": cell}
+            if seed is not None and len(seeds) > 1:
+                params["train/seed"] = seed
+            out.append(SeedTrial(params, {"published": cell}))
+        return out
+
+    def candidate_for(self, candidate: Candidate, published: str | None) -> Candidate:
+        return candidate
+
+    @property
+    def size(self) -> int:
+        return len(self.cells) * len(self.seeds or (None,))
+
+
+def build_space(config: StudyConfig) -> SearchSpace | CellListSpace:
+    """The samplable space of a study."""
+    if config.cells is not None:
+        return CellListSpace(config.cells, config.seeds, config.model)
+    assert config.space is not None
+    return SearchSpace(config.space, config.model)

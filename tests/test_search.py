@@ -1,0 +1,267 @@
+"""The search: sample(trial) naming, published seeds, pruning, reuse, resume after SIGKILL, refusal of a
+changed study. Tiny studies: adding T = 10, hidden 8, a few steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from cellsearch.cells import check_spec
+from cellsearch.cli import UserError
+from cellsearch.registry import get_cell_card, list_cells
+from cellsearch.search import run_study
+from cellsearch.search.space import SearchSpace, build_space
+from cellsearch.study import ModelConfig, load_space, study_from_mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+
+
+def tiny(name: str, **changes: Any) -> dict[str, Any]:
+    """A study mapping that trains in well under a second per trial."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "task": dict(TASK),
+        "space": {"cell": {"update": ["lstm", "gru", "star"]}},
+        "model": {"hidden_size": 8},
+        "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
+        "objective": "val_mse",
+        "search": {"sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
+    }
+    for key, value in changes.items():  # search settings merge; everything else replaces
+        raw[key] = {**raw[key], **value} if key == "search" else value
+    return raw
+
+
+def test_categorical_choices_depend_only_on_the_name() -> None:
+    """Over many sampled trials each parameter name has one distribution, and every cell builds."""
+    space = SearchSpace(load_space(ROOT / "spaces" / "full.yaml"), ModelConfig())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen: dict[str, Any] = {}
+    for _ in range(150):
+        trial = study.ask()
+        candidate = space.sample(trial)
+        check_spec(candidate.cell)  # never an invalid cell
+        for name, dist in trial.distributions.items():
+            assert seen.setdefault(name, dist) == dist, name
+        study.tell(trial, 0.0)
+    assert "cell/update" in seen and "depth/layers" in seen and "train/lr" in seen
+    assert any(
+        "@" in name for name in seen
+    )  # conditional names exist where compatibility depends on the update
+
+
+def test_every_published_cell_is_a_point_of_the_full_space() -> None:
+    space = SearchSpace(load_space(ROOT / "spaces" / "full.yaml"), ModelConfig())
+    seeds = {s.user_attrs["published"]: s.params for s in space.seed_trials()}
+    assert sorted(seeds) == list_cells()
+    for name, params in seeds.items():  # replaying the parameters gives the card's cell and depth
+        got = space.sample(optuna.trial.FixedTrial({**_defaults(space), **params}))
+        card = get_cell_card(name)
+        assert (got.cell.update, got.cell.gate, got.cell.init, got.cell.saturation, got.cell.recurrence) == (
+            card.spec.update,
+            card.spec.gate,
+            card.spec.init,
+            card.spec.saturation,
+            card.spec.recurrence,
+        ), name
+        assert (
+            got.depth.transition == card.depth.transition
+            and got.depth.output_layers == card.depth.output_layers
+        )
+
+
+def _defaults(space: SearchSpace) -> dict[str, Any]:
+    """Values for the non-cell parameters a FixedTrial must answer."""
+    return {
+        "depth/layers": 1,
+        "depth/transition_layers": 1,
+        "depth/output_layers": 0,
+        "depth/residual": False,
+        "model/hidden_size": 32,
+        "train/lr": 1e-3,
+        "train/dropout": 0.0,
+    }
+
+
+def test_published_cells_outside_the_space_are_not_enqueued() -> None:
+    config = study_from_mapping(tiny("s", space={"cell": {"update": ["lstm", "gru"]}, "published": True}))
+    names = {s.user_attrs["published"] for s in build_space(config).seed_trials()}
+    assert names == {"lstm", "gru"}  # not ur_lstm (gate ur), not star (update star)
+
+
+def test_published_cells_are_the_first_trials(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    search = {"sampler": "random", "n_trials": 3, "seed": 0, "enqueue_published": True}
+    result = run_study(
+        tiny("seeded", search=search, space={"cell": {"update": ["lstm", "gru", "star"]}}), display="quiet"
+    )
+    first = [t.user_attrs.get("published") for t in result.trials[:3]]
+    assert first == ["gru", "lstm", "star"]
+    assert all(t.state == TrialState.COMPLETE for t in result.trials)
+
+
+def test_trials_store_spec_digest_params_history(tmp_path: Path, monkeypatch) -> None:
+    from cellsearch.spec import ModelSpec
+
+    monkeypatch.chdir(tmp_path)
+    result = run_study(tiny("attrs", search={"sampler": "random", "n_trials": 2, "seed": 1}), display="quiet")
+    assert result.n_complete == 2
+    for t in result.study.get_trials(states=(TrialState.COMPLETE,)):
+        spec = ModelSpec.from_json(t.user_attrs["spec"])
+        assert spec.digest() == t.user_attrs["digest"]
+        assert t.user_attrs["n_params"] > 0 and len(t.user_attrs["history"]) == 1
+        assert Path(t.user_attrs["weights"]).is_file()
+
+
+def test_same_spec_reuses_the_stored_result(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run_study(tiny("reuse", space={"cell": {"update": ["gru"]}}), display="quiet")
+    trials = result.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert "reused_from" not in trials[0].user_attrs
+    assert all(t.user_attrs["reused_from"] == 0 and t.values == trials[0].values for t in trials[1:])
+
+
+def test_median_pruner_prunes(tmp_path: Path, monkeypatch) -> None:
+    """A wide learning-rate range makes some trials clearly worse after the first epoch: they are PRUNED."""
+    monkeypatch.chdir(tmp_path)
+    raw = tiny(
+        "prune",
+        space={
+            "cell": {"update": ["lstm", "gru", "vanilla"]},
+            "train": {"lr": {"low": 1.0e-5, "high": 0.3, "log": True}},
+        },
+        train={"epochs": 3, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
+        search={
+            "sampler": "random",
+            "n_trials": 10,
+            "seed": 3,
+            "enqueue_published": False,
+            "pruner": {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        },
+    )
+    result = run_study(raw, display="quiet")
+    pruned = [t for t in result.trials if t.state == TrialState.PRUNED]
+    assert pruned, [t.state for t in result.trials]
+    assert all("median pruner at epoch" in t.user_attrs["prune_reason"] for t in pruned)
+    assert result.n_complete >= 2
+
+
+def test_changed_space_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    run_study(tiny("fp", search={"sampler": "random", "n_trials": 1, "seed": 0}), display="quiet")
+    with pytest.raises(UserError, match="different space"):
+        run_study(tiny("fp", space={"cell": {"update": ["lstm", "mgu"]}}), display="quiet")
+    again = run_study(tiny("fp", search={"sampler": "random", "n_trials": 2, "seed": 0}), display="quiet")
+    assert again.n_complete == 2  # the unchanged study continues
+
+
+def test_ray_backend_is_a_clear_hook(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="backend 'ray' is not available"):
+        run_study(tiny("ray", search={"backend": "ray", "n_trials": 1}), display="quiet")
+    assert not (tmp_path / "runs").exists()
+
+
+def _load(db: Path, name: str) -> optuna.Study:
+    """Read the study without creating tables (the running child may be creating them)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _snapshot(db: Path, name: str) -> dict[int, Any]:
+    study = _load(db, name)
+    return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in study.get_trials()}
+
+
+def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path: Path) -> None:
+    raw = tiny(
+        "killed",
+        space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}},
+        train={"epochs": 2, "steps_per_epoch": 25, "batch_size": 16, "threads": 1},
+        search={"sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
+    )
+    path = tmp_path / "killed.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    db = tmp_path / "runs" / "killed" / "study.db"
+    cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
+    try:
+        before = _wait_for_running_after_complete(db, "killed", proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done_before = {n: v for n, v in before.items() if v[0] == TrialState.COMPLETE}
+    running = [n for n, v in _snapshot(db, "killed").items() if v[0] == TrialState.RUNNING]
+    assert done_before and running
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    after = _snapshot(db, "killed")
+    for n, v in done_before.items():  # no completed trial lost or changed
+        assert after[n] == v
+    study = _load(db, "killed")
+    killed = study.trials[running[0]]
+    assert killed.state == TrialState.FAIL and "interrupted" in killed.user_attrs["fail_reason"]
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert retry and retry[0].params == killed.params  # re-queued with the same parameters
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # the budget is complete
+
+
+def _wait_for_running_after_complete(db: Path, name: str, proc: subprocess.Popen, limit: float = 120) -> dict:
+    """Poll the storage until one trial is COMPLETE and another RUNNING with its worker set; that snapshot."""
+    start = time.time()
+    while time.time() - start < limit:
+        assert proc.poll() is None, "the study finished before it could be killed"
+        try:
+            study = _load(db, name) if db.exists() else None
+            trials = study.trials if study is not None else []
+        except Exception:  # the study is being created
+            trials = []
+        complete = any(t.state == TrialState.COMPLETE for t in trials)
+        running = any(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in trials)
+        if complete and running:
+            return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+        time.sleep(0.05)
+    raise AssertionError("no trial was running after a completed one")
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "nsga2", "cmaes"])
+@pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
+def test_every_sampler_and_pruner_is_constructed(sampler: str, pruner: str) -> None:
+    from cellsearch.search.optuna_backend import make_pruner, make_sampler
+
+    config = study_from_mapping(tiny("s", search={"sampler": sampler, "pruner": pruner, "seed": 1}))
+    try:
+        import cmaes  # noqa: F401
+    except ImportError:
+        if sampler == "cmaes":
+            with pytest.raises(UserError, match="pip install cmaes"):
+                make_sampler(config)
+            return
+    assert isinstance(make_sampler(config), optuna.samplers.BaseSampler)
+    assert isinstance(make_pruner(config), optuna.pruners.BasePruner)
+
+
+def test_divergence_fails_the_trial_with_its_reason(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    raw = tiny("div", space=None, cells=["vanilla"],
+               train={"epochs": 2, "steps_per_epoch": 5, "batch_size": 16, "lr": 1.0e8, "optimizer": "sgd",
+                      "clip": None, "threads": 1},
+               search={"n_trials": 1})
+    result = run_study(raw, display="quiet")
+    (trial,) = result.trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("diverged: training diverged at step")
