@@ -55,11 +55,19 @@ __all__ = [
     "parse_set",
     "SAMPLERS",
     "PRUNERS",
+    "SCHEDULERS",
     "BACKENDS",
 ]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 PRUNERS = ("median", "successive_halving", "hyperband", "none")
+#: Ray Tune schedulers (``search.scheduler``, backend ray) and the keyword arguments each accepts
+SCHEDULERS: dict[str, tuple[str, ...]] = {
+    "asha": ("grace_period", "reduction_factor", "max_t", "brackets"),
+    "hyperband": ("grace_period", "reduction_factor", "max_t", "brackets"),
+    "median": ("grace_period", "min_samples_required"),
+    "fifo": (),
+}
 BACKENDS = ("optuna", "ray")
 DIRECTIONS = ("minimize", "maximize")
 STUDY_KEYS = (
@@ -89,6 +97,10 @@ SEARCH_KEYS = (
     "enqueue_published",
     "ray_address",
     "resources",
+    "scheduler",
+    "max_concurrent_trials",
+    "storage_path",
+    "reuse_actors",
 )
 DEPTH_INT_FIELDS = {"layers": 1, "transition_layers": 1, "output_layers": 0, "input_layers": 0}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -320,11 +332,18 @@ class SearchConfig:
     enqueue_published: bool = True
     ray_address: str | None = None
     resources: Mapping[str, Any] = field(default_factory=FrozenDict)
+    scheduler: str | None = None
+    scheduler_args: Mapping[str, Any] = field(default_factory=FrozenDict)
+    max_concurrent_trials: int | None = None
+    storage_path: str | None = None
+    reuse_actors: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
         out["sampler"] = {"name": self.sampler, **out.pop("sampler_args")}
         out["pruner"] = {"name": self.pruner, **out.pop("pruner_args")}
+        args = out.pop("scheduler_args")
+        out["scheduler"] = {"name": self.scheduler, **args} if self.scheduler is not None else None
         return out
 
 
@@ -783,6 +802,7 @@ def _search(r: _Reader, raw: Any, n_objectives: int) -> SearchConfig:
     default_sampler = "nsga2" if n_objectives > 1 else "tpe"
     sampler, sampler_args = _named(r, "search.sampler", data.get("sampler", default_sampler), SAMPLERS)
     pruner, pruner_args = _named(r, "search.pruner", data.get("pruner", "median"), PRUNERS)
+    scheduler, scheduler_args = _scheduler(r, data.get("scheduler"), n_objectives)
     if n_objectives > 1 and sampler in ("cmaes",):
         raise r.fail(
             "search.sampler", sampler, "a multi-objective sampler: one of ['nsga2', 'tpe', 'random', 'gp']"
@@ -803,8 +823,53 @@ def _search(r: _Reader, raw: Any, n_objectives: int) -> SearchConfig:
         seed=r.integer("search.seed", data.get("seed"), 0, none=True),
         enqueue_published=r.boolean("search.enqueue_published", data.get("enqueue_published", True)),
         ray_address=r.string("search.ray_address", data.get("ray_address"), none=True),
-        resources=FrozenDict(r.mapping("search.resources", data.get("resources") or {}, ("cpu", "gpu"))),
+        resources=FrozenDict(_resources(r, data.get("resources"))),
+        scheduler=scheduler,
+        scheduler_args=FrozenDict(scheduler_args),
+        max_concurrent_trials=r.integer(
+            "search.max_concurrent_trials", data.get("max_concurrent_trials"), 1, none=True
+        ),
+        storage_path=r.string("search.storage_path", data.get("storage_path"), none=True),
+        reuse_actors=r.boolean("search.reuse_actors", data.get("reuse_actors", True)),
     )
+
+
+def _resources(r: _Reader, raw: Any) -> dict[str, float]:
+    """``search.resources``: CPUs and GPUs per trial (Ray backend); fractions allowed (``gpu: 0.5``)."""
+    data = r.mapping("search.resources", raw or {}, ("cpu", "gpu"))
+    out = {k: r.number(f"search.resources.{k}", v, 0) for k, v in data.items()}
+    if out.get("cpu", 1) == 0 and out.get("gpu", 0) == 0:
+        raise r.fail("search.resources", data, "at least some cpu or gpu per trial")
+    return out  # type: ignore[return-value]
+
+
+def _scheduler(r: _Reader, raw: Any, n_objectives: int) -> tuple[str | None, dict[str, Any]]:
+    """``search.scheduler`` (backend ray): a name or ``{name, **args}``; null = follow ``search.pruner``."""
+    if raw is None:
+        return None, {}
+    if raw == "pbt" or (isinstance(raw, Mapping) and raw.get("name") == "pbt"):
+        raise r.fail(
+            "search.scheduler",
+            "pbt",
+            f"one of {list(SCHEDULERS)}",
+            "population-based training mutates the hyperparameters of running trials and copies weights "
+            "between them, which a search over cell architectures cannot do (weights of different cells "
+            "do not fit) and the Optuna record could not describe; ",
+        )
+    name, args = _named(r, "search.scheduler", raw, tuple(SCHEDULERS))
+    for k, v in args.items():
+        if k not in SCHEDULERS[name]:
+            raise r.fail(
+                f"search.scheduler.{k}",
+                k,
+                f"an argument of {name}: {list(SCHEDULERS[name]) or 'none'}",
+                did_you_mean(k, SCHEDULERS[name]),
+            )
+        low = 1 if k in ("grace_period", "max_t", "brackets", "min_samples_required") else 0
+        r.number(f"search.scheduler.{k}", v, low)
+    if n_objectives > 1 and name != "fifo":
+        raise r.fail("search.scheduler", name, "fifo for a multi-objective study (nothing to stop trials by)")
+    return name, args
 
 
 def _budget(r: _Reader, data: Mapping[str, Any]) -> int | None:

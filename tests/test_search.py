@@ -167,8 +167,13 @@ def test_changed_space_is_refused(tmp_path: Path, monkeypatch) -> None:
     assert again.n_complete == 2  # the unchanged study continues
 
 
-def test_ray_backend_is_a_clear_hook(tmp_path: Path, monkeypatch) -> None:
+def test_missing_backend_module_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    """A backend whose module is not installed is refused before anything runs (the Ray backend itself
+    is tested in test_ray.py)."""
+    import cellsearch.search as search
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(search.BACKENDS, "ray", "cellsearch.search.no_such_backend")
     with pytest.raises(UserError, match="backend 'ray' is not available"):
         run_study(tiny("ray", search={"backend": "ray", "n_trials": 1}), display="quiet")
     assert not (tmp_path / "runs").exists()

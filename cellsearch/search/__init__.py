@@ -1,10 +1,10 @@
 """Search backends behind one entry point, :func:`run_study`.
 
-A backend is a module with ``run(config, storage_url=None, display=None) -> StudyResult``; ``optuna``
-is built in. The ``ray`` hook names ``cellsearch.search.ray_backend`` (Ray Tune wrapping the same
-``sample(trial)`` with OptunaSearch, trials stopped by a scheduler recorded as PRUNED): until that module
-exists, ``backend: ray`` is refused with a clear message. Importing this package imports neither Optuna
-nor Ray.
+A backend is a module with ``run(config, storage_url=None, display=None) -> StudyResult``: ``optuna``
+(:mod:`cellsearch.search.optuna_backend`) and ``ray`` (:mod:`cellsearch.search.ray_backend`: Ray Tune
+wrapping the same ``sample(trial)`` with OptunaSearch, trials stopped by a scheduler recorded as PRUNED).
+A backend whose module is missing is refused with a clear message. Importing this package imports neither
+Optuna nor Ray; a backend module is imported only when a study runs on it.
 """
 
 from __future__ import annotations

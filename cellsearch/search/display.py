@@ -126,9 +126,13 @@ class Display:
 
         out = {s.name: 0 for s in TrialState}
         out["interrupted"] = 0  # FAIL because their process was killed: they do not use the budget
-        for t in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials} - {None}  # failed by a heartbeat, re-queued
+        for t in trials:
             out[t.state.name] += 1
-            out["interrupted"] += bool(t.state == TrialState.FAIL and t.user_attrs.get("interrupted"))
+            out["interrupted"] += bool(
+                t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or t.number in retried)
+            )
         return out
 
     def _best(self) -> str:

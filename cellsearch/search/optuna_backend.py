@@ -7,6 +7,12 @@ study again continues it:
 - RUNNING trials whose process died are marked FAIL (``fail_reason``) and their parameters re-queued;
 - the budget ``n_trials`` counts trials that finished (COMPLETE, PRUNED, or FAIL from the training itself,
   e.g. divergence), not trials killed with their process, so a rerun after a kill completes the budget;
+- several workers (``cellsearch run`` processes on one or many machines, one shared storage such as
+  PostgreSQL) split the budget: ``n_trials`` is the study's total, checked against the storage before each
+  new trial (finished + running trials of every worker); a worker whose free slots are held by other
+  workers' running trials waits for them and, when a worker stops sending heartbeats, fails its trial
+  and runs the re-queued parameters; a trial that finds the same spec training in another worker waits
+  for it and reuses its result;
 - the published cells of the space are enqueued as the first trials, once, when the study is created.
 
 Every trial stores as user attributes: ``spec`` (ModelSpec JSON), ``digest``, ``key`` (spec + training
@@ -22,6 +28,7 @@ import hashlib
 import inspect
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -44,12 +51,22 @@ __all__ = [
     "open_study",
     "Objective",
     "counted",
+    "n_running",
+    "free_slots",
+    "fail_stale",
     "requeue",
+    "wait_for_slots",
+    "BudgetTaken",
+    "objective_value",
+    "weights_bytes",
+    "write_weights",
     "StudyResult",
     "export_from",
 ]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+#: seconds between looks at the storage while waiting for other workers' trials
+POLL_S = 1.0
 _SAMPLERS: dict[str, Callable[[], Any]] = {
     "tpe": lambda: optuna.samplers.TPESampler,
     "random": lambda: optuna.samplers.RandomSampler,
@@ -99,28 +116,80 @@ def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
 # Study, budget, resume
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Enqueue the parameters of a trial killed with its process (a fresh trial redoes it)."""
-    attrs = {"retry_of": trial.number}
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
+    """Enqueue the parameters of a trial killed with its process (a fresh trial redoes it).
+
+    The new trial stores ``retry_of`` (the killed trial's number, which no longer counts towards the
+    budget) and, when given, ``retry_reason``.
+    """
+    attrs: dict[str, Any] = {"retry_of": trial.number}
+    if reason:
+        attrs["retry_reason"] = reason
     if "published" in trial.user_attrs:
         attrs["published"] = trial.user_attrs["published"]
     study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 
 def _stale_callback(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Optuna's heartbeat failed ``trial`` (its worker stopped beating): record why and re-queue it."""
-    study._storage.set_trial_user_attr(
-        trial._trial_id, "fail_reason", "interrupted: its worker stopped sending heartbeats"
-    )
-    study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-    requeue(study, trial)
+    """Optuna's heartbeat failed ``trial`` (its worker stopped beating): re-queue it.
+
+    Optuna has already finished the trial, so nothing more can be written on it: the reason goes on the
+    retry (``retry_reason``), whose ``retry_of`` takes the failed trial out of the budget.
+    """
+    requeue(study, trial, reason=f"trial {trial.number} was interrupted: its worker stopped sending heartbeats")
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail (and re-queue) RUNNING trials whose worker stopped sending heartbeats (RDB storages)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental API warnings
+        optuna.storages.fail_stale_trials(study)
+
+
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    return {t.user_attrs["retry_of"] for t in trials if isinstance(t.user_attrs.get("retry_of"), int)}
+
+
+def _uses_budget(trial: FrozenTrial, retried: set[int]) -> bool:
+    return trial.state in FINISHED and not trial.user_attrs.get("interrupted") and trial.number not in retried
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that used the budget: finished ones, not those killed with their process."""
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get("interrupted")
+    """Trials that used the budget: finished ones, not those killed with their process (re-queued)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return sum(1 for t in trials if _uses_budget(t, retried))
+
+
+def n_running(study: optuna.Study) -> int:
+    """RUNNING trials of every worker sharing the study's storage."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def free_slots(study: optuna.Study, budget: int | None) -> int | None:
+    """Trials this worker may still start: the budget minus finished and running trials (None: no budget)."""
+    if budget is None:
+        return None
+    return max(0, budget - counted(study) - n_running(study))
+
+
+def _budget_taken(trial: Trial, budget: int | None) -> bool:
+    """True when earlier trials (finished or running, any worker) already hold the whole budget.
+
+    Trial numbers are given out atomically by the storage, so when two workers start a trial for the
+    last free slot at the same moment, exactly one of them (the higher number) finds the budget taken.
+    """
+    if budget is None:
+        return False
+    trials = trial.study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    before = sum(
+        1
+        for t in trials
+        if t.number < trial.number
+        and (_uses_budget(t, retried) or (t.state == TrialState.RUNNING and not t.user_attrs.get("interrupted")))
     )
+    return before >= budget
 
 
 def open_study(config: StudyConfig, storage_url: str | None = None, create: bool = True) -> optuna.Study:
@@ -197,8 +266,16 @@ def _jsonable(value: Any) -> Any:
 class Objective:
     """``objective(trial)``: sample → resolve → (reuse | train) → objective values; see the module doc."""
 
-    def __init__(self, config: StudyConfig, space: Any, task: Any, display: Display | None = None) -> None:
+    def __init__(
+        self,
+        config: StudyConfig,
+        space: Any,
+        task: Any,
+        display: Display | None = None,
+        budget: int | None = None,
+    ) -> None:
         self.config, self.space, self.task, self.display = config, space, task, display
+        self.budget = budget
         self.worker = worker_id()
         self.task_dict = config.task.to_dict()
 
@@ -216,16 +293,33 @@ class Objective:
 
     def _run(self, trial: Trial) -> float | list[float]:
         trial.set_user_attr("worker", self.worker)
+        if _budget_taken(trial, self.budget):  # another worker started the last trial at the same moment
+            trial.set_user_attr("interrupted", True)
+            trial.set_user_attr(
+                "fail_reason", f"not run: the budget of {self.budget} trials was taken by other workers"
+            )
+            trial.study.stop()
+            raise BudgetTaken(f"the budget of {self.budget} trials is taken")
         candidate = self.space.candidate_for(self.space.sample(trial), trial.user_attrs.get("published"))
         spec, train = self._resolve(candidate)
         key = _key(spec, train.to_dict(), self.task_dict)
         self._describe(trial, candidate, spec, train, key)
         if self.display is not None:
             self.display.trial_started(trial.number, candidate.summary())
-        earlier = self._earlier(trial, key)
+        earlier = self._earlier(trial, key) or self._twin(trial, key)
         if earlier is not None:
             return self._reuse(trial, earlier)
         return self._train(trial, spec, train)
+
+    def _twin(self, trial: Trial, key: str) -> FrozenTrial | None:
+        """Wait while an earlier trial with the same key runs (another worker or thread); then its result
+        (None when it did not finish COMPLETE or PRUNED: this trial trains)."""
+        while True:
+            running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if not any(t.number < trial.number and t.user_attrs.get("key") == key for t in running):
+                return self._earlier(trial, key)
+            time.sleep(POLL_S)
+            fail_stale(trial.study)  # a twin whose worker died is failed after the grace period
 
     def _resolve(self, candidate: Candidate) -> tuple[Any, Any]:
         from ..train import TrainConfig, resolve_model_spec
@@ -319,27 +413,44 @@ class Objective:
         return on_epoch
 
     def _value(self, metric: str, result: Any, spec: Any) -> float:
-        if metric == "params":
-            return float(result.n_params)
-        if metric == "speed":
-            return _speed(spec, result.model)
-        value = result.final.get(metric)
-        if value is None:
-            raise UserError(
-                f"objective metric {metric!r} is not among the trainer's metrics {sorted(result.final)}"
-            )
-        return float(value)
+        return objective_value(metric, result, spec)
 
     def _save_weights(self, trial: Trial, model: Any) -> None:
-        from safetensors.torch import save_file
+        path = write_weights(self.config.directory / "trials", trial.number, weights_bytes(model))
+        trial.set_user_attr("weights", str(path))
 
-        folder = self.config.directory / "trials"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{trial.number}.safetensors"
-        tmp = path.with_suffix(".tmp")
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-        trial.set_user_attr("weights", str(path.resolve()))
+
+class BudgetTaken(RuntimeError):
+    """A trial started after other workers had taken the study's whole budget (it does not run)."""
+
+
+def objective_value(metric: str, result: Any, spec: Any) -> float:
+    """The value of objective ``metric`` for a finished training ``result`` (a ``TrainResult``)."""
+    if metric == "params":
+        return float(result.n_params)
+    if metric == "speed":
+        return _speed(spec, result.model)
+    value = result.final.get(metric)
+    if value is None:
+        raise UserError(f"objective metric {metric!r} is not among the trainer's metrics {sorted(result.final)}")
+    return float(value)
+
+
+def weights_bytes(model: Any) -> bytes:
+    """The model's state dict as safetensors bytes."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()})
+
+
+def write_weights(folder: Path, number: int, data: bytes) -> Path:
+    """Write a trial's weights atomically as ``<folder>/<number>.safetensors``; returns the absolute path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{number}.safetensors"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path.resolve()
 
 
 def _speed(spec: Any, model: Any) -> float:
@@ -362,30 +473,62 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are shown with their reason by the display
     study = open_study(config, storage_url)
     failed = fail_dead_trials(study, requeue)
+    fail_stale(study)
     _seed_trials(study, space, config)
     budget = config.search.n_trials
-    remaining = None if budget is None else max(0, budget - counted(study))
+    free = free_slots(study, budget)
     display = display or Display(config, quiet=True)
-    display.start(study, remaining, resumed=counted(study), failed_dead=failed)
-    objective = Objective(config, space, task, display)
+    display.start(study, free, resumed=counted(study), failed_dead=failed)
+    objective = Objective(config, space, task, display, budget)
+    deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
     try:
-        if remaining is None or remaining > 0:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                timeout=config.search.timeout,
-                n_jobs=config.search.n_jobs,
-                catch=(Exception,),
-                callbacks=[display.trial_finished, _budget_callback(budget)],
-            )
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            if free is None or free > 0:
+                study.optimize(
+                    objective,
+                    n_trials=free,
+                    timeout=left,
+                    n_jobs=config.search.n_jobs,
+                    catch=(Exception,),
+                    callbacks=[display.trial_finished, _budget_callback(budget)],
+                )
+            if budget is None or counted(study) >= budget:
+                break
+            free = wait_for_slots(study, budget, deadline)
     finally:
         display.stop()
     return StudyResult(config, study, storage_url or config.storage_url)
 
 
+def wait_for_slots(study: optuna.Study, budget: int, deadline: float | None = None) -> int:
+    """Wait while other workers' running trials hold the rest of the budget; returns the free slots.
+
+    Returns 0 when the budget is complete or ``deadline`` (``time.monotonic()``) passed; meanwhile fails
+    trials whose worker stopped sending heartbeats (their parameters are re-queued, freeing a slot), or,
+    on a storage without heartbeats, trials of dead processes on this machine.
+    """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    while counted(study) < budget:
+        if is_heartbeat_enabled(study._storage):
+            fail_stale(study)
+        else:
+            fail_dead_trials(study, requeue)
+        free = free_slots(study, budget) or 0
+        if free > 0:
+            return free
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        time.sleep(POLL_S)
+    return 0
+
+
 def _budget_callback(budget: int | None) -> Callable[[optuna.Study, FrozenTrial], None]:
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
-        if budget is not None and counted(study) >= budget:
+        if budget is not None and counted(study) + n_running(study) >= budget:
             study.stop()
 
     return stop_when_done

@@ -3,7 +3,9 @@
 ``sqlite:///runs/<name>/study.db`` is the default; any RDB URL Optuna accepts works (PostgreSQL, MySQL),
 and ``journal:///path/to/study.log`` opens a journal-file storage. RDB storages run Optuna's heartbeat,
 so a trial whose worker died on another machine is failed after the grace period; on this machine a
-RUNNING trial whose process is gone is failed at once (see :func:`fail_dead_trials`).
+RUNNING trial whose process is gone is failed at once (see :func:`fail_dead_trials`). The heartbeat
+interval and grace period (30 s and 120 s) can be changed with the environment variables
+``CELLSEARCH_HEARTBEAT_S`` and ``CELLSEARCH_GRACE_S`` (the same on every worker of a study).
 """
 
 from __future__ import annotations
@@ -17,10 +19,34 @@ from typing import Any
 
 from ..cli import UserError
 
-__all__ = ["make_storage", "storage_exists", "worker_id", "is_dead", "fail_dead_trials", "HEARTBEAT_S"]
+__all__ = [
+    "make_storage",
+    "storage_exists",
+    "worker_id",
+    "is_dead",
+    "fail_dead_trials",
+    "heartbeat_settings",
+    "HEARTBEAT_S",
+]
 
 HEARTBEAT_S = 30
 GRACE_S = 120
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace period) in seconds: the defaults or ``CELLSEARCH_HEARTBEAT_S`` / ``CELLSEARCH_GRACE_S``."""
+    values = []
+    for name, default in (("CELLSEARCH_HEARTBEAT_S", HEARTBEAT_S), ("CELLSEARCH_GRACE_S", GRACE_S)):
+        text = os.environ.get(name, "").strip()
+        try:
+            value = int(text) if text else default
+        except ValueError:
+            raise UserError(f"{name}={text!r}: expected a whole number of seconds >= 1") from None
+        if value < 1:
+            raise UserError(f"{name}={text!r}: expected a whole number of seconds >= 1")
+        values.append(value)
+    interval, grace = values
+    return interval, max(grace, interval + 1)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -64,27 +90,47 @@ def make_storage(url: str, create: bool = True, failed_trial_callback: Any = Non
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _with_driver(url: str) -> str:
+    """``postgresql://`` with the installed driver: SQLAlchemy 2.1 reads it as psycopg 3, cellsearch
+    depends on psycopg2 (``psycopg2-binary``); an explicit ``postgresql+<driver>://`` is kept."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+                return "postgresql+psycopg2://" + url[len(scheme) :]
+            return "postgresql://" + url[len(scheme) :]
+    return url
+
+
 def _rdb(url: str, failed_trial_callback: Any) -> Any:
     import optuna
 
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    url = _with_driver(url)
+    # a server connection may be dropped while a long trial trains: test it before use
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    interval, grace = heartbeat_settings()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the heartbeat arguments are marked experimental
         return optuna.storages.RDBStorage(
             url,
-            heartbeat_interval=HEARTBEAT_S,
-            grace_period=GRACE_S,
+            heartbeat_interval=interval,
+            grace_period=grace,
             heartbeat_stale_trial_callback=failed_trial_callback,
             engine_kwargs=engine,
         )
 
 
 def _is_creation_race(exc: Exception) -> bool:
-    """Two processes creating a new database's tables at once (or one holding the lock meanwhile)."""
+    """Two processes creating a new database's tables at once (or one holding the lock meanwhile).
+
+    SQLite says "already exists" / "locked"; PostgreSQL a duplicate key in its catalog (``pg_type``) or
+    ``DuplicateTable`` (a ProgrammingError).
+    """
     text, kind = str(exc).lower(), type(exc).__name__
-    if kind == "OperationalError":
+    if kind in ("OperationalError", "ProgrammingError"):
         return "already exists" in text or "locked" in text
-    return kind == "IntegrityError" and "alembic_version" in text
+    return kind == "IntegrityError" and any(k in text for k in ("alembic_version", "pg_type", "already exists"))
 
 
 def _start_time(pid: int) -> str | None:
@@ -123,6 +169,7 @@ def is_dead(worker: Any) -> bool:
 
 def fail_dead_trials(study: Any, requeue: Any) -> list[int]:
     """Mark RUNNING trials of dead local processes FAIL (reason stored) and re-queue their parameters."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     failed = []
@@ -131,9 +178,13 @@ def fail_dead_trials(study: Any, requeue: Any) -> list[int]:
             continue
         storage = study._storage
         reason = f"interrupted: its process ({trial.user_attrs['worker'].get('pid')}) died"
-        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
-        if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
+            done = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker failed it meanwhile (and re-queued it)
+            continue
+        if done:
             requeue(study, storage.get_trial(trial._trial_id))
             failed.append(trial.number)
     return failed

@@ -1,0 +1,257 @@
+"""Several ``cellsearch run`` workers on one study in PostgreSQL: the budget is split without duplicates,
+and when one worker is killed its running trial is failed by Optuna's heartbeat and re-run by the other.
+
+The server: ``CELLSEARCH_TEST_POSTGRES`` (a URL; ``.ci/run`` installs Debian's ``postgresql`` and sets it),
+else a throwaway cluster started here with the PostgreSQL server binaries of this machine (``initdb`` and
+``pg_ctl`` run as the ``postgres`` user when the tests run as root). Skipped only when there are none.
+Real processes and a real server throughout; tiny studies (adding, T = 10, hidden 8).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.xdist_group("postgres")
+
+TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+
+
+# ------------------------------------------------------------------------------------------------
+# The server
+
+
+def _bindir() -> str | None:
+    """The folder of ``initdb`` / ``pg_ctl`` (Debian puts them in /usr/lib/postgresql/<version>/bin)."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return str(Path(found[-1]).parent)
+    initdb = shutil.which("initdb")
+    return str(Path(initdb).parent) if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Throwaway:
+    """A PostgreSQL cluster in a temporary folder, on a free port, trusted on 127.0.0.1 only."""
+
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        # under /tmp: the postgres user must be able to reach the folder
+        self.root = Path(tempfile.mkdtemp(prefix="cs-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        self.port = _free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # the server refuses to run as root
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("PostgreSQL tests need a 'postgres' user to run the server as (running as root)")
+            os.chown(self.root, user.pw_uid, user.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        cmd = [*self.as_user, os.path.join(self.bindir, args[0]), *args[1:]]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
+
+    def start(self) -> str:
+        data = str(self.root / "data")
+        self._run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", data, "-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "cellsearch_test")
+        return f"postgresql://postgres@127.0.0.1:{self.port}/cellsearch_test"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database URL for the tests (see the module docstring)."""
+    url = os.environ.get("CELLSEARCH_TEST_POSTGRES")
+    if url:
+        yield url
+        return
+    bindir = _bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL is not available: no initdb on this machine (install Debian's 'postgresql' "
+            "package, or set CELLSEARCH_TEST_POSTGRES=postgresql://USER@HOST:PORT/DB)"
+        )
+    server = _Throwaway(bindir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _study_file(tmp_path: Path, name: str, space: dict[str, Any], n_trials: int, steps: int) -> Path:
+    raw = {
+        "name": name,
+        "task": dict(TASK),
+        "space": space,
+        "model": {"hidden_size": 8},
+        "train": {"epochs": 2, "steps_per_epoch": steps, "batch_size": 16, "threads": 1},
+        "objective": "val_mse",
+        "search": {"sampler": "random", "pruner": "none", "n_trials": n_trials, "enqueue_published": False},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _worker(path: Path, url: str, cwd: Path, **env: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--storage", url, "--plain"]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _load(url: str, name: str) -> optuna.Study:
+    from cellsearch.search.storage import make_storage
+
+    return optuna.load_study(study_name=name, storage=make_storage(url, create=False))
+
+
+def _trained_keys(trials: list[Any]) -> list[str]:
+    """The keys (spec + training + task) of the trials that actually trained."""
+    return [
+        t.user_attrs["key"]
+        for t in trials
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and "reused_from" not in t.user_attrs
+    ]
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"worker {proc.pid} did not finish:\n{out}") from None
+    assert proc.returncode == 0, out
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_two_workers_split_the_budget_without_duplicates(tmp_path: Path, postgres_url: str) -> None:
+    """Two processes on one study: exactly N trials count (COMPLETE here), distinct numbers, no spec trained
+    twice (a spec another worker already trained, or is training, is reused), both workers did trials.
+
+    When both workers start a trial for the last free slot at the same moment, the higher-numbered one is
+    recorded FAIL "not run: the budget ... was taken" (it trains nothing and does not count)."""
+    name = f"split_{uuid.uuid4().hex[:8]}"
+    space = {"cell": {"update": ["lstm", "gru", "star", "mgu"]}}  # 4 specs for 8 trials: repeats happen
+    path = _study_file(tmp_path, name, space, n_trials=8, steps=15)
+    workers = [_worker(path, postgres_url, tmp_path) for _ in range(2)]
+    outputs = [_finish(w) for w in workers]
+
+    trials = _load(postgres_url, name).get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    done = [t for t in trials if t.state != TrialState.FAIL]
+    assert len(done) == 8 and all(t.state == TrialState.COMPLETE for t in done), [t.state for t in trials]
+    for t in trials:  # a worker that lost the race for the last slot records a trial it did not run
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs["interrupted"] and "budget of 8 trials was taken" in t.user_attrs["fail_reason"]
+    keys = _trained_keys(trials)
+    assert len(keys) == len(set(keys)) <= 4, keys  # no spec computed twice
+    by_key = {t.user_attrs["key"]: t for t in done if "reused_from" not in t.user_attrs}
+    for t in done:
+        if "reused_from" in t.user_attrs:
+            assert by_key[t.user_attrs["key"]].number == t.user_attrs["reused_from"]
+            assert t.values == by_key[t.user_attrs["key"]].values
+    pids = {t.user_attrs["worker"]["pid"] for t in done}
+    assert pids == {w.pid for w in workers}, outputs  # the budget was split between the two
+    assert all("done 8/8" in out for out in outputs), outputs
+
+
+def _wait_for(url: str, name: str, ready: Any, what: str, limit: float = 120) -> list[Any]:
+    start = time.time()
+    while time.time() - start < limit:
+        try:
+            trials = _load(url, name).get_trials()
+        except Exception:  # noqa: BLE001 - the study is being created
+            trials = []
+        if ready(trials):
+            return trials
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, postgres_url: str) -> None:
+    """Worker A is SIGKILLed while training; worker B waits for A's trial, which Optuna's heartbeat fails
+    after the grace period, re-runs its parameters and completes the budget: exactly N trials count."""
+    name = f"kill_{uuid.uuid4().hex[:8]}"
+    space = {"cell": {"update": ["lstm", "gru"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}}
+    path = _study_file(tmp_path, name, space, n_trials=6, steps=60)
+    beat = {"CELLSEARCH_HEARTBEAT_S": "1", "CELLSEARCH_GRACE_S": "3"}
+    a = _worker(path, postgres_url, tmp_path, **beat)
+    b = _worker(path, postgres_url, tmp_path, **beat)
+    try:
+
+        def a_is_training(trials: list[Any]) -> bool:
+            mine = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid]
+            return any(t.state == TrialState.COMPLETE for t in mine) and any(
+                t.state == TrialState.RUNNING and "key" in t.user_attrs for t in mine
+            )
+
+        _wait_for(postgres_url, name, a_is_training, "worker A training after a completed trial")
+    finally:
+        a.send_signal(signal.SIGKILL)
+        a.communicate()
+    killed = [
+        t
+        for t in _load(postgres_url, name).get_trials()
+        if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid") == a.pid
+    ]
+    assert len(killed) == 1
+    out = _finish(b)
+
+    trials = _load(postgres_url, name).get_trials()
+    by_number = {t.number: t for t in trials}
+    dead = by_number[killed[0].number]
+    assert dead.state == TrialState.FAIL  # failed by Optuna's heartbeat (A never told it)
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == dead.number]
+    assert len(retries) == 1 and "stopped sending heartbeats" in retries[0].user_attrs["retry_reason"]
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.params == dead.params
+    assert retry.user_attrs["worker"]["pid"] == b.pid  # the surviving worker re-ran it
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6, [(t.number, t.state) for t in trials]
+    assert len(by_number) == len(trials)
+    keys = _trained_keys(trials)
+    assert len(keys) == len(set(keys))
+    assert "done 6/6" in out, out

@@ -1,0 +1,266 @@
+"""The Ray Tune backend, for real: a local study whose trials land in the Optuna storage and export; a
+two-node Ray cluster on this machine whose trials run on both nodes; ASHA-stopped trials recorded PRUNED
+(never COMPLETE with a truncated budget); a driver killed mid-study and the study continued.
+
+Ray runs under a private temporary folder (``RAY_TMPDIR``), so these tests never join, nor are joined by,
+another Ray instance on the machine; every Ray process they start is stopped (``ray.shutdown``,
+``Cluster.shutdown``, or killing the killed driver's own process group). Tiny studies (adding, T = 10,
+hidden 8, a few steps).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from cellsearch.cli import main
+
+pytestmark = pytest.mark.xdist_group("ray")
+
+TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+
+
+def tiny(name: str, **changes: Any) -> dict[str, Any]:
+    """A Ray study mapping that trains in well under a second per trial."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "task": dict(TASK),
+        "space": {"cell": {"update": ["lstm", "gru", "star"]}},
+        "model": {"hidden_size": 8},
+        "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
+        "objective": "val_mse",
+        "search": {"backend": "ray", "sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
+    }
+    for key, value in changes.items():  # search settings merge; everything else replaces
+        raw[key] = {**raw[key], **value} if key == "search" else value
+    return raw
+
+
+def _write(tmp_path: Path, raw: dict[str, Any]) -> Path:
+    path = tmp_path / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def _load(tmp_path: Path, name: str) -> optuna.Study:
+    """The study as any reader sees it: straight from its SQLite file."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}", skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture(scope="session")
+def ray_tmp() -> Iterator[str]:
+    """A private Ray temporary folder (short: Ray's socket paths must fit in 107 characters), for this
+    process and the drivers it starts; token authentication off (every cluster here is private)."""
+    folder = tempfile.mkdtemp(prefix="csray-", dir="/tmp")
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_TMPDIR=folder, RAY_AUTH_MODE="disabled")
+    try:
+        yield folder
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_ray(ray_tmp: str) -> Iterator[str]:
+    """One local Ray for these tests (the backend uses an initialized Ray and leaves it running); its
+    address, for drivers started as separate processes. Session-scoped: started once per test process
+    even when xdist interleaves other modules between these tests."""
+    import ray
+
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+def test_ray_study_on_this_machine_lands_in_the_optuna_storage(
+    tmp_path: Path, monkeypatch, capsys, local_ray: str
+) -> None:
+    """4 trials through Ray Tune: the same trials and user attributes as the Optuna backend's, read back
+    from the study's storage; leaderboard and export work on it."""
+    from cellsearch.search import load_config
+    from cellsearch.search.optuna_backend import open_study
+    from cellsearch.search.results import pick_trial, trial_model
+    from cellsearch.spec import ModelSpec
+
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, tiny("ray4"))
+    assert main(["run", str(path), "--plain"]) == 0
+    assert "done 4/4" in capsys.readouterr().out
+
+    trials = _load(tmp_path, "ray4").get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        attrs = t.user_attrs
+        assert ModelSpec.from_json(attrs["spec"]).digest() == attrs["digest"]
+        assert attrs["n_params"] > 0 and len(attrs["history"]) == 2 and attrs["metrics"]["val_mse"] == t.values[0]
+        assert sorted(t.intermediate_values) == [1, 2]  # reported per epoch, as the Optuna backend does
+        assert attrs["ray_node"]["node_id"] and attrs["ray_node"]["device"] == "cpu"  # no GPU asked for
+        assert attrs["worker"]["pid"] == os.getpid()  # the driver holds the Optuna trial
+        assert t.params["cell/update"] in ("lstm", "gru", "star")
+        source = attrs.get("reused_from", t.number)
+        assert Path(attrs["weights"]) == (tmp_path / "runs" / "ray4" / "trials" / f"{source}.safetensors").resolve()
+        assert Path(attrs["weights"]).is_file()
+    assert (tmp_path / "runs" / "ray4" / "ray").is_dir()  # Ray's own results folder
+
+    assert main(["leaderboard", str(path)]) == 0
+    assert "ray4: 4 complete" in capsys.readouterr().out
+    assert main(["export", str(path), "--out", "best"]) == 0
+    info = yaml.safe_load((tmp_path / "best" / "spec.yaml").read_text())
+    spec = importlib.util.spec_from_file_location("ray_exported", tmp_path / "best" / info["files"]["module"])
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    config = load_config(path)
+    trial = pick_trial(open_study(config, create=False), config, info["trial"])
+    x = torch.randn(5, 10, 2)
+    with torch.no_grad():  # the exported module computes what the trial's saved weights compute
+        assert (module.load()(x)[0] - trial_model(trial, config)(x)[0]).abs().max() < 1e-6
+
+
+def test_asha_stopped_trials_are_pruned_not_complete(tmp_path: Path, monkeypatch, local_ray: str) -> None:
+    """ASHA stops the worse trials early: they are PRUNED with their intermediate values; every COMPLETE
+    trial trained its full 4 epochs (stock OptunaSearch would tell the stopped ones COMPLETE)."""
+    from cellsearch.search import run_study
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny(
+        "asha",
+        space={"cell": {"update": ["lstm", "gru"]}, "train": {"lr": {"low": 1.0e-4, "high": 0.1, "log": True}}},
+        train={"epochs": 4, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
+        search={
+            "n_trials": 8,
+            "scheduler": {"name": "asha", "grace_period": 1, "reduction_factor": 2},
+            "max_concurrent_trials": 2,
+        },
+    )
+    result = run_study(raw, display="quiet")
+    trials = _load(tmp_path, "asha").get_trials()
+    assert len(trials) == 8 and result.n_complete + result.n_pruned == 8
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete, [t.state for t in trials]
+    for t in pruned:
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) < 4
+        assert t.values == [t.intermediate_values[steps[-1]]]  # its value is its last intermediate value
+        assert t.user_attrs["prune_reason"].startswith("asha scheduler stopped it after epoch")
+        assert len(t.user_attrs["history"]) == len(steps) and "weights" not in t.user_attrs
+    for t in complete:  # none COMPLETE with a truncated budget
+        assert sorted(t.intermediate_values) == [1, 2, 3, 4] and len(t.user_attrs["history"]) == 4
+        assert t.values == [t.user_attrs["history"][-1]["val_mse"]]
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path: Path, ray_tmp: str) -> None:
+    """A head node and a second node (one CPU each) on this machine; ``cellsearch run`` joins the cluster
+    at its address (``search.ray_address: HOST:PORT``) and its trials run on both nodes."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1}, connect=False)
+    try:
+        cluster.add_node(num_cpus=1, resources={"second_node": 1})
+        cluster.wait_for_nodes()
+        nodes = {node.node_id for node in cluster.list_all_nodes()}
+        assert len(nodes) == 2
+        raw = tiny(
+            "cluster",
+            space={"cell": {"update": ["lstm", "gru"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2}}},
+            train={"epochs": 2, "steps_per_epoch": 40, "batch_size": 16, "threads": 1},
+            # a fresh actor per trial is placed where a CPU is free: the second trial lands on the other node
+            search={
+                "ray_address": cluster.address,
+                "resources": {"cpu": 1},
+                "reuse_actors": False,
+                "n_trials": 2,
+            },
+        )
+        path = _write(tmp_path, raw)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_TMPDIR": ray_tmp}
+        cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        cluster.shutdown()
+    trials = _load(tmp_path, "cluster").get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    used = {t.user_attrs["ray_node"]["node_id"] for t in trials}
+    assert used == nodes, (used, nodes)  # both nodes trained trials
+    assert all(Path(t.user_attrs["weights"]).is_file() for t in trials)  # saved on the driver's machine
+
+
+def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_ray: str) -> None:
+    """SIGKILL a Ray-backed ``cellsearch run`` (a driver on this machine's Ray) after a trial completed
+    while another trains; running the study again keeps every completed trial, fails and re-runs the
+    killed one, and completes the budget."""
+    from cellsearch.search import run_study
+
+    raw = tiny(
+        "resume",
+        space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2}}},
+        train={"epochs": 2, "steps_per_epoch": 20, "batch_size": 16, "threads": 1},
+        search={"n_trials": 3, "max_concurrent_trials": 1, "pruner": "none", "ray_address": local_ray},
+    )
+    path = _write(tmp_path, raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
+    db = tmp_path / "runs" / "resume" / "study.db"
+    before: dict[int, Any] = {}
+    try:
+        start = time.time()
+        while time.time() - start < 180 and not before:
+            assert proc.poll() is None, "the study finished before it could be killed"
+            try:
+                trials = _load(tmp_path, "resume").get_trials() if db.exists() else []
+            except Exception:  # noqa: BLE001 - being created
+                trials = []
+            if any(t.state == TrialState.COMPLETE for t in trials) and any(
+                t.state == TrialState.RUNNING and "key" in t.user_attrs for t in trials
+            ):
+                before = {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+            time.sleep(0.1)
+    finally:  # Ray ends the driver's actors with it; the cluster (this process's) stays
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert before, "no trial was training after a completed one"
+    running = [n for n, v in before.items() if v[0] == TrialState.RUNNING]
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = run_study(path, display="quiet")
+    finally:
+        os.chdir(cwd)
+    trials = _load(tmp_path, "resume").get_trials()
+    after = {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+    for n, v in before.items():
+        if v[0] == TrialState.COMPLETE:
+            assert after[n] == v  # no completed trial lost or changed
+    for n in running:
+        killed = trials[n]
+        assert killed.state == TrialState.FAIL and "interrupted: its process" in killed.user_attrs["fail_reason"]
+        retry = [t for t in trials if t.user_attrs.get("retry_of") == n]
+        assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
+    assert result.n_complete == 3 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
