@@ -25,6 +25,11 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/cellsearch bench --all --out docs/bench
 
+# every reproduction of docs/REPRODUCTION.md at CPU size (tables + plots into docs/reproduction/)
+REPRO_WORKERS ?= 2
+reproduce: $(STAMP)
+	$(BIN)/cellsearch reproduce all --size cpu --workers $(REPRO_WORKERS) --out docs/reproduction
+
 lint: $(STAMP)
 	$(BIN)/ruff check cellsearch plugins tests
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fast as _fast
 from . import registry
 from .depth import Transition
 from .primitives.base import Block
@@ -196,7 +197,18 @@ class ComposedCell(nn.Module):
         return self.update.step(self.context(), xp, self.short_input(x), tuple(state))
 
     def forward_sequence(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """A whole time-major sequence: x [T, B, d] → (out [T, B, n], final state)."""
+        """A whole time-major sequence: x [T, B, d] → (out [T, B, n], final state).
+
+        Runs on the cell's fast path when it has one (:mod:`cellsearch.fast`: torch's native LSTM/GRU
+        kernels for exactly-LSTM/GRU specs, a fused whole-sequence function for the other families),
+        otherwise on :meth:`_reference_sequence`. Both give the same outputs and gradients;
+        ``with cellsearch.fast.enabled(False):`` forces the reference loop.
+        """
+        out = _fast.sequence(self, x, state)
+        return out if out is not None else self._reference_sequence(x, state)
+
+    def _reference_sequence(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """The reference loop: the update's step at every time step (autograd records each step)."""
         if state is None:
             state = self.initial_state(x.shape[1], x)
         state = tuple(state)

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("cellsearch.commands.plot", "plots of a study (PNG and HTML)"),
     "bench": ("cellsearch.commands.bench", "tokens/s forward+backward vs torch.nn.LSTM"),
     "diagnose": ("cellsearch.commands.diagnose", "gradient-magnitude map (layer × time)"),
+    "reproduce": ("cellsearch.commands.reproduce", "reproduce a seed paper's claim (table + plot)"),
+    "confirm": ("cellsearch.commands.confirm", "retrain a study's top trials with new seeds; rank by mean ± CI"),
 }
 
 

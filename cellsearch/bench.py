@@ -1,0 +1,582 @@
+"""Speed and memory of cells, measured the same way for every cell and for ``torch.nn.LSTM``.
+
+What one *run* is: a forward pass of a whole network over x [B, T, d] (batch first) and the backward
+pass of ``out.sum()`` (parameter and input gradients). Tokens per second = B·T / (seconds per run).
+
+How a comparison is made (:func:`bench_cell`):
+
+- the candidate and the reference (``torch.nn.LSTM`` of the same input and hidden size, batch first)
+  are built in the same process, warmed up, then timed in *interleaved* runs (reference, candidate,
+  candidate, reference, …), so both see the same machine load; the figure is the median of ``repeats``
+  runs each and the ratio is reference seconds / candidate seconds (> 1: faster than nn.LSTM);
+- on CUDA each run is timed with CUDA events; on the CPU with ``time.perf_counter``;
+- peak memory of one run is measured separately for each model (:func:`peak_memory`): on CUDA
+  ``torch.cuda.max_memory_allocated`` after a reset; on Linux CPUs the peak resident set size
+  (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) minus the resident size just before
+  the run, with the fused path's buffer pool emptied and freed memory handed back to the OS first (so
+  the pool's buffers count as memory of the run); the least of three runs. Elsewhere it is reported as
+  unavailable.
+- the allocator in effect is recorded (:func:`allocator_setting`): glibc's malloc tunables
+  (``MALLOC_*`` variables) and ``LD_PRELOAD``ed allocators change the results (PERFORMANCE.md); both
+  sides always run under the same setting because they share the process.
+
+:func:`measure_speed` is the single-model measurement a search can use as a ``speed`` objective.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BenchResult", "LoadMeter", "measure_speed", "time_runs", "peak_memory", "bench_cell", "bench_cells",
+    "build_model", "allocator_setting", "machine_info", "write_markdown", "write_chart", "write_json",
+]
+
+MALLOC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
+               "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+
+
+@dataclass
+class BenchResult:
+    """One cell at one size, paired with torch.nn.LSTM in the same process."""
+
+    cell: str
+    hidden: int
+    seq: int
+    batch: int
+    input_size: int
+    layers: int
+    path: str
+    ms: float
+    ref_ms: float
+    repeats: int
+    first_call_s: float
+    peak_mb: float | None = None
+    ref_peak_mb: float | None = None
+    reference_ms: float | None = None      # the reference loop (fast paths off), when measured
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.batch * self.seq / (self.ms / 1e3)
+
+    @property
+    def ref_tokens_per_s(self) -> float:
+        return self.batch * self.seq / (self.ref_ms / 1e3)
+
+    @property
+    def ratio(self) -> float:
+        """Speed relative to torch.nn.LSTM (> 1: faster)."""
+        return self.ref_ms / self.ms
+
+    @property
+    def reference_ratio(self) -> float | None:
+        """Speed of the reference loop relative to torch.nn.LSTM (same pairing), if measured."""
+        return self.ref_ms / self.reference_ms if self.reference_ms else None
+
+    @property
+    def memory_ratio(self) -> float | None:
+        if self.peak_mb is None or not self.ref_peak_mb:
+            return None
+        return self.peak_mb / self.ref_peak_mb
+
+
+# --------------------------------------------------------------------------------------------------
+# models and single runs
+
+def build_model(cell: str | Any, input_size: int, hidden: int, layers: int = 1,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """A network to time: ``"nn.LSTM"`` / ``"nn.GRU"`` (torch's, batch first) or a cellsearch cell."""
+    if cell == "nn.LSTM":
+        return nn.LSTM(input_size, hidden, num_layers=layers, batch_first=True).to(device)
+    if cell == "nn.GRU":
+        return nn.GRU(input_size, hidden, num_layers=layers, batch_first=True).to(device)
+    from .api import create_rnn
+
+    return create_rnn(cell, input_size, hidden, num_layers=layers).to(device)
+
+
+def _output(result: Any) -> Tensor:
+    return result[0] if isinstance(result, tuple) else result
+
+
+def _run(model: nn.Module, x: Tensor) -> None:
+    _output(model(x)).sum().backward()
+
+
+def _clear_grads(model: nn.Module, x: Tensor) -> None:
+    for p in model.parameters():
+        p.grad = None
+    x.grad = None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """A function that times one call in milliseconds (CUDA events on a GPU)."""
+    if device.type == "cuda":
+        def timed(fn: Callable[[], None]) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return float(start.elapsed_time(end))
+        return timed
+
+    def timed_cpu(fn: Callable[[], None]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    return timed_cpu
+
+
+class LoadMeter:
+    """CPU time that *other* processes used, in CPUs, over an interval (Linux ``/proc``; else 0).
+
+    The machine the bench runs on may be shared; a timing round during which other processes kept a
+    CPU busy is not comparable with the others, so :func:`time_runs` can discard it.
+    """
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.ok = sys.platform.startswith("linux") and os.path.exists("/proc/stat")
+        self._start: tuple[float, int, int] | None = None
+
+    def _read(self) -> tuple[float, int, int]:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        busy = sum(v) - v[3] - (v[4] if len(v) > 4 else 0)
+        with open("/proc/self/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        own = int(fields[11]) + int(fields[12])             # utime + stime, all threads
+        return time.perf_counter(), busy, own
+
+    def start(self) -> None:
+        self._start = self._read() if self.ok else None
+
+    def others(self) -> float:
+        """Average number of CPUs other processes kept busy since :meth:`start`."""
+        if self._start is None:
+            return 0.0
+        t1, busy1, own1 = self._read()
+        t0, busy0, own0 = self._start
+        return max(0, (busy1 - busy0) - (own1 - own0)) / self.hz / max(t1 - t0, 1e-9)
+
+
+def time_runs(models: Sequence[nn.Module], x: Tensor, repeats: int = 10, warmup: int = 2,
+              max_load: float | None = 0.25, max_rounds: int | None = None
+              ) -> tuple[list[list[float]], float, int, int]:
+    """Interleaved timings (ms) of forward + backward for each model.
+
+    The order alternates between rounds (a, b, …, then …, b, a) so that no model always runs right
+    after another. With ``max_load`` set, a round during which other processes used more than that
+    many CPUs on average (see :class:`LoadMeter`) is discarded and run again, up to ``max_rounds``
+    rounds in all (default 2 × repeats); if clean rounds stay short, the discarded ones are used.
+    Returns ([times of model 0, …], seconds of model 0's first run, rounds discarded, discarded rounds
+    used after all because clean ones ran short).
+    """
+    device = x.device
+    timed = _timer(device)
+    xs = x.detach().clone().requires_grad_(True)
+    first = 0.0
+    for i, m in enumerate(models):
+        for w in range(max(1, warmup)):
+            _clear_grads(m, xs)
+            _sync(device)
+            ms = timed(lambda m=m: _run(m, xs))
+            if i == 0 and w == 0:
+                first = ms / 1e3
+    meter = LoadMeter()
+    clean: list[list[float]] = []
+    dirty: list[list[float]] = []
+    order = list(range(len(models)))
+    limit = max_rounds or 2 * repeats
+    r = 0
+    while len(clean) < repeats and r < limit:
+        meter.start()
+        row = [0.0] * len(models)
+        for i in (order if r % 2 == 0 else order[::-1]):
+            _clear_grads(models[i], xs)
+            _sync(device)
+            row[i] = timed(lambda i=i: _run(models[i], xs))
+        (dirty if max_load is not None and meter.others() > max_load else clean).append(row)
+        r += 1
+    used = dirty[: max(0, repeats - len(clean))]
+    rows = clean + used
+    return [[row[i] for row in rows] for i in order], first, len(dirty), len(used)
+
+
+def measure_speed(model_or_spec: nn.Module | Any, batch: int = 64, seq: int = 100, input_size: int = 32,
+                  device: str | torch.device | None = None, hidden: int | None = None, repeats: int = 10,
+                  warmup: int = 2) -> float:
+    """Forward + backward tokens per second of one model (median of ``repeats`` after ``warmup`` runs).
+
+    ``model_or_spec``: a module taking x [B, T, d] (batch first) and returning ``out`` or
+    ``(out, state)``, timed on its own device unless ``device`` is given; or a cell name / CellSpec /
+    ModelSpec (built with :func:`cellsearch.create_rnn` on ``device``, default CPU; ``hidden``
+    defaults to the ModelSpec's, else 128). Usable as a ``speed`` search objective.
+    """
+    if isinstance(model_or_spec, nn.Module):
+        model = model_or_spec
+        if device is None:
+            first = next(iter(model.parameters()), None)
+            device = first.device if first is not None else torch.device("cpu")
+        device = torch.device(device)
+        model = model.to(device)
+    else:
+        from .spec import ModelSpec
+
+        device = torch.device(device or "cpu")
+        size = hidden or (model_or_spec.hidden_size if isinstance(model_or_spec, ModelSpec) else 128)
+        model = build_model(model_or_spec, input_size, size, device=device)
+    x = torch.randn(batch, seq, input_size, device=device)
+    (times,), _, _, _ = time_runs([model], x, repeats, warmup, max_load=None)
+    for p in model.parameters():
+        p.grad = None
+    return batch * seq / (statistics.median(times) / 1e3)
+
+
+# --------------------------------------------------------------------------------------------------
+# memory
+
+def _status_kb(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _trim() -> None:
+    gc.collect()
+    from .fast.pool import POOL
+
+    POOL.clear()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def peak_memory(model: nn.Module, x: Tensor, repeats: int = 3) -> float | None:
+    """Peak memory (MB) of one forward + backward run: the least of ``repeats`` measurements.
+
+    See the module docstring for the method; the allocator's state adds noise only upwards (a freed
+    block that is not reused, a heap that grew earlier), hence the minimum.
+    """
+    xs = x.detach().clone().requires_grad_(True)
+    _clear_grads(model, xs)
+    _run(model, xs)                      # warm: lazily built plans, oneDNN primitives, grads allocated
+    peaks = []
+    for _ in range(max(1, repeats)):
+        _clear_grads(model, xs)
+        _trim()
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)
+            base = torch.cuda.memory_allocated(x.device)
+            _run(model, xs)
+            torch.cuda.synchronize(x.device)
+            peaks.append((torch.cuda.max_memory_allocated(x.device) - base) / 2**20)
+            continue
+        base_kb = _status_kb("VmRSS")
+        if base_kb is None or not _reset_peak_rss():
+            return None
+        _run(model, xs)
+        peak = _status_kb("VmHWM")
+        if peak is None:
+            return None
+        peaks.append(max(0, peak - base_kb) / 1024)
+    return min(peaks)
+
+
+# --------------------------------------------------------------------------------------------------
+# a comparison
+
+def _path(model: nn.Module) -> str:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        return "torch"
+    from . import fast
+
+    paths = {fast.plan(layer).path for layer in layers}
+    return "+".join(sorted(paths)) if fast.is_enabled() else "reference"
+
+
+def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 64, input_size: int = 32,
+               layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
+               memory: bool = True, with_reference: bool = False, seed: int = 0,
+               max_load: float | None = 0.25, patience: int = 2) -> BenchResult:
+    """Time (and optionally measure the memory of) ``cell`` against torch.nn.LSTM, interleaved.
+
+    ``with_reference`` also times the cell with fast paths off (the reference loop), in the same rounds.
+    ``max_load``: discard rounds during which other processes used more CPUs than this (None: keep all),
+    running at most ``patience`` × ``repeats`` rounds.
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model(cell, input_size, hidden, layers, device)
+    ref = build_model("nn.LSTM", input_size, hidden, layers, device)
+    x = torch.randn(batch, seq, input_size, device=device)
+    path = _path(model)
+    t0 = time.perf_counter()
+    _run(model, x.clone().requires_grad_(True))            # first call: plans, reorders, allocations
+    first = time.perf_counter() - t0
+    candidates: list[nn.Module] = [ref, model]
+    if with_reference:
+        candidates.append(_ReferenceOnly(model))
+    times, _, discarded, used = time_runs(candidates, x, repeats, warmup, max_load=max_load,
+                                          max_rounds=patience * repeats)
+    name = cell if isinstance(cell, str) else getattr(cell, "digest", lambda: "spec")()
+    result = BenchResult(name, hidden, seq, batch, input_size, layers, path, statistics.median(times[1]),
+                         statistics.median(times[0]), repeats, first)
+    result.extra["discarded_rounds"] = discarded
+    result.extra["loaded_rounds_used"] = used
+    if with_reference:
+        result.reference_ms = statistics.median(times[2])
+    if memory:
+        result.peak_mb = peak_memory(model, x)
+        result.ref_peak_mb = peak_memory(ref, x)
+    return result
+
+
+class _ReferenceOnly(nn.Module):
+    """Runs the wrapped model with fast paths off (the reference loop)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        from . import fast
+
+        with fast.enabled(False):
+            return self.model(x)
+
+
+def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: int = 64, input_size: int = 32,
+                layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
+                memory_sizes: Iterable[tuple[int, int]] = (), reference_sizes: Iterable[tuple[int, int]] = (),
+                progress: Callable[[BenchResult], None] | None = None,
+                max_load: float | None = 0.25, patience: int = 2) -> list[BenchResult]:
+    """:func:`bench_cell` for every (hidden, seq) in ``sizes`` and every cell (sizes outermost)."""
+    memory_sizes, reference_sizes = set(memory_sizes), set(reference_sizes)
+    out = []
+    for hidden, seq in sizes:
+        for cell in cells:
+            size = (hidden, seq)
+            r = bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup,
+                           memory=size in memory_sizes, with_reference=size in reference_sizes,
+                           max_load=max_load, patience=patience)
+            out.append(r)
+            if progress is not None:
+                progress(r)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the machine and the allocator
+
+def allocator_setting() -> str:
+    """The allocator in effect, in words (glibc malloc tunables, or a preloaded allocator)."""
+    preload = os.environ.get("LD_PRELOAD", "")
+    names = [p for p in ("jemalloc", "tcmalloc", "mimalloc") if p in preload]
+    if names:
+        return f"{names[0]} (LD_PRELOAD)"
+    tunables = [f"{k}={os.environ[k]}" for k in MALLOC_VARS if k in os.environ]
+    libc = " ".join(platform.libc_ver()) if sys.platform.startswith("linux") else sys.platform
+    return f"{libc} malloc, " + (" ".join(tunables) if tunables else "default settings")
+
+
+def _cpu_model() -> str:
+    """/proc/cpuinfo's model name, with family/model and the widest vector extension."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model", "flags") and key not in fields:
+                    fields[key] = value.strip()
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = fields.get("flags", "").split()
+    vec = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, {vec})"
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict[str, str]:
+    """CPU model, core count, torch threads, torch version, device, oneDNN / MKL availability."""
+    from .fast.fused import onednn_available
+
+    device = torch.device(device)
+    info = {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "allocator": allocator_setting(),
+        "oneDNN linear (fused paths' GEMMs)": "yes" if onednn_available() else "no",
+        "fused paths' pointwise kernels": _pointwise_backend(),
+    }
+    return info
+
+
+def _pointwise_backend() -> str:
+    """Which pointwise kernels the fused paths use, and what building the C library costs here."""
+    from .fast import csrc
+
+    if csrc.library() is None:
+        return f"torch ops (C library unavailable: {csrc.build_error()})"
+    seconds = csrc.time_build()
+    cost = f"a fresh build takes {seconds:.1f} s" if seconds is not None else "build time not measured"
+    return f"C library, compiled once per machine and cached ({cost}; no per-cell compile)"
+
+
+# --------------------------------------------------------------------------------------------------
+# output
+
+def _fmt(v: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "–" if v is None else f"{v:{spec}}{suffix}"
+
+
+def write_markdown(results: Sequence[BenchResult], path: str | Path, info: dict[str, str] | None = None,
+                   main_sizes: Sequence[tuple[int, int]] | None = None, command: str | None = None) -> Path:
+    """docs/bench/BENCH.md: one table per main size, then every measured size compactly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = info or machine_info()
+    sizes = list(main_sizes or sorted({(r.hidden, r.seq) for r in results}))
+    lines = ["# cellsearch bench", ""]
+    if command:
+        lines += [f"Produced by `{command}`.", ""]
+    r0 = results[0] if results else None
+    if r0 is not None:
+        lines += [f"Forward + backward of `out.sum()` for a {r0.layers}-layer network, batch {r0.batch}, "
+                  f"input size {r0.input_size}, float32; median of {r0.repeats} runs after warm-up, "
+                  "interleaved with `torch.nn.LSTM` of the same sizes in the same process. "
+                  "**× nn.LSTM** = nn.LSTM's time / the cell's time (> 1: faster).", ""]
+    lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
+    lines += ["Path: `native` = torch's LSTM/GRU kernel (the spec is exactly LSTM/GRU); `fused` = one "
+              "whole-sequence autograd function with a hand-written backward (cellsearch.fast); "
+              "`reference` = the step-by-step loop. *Reference loop ×* is the same cell with fast paths "
+              "off, timed in the same rounds. Peak memory: one run's peak resident-set growth (CPU) or "
+              "peak allocated memory (CUDA), see cellsearch/bench.py. *First call*: the first forward + "
+              "backward of a new model (plan, weight reorders, first allocations; there is no per-cell "
+              "compile or trace).", ""]
+    discarded = sum(r.extra.get("discarded_rounds", 0) for r in results)
+    used = sum(r.extra.get("loaded_rounds_used", 0) for r in results)
+    if discarded:
+        lines += [f"The machine was shared: {discarded} timing rounds during which other processes kept a "
+                  f"CPU busy were discarded and re-run ({used} of them had to be kept when clean rounds "
+                  "ran short).", ""]
+    for hidden, seq in sizes:
+        rows = [r for r in results if (r.hidden, r.seq) == (hidden, seq)]
+        if not rows:
+            continue
+        ref = statistics.median(r.ref_tokens_per_s for r in rows)
+        lines += [f"## hidden {hidden}, sequence {seq} (nn.LSTM ≈ {ref:,.0f} tokens/s)", "",
+                  "| cell | path | tokens/s | × nn.LSTM | reference loop × | peak MB | × nn.LSTM memory "
+                  "| first call s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r.cell} | {r.path} | {r.tokens_per_s:,.0f} | **{r.ratio:.2f}** | "
+                         f"{_fmt(r.reference_ratio)} | {_fmt(r.peak_mb, '.0f')} | {_fmt(r.memory_ratio)} | "
+                         f"{r.first_call_s:.2f} |")
+        lines.append("")
+    others = sorted({(r.hidden, r.seq) for r in results} - set(sizes))
+    if others:
+        cells = list(dict.fromkeys(r.cell for r in results))
+        head = " | ".join(f"{h}/{s}" for h, s in others)
+        lines += ["## × nn.LSTM at other sizes (hidden/sequence)", "", f"| cell | {head} |",
+                  "|---|" + "---:|" * len(others)]
+        for c in cells:
+            vals = []
+            for size in others:
+                match = [r for r in results if r.cell == c and (r.hidden, r.seq) == size]
+                vals.append(f"{match[0].ratio:.2f}" if match else "–")
+            lines.append(f"| {c} | " + " | ".join(vals) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def write_chart(results: Sequence[BenchResult], path: str | Path, seq_hidden: int | None = None,
+                hidden_seq: int | None = None) -> Path | None:
+    """PNG: × nn.LSTM against sequence length (at ``seq_hidden``) and hidden size (at ``hidden_seq``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = list(dict.fromkeys(r.cell for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    panels = [("seq", seq_hidden, "hidden", "sequence length"), ("hidden", hidden_seq, "seq", "hidden size")]
+    cmap = plt.get_cmap("tab20")
+    for ax, (xkey, fixed, fixkey, label) in zip(axes, panels):
+        for i, c in enumerate(cells):
+            pts = sorted((getattr(r, xkey), r.ratio) for r in results
+                         if r.cell == c and (fixed is None or getattr(r, fixkey) == fixed))
+            if len(pts) >= 2:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c, color=cmap(i % 20))
+        ax.axhline(1.0, color="black", lw=1, ls="--")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(label)
+        ax.set_title(f"× torch.nn.LSTM vs {label}" + (f" ({fixkey} {fixed})" if fixed else ""))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("forward+backward speed / nn.LSTM")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.87, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(results: Sequence[BenchResult], path: str | Path, info: dict[str, str] | None = None) -> Path:
+    """All measurements as JSON (for README tables and later comparisons)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(r), "tokens_per_s": r.tokens_per_s, "ratio": r.ratio,
+             "reference_ratio": r.reference_ratio} for r in results]
+    path.write_text(json.dumps({"machine": info or machine_info(), "results": rows}, indent=1))
+    return path

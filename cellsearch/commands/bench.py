@@ -1,0 +1,129 @@
+"""``cellsearch bench CELL... [--hidden N --seq T --batch B --device D]`` and ``cellsearch bench --all``.
+
+Forward + backward tokens/s of each cell, its ratio to ``torch.nn.LSTM`` measured in the same process
+(interleaved runs), peak memory, and the execution path (native / fused / reference); see
+:mod:`cellsearch.bench` for the method. With ``--out DIR`` it writes ``DIR/BENCH.md``, ``DIR/bench.png``
+(× nn.LSTM against sequence length and hidden size) and ``DIR/bench.json``.
+
+``--all`` benches every published cell on a grid: the two main sizes (hidden 128 / seq 100 and
+hidden 256 / seq 200, with memory and the reference loop), plus sequence lengths 50 and 200 at hidden
+128 and hidden sizes 64 and 256 at sequence 100 for the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+HELP = "tokens/s forward+backward vs torch.nn.LSTM"
+
+MAIN_SIZES = ((128, 100), (256, 200))
+CHART_SIZES = ((128, 50), (128, 200), (64, 100), (256, 100))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("cells", nargs="*", metavar="CELL", help="cell names (see `cellsearch list`)")
+    parser.add_argument("--all", action="store_true", help="every published cell on the standard grid")
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="hidden size(s) (default 128)")
+    parser.add_argument("--seq", type=int, nargs="+", default=None, help="sequence length(s) (default 100)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--input-size", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per model (median; default 10)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--max-load", type=float, default=0.25,
+                        help="discard timing rounds in which other processes kept more than this many CPUs "
+                             "busy (0: keep every round; default 0.25)")
+    parser.add_argument("--patience", type=int, default=2,
+                        help="run at most PATIENCE × repeats rounds per cell while waiting for clean ones "
+                             "(default 2)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time each cell's reference loop (fast paths off)")
+    parser.add_argument("--out", default=None, help="write BENCH.md, bench.png and bench.json here")
+
+
+Sizes = list[tuple[int, int]]
+
+
+def _sizes(args: argparse.Namespace) -> tuple[Sizes, Sizes, Sizes]:
+    """(all sizes to run, main sizes [tables, memory, reference], chart-only sizes)."""
+    if args.all and args.hidden is None and args.seq is None:
+        return [*MAIN_SIZES, *CHART_SIZES], list(MAIN_SIZES), list(CHART_SIZES)
+    hidden, seq = args.hidden or [128], args.seq or [100]
+    sizes = [(h, s) for h in hidden for s in seq]
+    return sizes, sizes, []
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (for the report's header)."""
+    parts = ["cellsearch", "bench", *args.cells]
+    if args.all:
+        parts.append("--all")
+    for flag, value in (("--hidden", args.hidden), ("--seq", args.seq)):
+        if value:
+            parts += [flag, *map(str, value)]
+    defaults = {"batch": 64, "input_size": 32, "layers": 1, "device": "cpu", "threads": 2, "repeats": 10,
+                "warmup": 2, "max_load": 0.25, "patience": 2}
+    for key, default in defaults.items():
+        if getattr(args, key) != default:
+            parts += ["--" + key.replace("_", "-"), str(getattr(args, key))]
+    parts += [f for f, on in (("--no-memory", args.no_memory), ("--reference", args.reference)) if on]
+    if args.out:
+        parts += ["--out", args.out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from .. import bench, registry
+    from ..cli import UserError
+
+    cells = list(args.cells)
+    if args.all:
+        cells = cells or registry.list_cells()
+    if not cells:
+        raise UserError(f"name at least one CELL or pass --all (cells: {', '.join(registry.list_cells())})")
+    for c in cells:
+        registry.get_cell_card(c)      # unknown names fail here with "did you mean"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available here")
+    if min(args.repeats, args.batch, args.threads, args.patience) < 1:
+        raise UserError("--repeats, --batch, --threads and --patience must be >= 1")
+    torch.set_num_threads(args.threads)
+    sizes, main, chart = _sizes(args)
+    info = bench.machine_info(args.device)
+    console = Console()
+    console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
+    total = len(sizes) * len(cells)
+    done = [0]
+
+    def progress(r: bench.BenchResult) -> None:
+        done[0] += 1
+        ref = f"  (reference loop {r.reference_ratio:.2f}×)" if r.reference_ratio else ""
+        drop = r.extra.get("discarded_rounds", 0)
+        ref += f"  [{drop} loaded rounds re-run]" if drop else ""
+        mem = (f"  peak {r.peak_mb:.0f} MB vs {r.ref_peak_mb:.0f} MB"
+               if r.peak_mb is not None and r.ref_peak_mb else "")
+        console.print(f"[{done[0]}/{total}] {r.cell:<13} h={r.hidden:<4} T={r.seq:<4} {r.path:<9} "
+                      f"{r.tokens_per_s:>10,.0f} tok/s  [bold]{r.ratio:.2f}×[/] nn.LSTM{ref}{mem}")
+
+    results = bench.bench_cells(
+        cells, sizes, batch=args.batch, input_size=args.input_size, layers=args.layers, device=args.device,
+        repeats=args.repeats, warmup=args.warmup, memory_sizes=() if args.no_memory else main,
+        reference_sizes=main if (args.reference or args.all) else (), progress=progress,
+        max_load=args.max_load if args.max_load > 0 else None, patience=args.patience)
+    if args.out:
+        from pathlib import Path
+
+        out = Path(args.out)
+        md = bench.write_markdown(results, out / "BENCH.md", info, main, command=_command_line(args))
+        png = bench.write_chart(results, out / "bench.png", seq_hidden=128 if chart else None,
+                                hidden_seq=100 if chart else None)
+        bench.write_json(results, out / "bench.json", info)
+        console.print(f"wrote {md}, {png}, {out / 'bench.json'}")
+    return 0

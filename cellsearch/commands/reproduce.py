@@ -1,0 +1,133 @@
+"""``cellsearch reproduce NAME``: reproduce a seed paper's central claim (table + plot under ``--out``).
+
+``NAME`` is one of ``star``, ``gu2020``, ``asrnn``, ``refined``, ``pascanu2014`` or ``all`` (each in turn,
+what ``make reproduce`` runs). ``--size tiny`` runs in seconds, ``cpu`` (default) in minutes, ``full`` at
+the papers' scale (a GPU and local datasets). ``--config FILE`` runs a YAML config instead of a built-in
+size (``studies/reproduce/<name>-full.yaml`` are the full ones); ``--dump-config`` prints the built-in
+config of ``--size`` as YAML and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HELP = "reproduce a seed paper's claim (table + plot under docs/reproduction)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..reproduce import SIZES, list_reproductions
+
+    names = [*list_reproductions(), "all"]
+    parser.add_argument("name", help=f"one of {', '.join(names)}")
+    parser.add_argument("--size", choices=SIZES, default="cpu", help="tiny (seconds), cpu (minutes, default), "
+                        "full (the papers' scale, for a GPU)")
+    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the config's, 3)")
+    parser.add_argument("--out", type=Path, default=Path("docs/reproduction"),
+                        help="output folder (default docs/reproduction)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="training processes in parallel, one torch thread each (default 1)")
+    parser.add_argument("--config", type=Path, default=None, help="a YAML reproduction config to run instead")
+    parser.add_argument("--dump-config", action="store_true", help="print the --size config as YAML and exit")
+
+
+def _validate(args: argparse.Namespace) -> list[str]:
+    from ..cli import UserError
+    from ..reproduce import get_reproduction, list_reproductions
+
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    names = list_reproductions() if args.name == "all" else [args.name]
+    for name in names:
+        get_reproduction(name)  # unknown name → one line with "did you mean"
+    if args.config is not None and len(names) != 1:
+        raise UserError("--config runs one reproduction: name it instead of 'all'")
+    return names
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    from ..cli import UserError
+
+    if not path.is_file():
+        raise UserError(f"--config: no file {str(path)!r}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    raw.pop("name", None)
+    return raw
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..reproduce import config_yaml
+
+    names = _validate(args)
+    if args.dump_config:
+        for name in names:
+            sys.stdout.write(config_yaml(name, args.size))
+        return 0
+    torch.set_num_threads(1)  # small sequential models: one thread per process is fastest
+    config = _load_config(args.config) if args.config is not None else None
+    total_start = time.perf_counter()
+    for name in names:
+        command = _command(name, args)
+        report = _run_one(name, args, config, command)
+        print(f"{name}: wall {report.wall_seconds:.0f} s, {len(report.records)} runs; wrote "
+              + ", ".join(str(p) for p in report.files if p.suffix in (".md", ".png")), flush=True)
+    if len(names) > 1:
+        print(f"all reproductions: wall {time.perf_counter() - total_start:.0f} s", flush=True)
+    return 0
+
+
+def _command(name: str, args: argparse.Namespace) -> str:
+    parts = ["cellsearch reproduce", name]
+    parts.append(f"--config {args.config}" if args.config is not None else f"--size {args.size}")
+    if args.seeds is not None:
+        parts.append(f"--seeds {args.seeds}")
+    if args.workers > 1:
+        parts.append(f"--workers {args.workers}")
+    return " ".join(parts)
+
+
+def _run_one(name: str, args: argparse.Namespace, config: dict[str, Any] | None, command: str) -> Any:
+    from ..reproduce import get_reproduction, reproduce
+
+    repro = get_reproduction(name)
+    raw = config if config is not None else repro.config(args.size)
+    total = len(repro.parse(raw, args.seeds).jobs())
+    done = [0]
+    live = sys.stdout.isatty()
+    progress, task = None, None
+    if live:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn(f"{name}"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"),
+                            TimeElapsedColumn(), TextColumn("{task.fields[last]}"), transient=True)
+        progress.start()
+        task = progress.add_task(name, total=total, last="")
+
+    def on_done(record: Any) -> None:
+        done[0] += 1
+        value = "diverged" if record.diverged else f"test {record.metric} {record.test_metric:.4g}"
+        line = f"{record.experiment} {record.variant} seed {record.seed}: {value} ({record.seconds:.0f} s)"
+        if progress is not None:
+            progress.update(task, advance=1, last=line)
+        else:
+            print(f"[{name} {done[0]}/{total}] {line}", flush=True)
+
+    try:
+        return reproduce(name, args.size, args.seeds, args.out, args.workers, config, on_done, command)
+    finally:
+        if progress is not None:
+            progress.stop()

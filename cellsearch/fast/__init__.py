@@ -1,0 +1,113 @@
+"""Fast execution of composed cells over whole sequences.
+
+:meth:`ComposedCell.forward_sequence <cellsearch.cells.ComposedCell.forward_sequence>` asks
+:func:`sequence` first; when the cell has a fast path and fast paths are enabled it runs there,
+otherwise the reference step loop runs. The math is the same (tests/test_fast.py checks outputs and all
+gradients against the reference loop); only the speed differs. See :mod:`cellsearch.fast.paths` for
+which cells take which path, and :func:`explain` for one cell.
+
+Switch: ``cellsearch.fast.enabled(False)`` (a context manager, per thread / context),
+``cellsearch.fast.set_enabled(False)`` (process default), or the environment variable
+``CELLSEARCH_FAST=0``.
+
+Limits of the fused path: its backward is not itself differentiable (double backward raises); it runs
+float32 and float64 (other dtypes take the reference loop, exact LSTM/GRU still go native). Fast paths
+are bypassed under autocast, while ``torch.compile`` / ``torch.jit`` trace a model, under ``torch.func``
+transforms and forward-mode AD: those see the reference loop.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .paths import Plan, build_plan
+
+__all__ = ["enabled", "set_enabled", "is_enabled", "plan", "explain", "sequence", "Plan"]
+
+State = tuple[Tensor, ...]
+
+_DEFAULT = os.environ.get("CELLSEARCH_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+# plans live beside the cells, not on them, so that a cell still pickles and deep-copies as before
+_PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()
+_OVERRIDE: ContextVar[bool | None] = ContextVar("cellsearch_fast", default=None)
+
+
+def is_enabled() -> bool:
+    """Whether fast paths are used in this context."""
+    value = _OVERRIDE.get()
+    return _DEFAULT if value is None else value
+
+
+def set_enabled(flag: bool) -> None:
+    """Set the process-wide default (a surrounding :func:`enabled` block still wins)."""
+    global _DEFAULT
+    _DEFAULT = bool(flag)
+
+
+@contextmanager
+def enabled(flag: bool = True) -> Iterator[None]:
+    """``with cellsearch.fast.enabled(False): ...`` runs the reference loop inside the block."""
+    token = _OVERRIDE.set(bool(flag))
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
+def plan(cell: Any) -> Plan:
+    """The execution plan of ``cell`` (decided once, cached on the cell)."""
+    cached = _PLANS.get(cell)
+    if cached is None:
+        cached = build_plan(cell)
+        _PLANS[cell] = cached
+    return cached
+
+
+def explain(cell: Any) -> str:
+    """One line: the path ``cell`` takes and why."""
+    p = plan(cell)
+    return f"{p.path}: {p.reason}"
+
+
+def _autocast(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))  # type: ignore[call-arg]
+    except TypeError:  # pragma: no cover - older torch
+        return bool(torch.is_autocast_enabled()) if device_type == "cuda" else False
+
+
+def _transformed(x: Tensor) -> bool:
+    """Tracing, compiling, functorch transforms, forward-mode AD or autocast: the reference handles those."""
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    if _autocast(x.device.type):
+        return True
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is not None and active():
+        return True
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
+def sequence(cell: Any, x: Tensor, state: State | None) -> tuple[Tensor, State] | None:
+    """Run ``cell`` over x [T, B, d] on its fast path, or return None (the caller runs the reference)."""
+    if not is_enabled() or x.dim() != 3 or x.shape[0] == 0 or not x.is_floating_point():
+        return None
+    p = plan(cell)
+    if p.run is None or _transformed(x):
+        return None
+    if p.path == "fused" and x.dtype not in (torch.float32, torch.float64):
+        return None                       # the fused paths are tested in float32 and float64
+    if state is None:
+        state = cell.initial_state(x.shape[1], x)
+    return p.run(cell, x, tuple(state))

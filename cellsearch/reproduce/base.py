@@ -1,0 +1,174 @@
+"""The shape every reproduction shares: configs per size, jobs, files, markdown, plot.
+
+A reproduction is a :class:`Reproduction` subclass: its ``configs()`` (``tiny`` / ``cpu`` / ``full``
+mappings, see :mod:`cellsearch.reproduce.config`), the paper's ``claim`` and the cards whose citations
+and reported numbers the report quotes. :meth:`Reproduction.run` trains every (experiment, variant,
+seed) job, then writes into ``out``:
+
+- ``<name>.csv`` — one row per run (final / best / test metrics, parameters, seconds, divergence);
+- ``<name>_curves.csv`` — the validation curve of every run;
+- ``<name>.md`` — the claim, the setup, one table per experiment (mean ± 95 % CI over seeds);
+- ``<name>.png`` — the plot (by default the validation curves of each experiment against the
+  memoryless baseline).
+
+Subclasses add their own analysis by overriding :meth:`extra` (work that is not a training run, e.g.
+gradient maps), :meth:`sections` and :meth:`figure`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .config import ReproConfig, parse_config
+from .report import experiment_table, plot_curves, write_records
+from .runner import Record, run_jobs
+
+__all__ = ["Reproduction", "Report", "SIZES"]
+
+SIZES = ("tiny", "cpu", "full")
+
+
+@dataclass
+class Report:
+    """What a reproduction wrote: its files, records, markdown and timings."""
+
+    name: str
+    size: str
+    files: list[Path]
+    records: list[Record]
+    markdown: str
+    wall_seconds: float
+    run_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Reproduction:
+    """Base class; see the module docstring."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    claim: ClassVar[str] = ""
+    cards: ClassVar[tuple[str, ...]] = ()
+    extra_keys: ClassVar[tuple[str, ...]] = ()
+    log_curves: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ configs
+    def configs(self) -> dict[str, dict[str, Any]]:
+        """The built-in config of each size (``tiny``, ``cpu``, ``full``)."""
+        raise NotImplementedError
+
+    def config(self, size: str) -> dict[str, Any]:
+        """A fresh copy of the built-in config of ``size``."""
+        configs = self.configs()
+        if size not in configs:
+            from ..cli import UserError
+
+            raise UserError(f"reproduction {self.name!r} has no size {size!r}; sizes: {', '.join(configs)}")
+        return copy.deepcopy(configs[size])
+
+    def parse(self, raw: Mapping[str, Any], seeds: int | None = None) -> ReproConfig:
+        """Validate a config mapping of this reproduction."""
+        return parse_config({"name": self.name, **raw}, self.extra_keys, seeds)
+
+    # ------------------------------------------------------------------ running
+    def run(self, raw: Mapping[str, Any], out: str | Path, size: str = "custom", seeds: int | None = None,
+            workers: int = 1, on_done: Callable[[Record], None] | None = None,
+            command: str | None = None) -> Report:
+        """Run the reproduction the config ``raw`` describes and write its files into ``out``."""
+        config = self.parse(raw, seeds)
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        extra = self.extra(config, out)
+        records = run_jobs(config.jobs(), workers, on_done)
+        wall = time.perf_counter() - start
+        files = [*extra.pop("files", []), *write_records(out, self.name, records)]
+        run_seconds = sum(r.seconds for r in records)
+        command = command or f"cellsearch reproduce {self.name} --size {size} --seeds {len(config.seeds)}"
+        lines = self.header(config, size, wall, run_seconds, workers, command)
+        lines += self.sections(config, records, extra)
+        lines += ["", f"Raw per-seed results: [`{self.name}.csv`]({self.name}.csv); learning curves: "
+                      f"[`{self.name}_curves.csv`]({self.name}_curves.csv).", ""]
+        markdown = "\n".join(lines)
+        (out / f"{self.name}.md").write_text(markdown)
+        files.append(out / f"{self.name}.md")
+        fig = self.figure(config, records, extra)
+        fig.savefig(out / f"{self.name}.png", dpi=100)
+        files.append(out / f"{self.name}.png")
+        return Report(self.name, size, files, records, markdown, wall, run_seconds, extra)
+
+    def extra(self, config: ReproConfig, out: Path) -> dict[str, Any]:
+        """Work besides the training jobs (default: none); may return ``files`` (written paths)."""
+        return {}
+
+    # ------------------------------------------------------------------ writing
+    def header(self, config: ReproConfig, size: str, wall: float, run_seconds: float, workers: int,
+               command: str) -> list[str]:
+        """Title, claim, published numbers, setup and timing."""
+        import torch
+
+        from ..api import get_cell
+
+        lines = [f"# {self.title}", "", f"Generated by `{command}` (size `{size}`).", "",
+                 "## Claim", "", self.claim, ""]
+        reported = [(name, get_cell(name)) for name in self.cards]
+        cites = sorted({card.citation for _, card in reported})
+        if cites:
+            lines += ["Sources: " + "; ".join(cites), ""]
+        numbers = [f"- `{name}`: " + "; ".join(f"{k}: {v}" for k, v in card.reported.items())
+                   for name, card in reported if card.reported]
+        if numbers:
+            lines += ["Published numbers (from the cell cards):", "", *numbers, ""]
+        lines += ["## Setup", "", f"Seeds: {', '.join(map(str, config.seeds))}. Every table entry is the mean "
+                  "over seeds ± the half-width of the 95 % Student-t confidence interval; the test metric is "
+                  "that of the final model (no early stopping).", ""]
+        for exp in config.experiments:
+            lines.append(f"- **{exp.name}**: task `{_inline(exp.task)}`, model `{_inline(exp.model)}`, "
+                         f"train `{_inline(exp.train)}`")
+            for v in exp.variants:
+                changes = {k: getattr(v, k) for k in ("options", "depth", "train", "model") if getattr(v, k)}
+                if changes:
+                    lines.append(f"  - {v.label}: `{_inline(changes)}`")
+        lines += ["", f"Wall time {wall:.0f} s with {workers} worker process(es) (sum over runs {run_seconds:.0f} s) "
+                  f"on {platform.machine()} with {os.cpu_count()} CPUs, torch {torch.__version__}.", ""]
+        return lines
+
+    def sections(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> list[str]:
+        """One table per experiment (default)."""
+        lines: list[str] = ["## Results", ""]
+        for exp in config.experiments:
+            baseline = next((r.baseline for r in records if r.experiment == exp.name and r.baseline), None)
+            title = exp.title or exp.name
+            lines += [f"### {title}", ""]
+            if baseline is not None:
+                lines += [f"Memoryless baseline of the task: {baseline:.4g}.", ""]
+            lines += [*experiment_table(exp, records), ""]
+        lines += [f"![{self.name}]({self.name}.png)", ""]
+        return lines
+
+    def figure(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> Any:
+        """Validation curves, one panel per experiment (default)."""
+        from matplotlib.figure import Figure
+
+        n = len(config.experiments)
+        fig = Figure(figsize=(5.2 * n, 3.8), layout="constrained")
+        axes = fig.subplots(1, n, squeeze=False)[0]
+        for ax, exp in zip(axes, config.experiments):
+            plot_curves(ax, exp, records, log=self.log_curves)
+        return fig
+
+
+def _inline(value: Any) -> str:
+    """A compact one-line rendering of a mapping (flow-style YAML without the braces noise)."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_inline(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)

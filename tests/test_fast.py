@@ -1,0 +1,419 @@
+"""Every fast path (native LSTM/GRU kernels, fused whole-sequence functions) equals the reference loop.
+
+Outputs, final states and the gradients of every parameter, of the input and of the initial state are
+compared with fast paths on and off (``cellsearch.fast.enabled``), in float64 (|Δ| ≤ 1e-10 relative to
+the largest value) and float32 (|Δ| ≤ 1e-5 relative). No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+import cellsearch as cs
+from cellsearch import fast
+from cellsearch.fast import csrc, paths
+from cellsearch.fast.pool import POOL, BufferPool
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+@pytest.fixture(params=["c", "torch"])
+def backend(request: pytest.FixtureRequest):
+    """Run a test with the compiled pointwise kernels and with the torch-op kernels."""
+    if request.param == "c" and csrc.library() is None:
+        pytest.skip(f"C kernels unavailable: {csrc.build_error()}")
+    old = paths.use_c(request.param == "c")
+    yield request.param
+    paths.use_c(old)
+
+
+def _run(model: torch.nn.Module, x: torch.Tensor, state: tuple | None, on: bool):
+    """Forward + backward with fast paths on/off: (outputs, final states, gradients by name)."""
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    st = None
+    if state is not None:
+        st = tuple(tuple(s.detach().clone().requires_grad_(True) for s in layer) for layer in state)
+    with fast.enabled(on):
+        out, final = model(x, st)
+    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * weights).sum() + sum((s * s).sum() for layer in final for s in layer)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    grads["x"] = x.grad
+    if st is not None:
+        for i, layer in enumerate(st):
+            for j, s in enumerate(layer):
+                grads[f"state{i}.{j}"] = s.grad
+    return out.detach(), [s.detach() for layer in final for s in layer], grads
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float, what: str) -> None:
+    scale = max(1.0, a.abs().max().item())
+    err = (a - b).abs().max().item()
+    assert err <= tol * scale, f"{what}: |Δ| = {err:.3g} (scale {scale:.3g})"
+
+
+def assert_same(model: torch.nn.Module, x: torch.Tensor, state: tuple | None = None) -> None:
+    """The fast path and the reference loop agree on outputs, final states and every gradient."""
+    tol = TOL[x.dtype]
+    ref_out, ref_final, ref_grads = _run(model, x, state, False)
+    out, final, grads = _run(model, x, state, True)
+    _close(ref_out, out, tol, "output")
+    for i, (a, b) in enumerate(zip(ref_final, final)):
+        _close(a, b, tol, f"final state {i}")
+    assert set(ref_grads) == set(grads), set(ref_grads) ^ set(grads)
+    for name in ref_grads:
+        _close(ref_grads[name], grads[name], tol, f"gradient of {name}")
+
+
+def _model(spec, d: int, n: int, layers: int, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return cs.create_rnn(spec, d, n, num_layers=layers).to(dtype)
+
+
+def _state(model: torch.nn.Module, batch: int, dtype: torch.dtype) -> tuple:
+    g = torch.Generator().manual_seed(1)
+    return tuple(tuple(0.5 * torch.randn(batch, layer.hidden_size, generator=g, dtype=dtype)
+                       for _ in range(layer.update.n_states)) for layer in model.layers)
+
+
+def _x(batch: int, seq: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(batch, seq, d, generator=torch.Generator().manual_seed(2), dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# every published cell
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_published_cell_fast_path_equals_reference(name: str, dtype: torch.dtype, backend: str) -> None:
+    model = _model(name, 5, 6, 2, dtype)
+    assert_same(model, _x(3, 7, 5, dtype))
+    assert_same(model, _x(3, 7, 5, dtype), _state(model, 3, dtype))
+
+
+@pytest.mark.parametrize("name", ["ur_lstm", "refined_lstm", "star", "gru", "ur_gru", "refined_mgu", "asrnn",
+                                  "dts_rnn", "dt_rnn", "vanilla"])
+def test_onednn_products_equal_reference(name: str, backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellsearch.fast import fused
+
+    if not fused.onednn_available():
+        pytest.skip("oneDNN linear unavailable")
+    monkeypatch.setattr(fused, "ONEDNN_MIN", 0)        # every product through oneDNN, even tiny ones
+    model = _model(name, 5, 6, 2, torch.float32)
+    assert_same(model, _x(3, 7, 5, torch.float32), _state(model, 3, torch.float32))
+
+
+def test_published_cells_take_the_expected_paths(backend: str) -> None:
+    found = {name: {fast.plan(layer).path for layer in cs.create_rnn(name, 4, 4).layers}
+             for name in cs.list_cells()}
+    assert found["lstm"] == found["chrono_lstm"] == {"native"}
+    assert found["gru"] == ({"fused"} if backend == "c" else {"native"})   # torch's CPU GRU is slower
+    for name in set(found) - {"lstm", "chrono_lstm", "gru"}:
+        assert found[name] == {"fused"}, name
+
+
+@pytest.mark.parametrize("policy", ["always", "cuda"])
+def test_exact_gru_on_either_path_equals_reference(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(paths.NATIVE, "gru", policy)
+    for dtype in (torch.float64, torch.float32):
+        model = _model("gru", 5, 6, 2, dtype)
+        assert_same(model, _x(3, 4, 5, dtype), _state(model, 3, dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# combinations beyond the published cells
+
+UPDATES = ["lstm", "lstm_tied", "gru", "mgu", "star", "vanilla"]
+GATES = [("sigmoid", {}), ("ur", {}), ("refined", {"mode": "mul"}), ("refined", {"mode": "add"})]
+
+
+def _combos() -> list:
+    out = []
+    for update in UPDATES:
+        for gate, opts in GATES:
+            if update == "vanilla" and gate != "sigmoid":
+                continue
+            for sat in ("tanh", "identity"):
+                options = {"gate": opts} if opts else {}
+                spec = cs.CellSpec(update=update, gate=gate, saturation=sat, options=options)
+                out.append(pytest.param(spec, id=f"{update}-{gate}{opts.get('mode', '')}-{sat}"))
+    return out
+
+
+@pytest.mark.parametrize("spec", _combos())
+def test_combination_fast_path_equals_reference(spec: cs.CellSpec, backend: str) -> None:
+    for dtype in (torch.float64, torch.float32):
+        model = _model(spec, 6, 6, 2, dtype)           # d = n: the refined gate uses x itself
+        assert fast.plan(model.layers[0]).path in ("fused", "native")
+        assert_same(model, _x(4, 5, 6, dtype), _state(model, 4, dtype))
+
+
+@pytest.mark.parametrize("update", ["lstm", "lstm_tied", "gru", "mgu", "star"])
+def test_refined_gate_with_projection_and_other_gates(update: str, backend: str) -> None:
+    from cellsearch.registry import get_primitive
+
+    gates = list(get_primitive("update", update).gates)
+    spec = cs.CellSpec(update=update, gate="refined", options={"gate": {"gates": gates[:1], "mode": "mul"}})
+    model = _model(spec, 3, 5, 1, torch.float64)         # d ≠ n: x̃ = P x
+    assert model.layers[0].weight_proj is not None
+    assert_same(model, _x(2, 6, 3, torch.float64))
+
+
+@pytest.mark.parametrize("update", ["lstm", "lstm_tied", "gru", "mgu", "star", "vanilla"])
+def test_orthogonal_recurrence_and_init_variants(update: str, backend: str) -> None:
+    init = "orthogonal" if update == "vanilla" else "chrono"
+    spec = cs.CellSpec(update=update, init=init, recurrence="orthogonal")
+    model = _model(spec, 4, 6, 1, torch.float64)
+    assert_same(model, _x(3, 5, 4, torch.float64), _state(model, 3, torch.float64))
+
+
+@pytest.mark.parametrize("name", ["ur_lstm", "star", "ur_gru", "refined_mgu", "lstm", "gru", "vanilla"])
+@pytest.mark.parametrize("batch,seq", [(1, 6), (3, 1), (1, 1)])
+def test_batch_of_one_and_sequence_of_one(name: str, batch: int, seq: int, backend: str) -> None:
+    for dtype in (torch.float64, torch.float32):
+        model = _model(name, 4, 5, 2, dtype)
+        assert_same(model, _x(batch, seq, 4, dtype), _state(model, batch, dtype))
+
+
+def test_three_layers_with_dropout_off_and_residual(backend: str) -> None:
+    model = cs.create_rnn("ur_lstm", 6, 6, depth={"layers": 3, "residual": True}).double()
+    assert_same(model, _x(2, 4, 6, torch.float64), _state(model, 2, torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# what has no fast path runs the reference loop
+
+@pytest.mark.parametrize("transition", ["deep", "deep_shortcut"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("sat", ["tanh", "identity"])
+def test_deep_transition_fast_path_equals_reference(transition: str, layers: int, sat: str) -> None:
+    depth = {"transition": transition, "transition_layers": layers, "layers": 2}
+    for dtype in (torch.float64, torch.float32):
+        torch.manual_seed(0)
+        model = cs.create_rnn(cs.CellSpec(update="vanilla", saturation=sat), 5, 6, depth=depth).to(dtype)
+        assert fast.plan(model.layers[0]).path == "fused"
+        assert_same(model, _x(3, 4, 5, dtype), _state(model, 3, dtype))
+
+
+@pytest.mark.parametrize("method", ["expm", "cayley"])
+@pytest.mark.parametrize("recurrence", ["orthogonal", "free"])
+def test_adaptive_saturation_fast_path_equals_reference(method: str, recurrence: str) -> None:
+    spec = cs.CellSpec(update="vanilla", saturation="adaptive", recurrence=recurrence,
+                       options={"saturation": {"method": method, "s_low": 0.3, "s_high": 2.0}})
+    for dtype in (torch.float64, torch.float32):
+        model = _model(spec, 5, 6, 2, dtype)
+        assert fast.plan(model.layers[0]).path == "fused"
+        assert_same(model, _x(3, 4, 5, dtype), _state(model, 3, dtype))
+
+
+# ------------------------------------------------------------------------------------------------
+# what has no fast path runs the reference loop
+
+@pytest.mark.parametrize("spec,depth,why", [
+    (cs.CellSpec(update="star", options={"update": {"beta": 1.0}}), None, "beta"),
+    (cs.CellSpec(update="gru", saturation="adaptive"), None, "adaptive"),
+    (cs.CellSpec(update="lstm"), {"transition": "deep"}, "deep transition"),
+])
+def test_unsupported_combinations_use_the_reference_loop(spec, depth, why: str) -> None:
+    model = cs.create_rnn(spec, 4, 4, depth=depth)
+    p = fast.plan(model.layers[0])
+    assert p.path == "reference" and why in p.reason
+    assert why in fast.explain(model.layers[0])
+    out, _ = model(torch.randn(2, 3, 4))
+    assert out.shape == (2, 3, 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the switch, autograd corner cases, the pool
+
+def test_switch_context_and_default() -> None:
+    assert fast.is_enabled()
+    with fast.enabled(False):
+        assert not fast.is_enabled()
+        with fast.enabled(True):
+            assert fast.is_enabled()
+        assert not fast.is_enabled()
+    fast.set_enabled(False)
+    try:
+        assert not fast.is_enabled()
+        with fast.enabled():
+            assert fast.is_enabled()
+    finally:
+        fast.set_enabled(True)
+
+
+def test_reference_loop_runs_when_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = cs.create_rnn("ur_lstm", 4, 4)
+    calls = []
+    original = type(model.layers[0])._reference_sequence
+    monkeypatch.setattr(type(model.layers[0]), "_reference_sequence",
+                        lambda self, x, state=None: calls.append(1) or original(self, x, state))
+    model(torch.randn(2, 3, 4))
+    assert not calls
+    with fast.enabled(False):
+        model(torch.randn(2, 3, 4))
+    assert calls
+
+
+@pytest.mark.parametrize("name", ["ur_lstm", "star", "refined_gru", "mgu"])
+def test_retain_graph_backward_twice(name: str, backend: str) -> None:
+    model = _model(name, 4, 5, 1, torch.float64)
+    x = _x(2, 4, 4, torch.float64)
+    out, _ = model(x)
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in model.parameters()]
+    model(x)[0].sum().backward()                       # another call in between must not reuse buffers
+    model.zero_grad()
+    out.sum().backward()
+    for a, p in zip(first, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+
+
+def test_two_graphs_alive_and_backward_in_any_order(backend: str) -> None:
+    model = _model("ur_lstm", 4, 5, 1, torch.float64)
+    x1, x2 = _x(2, 4, 4, torch.float64), 2 * _x(2, 4, 4, torch.float64)
+    with fast.enabled(False):
+        expected = [torch.autograd.grad(model(x)[0].sum(), list(model.parameters())) for x in (x1, x2)]
+    out1, _ = model(x1)
+    out2, _ = model(x2)
+    got2 = torch.autograd.grad(out2.sum(), list(model.parameters()))
+    got1 = torch.autograd.grad(out1.sum(), list(model.parameters()))
+    for e, g in zip(expected, (got1, got2)):
+        for a, b in zip(e, g):
+            torch.testing.assert_close(a, b)
+
+
+def test_backward_twice_without_retain_graph_raises() -> None:
+    model = _model("star", 4, 5, 1, torch.float64)
+    out, _ = model(_x(2, 3, 4, torch.float64))
+    out.sum().backward()
+    with pytest.raises(RuntimeError):
+        out.sum().backward()
+
+
+def test_autocast_and_other_dtypes_take_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    original = cs.create_cell("vanilla", 4, 4).__class__._reference_sequence
+    monkeypatch.setattr(original.__globals__["ComposedCell"], "_reference_sequence",
+                        lambda self, x, state=None: calls.append(x.dtype) or original(self, x, state))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cs.create_rnn("vanilla", 4, 4)(torch.randn(2, 3, 4))   # a cell whose reference loop autocasts
+    assert calls
+    calls.clear()
+    cs.create_rnn("ur_lstm", 4, 4).to(torch.bfloat16)(torch.randn(2, 3, 4, dtype=torch.bfloat16))
+    assert calls == [torch.bfloat16]
+
+
+def test_double_backward_is_refused_not_wrong() -> None:
+    model = _model("ur_lstm", 4, 5, 1, torch.float64)
+    x = _x(2, 3, 4, torch.float64).requires_grad_(True)
+    out, _ = model(x)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_inference_without_grad_matches(backend: str) -> None:
+    model = _model("ur_gru", 4, 5, 2, torch.float64)
+    x = _x(3, 6, 4, torch.float64)
+    with torch.no_grad():
+        out, state = model(x)
+        with fast.enabled(False):
+            ref, ref_state = model(x)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state[-1][0], ref_state[-1][0])
+
+
+def test_a_fast_forward_leaves_nothing_on_the_model() -> None:
+    model = cs.create_rnn("ur_lstm", 4, 5)
+    before = {name: set(m.__dict__) for name, m in model.named_modules()}
+    model(torch.randn(2, 3, 4))
+    assert {name: set(m.__dict__) for name, m in model.named_modules()} == before
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(twin(x)[0], model(x)[0])
+
+
+def test_buffer_pool_leases_and_bounds() -> None:
+    pool = BufferPool(max_bytes=4 * 100)
+    a = pool.take((10, 5), torch.float32, torch.device("cpu"))
+    pool.give(a)
+    pool.give(a)                                       # twice: kept once
+    b = pool.take((5, 10), torch.float32, torch.device("cpu"))
+    assert b.data_ptr() == a.data_ptr() and b.shape == (5, 10)
+    c = pool.take((5, 10), torch.float32, torch.device("cpu"))
+    assert c.data_ptr() != b.data_ptr()                # leased buffers are never handed out twice
+    pool.give(b, c)
+    assert pool.nbytes <= 400
+    pool.clear()
+    assert pool.nbytes == 0
+
+
+def test_gradients_flow_to_the_parameters_after_a_training_step() -> None:
+    model = cs.create_rnn("refined_lstm", 3, 5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = model(torch.randn(4, 6, 3))[0].pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    POOL.clear()
+
+
+def test_plan_names_the_pointwise_backend(backend: str) -> None:
+    reason = fast.explain(cs.create_rnn("ur_lstm", 4, 4).layers[0])
+    assert ("C pointwise kernels" if backend == "c" else "torch ops") in reason
+
+
+def test_c_library_builds_from_source(tmp_path: Path) -> None:
+    compilers = csrc._compilers()
+    if not compilers:
+        pytest.skip("no C compiler")
+    out = tmp_path / "k.so"
+    assert csrc._compile(compilers[0], csrc._FLAGS, out) is None
+    lib = csrc._load(out)
+    assert all(hasattr(lib, f + s) for f in csrc.FUNCTIONS for s in ("_f", "_d"))
+
+
+def test_without_the_c_library_the_torch_kernels_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csrc, "_lib", None)
+    model = _model("ur_lstm", 4, 5, 1, torch.float64)
+    assert "torch ops" in fast.explain(model.layers[0])
+    assert_same(model, _x(2, 3, 4, torch.float64))
+
+
+# ------------------------------------------------------------------------------------------------
+# the bench command (smoke: tiny sizes, no timing asserted)
+
+def test_bench_command_writes_the_table(tmp_path: Path) -> None:
+    from cellsearch.cli import main
+
+    rc = main(["bench", "lstm", "star", "--hidden", "8", "--seq", "5", "--batch", "4", "--repeats", "2",
+               "--warmup", "1", "--threads", "1", "--reference", "--out", str(tmp_path)])
+    assert rc == 0
+    text = (tmp_path / "BENCH.md").read_text()
+    assert "| star | fused |" in text and "| lstm | native |" in text and "allocator" in text
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    assert (tmp_path / "bench.json").exists()
+
+
+def test_bench_command_rejects_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    from cellsearch.cli import main
+
+    assert main(["bench", "lstmm"]) == 2
+    assert "lstm" in capsys.readouterr().err
+    assert main(["bench"]) == 2
+
+
+def test_measure_speed_is_a_positive_rate() -> None:
+    from cellsearch.bench import measure_speed
+
+    spec = cs.ModelSpec(cell=cs.CellSpec(update="star"), hidden_size=8)
+    assert measure_speed(spec, batch=2, seq=3, input_size=4, repeats=2, warmup=1) > 0
+    assert measure_speed(torch.nn.GRU(4, 8, batch_first=True), batch=2, seq=3, input_size=4, repeats=2) > 0
