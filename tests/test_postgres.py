@@ -220,23 +220,26 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, po
     beat = {"CELLSEARCH_HEARTBEAT_S": "1", "CELLSEARCH_GRACE_S": "3"}
     a = _worker(path, postgres_url, tmp_path, **beat)
     b = _worker(path, postgres_url, tmp_path, **beat)
+    def a_running(trials: list[Any]) -> list[Any]:
+        return [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid
+                and t.state == TrialState.RUNNING and "key" in t.user_attrs]
+
+    def a_is_training(trials: list[Any]) -> bool:
+        mine = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid]
+        return any(t.state == TrialState.COMPLETE for t in mine) and bool(a_running(trials))
+
+    killed: list[Any] = []
     try:
-
-        def a_is_training(trials: list[Any]) -> bool:
-            mine = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid]
-            return any(t.state == TrialState.COMPLETE for t in mine) and any(
-                t.state == TrialState.RUNNING and "key" in t.user_attrs for t in mine
-            )
-
-        _wait_for(postgres_url, name, a_is_training, "worker A training after a completed trial")
+        for _ in range(50):  # freeze A, then look: the trial may have finished between the check and the stop
+            _wait_for(postgres_url, name, a_is_training, "worker A training after a completed trial")
+            a.send_signal(signal.SIGSTOP)
+            killed = a_running(_load(postgres_url, name).get_trials())
+            if killed:
+                break
+            a.send_signal(signal.SIGCONT)
     finally:
         a.send_signal(signal.SIGKILL)
         a.communicate()
-    killed = [
-        t
-        for t in _load(postgres_url, name).get_trials()
-        if t.state == TrialState.RUNNING and t.user_attrs.get("worker", {}).get("pid") == a.pid
-    ]
     assert len(killed) == 1
     out = _finish(b)
 
