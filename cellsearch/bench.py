@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -388,16 +388,27 @@ def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: i
                 layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
                 memory_sizes: Iterable[tuple[int, int]] = (), reference_sizes: Iterable[tuple[int, int]] = (),
                 progress: Callable[[BenchResult], None] | None = None,
-                max_load: float | None = 0.25, patience: int = 2) -> list[BenchResult]:
-    """:func:`bench_cell` for every (hidden, seq) in ``sizes`` and every cell (sizes outermost)."""
+                max_load: float | None = 0.25, patience: int = 2,
+                previous: Sequence[BenchResult] = ()) -> list[BenchResult]:
+    """:func:`bench_cell` for every (hidden, seq) in ``sizes`` and every cell (sizes outermost).
+
+    ``previous``: results of an earlier run to keep instead of measuring again, when they were
+    measured the same way and no loaded round had to be used (see :func:`time_runs`).
+    """
     memory_sizes, reference_sizes = set(memory_sizes), set(reference_sizes)
+    kept = {(r.cell, r.hidden, r.seq): r for r in previous
+            if r.batch == batch and r.input_size == input_size and r.layers == layers
+            and not r.extra.get("loaded_rounds_used", 0)}
     out = []
     for hidden, seq in sizes:
         for cell in cells:
             size = (hidden, seq)
-            r = bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup,
-                           memory=size in memory_sizes, with_reference=size in reference_sizes,
-                           max_load=max_load, patience=patience)
+            r = kept.get((cell, hidden, seq))
+            if r is None or (size in memory_sizes and r.peak_mb is None) \
+                    or (size in reference_sizes and r.reference_ms is None):
+                r = bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup,
+                               memory=size in memory_sizes, with_reference=size in reference_sizes,
+                               max_load=max_load, patience=patience)
             out.append(r)
             if progress is not None:
                 progress(r)
@@ -436,8 +447,9 @@ def _cpu_model() -> str:
     return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}, {vec})"
 
 
-def machine_info(device: str | torch.device = "cpu") -> dict[str, str]:
-    """CPU model, core count, torch threads, torch version, device, oneDNN / MKL availability."""
+def machine_info(device: str | torch.device = "cpu", build_time: bool = False) -> dict[str, str]:
+    """CPU model, cores, torch threads and version, device, allocator, which kernels the fused paths use
+    (``build_time``: also time a fresh build of the C library, about a second or two)."""
     from .fast.fused import onednn_available
 
     device = torch.device(device)
@@ -450,18 +462,18 @@ def machine_info(device: str | torch.device = "cpu") -> dict[str, str]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "allocator": allocator_setting(),
         "oneDNN linear (fused paths' GEMMs)": "yes" if onednn_available() else "no",
-        "fused paths' pointwise kernels": _pointwise_backend(),
+        "fused paths' pointwise kernels": _pointwise_backend(build_time),
     }
     return info
 
 
-def _pointwise_backend() -> str:
+def _pointwise_backend(build_time: bool) -> str:
     """Which pointwise kernels the fused paths use, and what building the C library costs here."""
     from .fast import csrc
 
     if csrc.library() is None:
         return f"torch ops (C library unavailable: {csrc.build_error()})"
-    seconds = csrc.time_build()
+    seconds = csrc.time_build() if build_time else None
     cost = f"a fresh build takes {seconds:.1f} s" if seconds is not None else "build time not measured"
     return f"C library, compiled once per machine and cached ({cost}; no per-cell compile)"
 
@@ -568,6 +580,18 @@ def write_chart(results: Sequence[BenchResult], path: str | Path, seq_hidden: in
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def read_json(path: str | Path) -> list[BenchResult]:
+    """Results written by :func:`write_json` (an empty list when the file does not exist)."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    names = {f.name for f in fields(BenchResult)}
+    rows = json.loads(path.read_text()).get("results", [])
+    return [BenchResult(**{k: v for k, v in row.items() if k in names}) for row in rows]
 
 
 def write_json(results: Sequence[BenchResult], path: str | Path, info: dict[str, str] | None = None) -> Path:

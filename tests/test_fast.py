@@ -395,12 +395,15 @@ def test_bench_command_writes_the_table(tmp_path: Path) -> None:
     from cellsearch.cli import main
 
     rc = main(["bench", "lstm", "star", "--hidden", "8", "--seq", "5", "--batch", "4", "--repeats", "2",
-               "--warmup", "1", "--threads", "1", "--reference", "--out", str(tmp_path)])
+               "--warmup", "1", "--threads", "1", "--reference", "--max-load", "0", "--out", str(tmp_path)])
     assert rc == 0
     text = (tmp_path / "BENCH.md").read_text()
     assert "| star | fused |" in text and "| lstm | native |" in text and "allocator" in text
     assert (tmp_path / "bench.png").stat().st_size > 0
-    assert (tmp_path / "bench.json").exists()
+    from cellsearch.bench import read_json
+
+    results = read_json(tmp_path / "bench.json")
+    assert sorted(r.cell for r in results) == ["lstm", "star"] and all(r.ratio > 0 for r in results)
 
 
 def test_bench_command_rejects_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:

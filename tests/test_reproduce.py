@@ -119,6 +119,16 @@ def test_star_writes_gradient_maps_per_seed(tiny: dict[str, tuple[Path, Any]]) -
     assert {r.layers for r in report.records} == {1, 2}
 
 
+@pytest.mark.parametrize("name", ["gu2020", "star"])
+def test_replot_rebuilds_the_same_report_from_the_files(name: str, tiny: dict[str, tuple[Path, Any]]) -> None:
+    out, _ = tiny[name]
+    before = (out / f"{name}.md").read_text()
+    (out / f"{name}.md").unlink()
+    report = get_reproduction(name).replot(out)
+    assert (out / f"{name}.md").read_text() == before == report.markdown
+    assert len(report.records) == len(_rows(out / f"{name}.csv"))
+
+
 def test_parallel_runs_return_results_in_job_order() -> None:
     done: list[float] = []
     assert run_parallel(math.sqrt, [16.0, 1.0, 9.0], workers=2, on_done=done.append,
@@ -134,6 +144,9 @@ def test_config_mistakes_name_the_key() -> None:
     bad_cell = {**raw["experiments"][0], "cells": [{"cell": "lstm", "layrs": 2}]}
     with pytest.raises(ConfigError, match=r"cells\[0\].layrs"):
         repro.parse({**raw, "experiments": [bad_cell]})
+    typo = {**raw["experiments"][0], "cells": ["ur_lstmm"]}
+    with pytest.raises(ConfigError, match=r"cells\[0\].cell: 'ur_lstmm' is not a registered cell; did you mean"):
+        repro.parse({**raw, "experiments": [typo]})
     with pytest.raises(ConfigError, match="did you mean"):
         get_reproduction("gu2021")
     assert len(repro.parse(raw, seeds=5).seeds) == 5

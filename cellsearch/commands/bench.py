@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 HELP = "tokens/s forward+backward vs torch.nn.LSTM"
 
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="also time each cell's reference loop (fast paths off)")
     parser.add_argument("--out", default=None, help="write BENCH.md, bench.png and bench.json here")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the results in OUT/bench.json that were measured without load and "
+                             "measure only the rest (for a shared machine)")
 
 
 Sizes = list[tuple[int, int]]
@@ -70,7 +74,8 @@ def _command_line(args: argparse.Namespace) -> str:
     for key, default in defaults.items():
         if getattr(args, key) != default:
             parts += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-    parts += [f for f, on in (("--no-memory", args.no_memory), ("--reference", args.reference)) if on]
+    flags = (("--no-memory", args.no_memory), ("--reference", args.reference), ("--resume", args.resume))
+    parts += [f for f, on in flags if on]
     if args.out:
         parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
@@ -96,14 +101,20 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--repeats, --batch, --threads and --patience must be >= 1")
     torch.set_num_threads(args.threads)
     sizes, main, chart = _sizes(args)
-    info = bench.machine_info(args.device)
+    info = bench.machine_info(args.device, build_time=args.all)
     console = Console()
+    previous = bench.read_json(Path(args.out) / "bench.json") if args.resume and args.out else []
     console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
     total = len(sizes) * len(cells)
     done = [0]
 
+    kept = {id(r) for r in previous}
+
     def progress(r: bench.BenchResult) -> None:
         done[0] += 1
+        if id(r) in kept:
+            console.print(f"[{done[0]}/{total}] {r.cell:<13} h={r.hidden:<4} T={r.seq:<4} kept (no load)")
+            return
         ref = f"  (reference loop {r.reference_ratio:.2f}×)" if r.reference_ratio else ""
         drop = r.extra.get("discarded_rounds", 0)
         ref += f"  [{drop} loaded rounds re-run]" if drop else ""
@@ -116,10 +127,8 @@ def run(args: argparse.Namespace) -> int:
         cells, sizes, batch=args.batch, input_size=args.input_size, layers=args.layers, device=args.device,
         repeats=args.repeats, warmup=args.warmup, memory_sizes=() if args.no_memory else main,
         reference_sizes=main if (args.reference or args.all) else (), progress=progress,
-        max_load=args.max_load if args.max_load > 0 else None, patience=args.patience)
+        max_load=args.max_load if args.max_load > 0 else None, patience=args.patience, previous=previous)
     if args.out:
-        from pathlib import Path
-
         out = Path(args.out)
         md = bench.write_markdown(results, out / "BENCH.md", info, main, command=_command_line(args))
         png = bench.write_chart(results, out / "bench.png", seq_hidden=128 if chart else None,

@@ -4,7 +4,8 @@
 what ``make reproduce`` runs). ``--size tiny`` runs in seconds, ``cpu`` (default) in minutes, ``full`` at
 the papers' scale (a GPU and local datasets). ``--config FILE`` runs a YAML config instead of a built-in
 size (``studies/reproduce/<name>-full.yaml`` are the full ones); ``--dump-config`` prints the built-in
-config of ``--size`` as YAML and exits.
+config of ``--size`` as YAML and exits; ``--replot`` rebuilds the markdown and plot from the files of an
+earlier run in ``--out`` (``<name>.json``, the CSVs) without training.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training processes in parallel, one torch thread each (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="a YAML reproduction config to run instead")
     parser.add_argument("--dump-config", action="store_true", help="print the --size config as YAML and exit")
+    parser.add_argument("--replot", action="store_true",
+                        help="rebuild the markdown and plot from the files already in --out (no training)")
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
@@ -76,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dump_config:
         for name in names:
             sys.stdout.write(config_yaml(name, args.size))
+        return 0
+    if args.replot:
+        from ..reproduce import get_reproduction
+
+        for name in names:
+            report = get_reproduction(name).replot(args.out)
+            print(f"{name}: rebuilt " + ", ".join(str(p) for p in report.files), flush=True)
         return 0
     torch.set_num_threads(1)  # small sequential models: one thread per process is fastest
     config = _load_config(args.config) if args.config is not None else None

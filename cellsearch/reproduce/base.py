@@ -9,15 +9,18 @@ seed) job, then writes into ``out``:
 - ``<name>_curves.csv`` — the validation curve of every run;
 - ``<name>.md`` — the claim, the setup, one table per experiment (mean ± 95 % CI over seeds);
 - ``<name>.png`` — the plot (by default the validation curves of each experiment against the
-  memoryless baseline).
+  memoryless baseline);
+- ``<name>.json`` — the command, the timing and the exact config, from which :meth:`Reproduction.replot`
+  rebuilds the markdown and the plot without training.
 
 Subclasses add their own analysis by overriding :meth:`extra` (work that is not a training run, e.g.
-gradient maps), :meth:`sections` and :meth:`figure`.
+gradient maps) and :meth:`load_extra` (reading it back), :meth:`sections` and :meth:`figure`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import time
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from .config import ReproConfig, parse_config
-from .report import experiment_table, plot_curves, write_records
+from .report import experiment_table, plot_curves, read_records, write_records
 from .runner import Record, run_jobs
 
 __all__ = ["Reproduction", "Report", "SIZES"]
@@ -82,6 +85,8 @@ class Reproduction:
             workers: int = 1, on_done: Callable[[Record], None] | None = None,
             command: str | None = None) -> Report:
         """Run the reproduction the config ``raw`` describes and write its files into ``out``."""
+        import torch
+
         config = self.parse(raw, seeds)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -89,34 +94,62 @@ class Reproduction:
         extra = self.extra(config, out)
         records = run_jobs(config.jobs(), workers, on_done)
         wall = time.perf_counter() - start
+        stored = {k: v for k, v in config.raw.items() if k not in ("name", "seeds", "first_seed")}
+        meta = {"name": self.name, "size": size,
+                "command": command or f"cellsearch reproduce {self.name} --size {size} --seeds {len(config.seeds)}",
+                "workers": workers, "wall_seconds": round(wall, 1),
+                "run_seconds": round(sum(r.seconds for r in records), 1),
+                "machine": f"{platform.machine()} with {os.cpu_count()} CPUs", "torch": torch.__version__,
+                "config": {"seeds": len(config.seeds), "first_seed": config.seeds[0], **stored}}
         files = [*extra.pop("files", []), *write_records(out, self.name, records)]
-        run_seconds = sum(r.seconds for r in records)
-        command = command or f"cellsearch reproduce {self.name} --size {size} --seeds {len(config.seeds)}"
-        lines = self.header(config, size, wall, run_seconds, workers, command)
+        path = out / f"{self.name}.json"
+        path.write_text(json.dumps(meta, indent=1) + "\n")
+        return self.render(config, records, extra, meta, out, [*files, path])
+
+    def replot(self, out: str | Path) -> Report:
+        """Rebuild ``<name>.md`` and ``<name>.png`` from the files a run left in ``out`` (no training):
+        ``<name>.json`` (command, timing and the exact config), the CSVs and any extra files."""
+        from ..cli import UserError
+
+        out = Path(out)
+        path = out / f"{self.name}.json"
+        if not path.is_file():
+            raise UserError(f"--replot: no {path} (run `cellsearch reproduce {self.name}` first)")
+        meta = json.loads(path.read_text())
+        config = self.parse(meta["config"])
+        records = read_records(out, self.name)
+        return self.render(config, records, self.load_extra(config, out), meta, out, [])
+
+    def render(self, config: ReproConfig, records: Sequence[Record], extra: dict[str, Any],
+               meta: Mapping[str, Any], out: Path, files: list[Path]) -> Report:
+        """Write ``<name>.md`` and ``<name>.png`` from the records (and extra results) of a run."""
+        lines = self.header(config, meta)
         lines += self.sections(config, records, extra)
         lines += ["", f"Raw per-seed results: [`{self.name}.csv`]({self.name}.csv); learning curves: "
-                      f"[`{self.name}_curves.csv`]({self.name}_curves.csv).", ""]
+                      f"[`{self.name}_curves.csv`]({self.name}_curves.csv); command, timing and config: "
+                      f"[`{self.name}.json`]({self.name}.json).", ""]
         markdown = "\n".join(lines)
         (out / f"{self.name}.md").write_text(markdown)
-        files.append(out / f"{self.name}.md")
         fig = self.figure(config, records, extra)
         fig.savefig(out / f"{self.name}.png", dpi=100)
-        files.append(out / f"{self.name}.png")
-        return Report(self.name, size, files, records, markdown, wall, run_seconds, extra)
+        files = [*files, out / f"{self.name}.md", out / f"{self.name}.png"]
+        return Report(self.name, str(meta["size"]), files, list(records), markdown, float(meta["wall_seconds"]),
+                      float(meta["run_seconds"]), extra)
+
+    def load_extra(self, config: ReproConfig, out: Path) -> dict[str, Any]:
+        """Read back what :meth:`extra` wrote (for :meth:`replot`; default: nothing)."""
+        return {}
 
     def extra(self, config: ReproConfig, out: Path) -> dict[str, Any]:
         """Work besides the training jobs (default: none); may return ``files`` (written paths)."""
         return {}
 
     # ------------------------------------------------------------------ writing
-    def header(self, config: ReproConfig, size: str, wall: float, run_seconds: float, workers: int,
-               command: str) -> list[str]:
+    def header(self, config: ReproConfig, meta: Mapping[str, Any]) -> list[str]:
         """Title, claim, published numbers, setup and timing."""
-        import torch
-
         from ..api import get_cell
 
-        lines = [f"# {self.title}", "", f"Generated by `{command}` (size `{size}`).", "",
+        lines = [f"# {self.title}", "", f"Generated by `{meta['command']}` (size `{meta['size']}`).", "",
                  "## Claim", "", self.claim, ""]
         reported = [(name, get_cell(name)) for name in self.cards]
         cites = sorted({card.citation for _, card in reported})
@@ -133,11 +166,11 @@ class Reproduction:
             lines.append(f"- **{exp.name}**: task `{_inline(exp.task)}`, model `{_inline(exp.model)}`, "
                          f"train `{_inline(exp.train)}`")
             for v in exp.variants:
-                changes = {k: getattr(v, k) for k in ("options", "depth", "train", "model") if getattr(v, k)}
+                changes = {k: getattr(v, k) for k in ("spec", "options", "depth", "train", "model") if getattr(v, k)}
                 if changes:
                     lines.append(f"  - {v.label}: `{_inline(changes)}`")
-        lines += ["", f"Wall time {wall:.0f} s with {workers} worker process(es) (sum over runs {run_seconds:.0f} s) "
-                  f"on {platform.machine()} with {os.cpu_count()} CPUs, torch {torch.__version__}.", ""]
+        lines += ["", f"Wall time {meta['wall_seconds']:.0f} s with {meta['workers']} worker process(es) (sum over "
+                  f"runs {meta['run_seconds']:.0f} s) on {meta['machine']}, torch {meta['torch']}.", ""]
         return lines
 
     def sections(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> list[str]:

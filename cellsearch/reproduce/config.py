@@ -116,6 +116,7 @@ def _variant(where: str, raw: Any, layers: int) -> Variant:
     data = _mapping(where, raw, _VARIANT)
     if not isinstance(data.get("cell"), str):
         raise ConfigError(f"{where}.cell: expected a registered cell name, got {data.get('cell')!r}")
+    _registered(f"{where}.cell", data["cell"], "cell")
     model = _mapping(f"{where}.model", data.get("model", {}), _MODEL)
     return Variant(label=str(data.get("label", data["cell"])), cell=data["cell"],
                    layers=_int(f"{where}.layers", data.get("layers", layers), 1),
@@ -124,6 +125,16 @@ def _variant(where: str, raw: Any, layers: int) -> Variant:
                    depth=_mapping(f"{where}.depth", data.get("depth", {})),
                    train=_mapping(f"{where}.train", data.get("train", {})), model=model,
                    spec=_spec(f"{where}.spec", data.get("spec", {})))
+
+
+def _registered(where: str, name: Any, kind: str) -> None:
+    """A registered cell / task name, else ConfigError naming the key (with "did you mean")."""
+    from .. import registry
+
+    names = registry.list_cells() if kind == "cell" else registry.list_tasks()
+    if name not in names:
+        raise ConfigError(f"{where}: {name!r} is not a registered {kind}; "
+                          f"{registry.did_you_mean(str(name), names)}expected one of {', '.join(names)}")
 
 
 def _spec(where: str, raw: Any) -> dict[str, str]:
@@ -165,6 +176,7 @@ def _experiment(where: str, raw: Any) -> Experiment:
     task = _mapping(f"{where}.task", data["task"])
     if "name" not in task:
         raise ConfigError(f"{where}.task.name: missing")
+    _registered(f"{where}.task.name", task["name"], "task")
     return Experiment(name=str(data["name"]), task=task, variants=tuple(variants),
                       model=_mapping(f"{where}.model", data.get("model", {}), _MODEL),
                       train=_mapping(f"{where}.train", data.get("train", {})),

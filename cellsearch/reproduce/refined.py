@@ -23,6 +23,16 @@ def _adding(seq_len: int, hidden: int, train: dict[str, Any], n_valid: int, n_te
             "model": {"hidden_size": hidden}, "train": train, "solved_below": 0.01, "cells": list(CELLS)}
 
 
+def _styles(labels: Any) -> dict[str, dict[str, Any]]:
+    """One colour per cell family; the plain cell dashed, the refined one solid."""
+    colours = {"lstm": "C0", "gru": "C1", "mgu": "C2"}
+    out = {}
+    for label in labels:
+        family = label.removeprefix("refined_")
+        out[label] = {"color": colours.get(family), "ls": "-" if label.startswith("refined_") else "--"}
+    return out
+
+
 class Refined(Reproduction):
     """refined_lstm / refined_gru / refined_mgu vs lstm / gru / mgu on adding."""
 
@@ -34,6 +44,18 @@ class Refined(Reproduction):
              "cells. PRIMITIVES.md quotes no number for adding; the exact refined form in the paper (mul or "
              "add, which gates, projection of x) is uncertain — the plugins use \"mul\" with a learned "
              "projection when d ≠ n.")
+
+    def figure(self, config: Any, records: Any, extra: Any) -> Any:
+        """Validation MSE curves, each plain cell dashed beside its refined version (solid)."""
+        from matplotlib.figure import Figure
+
+        from .report import plot_curves
+
+        n = len(config.experiments)
+        fig = Figure(figsize=(5.6 * n, 4.0), layout="constrained")
+        for ax, exp in zip(fig.subplots(1, n, squeeze=False)[0], config.experiments):
+            plot_curves(ax, exp, records, styles=_styles(v.label for v in exp.variants))
+        return fig
 
     def configs(self) -> dict[str, dict[str, Any]]:
         """tiny: seconds; cpu: T = 100 at n = 64 (2000 steps); full: T = 200 / 400 / 1000 (paper-style)."""

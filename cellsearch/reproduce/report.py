@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,12 @@ from .config import Experiment
 from .runner import Record
 from .stats import CI, mean_ci
 
-__all__ = ["write_csv", "write_records", "experiment_table", "markdown_table", "curve_band", "plot_curves",
-           "by_variant", "steps_to_solve", "fmt"]
+__all__ = ["write_csv", "write_records", "read_records", "experiment_table", "markdown_table", "curve_band",
+           "plot_curves", "by_variant", "steps_to_solve", "fmt"]
 
 
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write ``rows`` (dicts with the same keys) as CSV; floats with 6 significant digits."""
+    """Write ``rows`` (dicts with the same keys) as CSV; floats with 8 significant digits."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as fh:
         if not rows:
@@ -31,7 +32,7 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+            writer.writerow({k: (f"{v:.8g}" if isinstance(v, float) else v) for k, v in row.items()})
     return path
 
 
@@ -43,6 +44,40 @@ def write_records(out: Path, name: str, records: Sequence[Record]) -> list[Path]
     curves = [{"experiment": r.experiment, "variant": r.variant, "seed": r.seed, **h}
               for r in records for h in r.history]
     return [write_csv(out / f"{name}.csv", rows), write_csv(out / f"{name}_curves.csv", curves)]
+
+
+def read_records(out: Path, name: str) -> list[Record]:
+    """The records :func:`write_records` wrote (values as stored: 8 significant digits)."""
+    path, curves = out / f"{name}.csv", out / f"{name}_curves.csv"
+    if not path.is_file():
+        from ..cli import UserError
+
+        raise UserError(f"no {path}: nothing to rebuild the report from")
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    with curves.open() as fh:
+        points = list(csv.DictReader(fh)) if curves.is_file() else []
+    history: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    for p in points:
+        history.setdefault((p["experiment"], p["variant"], p["seed"]), []).append(
+            {k: float(p[k]) for k in ("step", "train_loss", "val_loss", "val_metric")})
+    out_records = []
+    for row in rows:
+        types = {f.name: f.type for f in fields(Record)}
+        values: dict[str, Any] = {}
+        for key, text in row.items():
+            kind = str(types.get(key, "str"))
+            if kind == "int":
+                values[key] = int(text)
+            elif kind == "bool":
+                values[key] = text == "True"
+            elif kind in ("float", "float | None"):
+                values[key] = None if text == "" else float(text)
+            else:
+                values[key] = text
+        values["history"] = history.get((row["experiment"], row["variant"], row["seed"]), [])
+        out_records.append(Record(**values))
+    return out_records
 
 
 def by_variant(records: Iterable[Record], experiment: str) -> dict[str, list[Record]]:

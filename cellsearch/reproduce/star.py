@@ -16,6 +16,7 @@ the outcome.
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -121,6 +122,18 @@ class STAR(Reproduction):
                                  **{f"seed{s}": float(stack[i, layer, step]) for i, s in enumerate(config.seeds)}})
         path = write_csv(out / f"{self.name}_gradients.csv", rows)
         return {"maps": maps, "map_spec": spec, "files": [path]}
+
+    def load_extra(self, config: ReproConfig, out: Path) -> dict[str, Any]:
+        """The per-seed gradient maps back from ``star_gradients.csv``."""
+        spec = _map_config(config.raw.get("gradient_maps", {}))
+        shape = (len(config.seeds), spec["layers"], spec["steps"])
+        maps = {(label, loss): np.zeros(shape) for label, _ in spec["cells"] for loss in spec["losses"]}
+        with (out / f"{self.name}_gradients.csv").open() as fh:
+            for row in csv.DictReader(fh):
+                grid = maps[row["cell"], row["loss"]]
+                for i, seed in enumerate(config.seeds):
+                    grid[i, int(row["layer"]) - 1, int(row["step"]) - 1] = float(row[f"seed{seed}"])
+        return {"maps": {key: list(grid) for key, grid in maps.items()}, "map_spec": spec}
 
     def sections(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> list[str]:
         """The gradient-ratio table, then accuracy vs depth."""
