@@ -204,7 +204,12 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
     try:
-        before = _wait_for_running_after_complete(db, "killed", proc)
+        for _ in range(50):  # freeze the run, then look: a trial may finish between the check and the stop
+            before = _wait_for_running_after_complete(db, "killed", proc)
+            proc.send_signal(signal.SIGSTOP)
+            if any(v[0] == TrialState.RUNNING for v in _snapshot(db, "killed").values()):
+                break
+            proc.send_signal(signal.SIGCONT)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
