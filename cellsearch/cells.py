@@ -141,7 +141,6 @@ class ComposedCell(nn.Module):
         self.weight_proj = nn.Parameter(torch.empty(n, input_size)) if self.short == "project" else None
         self.transition = (Transition(n, transition_layers, shortcut=transition == "deep_shortcut")
                            if transition != "none" else None)
-        self._gate_fn = self.gate.function(self.k)
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------
@@ -175,7 +174,7 @@ class ComposedCell(nn.Module):
         """Prepare the per-sequence constants (recurrent matrices, saturation, transition)."""
         sat = self.saturation.function()
         cand = self.transition.candidate if self.transition is not None else _plain_candidate
-        return StepContext(self.hidden_size, self.k, self.recurrence.matrix().t(), self._gate_fn,
+        return StepContext(self.hidden_size, self.k, self.recurrence.matrix().t(), self.gate.function(self.k),
                            cand, sat, dict(self.extra.items()))
 
     def initial_state(self, batch: int, like: Tensor) -> State:

@@ -233,3 +233,15 @@ def test_block_layout_is_addressable(name: str) -> None:
     assert [cell.block_slice(b).start for b in names] == list(range(0, len(names) * N, N))
     assert cell.weight_ih.shape == (len(names) * N, D) and cell.bias.shape == (len(names) * N,)
     assert cell.recurrence.matrix().shape == (sum(recurrent) * N, N)
+
+
+@pytest.mark.parametrize("name", ["ur_lstm", "refined_gru", "asrnn", "dots_rnn"])
+def test_a_built_model_pickles_and_keeps_its_outputs(name: str) -> None:
+    """Models travel through pickle (Ray, multiprocessing, torch.save of a whole module) unchanged."""
+    import pickle
+
+    torch.manual_seed(0)
+    rnn = cs.create_rnn(name, 3, 5, num_layers=2)
+    x = torch.randn(2, 4, 3)
+    copy = pickle.loads(pickle.dumps(rnn))
+    assert torch.equal(copy(x)[0], rnn(x)[0])
