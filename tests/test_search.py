@@ -194,7 +194,8 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     raw = tiny(
         "killed",
         space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}},
-        train={"epochs": 2, "steps_per_epoch": 25, "batch_size": 16, "threads": 1},
+        # long enough (~1 s a trial with the fast paths) that the run is still going when the test looks
+        train={"epochs": 2, "steps_per_epoch": 300, "batch_size": 16, "threads": 1},
         search={"sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
     )
     path = tmp_path / "killed.yaml"
