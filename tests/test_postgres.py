@@ -29,9 +29,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-pytestmark = pytest.mark.xdist_group("postgres")
+from studies import TASK
 
-TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+pytestmark = pytest.mark.xdist_group("postgres")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,9 +220,15 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, po
     beat = {"CELLSEARCH_HEARTBEAT_S": "1", "CELLSEARCH_GRACE_S": "3"}
     a = _worker(path, postgres_url, tmp_path, **beat)
     b = _worker(path, postgres_url, tmp_path, **beat)
+
     def a_running(trials: list[Any]) -> list[Any]:
-        return [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid
-                and t.state == TrialState.RUNNING and "key" in t.user_attrs]
+        return [
+            t
+            for t in trials
+            if t.user_attrs.get("worker", {}).get("pid") == a.pid
+            and t.state == TrialState.RUNNING
+            and "key" in t.user_attrs
+        ]
 
     def a_is_training(trials: list[Any]) -> bool:
         mine = [t for t in trials if t.user_attrs.get("worker", {}).get("pid") == a.pid]

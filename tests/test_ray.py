@@ -13,11 +13,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,27 +26,15 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+import studies
 from cellsearch.cli import main
 
 pytestmark = pytest.mark.xdist_group("ray")
 
-TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
-
 
 def tiny(name: str, **changes: Any) -> dict[str, Any]:
     """A Ray study mapping that trains in well under a second per trial."""
-    raw: dict[str, Any] = {
-        "name": name,
-        "task": dict(TASK),
-        "space": {"cell": {"update": ["lstm", "gru", "star"]}},
-        "model": {"hidden_size": 8},
-        "train": {"epochs": 2, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
-        "objective": "val_mse",
-        "search": {"backend": "ray", "sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
-    }
-    for key, value in changes.items():  # search settings merge; everything else replaces
-        raw[key] = {**raw[key], **value} if key == "search" else value
-    return raw
+    return studies.tiny(name, backend="ray", epochs=2, **changes)
 
 
 def _write(tmp_path: Path, raw: dict[str, Any]) -> Path:
@@ -58,9 +44,7 @@ def _write(tmp_path: Path, raw: dict[str, Any]) -> Path:
 
 
 def _load(tmp_path: Path, name: str) -> optuna.Study:
-    """The study as any reader sees it: straight from its SQLite file."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}", skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
+    return studies.load_sqlite(tmp_path / "runs" / name / "study.db", name)
 
 
 @pytest.fixture(scope="session")
@@ -226,25 +210,8 @@ def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
-    db = tmp_path / "runs" / "resume" / "study.db"
-    before: dict[int, Any] = {}
-    try:
-        start = time.time()
-        while time.time() - start < 180 and not before:
-            assert proc.poll() is None, "the study finished before it could be killed"
-            try:
-                trials = _load(tmp_path, "resume").get_trials() if db.exists() else []
-            except Exception:  # noqa: BLE001 - being created
-                trials = []
-            if any(t.state == TrialState.COMPLETE for t in trials) and any(
-                t.state == TrialState.RUNNING and "key" in t.user_attrs for t in trials
-            ):
-                before = {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
-            time.sleep(0.1)
-    finally:  # Ray ends the driver's actors with it; the cluster (this process's) stays
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert before, "no trial was training after a completed one"
+    # the driver records every trial: frozen, nothing changes in the storage; killed, Ray ends its actors
+    before = studies.stop_mid_trial(proc, tmp_path / "runs" / "resume" / "study.db", "resume", attr="key")
     running = [n for n, v in before.items() if v[0] == TrialState.RUNNING]
 
     cwd = os.getcwd()

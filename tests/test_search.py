@@ -4,10 +4,8 @@ changed study. Tiny studies: adding T = 10, hidden 8, a few steps."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +20,9 @@ from cellsearch.registry import get_cell_card, list_cells
 from cellsearch.search import run_study
 from cellsearch.search.space import SearchSpace, build_space
 from cellsearch.study import ModelConfig, load_space, study_from_mapping
+from studies import load_sqlite, snapshot, stop_mid_trial, tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
-
-
-def tiny(name: str, **changes: Any) -> dict[str, Any]:
-    """A study mapping that trains in well under a second per trial."""
-    raw: dict[str, Any] = {
-        "name": name,
-        "task": dict(TASK),
-        "space": {"cell": {"update": ["lstm", "gru", "star"]}},
-        "model": {"hidden_size": 8},
-        "train": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
-        "objective": "val_mse",
-        "search": {"sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
-    }
-    for key, value in changes.items():  # search settings merge; everything else replaces
-        raw[key] = {**raw[key], **value} if key == "search" else value
-    return raw
 
 
 def test_categorical_choices_depend_only_on_the_name() -> None:
@@ -56,9 +38,7 @@ def test_categorical_choices_depend_only_on_the_name() -> None:
             assert seen.setdefault(name, dist) == dist, name
         study.tell(trial, 0.0)
     assert "cell/update" in seen and "depth/layers" in seen and "train/lr" in seen
-    assert any(
-        "@" in name for name in seen
-    )  # conditional names exist where compatibility depends on the update
+    assert any("@" in name for name in seen)  # conditional names exist where compatibility depends on the update
 
 
 def test_every_published_cell_is_a_point_of_the_full_space() -> None:
@@ -75,10 +55,7 @@ def test_every_published_cell_is_a_point_of_the_full_space() -> None:
             card.spec.saturation,
             card.spec.recurrence,
         ), name
-        assert (
-            got.depth.transition == card.depth.transition
-            and got.depth.output_layers == card.depth.output_layers
-        )
+        assert got.depth.transition == card.depth.transition and got.depth.output_layers == card.depth.output_layers
 
 
 def _defaults(space: SearchSpace) -> dict[str, Any]:
@@ -179,17 +156,6 @@ def test_missing_backend_module_is_a_clear_error(tmp_path: Path, monkeypatch) ->
     assert not (tmp_path / "runs").exists()
 
 
-def _load(db: Path, name: str) -> optuna.Study:
-    """Read the study without creating tables (the running child may be creating them)."""
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def _snapshot(db: Path, name: str) -> dict[int, Any]:
-    study = _load(db, name)
-    return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in study.get_trials()}
-
-
 def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path: Path) -> None:
     raw = tiny(
         "killed",
@@ -204,49 +170,22 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
-    try:
-        for _ in range(50):  # freeze the run, then look: a trial may finish between the check and the stop
-            before = _wait_for_running_after_complete(db, "killed", proc)
-            proc.send_signal(signal.SIGSTOP)
-            if any(v[0] == TrialState.RUNNING for v in _snapshot(db, "killed").values()):
-                break
-            proc.send_signal(signal.SIGCONT)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    before = stop_mid_trial(proc, db, "killed", attr="worker")
     done_before = {n: v for n, v in before.items() if v[0] == TrialState.COMPLETE}
-    running = [n for n, v in _snapshot(db, "killed").items() if v[0] == TrialState.RUNNING]
+    running = [n for n, v in before.items() if v[0] == TrialState.RUNNING]
     assert done_before and running
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    after = _snapshot(db, "killed")
+    after = snapshot(db, "killed")
     for n, v in done_before.items():  # no completed trial lost or changed
         assert after[n] == v
-    study = _load(db, "killed")
+    study = load_sqlite(db, "killed")
     killed = study.trials[running[0]]
     assert killed.state == TrialState.FAIL and "interrupted" in killed.user_attrs["fail_reason"]
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
     assert retry and retry[0].params == killed.params  # re-queued with the same parameters
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4  # the budget is complete
-
-
-def _wait_for_running_after_complete(db: Path, name: str, proc: subprocess.Popen, limit: float = 120) -> dict:
-    """Poll the storage until one trial is COMPLETE and another RUNNING with its worker set; that snapshot."""
-    start = time.time()
-    while time.time() - start < limit:
-        assert proc.poll() is None, "the study finished before it could be killed"
-        try:
-            study = _load(db, name) if db.exists() else None
-            trials = study.trials if study is not None else []
-        except Exception:  # the study is being created
-            trials = []
-        complete = any(t.state == TrialState.COMPLETE for t in trials)
-        running = any(t.state == TrialState.RUNNING and "worker" in t.user_attrs for t in trials)
-        if complete and running:
-            return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
-        time.sleep(0.05)
-    raise AssertionError("no trial was running after a completed one")
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "nsga2", "cmaes"])
@@ -268,10 +207,21 @@ def test_every_sampler_and_pruner_is_constructed(sampler: str, pruner: str) -> N
 
 def test_divergence_fails_the_trial_with_its_reason(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    raw = tiny("div", space=None, cells=["vanilla"],
-               train={"epochs": 2, "steps_per_epoch": 5, "batch_size": 16, "lr": 1.0e8, "optimizer": "sgd",
-                      "clip": None, "threads": 1},
-               search={"n_trials": 1})
+    raw = tiny(
+        "div",
+        space=None,
+        cells=["vanilla"],
+        train={
+            "epochs": 2,
+            "steps_per_epoch": 5,
+            "batch_size": 16,
+            "lr": 1.0e8,
+            "optimizer": "sgd",
+            "clip": None,
+            "threads": 1,
+        },
+        search={"n_trials": 1},
+    )
     result = run_study(raw, display="quiet")
     (trial,) = result.trials
     assert trial.state == TrialState.FAIL

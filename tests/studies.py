@@ -1,0 +1,91 @@
+"""Helpers shared by the search tests (Optuna, Ray, PostgreSQL): a tiny study mapping, reading a study
+straight from its SQLite file, and catching a ``cellsearch run`` process with a trial in flight."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+
+
+def tiny(name: str, backend: str = "optuna", epochs: int = 1, **changes: Any) -> dict[str, Any]:
+    """A study mapping (adding, T = 10, hidden 8) that trains in well under a second per trial.
+
+    ``search`` settings merge into the defaults; every other key replaces its default."""
+    raw: dict[str, Any] = {
+        "name": name,
+        "task": dict(TASK),
+        "space": {"cell": {"update": ["lstm", "gru", "star"]}},
+        "model": {"hidden_size": 8},
+        "train": {"epochs": epochs, "steps_per_epoch": 3, "batch_size": 16, "threads": 1},
+        "objective": "val_mse",
+        "search": {"backend": backend, "sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": False},
+    }
+    for key, value in changes.items():
+        raw[key] = {**raw[key], **value} if key == "search" else value
+    return raw
+
+
+def load_sqlite(db: Path, name: str) -> optuna.Study:
+    """The study as any reader sees it, without creating tables (a running child may be creating them)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db}", skip_table_creation=True)
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def snapshot(db: Path, name: str) -> dict[int, Any]:
+    """number -> (state, values, params, digest) of every trial; {} while the study does not exist yet."""
+    if not db.exists():
+        return {}
+    try:
+        trials = load_sqlite(db, name).get_trials()
+    except Exception:  # noqa: BLE001 - the study is being created
+        return {}
+    return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+
+
+def running_after_complete(attr: str) -> Callable[[list[FrozenTrial]], bool]:
+    """One trial COMPLETE and another RUNNING that already carries the user attribute ``attr``."""
+
+    def ready(trials: list[FrozenTrial]) -> bool:
+        complete = any(t.state == TrialState.COMPLETE for t in trials)
+        return complete and any(t.state == TrialState.RUNNING and attr in t.user_attrs for t in trials)
+
+    return ready
+
+
+def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit: float = 180) -> dict[int, Any]:
+    """Wait until ``proc`` (the process that writes the study) has a trial completed and another running,
+    freeze it (SIGSTOP) and look again (a trial may finish between a look and the stop: then let it go
+    on and wait for the next), then SIGKILL it. Returns the snapshot taken while it was frozen."""
+    ready = running_after_complete(attr)
+    start = time.time()
+    try:
+        while time.time() - start < limit:
+            assert proc.poll() is None, "the study finished before it could be killed"
+            if _ready(db, name, ready):
+                proc.send_signal(signal.SIGSTOP)
+                if _ready(db, name, ready):
+                    return snapshot(db, name)
+                proc.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        raise AssertionError(f"no trial was running after a completed one within {limit:.0f} s")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def _ready(db: Path, name: str, ready: Callable[[list[FrozenTrial]], bool]) -> bool:
+    if not db.exists():
+        return False
+    try:
+        return ready(load_sqlite(db, name).get_trials())
+    except Exception:  # noqa: BLE001 - the study is being created
+        return False
