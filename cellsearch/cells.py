@@ -17,6 +17,7 @@ block (PRIMITIVES.md's convention), plus any extra parameter the update declares
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
@@ -192,8 +193,11 @@ class ComposedCell(nn.Module):
         """One step: x_t [B, d], state → (h_t [B, n], state)."""
         if state is None:
             state = self.initial_state(x.shape[0], x)
-        xp = F.linear(x, self.weight_ih, self.bias)
-        return self.update.step(self.context(), xp, self.short_input(x), tuple(state))
+        xp, xs = F.linear(x, self.weight_ih, self.bias), self.short_input(x)
+        with _recurrence_precision(x):
+            dtype = self.weight_ih.dtype
+            state = tuple(_as(s, dtype) for s in state)
+            return self.update.step(self.context(), _as(xp, dtype), _as(xs, dtype), state)
 
     def forward_sequence(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """A whole time-major sequence: x [T, B, d] → (out [T, B, n], final state).
@@ -210,20 +214,37 @@ class ComposedCell(nn.Module):
         """The reference loop: the update's step at every time step (autograd records each step)."""
         if state is None:
             state = self.initial_state(x.shape[1], x)
-        state = tuple(state)
         xp = F.linear(x, self.weight_ih, self.bias)
         xs = self.short_input(x)
-        ctx, step = self.context(), self.update.step
-        outs = []
-        for xp_t, xs_t in zip(xp.unbind(0), _steps(xs)):
-            h, state = step(ctx, xp_t, xs_t, state)
-            outs.append(h)
-        return torch.stack(outs), state
+        with _recurrence_precision(x):
+            dtype = self.weight_ih.dtype
+            state = tuple(_as(s, dtype) for s in state)
+            xp, xs = _as(xp, dtype), _as(xs, dtype)
+            ctx, step = self.context(), self.update.step
+            outs = []
+            for xp_t, xs_t in zip(xp.unbind(0), _steps(xs)):
+                h, state = step(ctx, xp_t, xs_t, state)
+                outs.append(h)
+            return torch.stack(outs), state
 
     def extra_repr(self) -> str:
         blocks = ",".join(b.name for b in self.blocks)
         return f"{self.input_size}, {self.hidden_size}, update={self.update.name}, gate={self.gate.name}, " \
                f"init={self.init.name}, blocks=[{blocks}]"
+
+
+def _recurrence_precision(x: Tensor) -> AbstractContextManager[Any]:
+    """Under autocast, only the hoisted input GEMM (all T·B rows at once) runs in the low-precision
+    dtype; the recurrence runs with autocast off, in the parameters' dtype (float32 by default), because
+    a bf16/fp16 state loses its memory to rounding over long sequences and the step's pointwise ops
+    (``torch.lerp``) need one dtype. Outputs and final state come back in the parameters' dtype."""
+    if _fast.autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return nullcontext()
+
+
+def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _steps(xs: Tensor | None) -> Iterator[Tensor | None]:

@@ -308,7 +308,25 @@ def _init_lines(info: _CellInfo) -> list[str]:
 
 
 def _forward_lines(info: _CellInfo) -> list[str]:
-    lines = ["n = self.hidden_size", f"kn = {info.k} * n", "xp = F.linear(x, self.weight_ih, self.bias)"]
+    """Cell.forward: the hoisted input GEMM; under autocast the recurrence runs with it off, in the
+    parameters' dtype (as cellsearch's own cells do)."""
+    xs = info.gate == "refined"
+    lines = ["xp = F.linear(x, self.weight_ih, self.bias)"]
+    if xs:
+        lines.append("xs = x if self.weight_proj is None else F.linear(x, self.weight_proj)")
+    args = "xp, xs, state" if xs else "xp, state"
+    cast = "xp.to(dt), xs.to(dt)" if xs else "xp.to(dt)"
+    return lines + [
+        "if torch.is_autocast_enabled(x.device.type):  # bf16/fp16 input GEMM, float32 recurrence",
+        "    with torch.autocast(x.device.type, enabled=False):",
+        "        dt = self.weight_ih.dtype",
+        f"        return self.recurrence({cast}, tuple(s.to(dt) for s in state))",
+        f"return self.recurrence({args})",
+    ]
+
+
+def _recurrence_lines(info: _CellInfo) -> list[str]:
+    lines = ["n = self.hidden_size", f"kn = {info.k} * n"]
     if info.recurrence == "free":
         lines.append("w_hh_t = self.weight_hh.t()")
     else:
@@ -322,10 +340,7 @@ def _forward_lines(info: _CellInfo) -> list[str]:
     state = "h, c = state" if info.n_states == 2 else "(h,) = state"
     lines += [state, "outs = []"]
     if info.gate == "refined":
-        lines += [
-            "xs = x if self.weight_proj is None else F.linear(x, self.weight_proj)",
-            "for xp_t, xs_t in zip(xp.unbind(0), xs.unbind(0)):",
-        ]
+        lines.append("for xp_t, xs_t in zip(xp.unbind(0), xs.unbind(0)):")
     else:
         lines.append("for xp_t in xp.unbind(0):")
     lines += ["    " + s for s in _step_lines(info)] + ["    outs.append(h)"]
@@ -477,6 +492,11 @@ def generate_source(model: Any, name: str | None = None, published: str | None =
         + "\n\n    def forward(self, x: Tensor, state: tuple[Tensor, ...]"
         ") -> tuple[Tensor, tuple[Tensor, ...]]:\n"
         + _indent(_forward_lines(info), 2)
+        + "\n\n    def recurrence(self, xp: Tensor, "
+        + ("xs: Tensor, " if info.gate == "refined" else "")
+        + "state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:\n"
+        + '        """The loop over time: xp = W x + b for every step, precomputed."""\n'
+        + _indent(_recurrence_lines(info), 2)
         + "\n"
     )
     header = (

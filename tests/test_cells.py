@@ -222,6 +222,23 @@ def test_one_step_cell_equals_sequence_path(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", CELLS)
+def test_cell_trains_under_autocast(name: str) -> None:
+    """Under CPU bf16 autocast every cell runs forward and backward: the input GEMM runs in bf16, the
+    recurrence in float32 (the parameters' dtype), so the state is float32 and the output stays within bf16
+    rounding of the float32 run."""
+    torch.manual_seed(0)
+    rnn = cs.create_rnn(name, D, N, num_layers=2)
+    x = torch.randn(B, T, D)
+    reference, _ = rnn(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = rnn(x)
+    assert all(s.dtype == torch.float32 for layer in state for s in layer)
+    assert (out.float() - reference).abs().max() < 0.05
+    out.float().pow(2).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in rnn.parameters())
+
+
+@pytest.mark.parametrize("name", CELLS)
 def test_block_layout_is_addressable(name: str) -> None:
     """Block names are unique (block_slice reaches each one, e.g. UR-GRU's reset gate r and refine block),
     recurrent blocks lead the layout, and the slices tile weight_ih, bias and the recurrent matrix."""

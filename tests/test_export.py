@@ -77,10 +77,13 @@ for case in json.loads(sys.argv[2]):
     io = mod.read_safetensors(folder + "/io.safetensors")
     with torch.no_grad():
         y = model(io["x"])[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y_autocast = model(io["x"])[0]
     program = torch.export.export(model, (io["x"],))
     y_exported = program.module()(io["x"])[0]
     results[case] = {"diff": float((y - io["y"]).abs().max()),
-                     "export_diff": float((y_exported - y).abs().max()), "training": model.training}
+                     "export_diff": float((y_exported - y).abs().max()), "training": model.training,
+                     "autocast_diff": float((y_autocast.float() - y).abs().max())}
     sys.path.pop(0)
 print(json.dumps({"blocked": blocked, "loaded": "cellsearch" in sys.modules, "results": results}))
 """
@@ -138,6 +141,7 @@ def test_exported_module_matches_and_torch_exports(exported: dict, case: str) ->
     assert result["diff"] < 1e-6
     assert result["export_diff"] < 1e-6
     assert result["training"] is False  # load() returns an eval-mode model
+    assert result["autocast_diff"] < 0.05  # runs under bf16 autocast (bf16 input GEMM, float32 recurrence)
 
 
 @pytest.mark.parametrize("case", ["lstm", "asrnn", "deep_io_refined_add"])

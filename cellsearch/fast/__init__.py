@@ -77,7 +77,8 @@ def explain(cell: Any) -> str:
     return f"{p.path}: {p.reason}"
 
 
-def _autocast(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (a CPU or CUDA device type string)."""
     try:
         return bool(torch.is_autocast_enabled(device_type))  # type: ignore[call-arg]
     except TypeError:  # pragma: no cover - older torch
@@ -88,7 +89,7 @@ def _transformed(x: Tensor) -> bool:
     """Tracing, compiling, functorch transforms, forward-mode AD or autocast: the reference handles those."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
         return True
-    if _autocast(x.device.type):
+    if autocast_enabled(x.device.type):
         return True
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and compiler.is_compiling():
