@@ -29,6 +29,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from cellsearch.search.results import leaderboard_rows
+from cellsearch.study import load_study
 from studies import TASK
 
 pytestmark = pytest.mark.xdist_group("postgres")
@@ -264,3 +266,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, po
     keys = _trained_keys(trials)
     assert len(keys) == len(set(keys))
     assert "done 6/6" in out, out
+    # the leaderboard says why the dead trial failed and which trial re-ran it
+    rows = {r["number"]: r for r in leaderboard_rows(_load(postgres_url, name), load_study(path), top=None)}
+    note = rows[dead.number]["note"]
+    assert "stopped sending heartbeats" in note and f"re-run as trial {retry.number}" in note, note

@@ -203,8 +203,8 @@ def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_
     raw = tiny(
         "resume",
         space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2}}},
-        train={"epochs": 2, "steps_per_epoch": 20, "batch_size": 16, "threads": 1},
-        search={"n_trials": 3, "max_concurrent_trials": 1, "pruner": "none", "ray_address": local_ray},
+        train={"epochs": 2, "steps_per_epoch": 60, "batch_size": 16, "threads": 1},
+        search={"n_trials": 4, "max_concurrent_trials": 1, "pruner": "none", "ray_address": local_ray},
     )
     path = _write(tmp_path, raw)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -230,4 +230,4 @@ def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_
         assert killed.state == TrialState.FAIL and "interrupted: its process" in killed.user_attrs["fail_reason"]
         retry = [t for t in trials if t.user_attrs.get("retry_of") == n]
         assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
-    assert result.n_complete == 3 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 3
+    assert result.n_complete == 4 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 4

@@ -278,14 +278,9 @@ class STARKernel(Kernel):
         ws.dw_hh = _recurrent_grad(ws.dA[:, :, : k * n], ws.Y, ws.h0, bs)
 
 
-class GRUKernel(Kernel):
-    """GRU (PyTorch form): ĥ = sat(W_h x + b_h + r⊙(U_h h + b_hn)); h_t = ĥ + z⊙(h_{t−1} − ĥ).
-
-    Blocks [r, z, (ρ), h], all recurrent. The candidate's input and recurrent parts get different
-    gradients (∂/∂(U_h h) = r⊙∂/∂pre), so the reverse loop keeps ``dHP`` (the recurrent GEMM's
-    gradient, gate blocks copied in) beside ``dA``. ĥ replaces s in place, the candidate's σ' is a
-    tanh_backward on ĥ, and its stored gradients are the true ones (bscale 1).
-    """
+class _CandidateKernel(Kernel):
+    """A single-state update with k gate blocks and one candidate block, all recurrent (GRU, MGU): the
+    candidate's stored gradient is the true one (bscale 1); its forward scale is −2 under tanh."""
 
     def __init__(self, n: int, gate: GateOps, sat: str) -> None:
         self.tanh = sat == "tanh"
@@ -293,6 +288,16 @@ class GRUKernel(Kernel):
         fscale = [1.0] * k + [-2.0 if self.tanh else 1.0]
         super().__init__(n, k + 1, k + 1, fscale, gate.block_scale() + [1.0])
         self.gate, self.k = gate, k
+
+
+class GRUKernel(_CandidateKernel):
+    """GRU (PyTorch form): ĥ = sat(W_h x + b_h + r⊙(U_h h + b_hn)); h_t = ĥ + z⊙(h_{t−1} − ĥ).
+
+    Blocks [r, z, (ρ), h], all recurrent. The candidate's input and recurrent parts get different
+    gradients (∂/∂(U_h h) = r⊙∂/∂pre), so the reverse loop keeps ``dHP`` (the recurrent GEMM's
+    gradient, gate blocks copied in) beside ``dA``. ĥ replaces s in place, the candidate's σ' is a
+    tanh_backward on ĥ, and its stored gradients are the true ones (bscale 1).
+    """
 
     def forward(self, ws: Workspace) -> None:
         T, B, n, k = ws.T, ws.B, self.n, self.k
@@ -360,19 +365,12 @@ class GRUKernel(Kernel):
         ws.dw_hh = _recurrent_grad(dHP, ws.Y, ws.h0, bs)
 
 
-class MGUKernel(Kernel):
+class MGUKernel(_CandidateKernel):
     """MGU: f = gate(a_f); ĥ = sat(W_h x + U_h(f⊙h) + b_h); h_t = h_{t−1} + f⊙(ĥ − h_{t−1}).
 
     Blocks [f, (r), h]; two recurrent GEMMs per step in both directions (the second needs f). ĥ
     replaces s in place; the candidate's stored gradient is the true one (bscale 1).
     """
-
-    def __init__(self, n: int, gate: GateOps, sat: str) -> None:
-        self.tanh = sat == "tanh"
-        k = gate.k
-        fscale = [1.0] * k + [-2.0 if self.tanh else 1.0]
-        super().__init__(n, k + 1, k + 1, fscale, gate.block_scale() + [1.0])
-        self.gate, self.k = gate, k
 
     def forward(self, ws: Workspace) -> None:
         T, B, n, k = ws.T, ws.B, self.n, self.k

@@ -45,6 +45,11 @@ def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) ->
     """One dict per trial, best first: number, state, summary, params, objectives, metrics, note."""
     rows = []
     front = {t.number for t in best_trials(study, config)} if config.multi_objective else set()
+    # a trial Optuna failed by heartbeat is finished before cellsearch can write on it: its reason and
+    # its retry are on the retry trial (``retry_of``, ``retry_reason``)
+    retries = {
+        t.user_attrs["retry_of"]: t for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs
+    }
     for t in ranked(study, config)[: top if top else None]:
         attrs = t.user_attrs
         metrics = attrs.get("metrics") or (attrs.get("history") or [{}])[-1]
@@ -58,17 +63,21 @@ def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) ->
                 "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
                 "seconds": attrs.get("seconds"),
                 "pareto": t.number in front,
-                "note": _note(t),
+                "note": _note(t, retries.get(t.number)),
             }
         )
     return rows
 
 
-def _note(trial: FrozenTrial) -> str:
+def _note(trial: FrozenTrial, retry: FrozenTrial | None = None) -> str:
     attrs = trial.user_attrs
     if "reused_from" in attrs:
         return f"reused trial {attrs['reused_from']}"
-    return str(attrs.get("fail_reason") or attrs.get("prune_reason") or "")
+    note = str(attrs.get("fail_reason") or attrs.get("prune_reason") or "")
+    if retry is not None:
+        why = note or str(retry.user_attrs.get("retry_reason") or "interrupted")
+        return f"{why}; re-run as trial {retry.number}"
+    return note
 
 
 def pick_trial(study: Study, config: StudyConfig, number: int | None) -> FrozenTrial:
