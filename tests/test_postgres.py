@@ -200,9 +200,10 @@ def test_two_workers_split_the_budget_without_duplicates(tmp_path: Path, postgre
     assert all("done 8/8" in out for out in outputs), outputs
 
 
-def _wait_for(url: str, name: str, ready: Any, what: str, limit: float = 120) -> list[Any]:
+def _wait_for(url: str, name: str, ready: Any, what: str, proc: subprocess.Popen, limit: float = 120) -> list[Any]:
     start = time.time()
     while time.time() - start < limit:
+        assert proc.poll() is None, f"worker {proc.pid} ended before {what}"
         try:
             trials = _load(url, name).get_trials()
         except Exception:  # noqa: BLE001 - the study is being created
@@ -218,7 +219,8 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, po
     after the grace period, re-runs its parameters and completes the budget: exactly N trials count."""
     name = f"kill_{uuid.uuid4().hex[:8]}"
     space = {"cell": {"update": ["lstm", "gru"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2, "log": True}}}
-    path = _study_file(tmp_path, name, space, n_trials=6, steps=60)
+    # trials of ~1 s: long enough that A is seen training after a completed trial even on a busy machine
+    path = _study_file(tmp_path, name, space, n_trials=6, steps=300)
     beat = {"CELLSEARCH_HEARTBEAT_S": "1", "CELLSEARCH_GRACE_S": "3"}
     a = _worker(path, postgres_url, tmp_path, **beat)
     b = _worker(path, postgres_url, tmp_path, **beat)
@@ -239,7 +241,7 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_rerun(tmp_path: Path, po
     killed: list[Any] = []
     try:
         for _ in range(50):  # freeze A, then look: the trial may have finished between the check and the stop
-            _wait_for(postgres_url, name, a_is_training, "worker A training after a completed trial")
+            _wait_for(postgres_url, name, a_is_training, "worker A training after a completed trial", a)
             a.send_signal(signal.SIGSTOP)
             killed = a_running(_load(postgres_url, name).get_trials())
             if killed:
