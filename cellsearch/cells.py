@@ -193,11 +193,9 @@ class ComposedCell(nn.Module):
         """One step: x_t [B, d], state → (h_t [B, n], state)."""
         if state is None:
             state = self.initial_state(x.shape[0], x)
-        xp, xs = F.linear(x, self.weight_ih, self.bias), self.short_input(x)
-        with _recurrence_precision(x):
-            dtype = self.weight_ih.dtype
-            state = tuple(_as(s, dtype) for s in state)
-            return self.update.step(self.context(), _as(xp, dtype), _as(xs, dtype), state)
+        precision, xp, xs, state = self._recurrence_inputs(x, state)
+        with precision:
+            return self.update.step(self.context(), xp, xs, state)
 
     def forward_sequence(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """A whole time-major sequence: x [T, B, d] → (out [T, B, n], final state).
@@ -214,12 +212,8 @@ class ComposedCell(nn.Module):
         """The reference loop: the update's step at every time step (autograd records each step)."""
         if state is None:
             state = self.initial_state(x.shape[1], x)
-        xp = F.linear(x, self.weight_ih, self.bias)
-        xs = self.short_input(x)
-        with _recurrence_precision(x):
-            dtype = self.weight_ih.dtype
-            state = tuple(_as(s, dtype) for s in state)
-            xp, xs = _as(xp, dtype), _as(xs, dtype)
+        precision, xp, xs, state = self._recurrence_inputs(x, state)
+        with precision:
             ctx, step = self.context(), self.update.step
             outs = []
             for xp_t, xs_t in zip(xp.unbind(0), _steps(xs)):
@@ -227,20 +221,26 @@ class ComposedCell(nn.Module):
                 outs.append(h)
             return torch.stack(outs), state
 
+    def _recurrence_inputs(self, x: Tensor, state: State) -> tuple[AbstractContextManager[Any], Tensor,
+                                                                   Tensor | None, State]:
+        """The input GEMM (hoisted over every step of ``x``) and the short input; the context the
+        recurrence runs in, and its inputs.
+
+        Under autocast only the input GEMM runs in the low-precision dtype; the recurrence runs with
+        autocast off, in the parameters' dtype (float32 by default), because a bf16/fp16 state loses
+        its memory to rounding over long sequences and the step's pointwise ops (``torch.lerp``) need
+        one dtype: outputs and final state come back in the parameters' dtype."""
+        xp, xs, state = F.linear(x, self.weight_ih, self.bias), self.short_input(x), tuple(state)
+        if not _fast.autocast_enabled(x.device.type):
+            return nullcontext(), xp, xs, state
+        dt = self.weight_ih.dtype
+        off = torch.autocast(x.device.type, enabled=False)
+        return off, _as(xp, dt), _as(xs, dt), tuple(_as(s, dt) for s in state)
+
     def extra_repr(self) -> str:
         blocks = ",".join(b.name for b in self.blocks)
         return f"{self.input_size}, {self.hidden_size}, update={self.update.name}, gate={self.gate.name}, " \
                f"init={self.init.name}, blocks=[{blocks}]"
-
-
-def _recurrence_precision(x: Tensor) -> AbstractContextManager[Any]:
-    """Under autocast, only the hoisted input GEMM (all T·B rows at once) runs in the low-precision
-    dtype; the recurrence runs with autocast off, in the parameters' dtype (float32 by default), because
-    a bf16/fp16 state loses its memory to rounding over long sequences and the step's pointwise ops
-    (``torch.lerp``) need one dtype. Outputs and final state come back in the parameters' dtype."""
-    if _fast.autocast_enabled(x.device.type):
-        return torch.autocast(x.device.type, enabled=False)
-    return nullcontext()
 
 
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

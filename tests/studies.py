@@ -40,15 +40,19 @@ def load_sqlite(db: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+def trials_now(db: Path, name: str) -> list[FrozenTrial]:
+    """The study's trials; [] while the study does not exist yet (a running child may be creating it)."""
+    if not db.exists():
+        return []
+    try:
+        return load_sqlite(db, name).get_trials()
+    except Exception:  # noqa: BLE001 - the study is being created
+        return []
+
+
 def snapshot(db: Path, name: str) -> dict[int, Any]:
     """number -> (state, values, params, digest) of every trial; {} while the study does not exist yet."""
-    if not db.exists():
-        return {}
-    try:
-        trials = load_sqlite(db, name).get_trials()
-    except Exception:  # noqa: BLE001 - the study is being created
-        return {}
-    return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+    return {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials_now(db, name)}
 
 
 def running_after_complete(attr: str) -> Callable[[list[FrozenTrial]], bool]:
@@ -70,9 +74,9 @@ def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit
     try:
         while time.time() - start < limit:
             assert proc.poll() is None, "the study finished before it could be killed"
-            if _ready(db, name, ready):
+            if ready(trials_now(db, name)):
                 proc.send_signal(signal.SIGSTOP)
-                if _ready(db, name, ready):
+                if ready(trials_now(db, name)):
                     return snapshot(db, name)
                 proc.send_signal(signal.SIGCONT)
             time.sleep(0.05)
@@ -81,11 +85,3 @@ def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-
-def _ready(db: Path, name: str, ready: Callable[[list[FrozenTrial]], bool]) -> bool:
-    if not db.exists():
-        return False
-    try:
-        return ready(load_sqlite(db, name).get_trials())
-    except Exception:  # noqa: BLE001 - the study is being created
-        return False

@@ -221,7 +221,7 @@ def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_
     finally:
         os.chdir(cwd)
     trials = _load(tmp_path, "resume").get_trials()
-    after = {t.number: (t.state, t.values, t.params, t.user_attrs.get("digest")) for t in trials}
+    after = studies.snapshot(tmp_path / "runs" / "resume" / "study.db", "resume")
     for n, v in before.items():
         if v[0] == TrialState.COMPLETE:
             assert after[n] == v  # no completed trial lost or changed
