@@ -126,6 +126,31 @@ def test_divergence_raises_with_step_and_last_finite_loss() -> None:
     assert f"step {err.step}" in str(err) and f"{err.last_finite_loss:.6g}" in str(err)
 
 
+def _one_sgd_step(lr: float, clip: float | None) -> torch.Tensor:
+    """All parameters (flattened) after one plain-SGD step from the seed-0 initialization."""
+    config = {"steps": 1, "steps_per_epoch": 1, "batch_size": 32, "optimizer": "sgd", "momentum": 0.0,
+              "lr": lr, "clip": clip, "seed": 0, "device": "cpu"}
+    model = train(lstm_spec(SMALL_ADDING), SMALL_ADDING, config).model
+    return torch.cat([p.detach().double().flatten() for p in model.parameters()])
+
+
+def test_clipping_bounds_the_update_norm() -> None:
+    """Plain SGD, one step, a ``clip`` far below the gradient's norm: the step moves the parameters by
+    exactly lr · clip (in norm), and differs from the unclipped step, which moves them by lr · ‖g‖.
+    (A clip applied before ``loss.backward()`` or to the wrong tensors fails both.)"""
+    lr, clip = 1.0, 0.01
+    start = _one_sgd_step(1e-12, clip)             # same seed: the initialization, moved by ≤ 1e-14
+    clipped = _one_sgd_step(lr, clip) - start
+    free = _one_sgd_step(lr, None) - start
+    assert free.norm() > 10 * lr * clip            # the clip is active: the raw gradient is far larger
+    assert clipped.norm() <= lr * clip * (1 + 1e-3)
+    assert clipped.norm() == pytest.approx(lr * clip, rel=1e-3)
+    assert (clipped - free).norm() > 0.5 * free.norm()
+    # the clipped step points where the gradient points (it is rescaled, not altered)
+    cosine = torch.dot(clipped, free) / (clipped.norm() * free.norm())
+    assert cosine > 1 - 1e-3
+
+
 def test_same_seed_same_run_other_seed_other_run() -> None:
     cfg = {"epochs": 2, "batch_size": 32, "lr": 3e-3, "seed": 7}
     a, b = (train(lstm_spec(SMALL_ADDING), SMALL_ADDING, cfg) for _ in range(2))
