@@ -56,19 +56,23 @@ def snapshot(db: Path, name: str) -> dict[int, Any]:
 
 
 def running_after_complete(attr: str) -> Callable[[list[FrozenTrial]], bool]:
-    """One trial COMPLETE and another RUNNING that already carries the user attribute ``attr``."""
+    """One trial COMPLETE and another RUNNING that already has its parameters and carries the user
+    attribute ``attr`` (``spec`` / ``key``: written after every parameter was sampled)."""
 
     def ready(trials: list[FrozenTrial]) -> bool:
         complete = any(t.state == TrialState.COMPLETE for t in trials)
-        return complete and any(t.state == TrialState.RUNNING and attr in t.user_attrs for t in trials)
+        return complete and any(
+            t.state == TrialState.RUNNING and t.params and attr in t.user_attrs for t in trials
+        )
 
     return ready
 
 
 def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit: float = 180) -> dict[int, Any]:
-    """Wait until ``proc`` (the process that writes the study) has a trial completed and another running,
-    freeze it (SIGSTOP) and look again (a trial may finish between a look and the stop: then let it go
-    on and wait for the next), then SIGKILL it. Returns the snapshot taken while it was frozen."""
+    """Wait until ``proc`` (the process that writes the study) has a trial completed and another running
+    with its parameters and ``attr`` recorded, freeze it (SIGSTOP) and look again (a trial may finish
+    between a look and the stop: then let it go on and wait for the next), then SIGKILL it. Returns the
+    snapshot taken while it was frozen."""
     ready = running_after_complete(attr)
     start = time.time()
     try:

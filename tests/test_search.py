@@ -170,9 +170,10 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
-    before = stop_mid_trial(proc, db, "killed", attr="worker")
+    # caught only once the running trial has its parameters and spec (a trial just created has neither)
+    before = stop_mid_trial(proc, db, "killed", attr="spec")
     done_before = {n: v for n, v in before.items() if v[0] == TrialState.COMPLETE}
-    running = [n for n, v in before.items() if v[0] == TrialState.RUNNING]
+    running = [n for n, v in before.items() if v[0] == TrialState.RUNNING and v[2]]
     assert done_before and running
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -183,6 +184,7 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     killed = study.trials[running[0]]
     assert killed.state == TrialState.FAIL and "interrupted" in killed.user_attrs["fail_reason"]
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
+    assert killed.params and killed.user_attrs["spec"]
     assert retry and retry[0].params == killed.params  # re-queued with the same parameters
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 4  # the budget is complete
