@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from fast_paths import fast_paths_of, forced, reference_loop
 from reference import assert_matches_reference, perturb_
 from torch import nn
 
@@ -173,15 +174,37 @@ def test_card_carries_formula_equations_citation(name: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Published cells against the reference
-@pytest.mark.parametrize("d", [D, N], ids=["d!=n", "d=n"])
-@pytest.mark.parametrize("name", PUBLISHED)
-def test_published_cell_matches_reference(name: str, d: int) -> None:
-    """Each published cell (with its card's depth), two layers, random weights: outputs and final states equal
-    the float64 reference written from PRIMITIVES.md (6 steps, |Δ| < 1e-6)."""
+def _published_rnn(name: str, d: int) -> nn.Module:
     torch.manual_seed(PUBLISHED.index(name))
     rnn = perturb_(cs.create_rnn(name, d, N, num_layers=2).double())
     assert rnn.depth == cs.get_cell(name).depth.replace(layers=2)
-    assert_matches_reference(rnn, d)
+    return rnn
+
+
+@pytest.mark.parametrize("d", [D, N], ids=["d!=n", "d=n"])
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_published_cell_matches_reference(name: str, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each published cell (with its card's depth), two layers, random weights, on the primitives' own step
+    loop (fast paths off): outputs and final states equal the float64 reference written from PRIMITIVES.md
+    (6 steps, |Δ| < 1e-6)."""
+    rnn = _published_rnn(name, d)
+    with reference_loop(monkeypatch):
+        assert_matches_reference(rnn, d)
+
+
+FAST_PUBLISHED = [pytest.param(name, path, id=f"{name}-{path}")
+                  for name in PUBLISHED for path in fast_paths_of(name, D, N, num_layers=2)]
+
+
+@pytest.mark.parametrize("d", [D, N], ids=["d!=n", "d=n"])
+@pytest.mark.parametrize("name,path", FAST_PUBLISHED)
+def test_published_cell_fast_path_matches_reference(name: str, path: str, d: int,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each published cell on every fast path it can take (native torch kernels, fused with C pointwise
+    kernels, fused with torch ops; tests/fast_paths.py), against the same float64 reference."""
+    rnn = _published_rnn(name, d)
+    with forced(path, rnn, monkeypatch):
+        assert_matches_reference(rnn, d)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from fast_paths import fast_paths_of, forced, reference_loop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import GATES, KEEP, assert_matches_reference, orthogonal_from_entries, perturb_, reference_rnn
@@ -77,14 +78,34 @@ PRIMITIVE_CASES: dict[str, dict[str, Any]] = {
 }
 
 
+def _case_rnn(case: str, d: int) -> torch.nn.Module:
+    torch.manual_seed(zlib.crc32(case.encode()))
+    return perturb_(cs.create_rnn(CellSpec(**PRIMITIVE_CASES[case]), d, N, num_layers=2).double())
+
+
 @pytest.mark.parametrize("d", [5, N], ids=["d!=n", "d=n"])
 @pytest.mark.parametrize("case", sorted(PRIMITIVE_CASES))
-def test_primitive_matches_reference(case: str, d: int) -> None:
-    """Each update × gate/init/saturation/recurrence, two stacked layers, random weights: the output and final
-    states equal the PRIMITIVES.md equations (float64, 6 steps, |Δ| < 1e-6); d ≠ n exercises P x."""
-    torch.manual_seed(zlib.crc32(case.encode()))
-    rnn = perturb_(cs.create_rnn(CellSpec(**PRIMITIVE_CASES[case]), d, N, num_layers=2).double())
-    assert_matches_reference(rnn, d)
+def test_primitive_matches_reference(case: str, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each update × gate/init/saturation/recurrence, two stacked layers, random weights, on the primitives'
+    own step loop (fast paths off): the output and final states equal the PRIMITIVES.md equations (float64,
+    6 steps, |Δ| < 1e-6); d ≠ n exercises P x."""
+    rnn = _case_rnn(case, d)
+    with reference_loop(monkeypatch):
+        assert_matches_reference(rnn, d)
+
+
+FAST_CASES = [pytest.param(case, path, id=f"{case}-{path}")
+              for case in sorted(PRIMITIVE_CASES) for path in fast_paths_of(CellSpec(**PRIMITIVE_CASES[case]))]
+
+
+@pytest.mark.parametrize("d", [5, N], ids=["d!=n", "d=n"])
+@pytest.mark.parametrize("case,path", FAST_CASES)
+def test_primitive_fast_path_matches_reference(case: str, path: str, d: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same cases on every fast path each can take (native torch kernels, fused with C pointwise kernels,
+    fused with torch ops; tests/fast_paths.py), each against the same float64 reference."""
+    rnn = _case_rnn(case, d)
+    with forced(path, rnn, monkeypatch):
+        assert_matches_reference(rnn, d)
 
 
 def test_reference_notices_a_wrong_equation() -> None:

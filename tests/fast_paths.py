@@ -1,0 +1,92 @@
+"""The execution paths a cell can take, each selectable by name, so that every path is checked against the
+float64 reference (tests/reference.py) under its own test name.
+
+- ``reference``: the plain step loop (fast paths off: ``cellsearch.fast.enabled(False)``);
+- ``native``: torch's LSTM / GRU kernels (exactly-LSTM / exactly-GRU specs);
+- ``fused-c``: the whole-sequence function with the compiled C pointwise kernels (gated updates, including
+  exactly-LSTM / GRU when the native kernels are reserved for CUDA);
+- ``fused-torch``: the whole-sequence function with the torch-op kernels.
+
+:func:`fast_paths_of` says, at collection time and without compiling anything, which fast paths a spec can
+take; :func:`forced` selects one and checks that every layer of a model takes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import torch
+
+import cellsearch as cs
+from cellsearch import fast
+from cellsearch.fast import csrc, paths
+
+__all__ = ["FAST_PATHS", "fast_paths_of", "forced", "reference_loop"]
+
+FAST_PATHS = ("native", "fused-c", "fused-torch")
+#: updates with compiled C pointwise kernels (PRIMITIVES.md §1, §2 families; vanilla runs on torch ops)
+C_UPDATES = ("lstm", "lstm_tied", "gru", "mgu", "star")
+
+
+def fast_paths_of(spec: Any, d: int = 5, n: int = 8, **depth: Any) -> list[str]:
+    """The fast paths a model of ``spec`` can take (empty: it always runs the reference loop)."""
+    old = paths.use_c(False)   # no compilation at collection time
+    try:
+        model = cs.create_rnn(spec, d, n, **depth)
+        found = {fast.plan(layer).path for layer in model.layers}
+    finally:
+        paths.use_c(old)
+    update = model.layers[0].update.name
+    if found == {"native"}:
+        return ["native", "fused-c"]
+    if found == {"fused"}:
+        return ["fused-c", "fused-torch"] if update in C_UPDATES and model.layers[0].transition is None \
+            else ["fused-torch"]
+    return []
+
+
+def _takes(path: str, plan: Any) -> bool:
+    if path == "native":
+        return plan.path == "native"
+    return plan.path == "fused" and (("C pointwise kernels" in plan.reason) == (path == "fused-c"))
+
+
+@contextmanager
+def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run ``model`` on fast path ``path`` inside the block (asserting each layer's plan takes it and the
+    reference loop does not run)."""
+    from cellsearch.cells import ComposedCell
+
+    if path == "fused-c" and csrc.library() is None:
+        pytest.skip(f"C kernels unavailable: {csrc.build_error()}")
+    native = "always" if path == "native" else "cuda"
+    for name in ("lstm", "gru"):
+        monkeypatch.setitem(paths.NATIVE, name, native)
+    old = paths.use_c(path == "fused-c")
+    try:
+        plans = [fast.plan(layer) for layer in model.layers]
+        assert all(_takes(path, p) for p in plans), [f"{p.path}: {p.reason}" for p in plans]
+        monkeypatch.setattr(ComposedCell, "_reference_sequence",
+                            lambda self, *args, **kw: pytest.fail(f"{path}: the reference loop ran"))
+        with fast.enabled(True):
+            yield
+    finally:
+        paths.use_c(old)
+
+
+@contextmanager
+def reference_loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fast paths off inside the block; asserts that the reference step loop ran and no fast path did."""
+    from cellsearch.cells import ComposedCell
+
+    calls: list[int] = []
+    original = ComposedCell._reference_sequence
+    monkeypatch.setattr(ComposedCell, "_reference_sequence",
+                        lambda self, *args, **kw: calls.append(1) or original(self, *args, **kw))
+    monkeypatch.setattr(fast, "plan", lambda cell: pytest.fail("a fast-path plan was consulted"))
+    with fast.enabled(False):
+        yield
+    assert calls, "the reference loop did not run"
