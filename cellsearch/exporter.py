@@ -2,20 +2,21 @@
 
 ``export_model(model, out_dir)`` writes into ``out_dir``:
 
-- ``<cell>.py`` — imports torch only (never cellsearch): a ``Cell`` class whose ``forward`` is the composed
-  cell's step written out for this spec (update, gate, saturation, recurrence and deep transition as
-  straight-line code, no dispatch on primitives), a ``Model`` class (deep input → stacked cells with
-  residual / dropout → deep output → readout → linear head) and ``load(weights_path=None) -> nn.Module``
-  that builds the model and loads the weights beside the file (a small safetensors reader is included,
-  so not even the ``safetensors`` package is needed);
+- ``<cell>.py`` — imports torch only (never cellsearch): the cell's step as two functions derived from the
+  registered primitives' own torch code (:mod:`cellsearch.trace`: ``_prepare`` once per sequence,
+  ``_step`` once per time step, in ATen ops), a ``Cell`` class (hoisted input GEMM and the time loop), a
+  ``Model`` class (deep input → stacked cells with residual / dropout → deep output → readout → linear
+  head) and ``load(weights_path=None) -> nn.Module`` that builds the model and loads the weights beside
+  the file (a small safetensors reader is included, so not even the ``safetensors`` package is needed);
 - ``<cell>.safetensors`` — the weights (no pickle);
 - ``spec.yaml`` — the ModelSpec, readout, task, study, trial, metrics, versions, weights digest;
 - ``MODEL_CARD.md`` — what it is, how it was found, how to use it.
 
-The generated forward performs the same tensor operations, in the same order, as the framework's
-:class:`~cellsearch.model.SequenceModel`, so outputs agree to float rounding (|Δ| < 1e-6) and the module
-passes ``torch.export.export``. Generated source is the durable artefact: it stays loadable across
-cellsearch versions.
+No primitive is named here: any registered primitive, a plugin's included, exports through the trace of
+its step. The generated forward performs the same tensor operations, in the same order, as the
+framework's :class:`~cellsearch.model.SequenceModel`, so outputs agree to float rounding (|Δ| < 1e-6)
+and the module passes ``torch.export.export``. Generated source is the durable artefact: it stays
+loadable across cellsearch versions.
 """
 
 from __future__ import annotations
@@ -36,28 +37,19 @@ from .cli import UserError
 
 __all__ = ["ExportError", "export", "export_model", "export_state_dict", "generate_source", "module_name"]
 
-SUPPORTED = {
-    "update": ("vanilla", "lstm", "lstm_tied", "gru", "mgu", "star"),
-    "gate": ("sigmoid", "ur", "refined"),
-    "saturation": ("tanh", "identity", "adaptive"),
-    "recurrence": ("free", "orthogonal"),
-}
-
-_RENAMES = [
+# weights outside the cells keep their names; a cell's weights become layers.<i>.<path with _ for .>
+_MODEL_RENAMES = [
     (r"^rnn\.(input_mlp|output_mlp)\.(.+)$", r"\1.\2"),
-    (r"^rnn\.layers\.(\d+)\.(weight_ih|bias|weight_proj)$", r"layers.\1.\2"),
-    (r"^rnn\.layers\.(\d+)\.recurrence\.weight$", r"layers.\1.weight_hh"),
-    (r"^rnn\.layers\.(\d+)\.recurrence\.skew$", r"layers.\1.skew_hh"),
-    (r"^rnn\.layers\.(\d+)\.saturation\.(skew|s)$", r"layers.\1.sat_\2"),
-    (r"^rnn\.layers\.(\d+)\.extra\.(\w+)$", r"layers.\1.\2"),
-    (r"^rnn\.layers\.(\d+)\.transition\.layers\.(\d+)\.(weight|bias)$", r"layers.\1.transition.\2.\3"),
-    (r"^rnn\.layers\.(\d+)\.transition\.shortcut\.weight$", r"layers.\1.shortcut.weight"),
     (r"^head\.(weight|bias)$", r"head.\1"),
 ]
+_CELL_KEY = re.compile(r"^rnn\.layers\.(\d+)\.(.+)$")
+# names the generated graph code may use, and the line that defines each in the exported module
+_GRAPH_GLOBALS = {"torch": None, "device": "from torch import device", "inf": 'inf = float("inf")',
+                  "nan": 'nan = float("nan")'}
 
 
 class ExportError(UserError):
-    """A model that cannot be exported (e.g. a plugin primitive the code generator does not know)."""
+    """A model that cannot be exported (e.g. a primitive whose step cannot be traced into a graph)."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -70,16 +62,18 @@ def export_state_dict(model: Any) -> dict[str, Any]:
     for key, value in model.state_dict().items():
         new = _rename(key)
         if new is None:
-            raise ExportError(
-                f"export: weight {key!r} has no place in the generated module; "
-                "the code generator does not support the primitive that owns it"
-            )
+            raise ExportError(f"export: weight {key!r} has no place in the generated module")
         out[new] = value.detach().to("cpu").contiguous().clone()
     return out
 
 
 def _rename(key: str) -> str | None:
-    for pattern, repl in _RENAMES:
+    from .trace import flat_name
+
+    match = _CELL_KEY.match(key)
+    if match:
+        return f"layers.{match.group(1)}.{flat_name(match.group(2))}"
+    for pattern, repl in _MODEL_RENAMES:
         if re.match(pattern, key):
             return re.sub(pattern, repl, key)
     return None
@@ -112,267 +106,126 @@ def module_name(model: Any, published: str | None = None) -> str:
     return name if name[0].isalpha() else f"cell_{name}"
 
 
-def _check_supported(cell: Any) -> None:
-    for role, names in SUPPORTED.items():
-        prim = getattr(cell, role)
-        if prim.name not in names or not type(prim).__module__.startswith("cellsearch."):
-            raise ExportError(
-                f"export: {role} primitive {prim.name!r} ({type(prim).__module__}) is not "
-                f"supported by the code generator; supported {role}s: {list(names)}"
-            )
-
-
 @dataclass
-class _CellInfo:
-    """What the generated Cell needs to know, read off a built ComposedCell."""
+class _CellCode:
+    """One generated cell class: its name, source, and the graph functions it calls (empty when it
+    shares an earlier class's functions)."""
 
-    update: str
-    gate: str
-    saturation: str
-    recurrence: str
-    gate_names: list[str]
-    k: int
-    blocks: int
-    rec_blocks: int
-    n_states: int
-    keep: str | None
-    keep_polarity: int
-    refined: tuple[str, ...]
-    refined_mul: bool
-    beta: float | None
-    rec_method: str
-    sat_method: str
-    sat_eps: float
-    transition: str
-    transition_layers: int
-    extras: dict[str, tuple[int, ...]]
+    cls: str
+    source: str
+    functions: str
+    imports: set[str]
+    suffix: str
 
 
-def _cell_info(cell: Any, depth: Any) -> _CellInfo:
-    _check_supported(cell)
-    gate = cell.gate
-    refined = tuple(getattr(gate, "refined", ())) if gate.name == "refined" else ()
-    return _CellInfo(
-        update=cell.update.name,
-        gate=gate.name,
-        saturation=cell.saturation.name,
-        recurrence=cell.recurrence.name,
-        gate_names=[b.name for b in cell.blocks if b.kind == "gate"],
-        k=cell.k,
-        blocks=len(cell.blocks),
-        rec_blocks=cell.recurrence.blocks,
-        n_states=cell.update.n_states,
-        keep=cell.update.keep,
-        keep_polarity=cell.update.keep_polarity,
-        refined=refined,
-        refined_mul=gate.options.get("mode", "mul") == "mul",
-        beta=cell.update.options.get("beta") if cell.update.name == "star" else None,
-        rec_method=cell.recurrence.options.get("method", "expm"),
-        sat_method=cell.saturation.options.get("method", "expm"),
-        sat_eps=float(cell.saturation.options.get("eps", 0.0)),
-        transition=depth.transition,
-        transition_layers=depth.transition_layers,
-        extras={k: tuple(v.shape) for k, v in cell.extra.items()},
+def _graph_function(gm: Any, name: str) -> tuple[str, set[str]]:
+    """The source of an FX graph as a module-level function ``name``, and the globals it needs."""
+    code = gm.graph.python_code(root_module="self")
+    src = re.sub(r"def forward\(self,? ?", f"def {name}(", code.src, count=1)
+    src = re.sub(r";  [\w, =]+ = None$", "", src, flags=re.M)  # FX's early frees: noise in source
+    src = "\n".join(line.rstrip() for line in src.strip("\n").splitlines())
+    used = {g for g in code.globals if re.search(rf"\b{re.escape(g)}\b(?! = )", src)}
+    unknown = used - set(_GRAPH_GLOBALS)
+    if unknown:
+        raise ExportError(f"export: the traced step uses {sorted(unknown)}, which the standalone module "
+                          "cannot define")
+    return src, {g for g in used if _GRAPH_GLOBALS[g]}
+
+
+def _trace(cell: Any) -> Any:
+    from .trace import TraceError, trace_step
+
+    try:
+        return trace_step(cell)
+    except TraceError as exc:
+        prims = ", ".join(f"{role} {getattr(cell, role).name!r}" for role in ("update", "gate", "saturation"))
+        raise ExportError(f"export: the step of the cell ({prims}) could not be traced into a graph: "
+                          f"{exc}") from None
+
+
+def _cell_code(cell: Any, cls: str, suffix: str, doc: list[str], earlier: list[_CellCode]) -> _CellCode:
+    traced = _trace(cell)
+    prepare, imports = _graph_function(traced.prepare, f"_prepare{suffix}")
+    step, more = _graph_function(traced.step, f"_step{suffix}")
+    functions = (f"# {cls}'s step, derived from the primitives' torch code by cellsearch.trace (ATen ops)\n"
+                 f"{prepare}\n\n\n{step}\n")
+    for other in earlier:  # the same step as an earlier class (only an input width differs): share it
+        if other.functions and other.functions == _renamed(functions, suffix, other.suffix, cls, other.cls):
+            functions, suffix = "", other.suffix
+    init = ["super().__init__()", f"self.input_size, self.hidden_size = {cell.input_size}, {cell.hidden_size}"]
+    for path, p in cell.named_parameters():
+        init.append(f"self.{_flat(path)} = nn.Parameter(torch.zeros({_shape(p)}))")
+    for path, b in cell.named_buffers():
+        init.append(f"self.register_buffer({_flat(path)!r}, torch.zeros({_shape(b)}, dtype={b.dtype}))")
+    body = (
+        f"class {cls}(nn.Module):\n"
+        '    """' + doc[0] + "\n\n" + _indent(doc[1:], 1).rstrip() + "\n\n"
+        "    forward(x [T, B, d], state) -> (out [T, B, n], state); time-major, one step per loop turn.\n"
+        '    """\n\n'
+        "    def __init__(self) -> None:\n" + _indent(init, 2) + "\n\n"
+        "    def forward(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:\n"
+        + _indent(_forward_lines(cell.short), 2) + "\n\n"
+        "    def recurrence(self, xp: Tensor, xs: Tensor | None, state: tuple[Tensor, ...]"
+        ") -> tuple[Tensor, tuple[Tensor, ...]]:\n"
+        '        """The loop over time: xp = W x + b for every step, precomputed."""\n'
+        + _indent(_recurrence_lines(traced, suffix), 2) + "\n"
     )
+    return _CellCode(cls, body, functions, imports | more, suffix)
 
 
-def _gate_lines(info: _CellInfo, a: str) -> list[str]:
-    """Lines turning gate pre-activations ``a`` ([B, k·n]) into the update's gate variables."""
-    names = [g for g in info.gate_names]
-    if info.gate == "ur":
-        extra = names[names.index(info.keep) + 1]  # type: ignore[arg-type]
-        lines = [f"s = torch.sigmoid({a}).chunk({info.k}, 1)"]
-        j = names.index(info.keep)  # type: ignore[arg-type]
-        sign = "2.0 * s[{r}] - 1.0" if info.keep_polarity > 0 else "1.0 - 2.0 * s[{r}]"
-        for idx, name in enumerate(names):
-            if name == extra:
-                continue
-            if idx == j:
-                coef = sign.format(r=j + 1)
-                lines.append(
-                    f"{name} = torch.addcmul(s[{j}], ({coef}) * s[{j}], 1.0 - s[{j}])  # refine gate"
-                )
-            else:
-                lines.append(f"{name} = s[{idx}]")
-        return lines
-    if info.k == 1:
-        lines = [f"{names[0]} = torch.sigmoid({a})"]
-    else:
-        lines = [f"{', '.join(names)} = torch.sigmoid({a}).chunk({info.k}, 1)"]
-    for name in info.refined:
-        op = "*" if info.refined_mul else "+"
-        lines.append(f"{name} = {name} {op} xs_t  # refined gate: short connection from the input")
-    return lines
+def _renamed(functions: str, suffix: str, other: str, cls: str, other_cls: str) -> str:
+    out = functions.replace(f"def _prepare{suffix}(", f"def _prepare{other}(")
+    out = out.replace(f"def _step{suffix}(", f"def _step{other}(")
+    return out.replace(f"# {cls}'s step", f"# {other_cls}'s step", 1)
 
 
-def _sat(info: _CellInfo, v: str) -> str:
-    if info.saturation == "tanh":
-        return f"torch.tanh({v})"
-    if info.saturation == "identity":
-        return v
-    return f"torch.tanh(({v}) * d_f @ u_f.t()) @ u_f / d_f"
+def _flat(path: str) -> str:
+    from .trace import flat_name
+
+    return flat_name(path)
 
 
-def _cand_lines(info: _CellInfo, target: str, pre: str, act: str) -> list[str]:
-    """``target = act(pre)``, or the deep transition (DT / DT(S)) applied to ``pre``."""
-    apply = (lambda v: _sat(info, v)) if act == "sat" else (lambda v: f"torch.tanh({v})")
-    if info.transition == "none":
-        return [f"{target} = {apply(pre)}"]
-    lines = [f"m = torch.tanh({pre})  # deep transition"]
-    last = info.transition_layers - 1
-    for j in range(last):
-        lines.append(f"m = torch.tanh(self.transition[{j}](m))")
-    lines.append(f"m = F.linear(m, self.transition[{last}].weight, self.transition[{last}].bias)")
-    if info.transition == "deep_shortcut":
-        lines.append("m = torch.addmm(m, h, self.shortcut.weight.t())  # shortcut W_s h")
-    return lines + [f"{target} = {apply('m')}"]
+def _shape(t: Any) -> str:
+    return ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "")
 
 
-def _step_lines(info: _CellInfo) -> list[str]:
-    """The body of one time step, mirroring the update primitive's ``step``."""
-    kn = "kn"
-    u = info.update
-    if u == "vanilla":
-        return ["a = torch.addmm(xp_t, h, w_hh_t)", *_cand_lines(info, "h", "a", "sat")]
-    if u in ("lstm", "lstm_tied"):
-        lines = [
-            "a = torch.addmm(xp_t, h, w_hh_t)",
-            *_gate_lines(info, f"a[:, :{kn}]"),
-            *_cand_lines(info, "u", f"a[:, {kn}:]", "tanh"),
-        ]
-        if u == "lstm":
-            lines.append("c = torch.addcmul(f * c, i, u)")
-        else:
-            lines.append("c = torch.lerp(u, c, f)  # f⊙c + (1 − f)⊙u")
-        return lines + [f"h = o * {_sat(info, 'c')}"]
-    if u == "gru":
-        keep = info.keep
-        return [
-            "hp = h @ w_hh_t",
-            *_gate_lines(info, f"xp_t[:, :{kn}] + hp[:, :{kn}]"),
-            f"pre = torch.addcmul(xp_t[:, {kn}:], r, hp[:, {kn}:] + self.bias_hn)",
-            *_cand_lines(info, "cand", "pre", "sat"),
-            f"h = torch.lerp(cand, h, {keep})  # z⊙h + (1 − z)⊙ĥ",
-        ]
-    if u == "mgu":
-        return [
-            *_gate_lines(info, f"torch.addmm(xp_t[:, :{kn}], h, w_hh_t[:, :{kn}])"),
-            f"pre = torch.addmm(xp_t[:, {kn}:], f * h, w_hh_t[:, {kn}:])",
-            *_cand_lines(info, "cand", "pre", "sat"),
-            "h = torch.lerp(h, cand, f)  # (1 − f)⊙h + f⊙ĥ",
-        ]
-    if u == "star":
-        lines = [
-            f"a_k = torch.addmm(xp_t[:, :{kn}], h, w_hh_t)",
-            *_cand_lines(info, "z", f"xp_t[:, {kn}:]", "tanh"),
-        ]
-        if info.beta is None:
-            return lines + [*_gate_lines(info, "a_k"), f"h = {_sat(info, 'torch.lerp(h, z, k)')}"]
-        beta = float(info.beta)
-        return lines + [f"h = {_sat(info, f'torch.sigmoid(-a_k) * h + torch.sigmoid(a_k + {beta!r}) * z')}"]
-    raise ExportError(f"export: update {u!r} is not supported")
-
-
-def _init_lines(info: _CellInfo) -> list[str]:
-    g, r = info.blocks, info.rec_blocks
-    lines = [
-        "super().__init__()",
-        "n = hidden_size",
-        "self.input_size, self.hidden_size = input_size, hidden_size",
-        f"self.weight_ih = nn.Parameter(torch.zeros({g} * n, input_size))",
-        f"self.bias = nn.Parameter(torch.zeros({g} * n))",
-    ]
-    if info.recurrence == "free":
-        lines.append(f"self.weight_hh = nn.Parameter(torch.zeros({r} * n, n))")
-    else:
-        lines.append(f"self.skew_hh = nn.Parameter(torch.zeros({r}, n * (n - 1) // 2))")
-    for name in info.extras:
-        lines.append(f"self.{name} = nn.Parameter(torch.zeros(n))")
-    if info.gate == "refined":
-        lines.append(
-            "self.weight_proj = (nn.Parameter(torch.zeros(n, input_size)) if input_size != hidden_size "
-            "else None)"
-        )
-    if info.saturation == "adaptive":
-        lines += [
-            "self.sat_skew = nn.Parameter(torch.zeros(n * (n - 1) // 2))",
-            "self.sat_s = nn.Parameter(torch.zeros(n))",
-        ]
-    if info.transition != "none":
-        lines.append(
-            f"self.transition = nn.ModuleList(nn.Linear(n, n) for _ in range({info.transition_layers}))"
-        )
-    if info.transition == "deep_shortcut":
-        lines.append("self.shortcut = nn.Linear(n, n, bias=False)")
-    return lines
-
-
-def _forward_lines(info: _CellInfo) -> list[str]:
-    """Cell.forward: the hoisted input GEMM; under autocast the recurrence runs with it off, in the
-    parameters' dtype (as cellsearch's own cells do)."""
-    xs = info.gate == "refined"
-    lines = ["xp = F.linear(x, self.weight_ih, self.bias)"]
-    if xs:
-        lines.append("xs = x if self.weight_proj is None else F.linear(x, self.weight_proj)")
-    args = "xp, xs, state" if xs else "xp, state"
-    cast = "xp.to(dt), xs.to(dt)" if xs else "xp.to(dt)"
-    return lines + [
+def _forward_lines(short: str) -> list[str]:
+    """Cell.forward: the hoisted input GEMM and the short input x̃; under autocast the recurrence runs
+    with it off, in the parameters' dtype (as cellsearch's own cells do)."""
+    xs = {"none": "None", "identity": "x", "project": "F.linear(x, self.weight_proj)"}[short]
+    return [
+        "xp = F.linear(x, self.weight_ih, self.bias)",
+        f"xs = {xs}",
         "if torch.is_autocast_enabled(x.device.type):  # bf16/fp16 input GEMM, float32 recurrence",
         "    with torch.autocast(x.device.type, enabled=False):",
         "        dt = self.weight_ih.dtype",
-        f"        return self.recurrence({cast}, tuple(s.to(dt) for s in state))",
-        f"return self.recurrence({args})",
+        "        xs = None if xs is None else xs.to(dt)",
+        "        return self.recurrence(xp.to(dt), xs, tuple(s.to(dt) for s in state))",
+        "return self.recurrence(xp, xs, state)",
     ]
 
 
-def _recurrence_lines(info: _CellInfo) -> list[str]:
-    lines = ["n = self.hidden_size", f"kn = {info.k} * n"]
-    if info.recurrence == "free":
-        lines.append("w_hh_t = self.weight_hh.t()")
-    else:
-        fn = f"_{info.rec_method}_orthogonal"
-        lines.append(f"w_hh_t = {fn}(self.skew_hh, n).reshape({info.rec_blocks} * n, n).t()")
-    if info.saturation == "adaptive":
-        lines += [
-            f"u_f = _{info.sat_method}_orthogonal(self.sat_skew, n)",
-            f"d_f = self.sat_s.abs() + {info.sat_eps!r}",
-        ]
-    state = "h, c = state" if info.n_states == 2 else "(h,) = state"
-    lines += [state, "outs = []"]
-    if info.gate == "refined":
-        lines.append("for xp_t, xs_t in zip(xp.unbind(0), xs.unbind(0)):")
-    else:
-        lines.append("for xp_t in xp.unbind(0):")
-    lines += ["    " + s for s in _step_lines(info)] + ["    outs.append(h)"]
-    final = "(h, c)" if info.n_states == 2 else "(h,)"
-    return lines + [f"return torch.stack(outs), {final}"]
+def _recurrence_lines(traced: Any, suffix: str) -> list[str]:
+    args = [f"self.{p}" for p in traced.params]
+    args += ["xp.device"] if traced.device else []
+    args += ["self.weight_ih.dtype"] if traced.dtype else []
+    loop = "for xp_t, xs_t in zip(xp.unbind(0), xs.unbind(0)):" if traced.short else "for xp_t in xp.unbind(0):"
+    step_args = "*consts, xp_t, xs_t, *state" if traced.short else "*consts, xp_t, *state"
+    return [
+        f"consts = _prepare{suffix}({', '.join(args)})  # once per sequence",
+        "outs = []",
+        loop,
+        f"    out = _step{suffix}({step_args})",
+        "    outs.append(out[0])",
+        "    state = out[1:]",
+        "return torch.stack(outs), tuple(state)",
+    ]
 
 
 def _indent(lines: list[str], level: int) -> str:
     pad = "    " * level
     return "\n".join(pad + line if line else "" for line in lines)
 
-
-_ORTHO = {
-    "expm": '''
-def _expm_orthogonal(v: Tensor, n: int) -> Tensor:
-    """B = exp(S), S = A − Aᵀ skew-symmetric with A's strict upper triangle ``v`` ([..., n(n−1)/2])."""
-    rows, cols = torch.triu_indices(n, n, offset=1, device=v.device)
-    upper = v.new_zeros(*v.shape[:-1], n, n)
-    upper[..., rows, cols] = v
-    return torch.linalg.matrix_exp(upper - upper.transpose(-1, -2))
-''',
-    "cayley": '''
-def _cayley_orthogonal(v: Tensor, n: int) -> Tensor:
-    """B = (I + S)⁻¹(I − S), S = A − Aᵀ skew-symmetric with A's strict upper triangle ``v``."""
-    rows, cols = torch.triu_indices(n, n, offset=1, device=v.device)
-    upper = v.new_zeros(*v.shape[:-1], n, n)
-    upper[..., rows, cols] = v
-    s = upper - upper.transpose(-1, -2)
-    eye = torch.eye(n, dtype=v.dtype, device=v.device).expand_as(s)
-    return torch.linalg.solve(eye + s, eye - s)
-''',
-}
 
 _LOADER = '''
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -407,7 +260,7 @@ def load(weights_path: str | Path | None = None, device: str | torch.device = "c
 '''
 
 
-def _model_source(spec: Any, readout: str, info: _CellInfo, layer_inputs: list[int]) -> str:
+def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) -> str:
     depth, n = spec.depth, spec.hidden_size
     init = ["super().__init__()", "n = HIDDEN_SIZE"]
     fwd = [
@@ -420,33 +273,32 @@ def _model_source(spec: Any, readout: str, info: _CellInfo, layer_inputs: list[i
         )
         init.append(f"self.input_mlp = nn.Sequential({mods})  # deep input")
         fwd.append("seq = self.input_mlp(seq)")
-    cells = ", ".join(f"Cell({d}, n)" for d in layer_inputs)
-    init.append(f"self.layers = nn.ModuleList([{cells}])")
+    init.append(f"self.layers = nn.ModuleList([{', '.join(f'{c}()' for c in classes)}])")
     if depth.dropout > 0 and depth.layers > 1:
         init.append(f"self.dropout = nn.Dropout({depth.dropout!r})  # between stacked layers")
     if depth.output_layers:
         mods = ", ".join("nn.Linear(n, n), nn.Tanh()" for _ in range(depth.output_layers))
         init.append(f"self.output_mlp = nn.Sequential({mods})  # deep output")
     init.append("self.head = nn.Linear(n, OUTPUT_SIZE)")
-    zeros = ", ".join(["seq.new_zeros(batch, HIDDEN_SIZE)"] * info.n_states)
+    zeros = ", ".join(["seq.new_zeros(batch, HIDDEN_SIZE)"] * n_states)
     fwd += [
         "batch = x.shape[0]",
         "if state is None:",
         f"    state = tuple(({zeros},) for _ in range(NUM_LAYERS))",
     ]
-    for i, d in enumerate(layer_inputs):
+    for i in range(len(classes)):
         fwd.append(f"out, s{i} = self.layers[{i}](seq, state[{i}])")
-        if depth.residual and d == n:
-            fwd.append("out = out + seq  # residual")
-        last = i == len(layer_inputs) - 1
+        if depth.residual:
+            fwd.append("out = out + seq if out.shape == seq.shape else out  # residual")
+        last = i == len(classes) - 1
         fwd.append("seq = self.dropout(out)" if depth.dropout > 0 and not last else "seq = out")
     if depth.output_layers:
         fwd.append("seq = self.output_mlp(seq)")
     fwd.append("out = seq.transpose(0, 1)")
     if readout == "last":
         fwd.append("out = out[:, -1]")
-    finals = ", ".join(f"s{i}" for i in range(len(layer_inputs)))
-    finals = f"({finals},)" if len(layer_inputs) == 1 else f"({finals})"
+    finals = ", ".join(f"s{i}" for i in range(len(classes)))
+    finals = f"({finals},)" if len(classes) == 1 else f"({finals})"
     fwd.append(f"return self.head(out), {finals}")
     return (
         "class Model(nn.Module):\n"
@@ -474,56 +326,49 @@ def _cell_doc(spec: Any, published: str | None) -> list[str]:
     return lines
 
 
+def _cells_code(model: Any, doc: list[str]) -> tuple[list[str], list[_CellCode]]:
+    """One generated class per distinct layer (the first layer's input width may differ): the class
+    name of every layer, and the classes."""
+    classes: list[str] = []
+    codes: list[_CellCode] = []
+    seen: dict[tuple, str] = {}
+    for cell in model.rnn.layers:
+        key = tuple((k, tuple(p.shape)) for k, p in cell.state_dict().items())
+        if key not in seen:
+            i = len(codes)
+            cls = "Cell" if i == 0 else f"Cell{i + 1}"
+            codes.append(_cell_code(cell, cls, "" if i == 0 else f"_{i + 1}", doc, codes))
+            seen[key] = cls
+        classes.append(seen[key])
+    return classes, codes
+
+
 def generate_source(model: Any, name: str | None = None, published: str | None = None) -> str:
     """Python source (torch only) of a standalone module equivalent to ``model`` (a SequenceModel)."""
-    spec, cells = model.spec, list(model.rnn.layers)
-    info = _cell_info(cells[0], spec.depth)
-    layer_inputs = [c.input_size for c in cells]
-    methods = {info.rec_method} if info.recurrence == "orthogonal" else set()
-    methods |= {info.sat_method} if info.saturation == "adaptive" else set()
-    doc = _cell_doc(spec, published)
-    cell_src = (
-        "class Cell(nn.Module):\n"
-        '    """' + doc[0] + "\n\n" + _indent(doc[1:], 1).rstrip() + "\n\n"
-        "    forward(x [T, B, d], state) -> (out [T, B, n], state); time-major, one step per loop turn.\n"
-        '    """\n\n'
-        "    def __init__(self, input_size: int, hidden_size: int) -> None:\n"
-        + _indent(_init_lines(info), 2)
-        + "\n\n    def forward(self, x: Tensor, state: tuple[Tensor, ...]"
-        ") -> tuple[Tensor, tuple[Tensor, ...]]:\n"
-        + _indent(_forward_lines(info), 2)
-        + "\n\n    def recurrence(self, xp: Tensor, "
-        + ("xs: Tensor, " if info.gate == "refined" else "")
-        + "state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:\n"
-        + '        """The loop over time: xp = W x + b for every step, precomputed."""\n'
-        + _indent(_recurrence_lines(info), 2)
-        + "\n"
-    )
+    spec = model.spec
+    name = name or module_name(model, published)
+    classes, codes = _cells_code(model, _cell_doc(spec, published))
+    imports = sorted({line for c in codes for g in c.imports for line in [_GRAPH_GLOBALS[g]]})
     header = (
-        f'"""{name or module_name(model, published)}: a recurrent model exported by cellsearch.\n\n'
+        f'"""{name}: a recurrent model exported by cellsearch.\n\n'
         "Standalone: imports torch only. `load()` builds the model and loads the weights beside this "
         "file.\n\n"
-        "    import " + (name or module_name(model, published)) + " as m\n"
+        "    import " + name + " as m\n"
         "    model = m.load()\n"
         f"    y, state = model(torch.randn(4, 20, {spec.input_size}))   # [batch, time, features]\n\n"
         "Spec:\n\n" + _indent(yaml.safe_dump(spec.to_dict(), sort_keys=False).splitlines(), 1) + '\n"""\n\n'
         "from __future__ import annotations\n\nimport json\nimport struct\nfrom pathlib import Path\n\n"
-        "import torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n\n"
-        f"INPUT_SIZE = {spec.input_size}\nHIDDEN_SIZE = {spec.hidden_size}\n"
-        f"OUTPUT_SIZE = {spec.output_size}\n"
-        f"NUM_LAYERS = {spec.depth.layers}\nREADOUT = {model.readout!r}\n"
+        "import torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n"
+        + "".join(f"{line}\n" for line in imports if line.startswith("from "))
+        + "\n" + "".join(f"{line}\n" for line in imports if not line.startswith("from "))
+        + f"INPUT_SIZE = {spec.input_size}\nHIDDEN_SIZE = {spec.hidden_size}\n"
+        f"OUTPUT_SIZE = {spec.output_size}\nNUM_LAYERS = {spec.depth.layers}\n"
     )
-    helpers = "".join("\n" + _ORTHO[m] for m in sorted(methods))
-    return (
-        header
-        + helpers
-        + "\n\n"
-        + cell_src
-        + "\n\n"
-        + _model_source(spec, model.readout, info, layer_inputs)
-        + "\n"
-        + _LOADER
-    )
+    parts = [header]
+    for code in codes:
+        parts += (["\n\n" + code.functions] if code.functions else []) + ["\n\n" + code.source]
+    parts += ["\n\n" + _model_source(spec, model.readout, classes, model.rnn.layers[0].update.n_states), "\n" + _LOADER]
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ exported, imported in a subprocess where ``import cellsearch`` fails, equal to t
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import subprocess
 import sys
@@ -77,18 +78,44 @@ for case in json.loads(sys.argv[2]):
     io = mod.read_safetensors(folder + "/io.safetensors")
     with torch.no_grad():
         y = model(io["x"])[0]
+    results[case] = {"diff": float((y - io["y"]).abs().max()), "training": model.training}
+    if case.startswith("sampled_"):  # parity only: torch.export and autocast run on the named cases
+        sys.path.pop(0)
+        continue
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         y_autocast = model(io["x"])[0]
     program = torch.export.export(model, (io["x"],))
     y_exported = program.module()(io["x"])[0]
-    results[case] = {"diff": float((y - io["y"]).abs().max()),
-                     "export_diff": float((y_exported - y).abs().max()), "training": model.training,
-                     "autocast_diff": float((y_autocast.float() - y).abs().max())}
+    results[case].update(export_diff=float((y_exported - y).abs().max()),
+                         autocast_diff=float((y_autocast.float() - y).abs().max()))
     sys.path.pop(0)
 print(json.dumps({"blocked": blocked, "loaded": "cellsearch" in sys.modules, "results": results}))
 """
 
 
+N_SAMPLED = 50  # random specs of spaces/full.yaml: every primitive and depth option, in combinations
+
+
+def _sampled() -> dict[str, tuple[ModelSpec, str, str | None]]:
+    """``N_SAMPLED`` distinct specs drawn at random from spaces/full.yaml (seeded), at hidden size 6."""
+    import optuna
+
+    from cellsearch.search.space import SearchSpace
+    from cellsearch.study import ModelConfig, load_space
+
+    space = SearchSpace(load_space(Path(__file__).resolve().parents[1] / "spaces" / "full.yaml"), ModelConfig())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))
+    out: dict[str, tuple[ModelSpec, str, str | None]] = {}
+    while len(out) < N_SAMPLED:
+        trial = study.ask()
+        c = space.sample(trial)
+        study.tell(trial, 0.0)
+        spec = ModelSpec(cell=c.cell, depth=c.depth, hidden_size=6, input_size=3 + len(out) % 2 * 3, output_size=2)
+        out.setdefault(f"sampled_{len(out):02d}", (spec, "last" if len(out) % 3 else "all", None))
+    return out
+
+
+@functools.cache
 def _cases() -> dict[str, tuple[ModelSpec, str, str | None]]:
     cases = {}
     for i, name in enumerate(list_cells()):
@@ -101,7 +128,7 @@ def _cases() -> dict[str, tuple[ModelSpec, str, str | None]]:
             readout,
             None,
         )
-    return cases
+    return {**cases, **_sampled()}
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +166,21 @@ def test_child_could_not_import_cellsearch(exported: dict) -> None:
 def test_exported_module_matches_and_torch_exports(exported: dict, case: str) -> None:
     result = exported["results"][case]
     assert result["diff"] < 1e-6
-    assert result["export_diff"] < 1e-6
     assert result["training"] is False  # load() returns an eval-mode model
-    assert result["autocast_diff"] < 0.05  # runs under bf16 autocast (bf16 input GEMM, float32 recurrence)
+    if not case.startswith("sampled_"):
+        assert result["export_diff"] < 1e-6
+        assert result["autocast_diff"] < 0.05  # runs under bf16 autocast (bf16 GEMM, float32 recurrence)
+
+
+def test_sampled_specs_cover_every_primitive_of_the_full_space() -> None:
+    """The random specs exercise every update, gate, init, saturation, recurrence and transition."""
+    import yaml
+
+    full = yaml.safe_load((Path(__file__).resolve().parents[1] / "spaces" / "full.yaml").read_text())
+    sampled = [spec for spec, _, _ in _sampled().values()]
+    for role, choices in full["cell"].items():
+        assert {getattr(s.cell, role) for s in sampled} == set(choices), role
+    assert {s.depth.transition for s in sampled} == set(full["depth"]["transition"])
 
 
 @pytest.mark.parametrize("case", ["lstm", "asrnn", "deep_io_refined_add"])
@@ -163,24 +202,75 @@ def test_export_folder_has_spec_and_model_card(exported: dict) -> None:
     assert "ur_lstm.load()" in card and "Gu" in card
 
 
-def test_plugin_primitive_is_refused_by_name() -> None:
-    from cellsearch.primitives.gate import SigmoidGate
+@pytest.fixture
+def plugin_gate() -> object:
+    """A third-party gate primitive the exporter has never heard of: g = softsign(a)/2 + 1/2."""
+    from cellsearch.primitives.gate import Gate
     from cellsearch.registry import register_primitive, unregister
 
-    class MyGate(SigmoidGate):
-        """g = σ(a) (a test plugin)"""
+    class SoftsignGate(Gate):
+        """g = softsign(a)/2 + 1/2 (a test plugin)"""
 
-        name = "my_test_gate"
+        name = "test_softsign_gate"
 
-    register_primitive(MyGate, origin="tests")
+        def function(self, k: int):  # noqa: ANN202
+            def gates(a: torch.Tensor, xs: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+                return (torch.nn.functional.softsign(a) * 0.5 + 0.5).chunk(k, 1)
+
+            return gates
+
+    register_primitive(SoftsignGate, origin="tests")
+    yield SoftsignGate
+    unregister("primitive", "test_softsign_gate", "gate")
+
+
+def _load_module(py: Path) -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(py.stem, py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plugin_primitive_exports_without_exporter_code(plugin_gate: object, tmp_path: Path) -> None:
+    """A primitive registered by a third party exports through the trace of its step: the generated
+    module runs it with the same outputs, and the exporter source never names it."""
+    spec = ModelSpec(cell=CellSpec(update="lstm", gate="test_softsign_gate"), depth=DepthSpec(layers=2),
+                     hidden_size=6, input_size=3, output_size=2)
+    torch.manual_seed(0)
+    model = SequenceModel(spec).eval()
+    py = export_model(model, tmp_path, name="softsign_lstm")
+    x = torch.randn(4, 5, 3)
+    with torch.no_grad():
+        assert (_load_module(py).load()(x)[0] - model(x)[0]).abs().max() < 1e-6
+    assert "softsign" in py.read_text()  # the traced ATen op, not a template
+    assert "test_softsign_gate" not in Path(__file__).parent.joinpath("..", "cellsearch", "exporter.py").read_text()
+
+
+def test_untraceable_step_is_one_clear_error(tmp_path: Path) -> None:
+    """A step that branches on a tensor's value cannot become a graph: ExportError names the primitives."""
+    from cellsearch.primitives.update import Vanilla
+    from cellsearch.registry import register_primitive, unregister
+
+    class Branchy(Vanilla):
+        """h' = sat(a) if Σa > 0 else a (a test plugin that branches on data)"""
+
+        name = "test_branchy"
+
+        def step(self, ctx, xp, xs, state):  # noqa: ANN001, ANN201
+            (h,) = state
+            a = torch.addmm(xp, h, ctx.w_hh_t)
+            h = ctx.sat(a) if bool(a.sum() > 0) else a
+            return h, (h,)
+
+    register_primitive(Branchy, origin="tests")
     try:
-        spec = ModelSpec(
-            cell=CellSpec(update="lstm", gate="my_test_gate"), hidden_size=4, input_size=2, output_size=1
-        )
-        with pytest.raises(ExportError, match="my_test_gate"):
+        spec = ModelSpec(cell=CellSpec(update="test_branchy"), hidden_size=4, input_size=2, output_size=1)
+        with pytest.raises(ExportError, match="test_branchy"):
             generate_source(SequenceModel(spec))
     finally:
-        unregister("primitive", "my_test_gate", "gate")
+        unregister("primitive", "test_branchy", "update")
 
 
 def test_export_writes_all_four_files(tmp_path: Path) -> None:

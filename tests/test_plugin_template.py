@@ -1,5 +1,6 @@
 """The template third-party plugin (plugins/template), pip-installed for real into a temporary target (the
-project venv is untouched): its cell and its gate primitive register through entry points and train."""
+project venv is untouched): its cells and its gate, update and saturation primitives register through
+entry points, train, and export to a standalone module that runs where cellsearch cannot be imported."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import cellsearch as cs
 TEMPLATE = Path(__file__).resolve().parents[1] / "plugins" / "template"
 
 _SCRIPT = """
-import json, torch, cellsearch as cs
+import json, sys, torch, cellsearch as cs
 from cellsearch import registry
 report = {"errors": [str(e) for e in cs.plugin_errors()], "cells": cs.list_cells(),
           "gates": cs.list_primitives("gate"), "origin_cell": registry.origin_of("cell", "ur_star"),
@@ -27,7 +28,9 @@ report = {"errors": [str(e) for e in cs.plugin_errors()], "cells": cs.list_cells
 torch.manual_seed(0)
 for label, model in [("ur_star", cs.create_rnn("ur_star", 3, 8, num_layers=2)),
                      ("star+hard_sigmoid", cs.create_rnn("star", 3, 8, gate="hard_sigmoid")),
-                     ("lstm+hard_sigmoid", cs.create_rnn("lstm", 3, 8, gate="hard_sigmoid"))]:
+                     ("lstm+hard_sigmoid", cs.create_rnn("lstm", 3, 8, gate="hard_sigmoid")),
+                     ("janet_softsign", cs.create_rnn("janet_softsign", 3, 8, num_layers=2)),
+                     ("janet+ur", cs.create_rnn("janet_softsign", 3, 8, gate="ur", saturation="identity"))]:
     head = torch.nn.Linear(8, 1)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
@@ -37,7 +40,34 @@ for label, model in [("ur_star", cs.create_rnn("ur_star", 3, 8, num_layers=2)),
     opt.zero_grad(); loss.backward(); opt.step()
     moved = all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     report["steps"][label] = {"loss": float(loss), "moved": moved, "params": cs.count_parameters(model)}
+from cellsearch.exporter import export_model
+from cellsearch.model import SequenceModel
+from safetensors.torch import save_file
+spec = cs.get_cell("janet_softsign").model_spec(8, 2, input_size=3, output_size=2)
+model = SequenceModel(spec, "all").eval()
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(0.1 * torch.randn_like(p))
+    x = torch.randn(4, 7, 3)
+    y = model(x)[0]
+export_model(model, sys.argv[1], name="janet_softsign", published="janet_softsign")
+save_file({"x": x, "y": y.contiguous()}, sys.argv[1] + "/io.safetensors")
 print(json.dumps(report))
+"""
+
+_CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])  # a fake 'cellsearch' that refuses to import
+sys.path.insert(0, sys.argv[2])
+import torch
+import janet_softsign as m
+model = m.load()
+io = m.read_safetensors(sys.argv[2] + "/io.safetensors")
+with torch.no_grad():
+    y = model(io["x"])[0]
+program = torch.export.export(model, (io["x"],))
+print(json.dumps({"loaded": "cellsearch" in sys.modules, "diff": float((y - io["y"]).abs().max()),
+                  "export_diff": float((program.module()(io["x"])[0] - y).abs().max())}))
 """
 
 
@@ -55,7 +85,9 @@ def test_template_plugin_installs_registers_and_trains(tmp_path: Path) -> None:
     assert installed.returncode == 0, installed.stderr
     assert list(site.glob("cellsearch_template-*.dist-info/entry_points.txt"))
     env = {**os.environ, "PYTHONPATH": str(site)}
-    run = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, env=env, timeout=180)
+    out = tmp_path / "export"
+    run = subprocess.run([sys.executable, "-c", _SCRIPT, str(out)], capture_output=True, text=True, env=env,
+                         timeout=180)
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["errors"] == []
@@ -65,9 +97,25 @@ def test_template_plugin_installs_registers_and_trains(tmp_path: Path) -> None:
         assert "cellsearch-template" in origin.replace("_", "-")
     assert report["formula"].startswith("g = clip(")
     assert report["steps"]["ur_star"]["params"] == _ur_star_params(3, 8) + _ur_star_params(8, 8)
+    assert report["steps"]["janet_softsign"]["params"] == 2 * 8 * (3 + 8 + 1) + 2 * 8 * (8 + 8 + 1)
     for label, step in report["steps"].items():
         assert step["moved"], f"{label}: a parameter did not move after one step"
         assert math.isfinite(step["loss"]), label
+    _check_standalone_export(tmp_path, out)
+
+
+def _check_standalone_export(tmp_path: Path, out: Path) -> None:
+    """The plugin cell's export, with only torch importable: equal to the in-framework model and
+    accepted by torch.export.export."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "cellsearch.py").write_text("raise ImportError('cellsearch must not be imported by an export')\n")
+    child = subprocess.run([sys.executable, "-c", _CHILD, str(fake), str(out)], capture_output=True, text=True,
+                           timeout=180)
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert not result["loaded"]
+    assert result["diff"] < 1e-6 and result["export_diff"] < 1e-6
 
 
 def _ur_star_params(d: int, n: int) -> int:

@@ -19,13 +19,46 @@ Roles and what the composer asks of each (see :mod:`cellsearch.cells` for how th
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..spec import SpecError
 
-__all__ = ["Primitive", "Block", "formula_of", "check_options"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["Primitive", "Block", "StepContext", "formula_of", "check_options"]
+
+
+class StepContext(Protocol):
+    """What an update's ``step`` receives: the per-sequence constants the cell prepared.
+
+    This is the whole contract between an update and the rest of a cell. A step written against it in
+    torch ops is all cellsearch needs: the reference loop calls it, and the derived fast path and the
+    standalone export trace it (:mod:`cellsearch.trace`), so it must not branch on tensor values.
+    """
+
+    #: hidden size
+    n: int
+    #: number of gate blocks, including blocks a gate primitive adds (UR's r)
+    k: int
+    #: the recurrent matrices of the recurrent blocks, transposed ([n, r·n]), in layout order
+    w_hh_t: Tensor
+    #: parameters the update asked for in ``extra_parameters`` (e.g. GRU's ``bias_hn``)
+    params: Mapping[str, Tensor]
+
+    def gates(self, a: Tensor, xs: Tensor | None) -> tuple[Tensor, ...]:
+        """Gate pre-activations ``a`` ([B, k·n]) and the short input x̃ (or None) → the update's gates."""
+        ...
+
+    def cand(self, pre: Tensor, h: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
+        """The candidate path: ``act(pre)``, or the deep transition applied to ``pre``."""
+        ...
+
+    def sat(self, v: Tensor) -> Tensor:
+        """The saturation primitive's squashing."""
+        ...
 
 
 @dataclass(frozen=True)

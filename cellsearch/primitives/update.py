@@ -5,12 +5,14 @@ keeps old state (``keep``; ``keep_polarity`` is +1 when the gate value multiplie
 it multiplies the candidate), the number of state tensors, and :meth:`Update.step`, one time step from
 the precomputed input projection ``xp`` (= W x_t + b for every block, hoisted out of the time loop).
 
-Inside ``step`` the context ``ctx`` gives: ``ctx.n`` (hidden size), ``ctx.k`` (number of gate blocks
-including blocks a gate primitive adds), ``ctx.w_hh_t`` (the recurrent matrices, transposed, for the
-recurrent blocks in layout order), ``ctx.gates(a_g, xs)`` (gate pre-activations → gate values, in the
-order of ``gates``), ``ctx.cand(pre, h, act)`` (the candidate path: ``act(pre)``, or the deep
-transition of Pascanu et al. when the depth spec asks for one), ``ctx.sat`` (the saturation primitive)
-and ``ctx.params`` (extra parameters the update asked for).
+Inside ``step`` the context ``ctx`` (:class:`~cellsearch.primitives.base.StepContext`, the typed
+contract) gives: ``ctx.n`` (hidden size), ``ctx.k`` (number of gate blocks including blocks a gate
+primitive adds), ``ctx.w_hh_t`` (the recurrent matrices, transposed, for the recurrent blocks in layout
+order), ``ctx.gates(a_g, xs)`` (gate pre-activations → gate values, in the order of ``gates``),
+``ctx.cand(pre, h, act)`` (the candidate path: ``act(pre)``, or the deep transition of Pascanu et al.
+when the depth spec asks for one), ``ctx.sat`` (the saturation primitive) and ``ctx.params`` (extra
+parameters the update asked for). ``step`` is the one definition of the update's math: the reference
+loop runs it, and the fast path and the export are derived from it by tracing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from ..registry import register_primitive
 from ..spec import SpecError
-from .base import Block, Primitive
+from .base import Block, Primitive, StepContext
 
 __all__ = ["Update", "Vanilla", "LSTM", "LSTMTied", "GRU", "MGU", "STAR"]
 
@@ -57,7 +59,7 @@ class Update(Primitive):
         """How many leading blocks of the layout carry a recurrent matrix."""
         return sum(b.recurrent for b in blocks)
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
 
 
@@ -78,7 +80,7 @@ class Vanilla(Update):
     cand_blocks = (Block("h", "cand"),)
     provides = _caps("single_state")
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
         a = torch.addmm(xp, h, ctx.w_hh_t)
         h = ctx.cand(a, h, ctx.sat)
@@ -103,7 +105,7 @@ class LSTM(Update):
     provides = _caps("keep_gate", "input_gate")
     refined_default = ("i", "o")
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         h, c = state
         a = torch.addmm(xp, h, ctx.w_hh_t)
         kn = ctx.k * ctx.n
@@ -131,7 +133,7 @@ class LSTMTied(Update):
     provides = _caps("keep_gate")
     refined_default = ("o",)
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         h, c = state
         a = torch.addmm(xp, h, ctx.w_hh_t)
         kn = ctx.k * ctx.n
@@ -162,7 +164,7 @@ class GRU(Update):
     def extra_parameters(self, n: int) -> dict[str, tuple[int, ...]]:
         return {"bias_hn": (n,)}
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
         kn = ctx.k * ctx.n
         hp = h @ ctx.w_hh_t
@@ -190,7 +192,7 @@ class MGU(Update):
     provides = _caps("keep_gate", "single_state")
     refined_default = ("f",)
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
         kn = ctx.k * ctx.n
         w_t = ctx.w_hh_t
@@ -231,7 +233,7 @@ class STAR(Update):
         if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
             raise SpecError("cell.options.update.beta", beta, "null (paper form) or a number (code variant, 1.0)")
 
-    def step(self, ctx: Any, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
+    def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
         kn = ctx.k * ctx.n
         a_k = torch.addmm(xp[:, :kn], h, ctx.w_hh_t)

@@ -1,7 +1,9 @@
-"""A template third-party cellsearch plugin: the ``ur_star`` cell and the ``hard_sigmoid`` gate primitive.
+"""A template third-party cellsearch plugin.
 
-Nothing is registered by importing this package: cellsearch finds both through the entry points in
-pyproject.toml when its registry is first read.
+Cells ``ur_star`` and ``janet_softsign``; primitives ``hard_sigmoid`` (gate), ``janet`` (update) and
+``softsign`` (saturation). Nothing is registered by importing this package: cellsearch finds them through
+the entry points in pyproject.toml when its registry is first read. Each primitive is one file written
+against the public contract only; its fast path and its standalone export are derived from it.
 """
 
 from __future__ import annotations

@@ -23,3 +23,18 @@ UR_STAR = CellCard(
              "'Improving the Gating Mechanism of Recurrent Neural Networks', ICML 2020.",
     notes="Template plugin example: the combination PRIMITIVES.md §3 calls generic (UGI and R on STAR's k).",
 )
+
+JANET_SOFTSIGN = CellCard(
+    name="janet_softsign",
+    spec=CellSpec(update="janet", init="chrono", saturation="softsign"),
+    formula="h' = softsign(σ(a_f)⊙h + (1 − σ(a_f − β))⊙tanh(a_u)),  chrono b_f",
+    equations=(
+        "s = W_f x_t + U_f h_{t-1} + b_f;  u = tanh(W_u x_t + U_u h_{t-1} + b_u)\n"
+        "h_t = softsign(σ(s)⊙h_{t-1} + (1 − σ(s − β))⊙u),  softsign(v) = v / (1 + |v|),  β = 1\n"
+        "chrono init: b_f = log U[1, T_max − 1];  params 2n(d + n + 1)"
+    ),
+    citation="van der Westhuizen & Lasenby, 'The unreasonable effectiveness of the forget gate', "
+             "arXiv:1804.04849, 2018 (JANET), with a softsign output saturation.",
+    notes="Template plugin example: both primitives (update janet, saturation softsign) come from this plugin; "
+          "with saturation identity the update is the paper's JANET (h = c).",
+)
