@@ -45,6 +45,7 @@ _CAPABILITY_WORDS = {
     "keep_gate": "an update with a gate that keeps old state",
     "single_state": "a single-state update (one state tensor)",
     "input_gate": "an update with an input gate",
+    "sigmoid_gate": "the plain sigmoid gate (gate: sigmoid)",
 }
 
 
@@ -65,19 +66,24 @@ def build_primitives(spec: CellSpec) -> dict[str, Any]:
             prims[role] = cls(**spec.options_for(role))
         except TypeError as exc:
             raise SpecError(f"cell.options.{role}", spec.options_for(role), str(exc)) from None
-    update: Update = prims["update"]
-    for role in ("gate", "init", "saturation", "recurrence"):
-        missing = set(getattr(prims[role], "requires", ())) - set(update.provides)
+    for role, prim in prims.items():
+        others = [p for r, p in prims.items() if r != role]
+        missing = set(prim.requires) - set().union(*(p.provides for p in others))
         if missing:
             need = "; ".join(_CAPABILITY_WORDS.get(m, m) for m in sorted(missing))
+            named = [f"{p.role} {p.name!r}" for p in others if p.role in ("update", "gate")]
+            verb = "does" if len(named) == 1 else "do"
             raise IncompatibleSpecError(
-                f"{role} {prims[role].name!r} needs {need}; update {update.name!r} does not provide it "
-                f"(choose another {role} or update)"
+                f"{role} {prim.name!r}{_with_options(prim)} needs {need}; {' and '.join(named)} {verb} not "
+                f"provide it "
+                f"(choose another {role}, or another primitive that provides it)"
             )
-    if update.name == "star" and update.options.get("beta") is not None and prims["gate"].name != "sigmoid":
-        raise IncompatibleSpecError(f"update 'star' with option beta needs gate 'sigmoid', not "
-                                    f"{prims['gate'].name!r}")
     return prims
+
+
+def _with_options(prim: Any) -> str:
+    opts = {k: v for k, v in prim.options.items() if v != prim.defaults.get(k)}
+    return f" with {opts}" if opts else ""
 
 
 def check_spec(spec: CellSpec, input_size: int = 8, hidden_size: int = 8) -> None:

@@ -116,6 +116,11 @@ class Primitive:
     name: ClassVar[str] = ""
     #: Option names and default values; the types of the defaults are enforced.
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Capabilities this primitive gives the cell (e.g. an update's ``keep_gate``).
+    provides: frozenset[str] = frozenset()
+    #: Capabilities it needs from the other primitives of the cell; the composer refuses a cell where
+    #: none provides one, naming both. May depend on the options (override as a property).
+    requires: frozenset[str] = frozenset()
 
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"cell.options.{self.role}", self.defaults, options)

@@ -33,7 +33,6 @@ class Gate(Primitive):
     """Base class of gate primitives."""
 
     role = "gate"
-    requires: ClassVar[frozenset[str]] = frozenset()
 
     def bind(self, update: Update, input_size: int, hidden_size: int) -> None:
         """Check compatibility with ``update`` and remember the layout it needs."""
@@ -65,6 +64,7 @@ class SigmoidGate(Gate):
     """
 
     name = "sigmoid"
+    provides = frozenset({"sigmoid_gate"})
 
     def function(self, k: int) -> GateFn:
         def gates(a: Tensor, xs: Tensor | None) -> tuple[Tensor, ...]:
@@ -128,7 +128,6 @@ class RefinedGate(Gate):
     """
 
     name = "refined"
-    requires = frozenset()
     defaults: ClassVar[dict[str, Any]] = {"mode": "mul", "gates": None}
 
     def bind(self, update: Update, input_size: int, hidden_size: int) -> None:

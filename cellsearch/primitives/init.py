@@ -23,7 +23,6 @@ class Init(Primitive):
     """Base class of init primitives; :meth:`apply` runs under ``torch.no_grad``."""
 
     role = "init"
-    requires: ClassVar[frozenset[str]] = frozenset()
 
     def apply(self, cell: Any) -> None:
         """Initialise ``cell`` (a :class:`~cellsearch.cells.ComposedCell`) in place."""

@@ -23,7 +23,6 @@ class Recurrence(Primitive, nn.Module):
     """Base class of recurrence primitives (an nn.Module owning the recurrent parameters)."""
 
     role = "recurrence"
-    requires: ClassVar[frozenset[str]] = frozenset()
     #: learning-rate multiplier of this primitive's parameters (see cellsearch.parameter_groups)
     lr_scale: float = 1.0
 

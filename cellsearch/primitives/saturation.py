@@ -25,7 +25,6 @@ class Saturation(Primitive, nn.Module):
     """Base class of saturation primitives (an nn.Module: some own parameters)."""
 
     role = "saturation"
-    requires: ClassVar[frozenset[str]] = frozenset()
     lr_scale: float = 1.0
 
     def __init__(self, **options: Any) -> None:

@@ -46,8 +46,6 @@ class Update(Primitive):
     #: the input gate (chrono sets b_i = −b_f), or None
     input_gate: ClassVar[str | None] = None
     n_states: ClassVar[int] = 1
-    #: capabilities other primitives may require
-    provides: ClassVar[frozenset[str]] = frozenset()
     #: gates the refined short connection applies to by default (Cheng et al.)
     refined_default: ClassVar[tuple[str, ...]] = ()
 
@@ -215,7 +213,7 @@ class STAR(Update):
 
     Option ``beta`` (default None = paper form) [code]: the authors' code uses coefficients σ(s) on h
     and σ(β − s) on z with s = −a_k, i.e. h_t = sat(σ(−a_k)⊙h + σ(a_k + β)⊙z); β = 0 is the paper form.
-    Only with the plain sigmoid gate.
+    Only with the plain sigmoid gate (declared: with ``beta`` set it requires ``sigmoid_gate``).
     """
 
     name = "star"
@@ -232,6 +230,11 @@ class STAR(Update):
         beta = self.options["beta"]
         if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
             raise SpecError("cell.options.update.beta", beta, "null (paper form) or a number (code variant, 1.0)")
+
+    @property
+    def requires(self) -> frozenset[str]:  # type: ignore[override]
+        """The code variant's coefficients σ(−a_k), σ(a_k + β) replace the gate: only the plain sigmoid."""
+        return frozenset() if self.options["beta"] is None else frozenset({"sigmoid_gate"})
 
     def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
