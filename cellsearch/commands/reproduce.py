@@ -5,7 +5,10 @@ what ``make reproduce`` runs). ``--size tiny`` runs in seconds, ``cpu`` (default
 the papers' scale (a GPU and local datasets). ``--config FILE`` runs a YAML config instead of a built-in
 size (``studies/reproduce/<name>-full.yaml`` are the full ones); ``--dump-config`` prints the built-in
 config of ``--size`` as YAML and exits; ``--replot`` rebuilds the markdown and plot from the files of an
-earlier run in ``--out`` (``<name>.json``, the CSVs) without training.
+earlier run in ``--out`` (``<name>.json``, the CSVs) without training. ``all`` (trained or replotted) also
+renders the overview, ``REPRODUCTION.md`` beside the output folder (``docs/reproduction`` →
+``docs/REPRODUCTION.md``; ``--overview FILE`` elsewhere), from the files of all five
+(:mod:`cellsearch.reproduce.overview`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dump-config", action="store_true", help="print the --size config as YAML and exit")
     parser.add_argument("--replot", action="store_true",
                         help="rebuild the markdown and plot from the files already in --out (no training)")
+    parser.add_argument("--overview", type=Path, default=None,
+                        help="with 'all': where to render the overview (default: REPRODUCTION.md beside --out)")
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
@@ -50,6 +55,8 @@ def _validate(args: argparse.Namespace) -> list[str]:
         get_reproduction(name)  # unknown name → one line with "did you mean"
     if args.config is not None and len(names) != 1:
         raise UserError("--config runs one reproduction: name it instead of 'all'")
+    if args.overview is not None and args.name != "all":
+        raise UserError("--overview renders the overview of all reproductions: use it with 'all'")
     return names
 
 
@@ -86,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             report = get_reproduction(name).replot(args.out)
             print(f"{name}: rebuilt " + ", ".join(str(p) for p in report.files), flush=True)
+        _overview(args)
         return 0
     torch.set_num_threads(1)  # small sequential models: one thread per process is fastest
     config = _load_config(args.config) if args.config is not None else None
@@ -97,7 +105,18 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(str(p) for p in report.files if p.suffix in (".md", ".png")), flush=True)
     if len(names) > 1:
         print(f"all reproductions: wall {time.perf_counter() - total_start:.0f} s", flush=True)
+    _overview(args)
     return 0
+
+
+def _overview(args: argparse.Namespace) -> None:
+    """After ``all``: render REPRODUCTION.md from the files in ``--out``."""
+    from ..reproduce.overview import write_overview
+
+    if args.name != "all":
+        return
+    page = args.overview if args.overview is not None else args.out.parent / "REPRODUCTION.md"
+    print(f"overview: wrote {write_overview(args.out, page)}", flush=True)
 
 
 def _command(name: str, args: argparse.Namespace) -> str:

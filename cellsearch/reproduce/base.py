@@ -14,7 +14,9 @@ seed) job, then writes into ``out``:
   rebuilds the markdown and the plot without training.
 
 Subclasses add their own analysis by overriding :meth:`extra` (work that is not a training run, e.g.
-gradient maps) and :meth:`load_extra` (reading it back), :meth:`sections` and :meth:`figure`.
+gradient maps) and :meth:`load_extra` (reading it back), :meth:`sections` and :meth:`figure`, and give
+their summary and section of docs/REPRODUCTION.md with :meth:`overview` (see
+:mod:`cellsearch.reproduce.overview`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,20 @@ from .config import ReproConfig, parse_config
 from .report import experiment_table, plot_curves, read_records, write_records
 from .runner import Record, run_jobs
 
-__all__ = ["Reproduction", "Report", "SIZES"]
+__all__ = ["Reproduction", "Report", "Loaded", "SIZES"]
 
 SIZES = ("tiny", "cpu", "full")
+
+
+@dataclass
+class Loaded:
+    """A finished run read back from its files: the parsed config, the records, the extra results (e.g.
+    gradient maps) and the metadata of ``<name>.json``."""
+
+    config: ReproConfig
+    records: list[Record]
+    extra: dict[str, Any]
+    meta: dict[str, Any]
 
 
 @dataclass
@@ -59,6 +72,8 @@ class Reproduction:
     title: ClassVar[str] = ""
     claim: ClassVar[str] = ""
     cards: ClassVar[tuple[str, ...]] = ()
+    #: where the project's design reference quotes the cards' published numbers (e.g. "PRIMITIVES.md §2")
+    reference: ClassVar[str] = ""
     extra_keys: ClassVar[tuple[str, ...]] = ()
     log_curves: ClassVar[bool] = False
 
@@ -106,9 +121,9 @@ class Reproduction:
         path.write_text(json.dumps(meta, indent=1) + "\n")
         return self.render(config, records, extra, meta, out, [*files, path])
 
-    def replot(self, out: str | Path) -> Report:
-        """Rebuild ``<name>.md`` and ``<name>.png`` from the files a run left in ``out`` (no training):
-        ``<name>.json`` (command, timing and the exact config), the CSVs and any extra files."""
+    def load(self, out: str | Path) -> Loaded:
+        """What a run left in ``out``: ``<name>.json`` (command, timing and the exact config), the CSVs and
+        any extra files, read back (no training)."""
         from ..cli import UserError
 
         out = Path(out)
@@ -118,11 +133,16 @@ class Reproduction:
         meta = json.loads(path.read_text())
         config = self.parse(meta["config"])
         records = read_records(out, self.name)
-        return self.render(config, records, self.load_extra(config, out), meta, out, [])
+        return Loaded(config, records, self.load_extra(config, out), meta)
+
+    def replot(self, out: str | Path, figure: bool = True) -> Report:
+        """Rebuild ``<name>.md`` and (``figure``) ``<name>.png`` from the files a run left in ``out``."""
+        run = self.load(out)
+        return self.render(run.config, run.records, run.extra, run.meta, Path(out), [], figure)
 
     def render(self, config: ReproConfig, records: Sequence[Record], extra: dict[str, Any],
-               meta: Mapping[str, Any], out: Path, files: list[Path]) -> Report:
-        """Write ``<name>.md`` and ``<name>.png`` from the records (and extra results) of a run."""
+               meta: Mapping[str, Any], out: Path, files: list[Path], figure: bool = True) -> Report:
+        """Write ``<name>.md`` and (``figure``) ``<name>.png`` from the records (and extra results) of a run."""
         lines = self.header(config, meta)
         lines += self.sections(config, records, extra)
         lines += ["", f"Raw per-seed results: [`{self.name}.csv`]({self.name}.csv); learning curves: "
@@ -130,9 +150,11 @@ class Reproduction:
                       f"[`{self.name}.json`]({self.name}.json).", ""]
         markdown = "\n".join(lines)
         (out / f"{self.name}.md").write_text(markdown)
-        fig = self.figure(config, records, extra)
-        fig.savefig(out / f"{self.name}.png", dpi=100)
-        files = [*files, out / f"{self.name}.md", out / f"{self.name}.png"]
+        files = [*files, out / f"{self.name}.md"]
+        if figure:
+            fig = self.figure(config, records, extra)
+            fig.savefig(out / f"{self.name}.png", dpi=100)
+            files.append(out / f"{self.name}.png")
         return Report(self.name, str(meta["size"]), files, list(records), markdown, float(meta["wall_seconds"]),
                       float(meta["run_seconds"]), extra)
 
@@ -143,6 +165,16 @@ class Reproduction:
     def extra(self, config: ReproConfig, out: Path) -> dict[str, Any]:
         """Work besides the training jobs (default: none); may return ``files`` (written paths)."""
         return {}
+
+    # ------------------------------------------------------------------ the overview (REPRODUCTION.md)
+    def overview(self, run: Loaded) -> Any:
+        """This reproduction's summary row and section of REPRODUCTION.md (an
+        :class:`~cellsearch.reproduce.overview.Overview`), computed from a finished run's files."""
+        raise NotImplementedError(f"reproduction {self.name!r} has no overview for REPRODUCTION.md")
+
+    def runs_text(self, run: Loaded) -> str:
+        """What the run trained, for the timing table of REPRODUCTION.md (default: the number of runs)."""
+        return str(len(run.records))
 
     # ------------------------------------------------------------------ writing
     def header(self, config: ReproConfig, meta: Mapping[str, Any]) -> list[str]:
@@ -158,7 +190,9 @@ class Reproduction:
         numbers = [f"- `{name}`: " + "; ".join(f"{k}: {v}" for k, v in card.reported.items())
                    for name, card in reported if card.reported]
         if numbers:
-            lines += ["Published numbers (from the cell cards):", "", *numbers, ""]
+            where = f", as {self.reference} quotes them" if self.reference else ""
+            lines += [f"Published numbers (the cell cards' `reported` fields{where}; sources above):", "",
+                      *numbers, ""]
         lines += ["## Setup", "", f"Seeds: {', '.join(map(str, config.seeds))}. Every table entry is the mean "
                   "over seeds ± the half-width of the 95 % Student-t confidence interval; the test metric is "
                   "that of the final model (no early stopping).", ""]
