@@ -44,8 +44,8 @@ class Pascanu2014(Reproduction):
              "that dataset; the gains are small (< 1 %).")
 
     def configs(self) -> dict[str, dict[str, Any]]:
-        """tiny: 10 chorales, seconds; cpu: all 350 chorales at ≈ 20k parameters, 150 epochs (where the
-        validation NLL of pilot runs of RNN and DT(S)-RNN, seed 0, bottomed out; later epochs overfit);
+        """tiny: 10 chorales, seconds; cpu: all 350 chorales at ≈ 20k parameters, 150 epochs (chosen from
+        pilot runs of RNN and DT(S)-RNN, seed 0, whose files are not committed: a choice, not a result);
         full: the JSB / Nottingham / MuseData files and PTB-char at larger budgets."""
         tiny_train = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 4, "lr": 1e-3, "clip": 1.0}
         cpu_train = {"epochs": 150, "batch_size": 16, "lr": 3e-3, "clip": 1.0}
