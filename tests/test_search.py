@@ -101,13 +101,150 @@ def test_trials_store_spec_digest_params_history(tmp_path: Path, monkeypatch) ->
         assert Path(t.user_attrs["weights"]).is_file()
 
 
-def test_same_spec_reuses_the_stored_result(tmp_path: Path, monkeypatch) -> None:
+def test_a_duplicate_proposal_is_answered_from_storage_outside_the_budget(tmp_path: Path, monkeypatch) -> None:
+    """A proposal of an evaluated cell (here enqueued on purpose) gets the stored values without training
+    and without a budget slot: the budget of 2 still buys 2 distinct cells."""
     monkeypatch.chdir(tmp_path)
-    result = run_study(tiny("reuse", space={"cell": {"update": ["gru"]}}), display="quiet")
+    raw = tiny("reuse", space={"cell": {"update": ["gru", "lstm"]}}, search={"n_trials": 1})
+    first = run_study(raw, display="quiet")
+    (trained,) = first.trials
+    first.study.enqueue_trial(dict(trained.params))  # the same cell proposed again
+    result = run_study(raw, n_trials=2, display="quiet")
     trials = result.trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    assert "reused_from" not in trials[0].user_attrs
-    assert all(t.user_attrs["reused_from"] == 0 and t.values == trials[0].values for t in trials[1:])
+    duplicate = trials[1]
+    assert duplicate.state == TrialState.COMPLETE and duplicate.params == trained.params
+    assert duplicate.user_attrs["reused_from"] == 0 and duplicate.values == trained.values
+    assert duplicate.user_attrs["weights"] == trained.user_attrs["weights"]  # nothing trained
+    used = [t for t in trials if "reused_from" not in t.user_attrs]  # the random sampler may repeat gru too
+    assert [t.params["cell/update"] for t in used] == ["gru", "lstm"] and used[1].number == len(trials) - 1
+    assert result.n_counted == 2 and result.n_distinct == 2 and result.n_duplicates == len(trials) - 2
+    rows = result.leaderboard(top=None)  # one row per distinct cell, with how often it was proposed
+    assert sorted((r["number"], r["proposed"], r["duplicates"]) for r in rows) == [
+        (0, len(trials) - 1, list(range(1, len(trials) - 1))),
+        (len(trials) - 1, 1, []),
+    ]
+
+
+FOUR = {"cell": {"update": ["lstm", "gru", "star", "mgu"]}}  # a space of exactly 4 cells
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+def test_a_budget_of_4_on_a_space_of_4_cells_evaluates_all_4(sampler: str, tmp_path: Path, monkeypatch) -> None:
+    """TPE and CMA-ES (independent sampling on categoricals) re-propose evaluated cells: those proposals are
+    answered from storage and the search asks again until every slot bought a new cell."""
+    monkeypatch.chdir(tmp_path)
+    result = run_study(tiny(f"four_{sampler}", space=FOUR, search={"sampler": sampler, "seed": 0}), display="quiet")
+    used = [t for t in result.trials if "reused_from" not in t.user_attrs]
+    assert len(used) == 4 and all(t.state == TrialState.COMPLETE for t in used)
+    assert {t.params["cell/update"] for t in used} == {"lstm", "gru", "star", "mgu"}
+    assert len({t.user_attrs["key"] for t in used}) == 4 and result.n_distinct == 4 and result.n_counted == 4
+    by_number = {t.number: t for t in result.trials}
+    for t in result.trials:  # every duplicate carries the values of the trial that trained its cell
+        if "reused_from" in t.user_attrs:
+            source = by_number[t.user_attrs["reused_from"]]
+            assert "reused_from" not in source.user_attrs and t.values == source.values and t.params == source.params
+    assert result.stop_reason is None  # the budget was completed, not the space
+
+
+def test_a_budget_of_10_on_a_space_of_4_cells_stops_when_the_space_is_exhausted(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from cellsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "ten.yaml"
+    path.write_text(yaml.safe_dump(tiny("ten", space=FOUR, search={"sampler": "tpe", "n_trials": 10, "seed": 0})))
+    assert main(["run", str(path), "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert "space exhausted: all 4 point(s) of the space have been evaluated" in out, out
+    assert "stopping after 4 trial(s) of the budget of 10" in out and "done 4/10 (4 distinct cell(s)" in out
+    study = load_sqlite(tmp_path / "runs" / "ten" / "study.db", "ten")
+    used = [t for t in study.trials if "reused_from" not in t.user_attrs]
+    assert len(used) == 4 and len({t.user_attrs["key"] for t in used}) == 4
+    n = len(study.trials)
+    assert main(["run", str(path), "--plain"]) == 0  # running it again: nothing left to evaluate
+    assert "space exhausted" in capsys.readouterr().out
+    assert len(load_sqlite(tmp_path / "runs" / "ten" / "study.db", "ten").trials) == n
+    assert main(["leaderboard", str(path)]) == 0
+    board = capsys.readouterr().out
+    assert "4 distinct cell(s) in 4 trial(s) of the budget" in board
+    assert "val_loss equals val_mse in every row (not repeated)" in board  # the adding task's loss is its mse
+
+
+def test_duplicates_in_a_row_get_a_point_not_evaluated_yet() -> None:
+    """After MAX_RETRIES duplicate proposals in a row the ledger enqueues a point of the space that was
+    not evaluated; with none left to find, it stops with the reason."""
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import create_trial
+
+    from cellsearch.search.ledger import MAX_RETRIES, Ledger
+
+    config = study_from_mapping(tiny("streak", space=FOUR))
+    ledger = Ledger(build_space(config), seed=0, budget=10)
+    study = optuna.create_study()
+    dist = {"cell/update": CategoricalDistribution(["lstm", "gru", "star", "mgu"])}
+
+    def add(update: str, **attrs: Any) -> Any:
+        study.add_trial(
+            create_trial(params={"cell/update": update}, distributions=dist, value=1.0, user_attrs=attrs)
+        )
+        return study.trials[-1]
+
+    add("lstm", key="a")
+    for _ in range(MAX_RETRIES):
+        assert not study.get_trials(states=(TrialState.WAITING,))
+        assert ledger.after_trial(study, add("lstm", key="a", reused_from=0)) is None
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    fresh = waiting.system_attrs["fixed_params"]["cell/update"]
+    assert fresh in ("gru", "star", "mgu") and "proposed_by" in waiting.user_attrs
+    assert ledger.streak == 0
+    for update in ("gru", "star", "mgu"):  # every cell evaluated: the space is exhausted
+        if update != fresh:
+            add(update, key=update)
+    trial = study.ask()  # the waiting trial runs
+    assert trial.suggest_categorical("cell/update", ["lstm", "gru", "star", "mgu"]) == fresh
+    study.tell(trial, 1.0)
+    assert ledger.after_trial(study, study.trials[-1]).startswith("space exhausted: all 4 point(s)")
+
+
+def test_continuing_a_seeded_study_explores_new_points(tmp_path: Path, monkeypatch) -> None:
+    """Issue 12.1: a seeded study run for 3 trials and continued to 6 draws 3 new points (not replays of
+    the first 3, answered from storage); a fresh run with the same seed draws the same points again."""
+    monkeypatch.chdir(tmp_path)
+    space = {"cell": {"update": ["lstm", "gru", "star", "mgu"]}, "train": {"lr": {"low": 1.0e-3, "high": 3.0e-2}}}
+    for sampler in ("random", "tpe"):
+        raw = tiny(f"cont_{sampler}", space=space, search={"sampler": sampler, "n_trials": 3, "seed": 0})
+        first = [dict(t.params) for t in run_study(raw, display="quiet").trials]
+        trials = run_study(raw, n_trials=6, display="quiet").trials
+        assert len(trials) == 6 and not any("reused_from" in t.user_attrs for t in trials)
+        assert [dict(t.params) for t in trials[:3]] == first
+        assert not any(dict(t.params) in first for t in trials[3:])
+        again = run_study(raw, name=f"fresh_{sampler}", display="quiet").trials  # a fresh study, same seed
+        assert [dict(t.params) for t in again] == first
+
+
+def test_two_workers_with_one_seed_draw_different_points() -> None:
+    """Two samplers built from one seeded config (two workers) on one study: trial numbers differ, so do
+    their draws; the same trial number draws the same point (reproducible)."""
+    from cellsearch.search.optuna_backend import make_sampler
+
+    config = study_from_mapping(tiny("s", search={"sampler": "random", "seed": 7}))
+    space = build_space(config)
+
+    def draw(study: optuna.Study) -> dict[str, Any]:
+        trial = study.ask()
+        space.sample(trial)
+        trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, 0.0)
+        return dict(trial.params)
+
+    shared = optuna.create_study(sampler=make_sampler(config))
+    a = draw(shared)
+    shared.sampler = make_sampler(config)  # the second worker's sampler, same seed
+    b = draw(shared)
+    assert a != b
+    fresh = optuna.create_study(sampler=make_sampler(config))
+    assert draw(fresh) == a
 
 
 def test_median_pruner_prunes(tmp_path: Path, monkeypatch) -> None:
@@ -186,8 +323,9 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed.number]
     assert killed.params and killed.user_attrs["spec"]
     assert retry and retry[0].params == killed.params  # re-queued with the same parameters
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 4  # the budget is complete
+    done = (TrialState.COMPLETE, TrialState.PRUNED)
+    finished = [t for t in study.trials if t.state in done and "reused_from" not in t.user_attrs]
+    assert len(finished) == 4 and len({t.user_attrs["key"] for t in finished}) == 4  # the budget is complete
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "nsga2", "cmaes"])

@@ -1,7 +1,9 @@
 """Progress of a running study: a rich live panel on a terminal, one plain line per trial otherwise.
 
-Shows trials done / running / pruned / failed against the budget, the best value so far and its trial,
-the running trials with their epoch, and an ETA from the mean duration of this session's trials.
+Shows trials done / running / pruned / failed against the budget, the distinct cells they evaluated and
+the proposals of already-evaluated cells answered from storage (duplicates, outside the budget), the best
+value so far and its trial, the running trials with their epoch, and an ETA from the mean duration of this
+session's trials; at the end, why a run stopped before its budget ("space exhausted: ...").
 Thread-safe (Optuna's ``n_jobs`` runs trials in threads).
 """
 
@@ -82,13 +84,15 @@ class Display:
             self._live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
             self._live.start()
 
-    def stop(self) -> None:
-        """Stop the live panel and print a one-line summary."""
+    def stop(self, reason: str | None = None) -> None:
+        """Stop the live panel and print a one-line summary (and ``reason``: why the run stopped early)."""
         if self._live is not None:
             self._live.update(self._render())
             self._live.stop()
             self._live = None
         if not self.quiet and self.study is not None:
+            if reason:
+                self.console.print(reason, markup=False)
             self.console.print(self._status_line(), markup=False)
 
     # -- events ------------------------------------------------------------------------------------
@@ -107,9 +111,10 @@ class Display:
         """Optuna callback after each trial."""
         with self._lock:
             info = self._running.pop(trial.number, None)
-            if info is not None:
-                self._durations.append(time.time() - info["start"])
-            self._finished_here += 1
+            if "reused_from" not in trial.user_attrs:  # a duplicate takes no time and no budget slot
+                if info is not None:
+                    self._durations.append(time.time() - info["start"])
+                self._finished_here += 1
         if self._live is not None:
             self._live.console.print(self._trial_line(trial, status=False), markup=False)
         elif not self.quiet and not self.live_mode:
@@ -124,15 +129,23 @@ class Display:
     def _counts(self) -> dict[str, int]:
         from optuna.trial import TrialState
 
+        from .ledger import distinct_cells, is_duplicate, retried, uses_budget
+
         out = {s.name: 0 for s in TrialState}
         out["interrupted"] = 0  # FAIL because their process was killed: they do not use the budget
         trials = self.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials} - {None}  # failed by a heartbeat, re-queued
+        again = retried(trials)  # failed by a heartbeat, re-queued
+        out["duplicates"] = 0  # answered from storage: counted apart from the states
         for t in trials:
+            if is_duplicate(t) and t.state != TrialState.RUNNING:
+                out["duplicates"] += 1
+                continue
             out[t.state.name] += 1
             out["interrupted"] += bool(
-                t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or t.number in retried)
+                t.state == TrialState.FAIL and (t.user_attrs.get("interrupted") or t.number in again)
             )
+        out["done"] = sum(1 for t in trials if uses_budget(t, again))
+        out["distinct"] = distinct_cells(trials)
         return out
 
     def _best(self) -> str:
@@ -157,10 +170,11 @@ class Display:
     def _status_line(self) -> str:
         n = self._counts()
         budget = self.config.search.n_trials
-        done = n["COMPLETE"] + n["PRUNED"] + n["FAIL"] - n["interrupted"]
         total = f"/{budget}" if budget is not None else ""
+        dup = f", {n['duplicates']} duplicate proposal(s) answered from storage" if n["duplicates"] else ""
         return (
-            f"done {done}{total}: complete {n['COMPLETE']}, pruned {n['PRUNED']}, failed {n['FAIL']}"
+            f"done {n['done']}{total} ({n['distinct']} distinct cell(s){dup}): complete "
+            f"{n['COMPLETE']}, pruned {n['PRUNED']}, failed {n['FAIL']}"
             + (f" ({n['interrupted']} interrupted)" if n["interrupted"] else "")
             + ", "
             f"running {n['RUNNING']} | {self._best()} | elapsed {_fmt_time(time.time() - self._start)}, "
@@ -171,7 +185,7 @@ class Display:
         attrs = trial.user_attrs
         value = ", ".join(f"{m}={v:.4g}" for m, v in zip(self.config.metrics, trial.values or []))
         why = attrs.get("fail_reason") or attrs.get("prune_reason") or ""
-        reused = f" (reused trial {attrs['reused_from']})" if "reused_from" in attrs else ""
+        reused = f" (duplicate of trial {attrs['reused_from']}: not counted)" if "reused_from" in attrs else ""
         end = trial.datetime_complete
         secs = (end - trial.datetime_start).total_seconds() if end and trial.datetime_start else 0.0
         summary = attrs.get("summary", "")

@@ -7,6 +7,13 @@ study again continues it:
 - RUNNING trials whose process died are marked FAIL (``fail_reason``) and their parameters re-queued;
 - the budget ``n_trials`` counts trials that finished (COMPLETE, PRUNED, or FAIL from the training itself,
   e.g. divergence), not trials killed with their process, so a rerun after a kill completes the budget;
+- the budget buys distinct cells (:mod:`cellsearch.search.ledger`): a proposal of an already-evaluated key
+  is answered from storage (the sampler learns its value) without using the budget and the search asks
+  again (a bounded number of times in a row, then it enqueues a point not evaluated yet); a finite space
+  whose every point was evaluated stops the run ("space exhausted");
+- a seeded sampler is reseeded before every trial from ``search.seed`` and the trial's number, so a fresh
+  run is reproducible while a continued run (or another worker) draws new points instead of replaying
+  the first ones;
 - several workers (``cellsearch run`` processes on one or many machines, one shared storage such as
   PostgreSQL) split the budget: ``n_trials`` is the study's total, checked against the storage before each
   new trial (finished + running trials of every worker); a worker whose free slots are held by other
@@ -18,8 +25,8 @@ study again continues it:
 Every trial stores as user attributes: ``spec`` (ModelSpec JSON), ``digest``, ``key`` (spec + training
 config + task), ``n_params``, ``train``, ``history`` (per-epoch metrics, updated every epoch), ``metrics``
 (final epoch), ``summary``, ``worker``, ``weights`` (safetensors of the final model, COMPLETE trials), and
-``fail_reason`` / ``prune_reason``. A trial whose key matches an earlier COMPLETE (or PRUNED) trial reuses
-that result (``reused_from``) instead of training again.
+``fail_reason`` / ``prune_reason``. A trial whose key matches an earlier COMPLETE (or PRUNED, or diverged)
+trial reuses that result (``reused_from``) instead of training again: a duplicate, outside the budget.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import hashlib
 import inspect
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +48,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ..cli import UserError
 from ..study import StudyConfig
 from .display import Display
+from .ledger import Ledger, evaluation_of, retried, uses_budget
+from .ledger import counted as counted
 from .space import Candidate, build_space
 from .storage import fail_dead_trials, make_storage, worker_id
 
@@ -64,15 +74,14 @@ __all__ = [
     "export_from",
 ]
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 #: seconds between looks at the storage while waiting for other workers' trials
 POLL_S = 1.0
 _SAMPLERS: dict[str, Callable[[], Any]] = {
-    "tpe": lambda: optuna.samplers.TPESampler,
-    "random": lambda: optuna.samplers.RandomSampler,
-    "cmaes": lambda: optuna.samplers.CmaEsSampler,
-    "gp": lambda: optuna.samplers.GPSampler,
-    "nsga2": lambda: optuna.samplers.NSGAIISampler,
+    "tpe": lambda: _per_trial(optuna.samplers.TPESampler),
+    "random": lambda: _per_trial(optuna.samplers.RandomSampler),
+    "cmaes": lambda: _per_trial(optuna.samplers.CmaEsSampler),
+    "gp": lambda: _per_trial(optuna.samplers.GPSampler),
+    "nsga2": lambda: _per_trial(optuna.samplers.NSGAIISampler),
 }
 _PRUNERS: dict[str, Callable[[], Any]] = {
     "median": lambda: optuna.pruners.MedianPruner,
@@ -92,8 +101,56 @@ def constructor_arguments(kind: str, name: str) -> set[str]:
     return {p for p in inspect.signature(cls).parameters if p not in ("self", "seed")}
 
 
+class _PerTrialSeed:
+    """Sampler mixin: with a seed, every random state of the sampler (and of the samplers it delegates to)
+    is reseeded before each trial from (seed, trial number). A fresh run draws what the same seed drew
+    before; a continued study, or another worker on the same study, gets other trial numbers and so new
+    points (a sampler seeded once per process would replay the first run's draws)."""
+
+    _cs_seed: int | None = None
+    _cs_lock = threading.Lock()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._cs_seed is not None:
+            with self._cs_lock:
+                _reseed(self, f"{self._cs_seed}/{trial.number}")
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+
+_PER_TRIAL: dict[type, type] = {}
+
+
+def _per_trial(cls: type) -> type:
+    """``cls`` with :class:`_PerTrialSeed` (one subclass per sampler class, named like it)."""
+    if cls not in _PER_TRIAL:
+        sub = type(cls.__name__, (_PerTrialSeed, cls), {"__doc__": cls.__doc__})
+        sub.__qualname__ = f"_per_trial.{cls.__name__}"
+        _PER_TRIAL[cls] = sub
+    return _PER_TRIAL[cls]
+
+
+def _reseed(sampler: Any, salt: str, seen: set[int] | None = None) -> None:
+    """Seed every ``LazyRandomState`` / ``RandomState`` of ``sampler`` and of its nested samplers from
+    ``salt`` and the attribute's path (in place: shared references stay shared)."""
+    import numpy as np
+    from optuna.samplers._lazy_random_state import LazyRandomState
+
+    seen = set() if seen is None else seen
+    if id(sampler) in seen:
+        return
+    seen.add(id(sampler))
+    for name, value in sorted(vars(sampler).items()):
+        seed = int.from_bytes(hashlib.sha256(f"{salt}/{name}".encode()).digest()[:4], "little")
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(seed)
+        elif isinstance(value, np.random.RandomState):
+            value.seed(seed)
+        elif isinstance(value, optuna.samplers.BaseSampler):
+            _reseed(value, f"{salt}/{name}", seen)
+
+
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded with ``search.seed``."""
+    """The configured sampler, seeded with ``search.seed`` (reseeded per trial: :class:`_PerTrialSeed`)."""
     s = config.search
     if s.sampler == "cmaes":
         try:
@@ -103,7 +160,9 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     cls = _SAMPLERS[s.sampler]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return cls(seed=s.seed, **dict(s.sampler_args))
+        sampler = cls(seed=s.seed, **dict(s.sampler_args))
+    sampler._cs_seed = s.seed
+    return sampler
 
 
 def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
@@ -146,21 +205,6 @@ def fail_stale(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def _retried(trials: list[FrozenTrial]) -> set[int]:
-    return {t.user_attrs["retry_of"] for t in trials if isinstance(t.user_attrs.get("retry_of"), int)}
-
-
-def _uses_budget(trial: FrozenTrial, retried: set[int]) -> bool:
-    return trial.state in FINISHED and not trial.user_attrs.get("interrupted") and trial.number not in retried
-
-
-def counted(study: optuna.Study) -> int:
-    """Trials that used the budget: finished ones, not those killed with their process (re-queued)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = _retried(trials)
-    return sum(1 for t in trials if _uses_budget(t, retried))
-
-
 def n_running(study: optuna.Study) -> int:
     """RUNNING trials of every worker sharing the study's storage."""
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
@@ -182,12 +226,12 @@ def _budget_taken(trial: Trial, budget: int | None) -> bool:
     if budget is None:
         return False
     trials = trial.study.get_trials(deepcopy=False)
-    retried = _retried(trials)
+    again = retried(trials)
     before = sum(
         1
         for t in trials
         if t.number < trial.number
-        and (_uses_budget(t, retried) or (t.state == TrialState.RUNNING and not t.user_attrs.get("interrupted")))
+        and (uses_budget(t, again) or (t.state == TrialState.RUNNING and not t.user_attrs.get("interrupted")))
     )
     return before >= budget
 
@@ -345,16 +389,20 @@ class Objective:
         trial.set_user_attr("train", _jsonable(train.to_dict()))
 
     def _earlier(self, trial: Trial, key: str) -> FrozenTrial | None:
-        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if t.user_attrs.get("key") == key and t.number != trial.number:
-                return t
-        return None
+        """The evaluation of ``key`` this trial duplicates (:func:`~cellsearch.search.ledger.evaluation_of`)."""
+        return evaluation_of(trial.study.get_trials(deepcopy=False), key, trial.number)
 
     def _reuse(self, trial: Trial, earlier: FrozenTrial) -> float | list[float]:
+        """Answer a duplicate from storage: the earlier trial's values (outside the budget)."""
         trial.set_user_attr("reused_from", earlier.number)
         for name in ("n_params", "history", "metrics", "weights", "seconds"):
             if name in earlier.user_attrs:
                 trial.set_user_attr(name, earlier.user_attrs[name])
+        if earlier.state == TrialState.FAIL:
+            why = earlier.user_attrs.get("fail_reason", "")
+            reason = f"same spec and training as trial {earlier.number}, which failed ({why})"
+            trial.set_user_attr("fail_reason", reason)
+            raise DuplicateFailed(reason)
         if earlier.state == TrialState.PRUNED:
             trial.set_user_attr(
                 "prune_reason",
@@ -424,6 +472,10 @@ class BudgetTaken(RuntimeError):
     """A trial started after other workers had taken the study's whole budget (it does not run)."""
 
 
+class DuplicateFailed(RuntimeError):
+    """A duplicate of a trial whose training diverged: it fails the same way, without training."""
+
+
 def objective_value(metric: str, result: Any, spec: Any) -> float:
     """The value of objective ``metric`` for a finished training ``result`` (a ``TrainResult``)."""
     if metric == "params":
@@ -477,12 +529,13 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
     _seed_trials(study, space, config)
     budget = config.search.n_trials
     free = free_slots(study, budget)
+    ledger = Ledger(space, config.search.seed, config.search.n_trials)
     display = display or Display(config, quiet=True)
     display.start(study, free, resumed=counted(study), failed_dead=failed)
     objective = Objective(config, space, task, display, budget)
     deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
     try:
-        while True:
+        while (budget is None or counted(study) < budget) and ledger.check(study) is None:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
@@ -493,14 +546,14 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
                     timeout=left,
                     n_jobs=config.search.n_jobs,
                     catch=(Exception,),
-                    callbacks=[display.trial_finished, _budget_callback(budget)],
+                    callbacks=[display.trial_finished, _ledger_callback(ledger), _budget_callback(budget)],
                 )
-            if budget is None or counted(study) >= budget:
+            if ledger.stop_reason is not None or budget is None or counted(study) >= budget:
                 break
-            free = wait_for_slots(study, budget, deadline)
+            free = wait_for_slots(study, budget, deadline)  # duplicates and other workers' trials
     finally:
-        display.stop()
-    return StudyResult(config, study, storage_url or config.storage_url)
+        display.stop(ledger.stop_reason)
+    return StudyResult(config, study, storage_url or config.storage_url, ledger.stop_reason)
 
 
 def wait_for_slots(study: optuna.Study, budget: int, deadline: float | None = None) -> int:
@@ -526,6 +579,14 @@ def wait_for_slots(study: optuna.Study, budget: int, deadline: float | None = No
     return 0
 
 
+def _ledger_callback(ledger: Ledger) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+        if ledger.after_trial(study, trial) is not None:
+            study.stop()
+
+    return after_trial
+
+
 def _budget_callback(budget: int | None) -> Callable[[optuna.Study, FrozenTrial], None]:
     def stop_when_done(study: optuna.Study, trial: FrozenTrial) -> None:
         if budget is not None and counted(study) + n_running(study) >= budget:
@@ -537,14 +598,37 @@ def _budget_callback(budget: int | None) -> Callable[[optuna.Study, FrozenTrial]
 class StudyResult:
     """A study after (or without) running: the config, the ``optuna.Study`` and helpers."""
 
-    def __init__(self, config: StudyConfig, study: optuna.Study, storage_url: str) -> None:
+    def __init__(
+        self, config: StudyConfig, study: optuna.Study, storage_url: str, stop_reason: str | None = None
+    ) -> None:
         self.config, self.study, self.storage_url = config, study, storage_url
+        #: why the run stopped before its budget ("space exhausted: ..."), None otherwise
+        self.stop_reason = stop_reason
 
     def __repr__(self) -> str:
         return (
             f"StudyResult({self.config.name!r}, complete={self.n_complete}, pruned={self.n_pruned}, "
-            f"failed={self.n_failed})"
+            f"failed={self.n_failed}, distinct={self.n_distinct}, duplicates={self.n_duplicates})"
         )
+
+    @property
+    def n_counted(self) -> int:
+        """Trials that used the budget."""
+        return counted(self.study)
+
+    @property
+    def n_distinct(self) -> int:
+        """Distinct cells (keys: spec + training + task) among the trials that used the budget."""
+        from .ledger import distinct_cells
+
+        return distinct_cells(self.trials)
+
+    @property
+    def n_duplicates(self) -> int:
+        """Proposals of already-evaluated cells, answered from storage (outside the budget)."""
+        from .ledger import n_duplicates
+
+        return n_duplicates(self.trials)
 
     def _count(self, state: TrialState) -> int:
         return len(self.study.get_trials(deepcopy=False, states=(state,)))

@@ -31,7 +31,10 @@ its low-fidelity value; here such a trial is told PRUNED, after its intermediate
 its full budget (its final report carries ``final``). The Optuna trials are held by this driver process:
 it sends their heartbeats, and when it dies a later run (either backend) fails them and re-queues their
 parameters. A trial whose key (spec + training + task) matches a finished trial reuses its result without
-starting a Ray trial; one matching a trial still running waits for it.
+starting a Ray trial (a duplicate: it does not use the budget, the searcher asks again); one matching a
+trial still running waits for it. The rules of :mod:`cellsearch.search.ledger` apply as in the Optuna
+backend: bounded duplicate retries, then a point not evaluated yet; a finite space whose every point was
+evaluated stops the run ("space exhausted").
 
 Resume: run the same study again. Completed trials are in the Optuna storage; the killed driver's
 unfinished trials are failed and re-run; the budget is completed. Ray's own experiment folders (one per
@@ -72,7 +75,9 @@ from ray.tune.utils.util import unflatten_dict
 from ..cli import UserError
 from ..study import StudyConfig
 from .display import Display
+from .ledger import Ledger
 from .optuna_backend import (
+    DuplicateFailed,
     Objective,
     StudyResult,
     _budget_taken,
@@ -339,6 +344,7 @@ class _Driver:
         self.budget = config.search.n_trials
         self.deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
         self.objective = Objective(config, space, task, display, self.budget)
+        self.ledger = Ledger(space, config.search.seed, config.search.n_trials)
         self.worker = worker_id()
         self.metrics = tuple(config.metrics)
         self.prunable = not config.multi_objective and self.metrics[0].startswith("val_")
@@ -399,15 +405,17 @@ class _Driver:
         """``go`` (start a trial), ``wait`` (every free slot is held by running trials) or ``done``."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "done"
+        if self.ledger.stop_reason is not None:
+            return "done"
         if self.budget is None:
-            return "go"
+            return "go" if self.ledger.check(self.study) is None else "done"
         now = time.monotonic()
         if now < self._admit_at:
             return "wait"
         if counted(self.study) >= self.budget:
             return "done"
         if counted(self.study) + n_running(self.study) < self.budget:
-            return "go"
+            return "go" if self.ledger.check(self.study) is None else "done"
         self._admit_at = now + _ADMIT_EVERY_S
         fail_stale(self.study)  # other workers' trials whose worker died free their slot
         return "wait"
@@ -543,11 +551,18 @@ class _Driver:
             requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {why}")
 
     def reuse(self, trial: Trial, earlier: FrozenTrial) -> None:
-        """Finish ``trial`` with the result of ``earlier`` (same key), as the Optuna backend's reuse does."""
+        """Finish ``trial`` with the result of ``earlier`` (same key), as the Optuna backend's reuse does:
+        a duplicate, outside the budget."""
         trial.set_user_attr("reused_from", earlier.number)
         for name in ("n_params", "history", "metrics", "weights", "seconds", "ray_node"):
             if name in earlier.user_attrs:
                 trial.set_user_attr(name, earlier.user_attrs[name])
+        if earlier.state == TrialState.FAIL:
+            try:
+                self.objective._reuse(trial, earlier)
+            except DuplicateFailed:
+                self._tell(trial, None, TrialState.FAIL)
+            return
         for step, value in earlier.intermediate_values.items():
             trial.report(value, step)
         if earlier.state == TrialState.PRUNED:
@@ -570,7 +585,9 @@ class _Driver:
             if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                 trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}")
                 self.study.tell(trial, state=TrialState.FAIL)
-        self.display.trial_finished(self.study, self._frozen(trial))
+        frozen = self._frozen(trial)
+        self.display.trial_finished(self.study, frozen)
+        self.ledger.after_trial(self.study, frozen)
 
     def _frozen(self, trial: Trial) -> FrozenTrial:
         return self.study._storage.get_trial(trial._trial_id)
@@ -724,6 +741,10 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
     if budget is not None and counted(study) >= budget:
         display.stop()
         return StudyResult(config, study, url)
+    exhausted = Ledger(space, config.search.seed, config.search.n_trials).check(study)
+    if exhausted is not None:
+        display.stop(exhausted)
+        return StudyResult(config, study, url, exhausted)
     storage_path = Path(config.search.storage_path or config.directory / "ray")
     storage_path = storage_path if "://" in str(storage_path) else storage_path.resolve()
     driver = _Driver(config, space, task, study, display)
@@ -739,10 +760,10 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
         interrupted = driver.close()
         if started:
             ray.shutdown()
-        display.stop()
+        display.stop(driver.ledger.stop_reason)
     if interrupted:  # Ctrl-C: Tune stops gracefully; the study is interrupted like the Optuna backend's
         raise KeyboardInterrupt
-    return StudyResult(config, study, url)
+    return StudyResult(config, study, url, driver.ledger.stop_reason)
 
 
 def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) -> Any:

@@ -41,8 +41,41 @@ def ranked(study: Study, config: StudyConfig) -> list[FrozenTrial]:
     return complete + sorted(rest, key=lambda t: t.number)
 
 
+def _groups(study: Study, config: StudyConfig) -> list[tuple[FrozenTrial, list[FrozenTrial]]]:
+    """(representative, duplicates) per distinct cell, best first.
+
+    The evaluations of one key (spec + training + task) form a group: the trial that trained it (its
+    representative) and the proposals answered from storage (``reused_from``). A trial killed with its
+    process (or not run) evaluated nothing: it keeps a group of its own, saying which trial re-ran it.
+    """
+    from .ledger import is_duplicate, retried
+
+    trials = study.get_trials(deepcopy=False)
+    again = retried(trials)
+    by_key: dict[str, list[FrozenTrial]] = {}
+    for t in trials:
+        key = t.user_attrs.get("key")
+        if key is not None and not t.user_attrs.get("interrupted") and t.number not in again:
+            by_key.setdefault(key, []).append(t)
+    out, done = [], set()
+    for t in ranked(study, config):
+        key = t.user_attrs.get("key")
+        group = by_key.get(key, []) if key is not None else []
+        if t.number not in {g.number for g in group}:
+            out.append((t, []))
+            continue
+        if key in done:
+            continue
+        done.add(key)
+        head = min(group, key=lambda g: (is_duplicate(g), g.number))
+        out.append((head, sorted((g for g in group if g is not head), key=lambda g: g.number)))
+    return out
+
+
 def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) -> list[dict[str, Any]]:
-    """One dict per trial, best first: number, state, summary, params, objectives, metrics, note."""
+    """One dict per distinct cell, best first: number (the trial that trained it), state, summary, params,
+    objectives, metrics, ``proposed`` (how often the search proposed it), ``duplicates`` (the trials
+    answered from storage), note. A trial killed with its process has a row of its own."""
     rows = []
     front = {t.number for t in best_trials(study, config)} if config.multi_objective else set()
     # a trial Optuna failed by heartbeat is finished before cellsearch can write on it: its reason and
@@ -50,7 +83,7 @@ def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) ->
     retries = {
         t.user_attrs["retry_of"]: t for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs
     }
-    for t in ranked(study, config)[: top if top else None]:
+    for t, duplicates in _groups(study, config)[: top if top else None]:
         attrs = t.user_attrs
         metrics = attrs.get("metrics") or (attrs.get("history") or [{}])[-1]
         rows.append(
@@ -62,7 +95,9 @@ def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) ->
                 "objectives": dict(zip(config.metrics, t.values)) if t.values else {},
                 "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
                 "seconds": attrs.get("seconds"),
-                "pareto": t.number in front,
+                "pareto": t.number in front or any(d.number in front for d in duplicates),
+                "proposed": 1 + len(duplicates),
+                "duplicates": [d.number for d in duplicates],
                 "note": _note(t, retries.get(t.number)),
             }
         )
@@ -71,8 +106,8 @@ def leaderboard_rows(study: Study, config: StudyConfig, top: int | None = 10) ->
 
 def _note(trial: FrozenTrial, retry: FrozenTrial | None = None) -> str:
     attrs = trial.user_attrs
-    if "reused_from" in attrs:
-        return f"reused trial {attrs['reused_from']}"
+    if "reused_from" in attrs:  # a group whose trained trial is gone (e.g. deleted): its duplicate stands in
+        return f"same cell as trial {attrs['reused_from']}"
     note = str(attrs.get("fail_reason") or attrs.get("prune_reason") or "")
     if retry is not None:
         why = note or str(retry.user_attrs.get("retry_reason") or "interrupted")

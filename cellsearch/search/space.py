@@ -9,6 +9,11 @@ sampler can propose is checked once, when the space is built, so no trial is spe
 
 The published cells that lie in the space become the first trials (``study.enqueue_trial``): their
 parameters are found by replaying ``sample`` with a recording trial that answers from the card.
+
+A space is finite when none of its parameters is a float range without a step: :func:`enumerate_points`
+walks ``sample`` depth first and lists every parameter point it can propose (up to a limit), so a search
+knows when every compatible cell has been evaluated; :func:`random_point` draws one point uniformly per
+parameter (for a slot whose sampler keeps proposing evaluated cells).
 """
 
 from __future__ import annotations
@@ -29,7 +34,13 @@ __all__ = [
     "build_space",
     "compatible_choices",
     "suggest",
+    "enumerate_points",
+    "random_point",
+    "POINT_LIMIT",
 ]
+
+#: at most this many points are enumerated; a larger space is treated as unbounded (never exhausted)
+POINT_LIMIT = 20_000
 
 _DEPTH_CELL_FIELDS = ("transition", "transition_layers", "output_layers", "input_layers")
 
@@ -338,6 +349,110 @@ class _Recorder:
         self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
     ) -> float:
         return self._answer(name, lambda v: isinstance(v, (int, float)) and low <= v <= high, low)
+
+
+# ------------------------------------------------------------------------------------------------
+# Every point of a space
+
+
+class _Infinite(Exception):
+    """A float range without a step: the space has no finite list of points."""
+
+
+def _grid(kind: str, low: Any, high: Any, step: Any) -> list[Any]:
+    """The values of an int range, or of a float range with a step."""
+    if kind == "int":
+        return list(range(int(low), int(high) + 1, int(step or 1)))
+    if step is None:
+        if low == high:
+            return [low]
+        raise _Infinite
+    n = int((high - low) / step + 1e-9)
+    return [float(low + k * step) for k in range(n + 1)]
+
+
+class _Walker:
+    """A trial that answers the choice ``path[i]`` at its i-th suggestion (0 past the path's end) and
+    records how many choices every suggestion had, so ``sample`` can be walked depth first."""
+
+    def __init__(self, path: list[int]) -> None:
+        self.path, self.sizes, self.params = path, [], {}
+
+    def _pick(self, name: str, values: Sequence[Any]) -> Any:
+        i = len(self.sizes)
+        index = self.path[i] if i < len(self.path) else 0
+        self.sizes.append(len(values))
+        self.params[name] = values[index]
+        return values[index]
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._pick(name, list(choices))
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._pick(name, _grid("int", low, high, step))
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._pick(name, _grid("float", low, high, step))
+
+
+def enumerate_points(sample: Any, limit: int = POINT_LIMIT) -> list[dict[str, Any]] | None:
+    """Every parameter point ``sample(trial)`` can propose, or None when there are infinitely many (a
+    float range without a step) or more than ``limit``."""
+    points: list[dict[str, Any]] = []
+    path: list[int] = []
+    while True:
+        walker = _Walker(path)
+        try:
+            sample(walker)
+        except _Infinite:
+            return None
+        points.append(walker.params)
+        if len(points) > limit:
+            return None
+        path = path[: len(walker.sizes)] + [0] * (len(walker.sizes) - len(path))
+        i = len(path) - 1  # advance the last suggestion that has choices left (an odometer)
+        while i >= 0 and path[i] + 1 >= walker.sizes[i]:
+            i -= 1
+        if i < 0:
+            return points
+        path = path[:i] + [path[i] + 1]
+
+
+class _RandomTrial:
+    """A trial that draws every suggestion uniformly (log-uniformly for ``log`` ranges) from ``rng``."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng, self.params = rng, {}
+
+    def _keep(self, name: str, value: Any) -> Any:
+        self.params[name] = value
+        return value
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        return self._keep(name, choices[self.rng.randrange(len(choices))])
+
+    def suggest_int(self, name: str, low: int, high: int, step: int = 1, log: bool = False) -> int:
+        return self._keep(name, self.rng.choice(_grid("int", low, high, step)))
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        if step is not None:
+            return self._keep(name, self.rng.choice(_grid("float", low, high, step)))
+        if log:
+            import math
+
+            return self._keep(name, math.exp(self.rng.uniform(math.log(low), math.log(high))))
+        return self._keep(name, self.rng.uniform(low, high))
+
+
+def random_point(sample: Any, rng: Any) -> dict[str, Any]:
+    """One parameter point of ``sample``, each suggestion drawn uniformly with ``rng`` (``random.Random``)."""
+    trial = _RandomTrial(rng)
+    sample(trial)
+    return trial.params
 
 
 # ------------------------------------------------------------------------------------------------
