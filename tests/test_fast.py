@@ -213,19 +213,23 @@ def test_adaptive_saturation_fast_path_equals_reference(method: str, recurrence:
 
 
 # ------------------------------------------------------------------------------------------------
-# what has no fast path runs the reference loop
+# what has no hand-written path takes the derived path (tests/test_derived.py), or the reference loop
 
 @pytest.mark.parametrize("spec,depth,why", [
     (cs.CellSpec(update="star", options={"update": {"beta": 1.0}}), None, "beta"),
     (cs.CellSpec(update="gru", saturation="adaptive"), None, "adaptive"),
     (cs.CellSpec(update="lstm"), {"transition": "deep"}, "deep transition"),
 ])
-def test_unsupported_combinations_use_the_reference_loop(spec, depth, why: str) -> None:
-    model = cs.create_rnn(spec, 4, 4, depth=depth)
+def test_unsupported_combinations_use_the_derived_path(spec, depth, why: str) -> None:
+    model = cs.create_rnn(spec, 4, 4, depth=depth).double()
     p = fast.plan(model.layers[0])
-    assert p.path == "reference" and why in p.reason
+    assert p.path == "derived" and why in p.reason
     assert why in fast.explain(model.layers[0])
-    out, _ = model(torch.randn(2, 3, 4))
+    assert_same(model, _x(2, 3, 4, torch.float64))
+    with fast.force_derived(None):
+        p = fast.plan(model.layers[0])
+        assert p.path == "reference" and why in p.reason
+        out, _ = model(torch.randn(2, 3, 4, dtype=torch.float64))
     assert out.shape == (2, 3, 4)
 
 

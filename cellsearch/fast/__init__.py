@@ -10,7 +10,11 @@ Switch: ``cellsearch.fast.enabled(False)`` (a context manager, per thread / cont
 ``cellsearch.fast.set_enabled(False)`` (process default), or the environment variable
 ``CELLSEARCH_FAST=0``.
 
-Limits of the fused path: its backward is not itself differentiable (double backward raises); it runs
+The derived path (:mod:`cellsearch.fast.derived`, generated from the cell's own step) serves every cell
+without a hand-written path. ``with cellsearch.fast.force_derived():`` (or ``CELLSEARCH_FAST_DERIVED=
+force``) puts every cell on it, for tests and the bench; ``force_derived(None)`` / ``=0`` never uses it.
+
+Limits of the fused and derived paths: its backward is not itself differentiable (double backward raises); it runs
 float32 and float64 (other dtypes take the reference loop, exact LSTM/GRU still go native). Fast paths
 are bypassed under autocast, while ``torch.compile`` / ``torch.jit`` trace a model, under ``torch.func``
 transforms and forward-mode AD: those see the reference loop.
@@ -30,14 +34,19 @@ from torch import Tensor
 
 from .paths import Plan, build_plan
 
-__all__ = ["enabled", "set_enabled", "is_enabled", "plan", "explain", "sequence", "Plan"]
+__all__ = ["enabled", "set_enabled", "is_enabled", "plan", "explain", "sequence", "Plan", "force_derived",
+           "derived_mode"]
 
 State = tuple[Tensor, ...]
 
 _DEFAULT = os.environ.get("CELLSEARCH_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 # plans live beside the cells, not on them, so that a cell still pickles and deep-copies as before
-_PLANS: weakref.WeakKeyDictionary[Any, Plan] = weakref.WeakKeyDictionary()
+_PLANS: weakref.WeakKeyDictionary[Any, dict[str, Plan]] = weakref.WeakKeyDictionary()
 _OVERRIDE: ContextVar[bool | None] = ContextVar("cellsearch_fast", default=None)
+_DERIVED_ENV = os.environ.get("CELLSEARCH_FAST_DERIVED", "auto").strip().lower()
+_DERIVED_DEFAULT = ("force" if _DERIVED_ENV == "force" else
+                    "off" if _DERIVED_ENV in ("0", "false", "no", "off") else "auto")
+_DERIVED: ContextVar[str | None] = ContextVar("cellsearch_fast_derived", default=None)
 
 
 def is_enabled() -> bool:
@@ -62,12 +71,35 @@ def enabled(flag: bool = True) -> Iterator[None]:
         _OVERRIDE.reset(token)
 
 
+def derived_mode() -> str:
+    """``auto`` (the derived path where no hand-written one exists), ``force`` or ``off``."""
+    value = _DERIVED.get()
+    return _DERIVED_DEFAULT if value is None else value
+
+
+@contextmanager
+def force_derived(flag: bool | None = True) -> Iterator[None]:
+    """``with cellsearch.fast.force_derived():`` every cell whose step can be derived takes the derived
+    path inside the block (``False``: the default choice; ``None``: never the derived path)."""
+    token = _DERIVED.set("force" if flag else "auto" if flag is False else "off")
+    try:
+        yield
+    finally:
+        _DERIVED.reset(token)
+
+
 def plan(cell: Any) -> Plan:
-    """The execution plan of ``cell`` (decided once, cached on the cell)."""
-    cached = _PLANS.get(cell)
+    """The execution plan of ``cell`` under the current :func:`derived_mode` (decided once per mode,
+    cached beside the cell)."""
+    mode = derived_mode()
+    plans = _PLANS.get(cell)
+    if plans is None:
+        plans = {}
+        _PLANS[cell] = plans
+    cached = plans.get(mode)
     if cached is None:
-        cached = build_plan(cell)
-        _PLANS[cell] = cached
+        cached = build_plan(cell, mode)
+        plans[mode] = cached
     return cached
 
 
@@ -107,8 +139,8 @@ def sequence(cell: Any, x: Tensor, state: State | None) -> tuple[Tensor, State] 
     p = plan(cell)
     if p.run is None or _transformed(x):
         return None
-    if p.path == "fused" and x.dtype not in (torch.float32, torch.float64):
-        return None                       # the fused paths are tested in float32 and float64
+    if p.path in ("fused", "derived") and x.dtype not in (torch.float32, torch.float64):
+        return None                       # the fused and derived paths are tested in float32 and float64
     if state is None:
         state = cell.initial_state(x.shape[1], x)
     return p.run(cell, x, tuple(state))

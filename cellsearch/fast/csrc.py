@@ -8,10 +8,13 @@ pointwise kernels per step"). The GEMMs stay in torch (oneDNN / MKL).
 How: :data:`SOURCE` is plain C99 (no torch headers, no Python headers), written once with ``REAL`` /
 ``_SFX`` placeholders and instantiated for float and double. :func:`library` compiles it with the
 system C compiler (``$CC``, then cc, gcc, clang) at ``-O3 -march=native`` into a cache directory
-(``$CELLSEARCH_CACHE`` or ``~/.cache/cellsearch``; the file name carries a digest of the source, the
-compiler, the flags and the CPU), which takes about a second once per machine; a concurrent build is
-harmless (atomic rename). When there is no compiler or the build fails, :func:`library` returns None
-and the fused loops use torch ops instead (``CELLSEARCH_FAST_C=0`` forces that).
+(``$CELLSEARCH_CACHE`` or ``~/.cache/cellsearch``, a directory private to the user: see
+:mod:`cellsearch.fast.cache`; the file name carries a digest of the source, the compiler, the flags and
+the CPU), which takes about a second once per machine; a concurrent build is harmless (atomic rename).
+A library file there that is not the user's own, or that others can write, is never loaded (a warning,
+and the library is built in a private temporary directory instead). When there is no compiler or the
+build fails, :func:`library` returns None and the fused loops use torch ops instead
+(``CELLSEARCH_FAST_C=0`` forces that).
 
 Transcendentals: exp is a branch-free Cody–Waite reduction with a degree-6 (float, ≤ 1 ulp) or Padé
 (double, ≤ 2 ulp) approximation that the compiler vectorizes; σ(x) = 1/(1 + e^−x),
@@ -461,9 +464,26 @@ def build_error() -> str | None:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("CELLSEARCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cellsearch")
-    return Path(root) / "kernels"
+    """The private kernel cache (:func:`cellsearch.fast.cache.private_dir`: 0700, the user's own)."""
+    from .cache import private_dir
+
+    return private_dir("kernels")
+
+
+def _loadable(path: Path) -> Path:
+    """``path`` when it is missing or trusted (the user's own file, writable by nobody else); otherwise a
+    path in a fresh private directory (the library is rebuilt there), with a warning: a file planted
+    at the predictable name is never loaded."""
+    from .cache import UnsafeCacheWarning, fresh_private_dir, trusted
+
+    if not os.path.lexists(path) or trusted(path):
+        return path
+    import warnings
+
+    warnings.warn(f"cellsearch: not loading {path}: it is not a regular file of this user writable only "
+                  f"by them; building the C kernels in a private temporary directory instead",
+                  UnsafeCacheWarning, stacklevel=3)
+    return fresh_private_dir("kernels") / path.name
 
 
 def _cpu_signature() -> str:
@@ -496,6 +516,7 @@ def _compile(cc: str, flags: list[str], out: Path) -> str | None:
             return str(exc)
         if res.returncode != 0:
             return (res.stderr or res.stdout).strip()[-2000:]
+        os.chmod(lib, 0o700)          # private whatever the umask (a group-writable file is not loaded)
         os.replace(lib, out)
     return None
 
@@ -535,13 +556,18 @@ def library() -> ctypes.CDLL | None:
                 flags = _FLAGS + extra
                 digest = hashlib.sha256("\0".join([SOURCE, cc, *flags, _cpu_signature()]).encode())
                 key = digest.hexdigest()[:16]
-                path = _cache_dir() / f"cellsearch_fast_{key}.so"
+                path = _loadable(_cache_dir() / f"cellsearch_fast_{key}.so")
                 try:
                     if not path.exists():
                         err = _compile(cc, flags, path)
                         if err is not None:
                             errors.append(f"{cc} {' '.join(extra)}: {err.splitlines()[-1] if err else err}")
                             continue
+                    from .cache import trusted
+
+                    if not trusted(path):
+                        errors.append(f"{path}: not a private file of this user (not loaded)")
+                        continue
                     _lib = _load(path)
                     _error, _path = None, path
                     return _lib

@@ -1,4 +1,5 @@
-"""Which execution path a composed cell takes: native kernel, fused sequence function, or reference loop.
+"""Which execution path a composed cell takes: native kernel, fused or derived sequence function, or the
+reference loop.
 
 The plan is decided once per cell (from its primitives' classes, never from names alone) and cached
 beside the cell; :func:`cellsearch.fast.explain` prints it. Paths:
@@ -13,9 +14,14 @@ beside the cell; :func:`cellsearch.fast.explain` prints it. Paths:
   otherwise in torch ops, :mod:`cellsearch.fast.kernels`); vanilla with tanh / identity, with a deep
   transition (any number of layers, with or without shortcut), or with adaptive saturation (torch ops).
   Any recurrence: its matrix is formed once per sequence outside the function.
-- ``reference``: everything else (adaptive saturation on a gated update, deep transition on a gated
-  update, STAR's ``beta`` option, third-party primitives): the plain step loop,
-  :meth:`ComposedCell._reference_sequence <cellsearch.cells.ComposedCell._reference_sequence>`.
+- ``derived``: everything else (adaptive saturation on a gated update, deep transition on a gated
+  update, STAR's ``beta`` option, third-party primitives): a whole-sequence function derived from the
+  cell's own step (:mod:`cellsearch.fast.derived`; Inductor-compiled pointwise work on the CPU).
+  ``cellsearch.fast.force_derived()`` (or ``CELLSEARCH_FAST_DERIVED=force``) puts every cell on it;
+  ``CELLSEARCH_FAST_DERIVED=0`` turns it off.
+- ``reference``: a step that cannot be derived (e.g. control flow that depends on tensor values): the
+  plain step loop, :meth:`ComposedCell._reference_sequence
+  <cellsearch.cells.ComposedCell._reference_sequence>`.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 
 @dataclass(frozen=True)
 class Plan:
-    """``path`` (native | fused | reference), a one-line ``reason`` and the runner (None: reference)."""
+    """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
+    reference)."""
 
     path: str
     reason: str
@@ -148,8 +155,35 @@ def _exact_runner(c_kernel: Kernel, native_run: Runner) -> Runner:
     return run
 
 
-def build_plan(cell: Any) -> Plan:
-    """Decide the execution path of a :class:`~cellsearch.cells.ComposedCell`."""
+def build_plan(cell: Any, derived: str = "auto") -> Plan:
+    """Decide the execution path of a :class:`~cellsearch.cells.ComposedCell`.
+
+    ``derived``: ``auto`` (a hand-written path where one exists, else the derived path, else the
+    reference loop), ``force`` (the derived path whenever the step can be derived; for tests and the
+    bench) or ``off`` (never the derived path)."""
+    if derived == "force":
+        return _derived_plan(cell, "forced")
+    hand = _hand_plan(cell)
+    if hand.path != "reference" or derived == "off":
+        return hand
+    why = hand.reason.replace(" (reference loop)", "")
+    return _derived_plan(cell, f"no hand-written path: {why}")
+
+
+def _derived_plan(cell: Any, why: str) -> Plan:
+    from .derived import DerivationError, Derived
+
+    runner = Derived()
+    try:
+        runner.probe(cell)
+    except DerivationError as exc:
+        return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
+    return Plan("derived", f"whole-sequence function derived from the step ({runner.backend()}); {why}",
+                runner)
+
+
+def _hand_plan(cell: Any) -> Plan:
+    """The hand-written paths (native, fused) or the reference loop."""
     from . import native
 
     u, g = cell.update, cell.gate

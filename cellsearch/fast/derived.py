@@ -1,0 +1,621 @@
+"""The derived fast path: a whole-sequence function generated from the cell's own step, for any primitive.
+
+Nothing here names a primitive. The step a cell runs in its reference loop,
+``cell.update.step(cell.context(), xp_t, xs_t, state)``, is traced once per (batch size, dtype, device)
+into an aten-level graph (``make_fx`` with fake tensors, so a step whose control flow depends on tensor
+values cannot be traced and the cell keeps its reference loop), and from that graph:
+
+1. **hoisting**: every node that depends only on parameters (the recurrent matrices, an orthogonal
+   matrix exponential, a saturation's matrices, transposes, …) goes into a *prologue* run once per
+   sequence with ordinary autograd; the rest is the *step graph*, a function of those loop invariants,
+   the step's input projection ``xp_t`` (hoisted input GEMM, as in the reference), the short input
+   ``xs_t`` and the state;
+2. **joint graph**: the step graph and its vector-Jacobian product are traced together (``make_fx`` over
+   ``torch.autograd.grad``, the way AOTAutograd builds its joint graph) and partitioned into a forward
+   graph (outputs + the tensors the backward needs), a once-per-backward graph (backward nodes that
+   depend only on loop invariants) and a per-step backward graph;
+3. **post-loop weight gradients**: a gradient of a loop invariant that the backward graph computes as a
+   matrix product of two per-step tensors (``dW = hᵀ·dA``: the recurrent GEMM's weight gradient) is not
+   computed per step; the two factors are kept and multiplied once after the reverse loop, as one large
+   GEMM over all T·B rows;
+4. the forward and backward step graphs run in one :class:`DerivedSequence` autograd function (no graph
+   recording inside the loop), either eagerly (aten ops) or compiled by Inductor (C++ on the CPU) when
+   :func:`compile_mode` allows it (see :mod:`cellsearch.fast.inductor`).
+
+Outputs and gradients equal the reference loop's (tests/test_derived.py, every registered cell and a
+test-local plugin primitive, float64 to 1e-10). Limits (as the fused paths): the backward is not
+itself differentiable (double backward raises), and autocast, tracing, ``torch.compile``, functorch
+transforms and forward-mode AD take the reference loop (:func:`cellsearch.fast.sequence` decides).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "COMPILE_MIN"]
+
+#: the derived step graphs are compiled (``CELLSEARCH_DERIVED_COMPILE=auto``, the default) when one step's
+#: pre-activations have at least this many elements (batch × blocks × hidden; e.g. 64 × 128)
+COMPILE_MIN = 8192
+
+State = tuple[Tensor, ...]
+
+#: ops whose result must never be hoisted or replayed out of order
+_IMPURE = ("rand", "bernoulli", "dropout", "normal", "multinomial", "uniform", "exponential", "poisson",
+           "randint", "randperm", "cauchy", "geometric", "log_normal")
+
+
+class DerivationError(RuntimeError):
+    """The step cannot be derived into a fast path (the reason is the message)."""
+
+
+class _Step(nn.Module):
+    """The cell's step as a module over the cell's parameters (so that functional_call can swap them)."""
+
+    def __init__(self, cell: nn.Module, has_xs: bool) -> None:
+        super().__init__()
+        self.cell = cell
+        self.has_xs = has_xs
+
+    def forward(self, xp: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
+        xs, state = (rest[0], rest[1:]) if self.has_xs else (None, rest)
+        cell: Any = self.cell
+        h, new = cell.update.step(cell.context(), xp, xs, tuple(state))
+        return (h, *new)
+
+
+def _named_tensors(cell: nn.Module) -> tuple[list[str], list[Tensor]]:
+    names, values = [], []
+    for name, t in list(cell.named_parameters()) + list(cell.named_buffers()):
+        names.append("cell." + name)
+        values.append(t)
+    return names, values
+
+
+def _target_name(node: fx.Node) -> str:
+    t = node.target
+    return str(getattr(t, "__name__", t))
+
+
+def _is_impure(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    name = _target_name(node).lower()
+    return any(w in name for w in _IMPURE) or name.endswith("_")
+
+
+def _inputs_of(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _copy_graph(nodes: Sequence[fx.Node], inputs: Sequence[fx.Node], outputs: Sequence[Any],
+                owner: fx.GraphModule) -> fx.GraphModule:
+    """A new graph module: placeholders for ``inputs``, copies of ``nodes`` (in order), ``outputs``."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for i, node in enumerate(inputs):
+        env[node] = g.placeholder(f"in{i}")
+        env[node].meta = dict(node.meta)
+    for node in nodes:
+        if node in env:
+            continue
+        env[node] = g.node_copy(node, lambda n: env[n])
+    g.output(tuple(env[o] if isinstance(o, fx.Node) else o for o in outputs))
+    g.eliminate_dead_code()
+    gm = fx.GraphModule(owner, g)
+    gm.recompile()
+    return gm
+
+
+# -------------------------------------------------------------------------------------------------
+# level 1: trace the step over the parameters, split off the loop invariants
+# -------------------------------------------------------------------------------------------------
+def _trace_step(cell: nn.Module, examples: Sequence[Tensor], has_xs: bool) -> tuple[fx.GraphModule, int]:
+    """aten graph of (params…, xp, [xs], state…) → (h, state…); fake tensors (no data-dependent flow)."""
+    from torch.func import functional_call
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    names, values = _named_tensors(cell)
+    module = _Step(cell, has_xs)
+    n_p = len(values)
+
+    def step(*args: Tensor) -> tuple[Tensor, ...]:
+        params = dict(zip(names, args[:n_p]))
+        return functional_call(module, params, tuple(args[n_p:]), strict=False)
+
+    with torch.no_grad():
+        try:
+            gm = make_fx(step, tracing_mode="fake")(*[v.detach() for v in values], *examples)
+        except Exception as exc:  # data-dependent control flow, unsupported ops, …
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DerivationError(f"the step could not be traced ({type(exc).__name__}: {msg[:160]})") from exc
+    return gm, n_p
+
+
+def _split_invariants(gm: fx.GraphModule, n_p: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """(prologue: params → invariants, step: (invariants, variants) → outputs, number of invariants)."""
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output = next(n for n in nodes if n.op == "output")
+    variant: set[fx.Node] = set(placeholders[n_p:])
+    for node in nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if _is_impure(node):
+            raise DerivationError(f"the step calls {_target_name(node)} (random or in-place on an input)")
+        if node.op == "call_function" and any(i in variant for i in _inputs_of(node)):
+            variant.add(node)
+    invariant = [n for n in nodes if n.op not in ("output",) and n not in variant]
+    frontier: list[fx.Node] = []
+    for node in nodes:
+        if node in variant and node.op != "placeholder":
+            for i in _inputs_of(node):
+                if i not in variant and i not in frontier:
+                    frontier.append(i)
+    outs = output.args[0]
+    for o in outs:
+        if isinstance(o, fx.Node) and o not in variant and o not in frontier:
+            frontier.append(o)   # an output that does not depend on the step's inputs
+    prologue = _copy_graph(invariant, placeholders[:n_p], frontier, gm)
+    step_nodes = [n for n in nodes if n in variant and n.op != "placeholder"]
+    step = _copy_graph(step_nodes, frontier + placeholders[n_p:], outs, gm)
+    return prologue, step, len(frontier)
+
+
+# -------------------------------------------------------------------------------------------------
+# level 2: the joint forward/backward graph of the step, partitioned
+# -------------------------------------------------------------------------------------------------
+@dataclass
+class StepGraphs:
+    """The graphs of one (batch size, dtype, device): see the module docstring."""
+
+    prologue: Callable[..., Any]
+    forward: Callable[..., Any]
+    bw_pre: Callable[..., Any]
+    backward: Callable[..., Any]
+    n_inv: int                    # loop invariants (inputs of forward / backward)
+    n_var: int                    # xp, [xs], state…
+    n_out: int                    # h, state…
+    n_saved: int
+    n_pre: int
+    # post-loop products: grad of invariant i = post(mm(cat(a), cat(b))); a, b extra backward outputs
+    post: list[tuple[int, int, int, Callable[[Tensor], Tensor]]] = field(default_factory=list)
+    n_bw_out: int = 0
+    modules: dict[str, fx.GraphModule] = field(default_factory=dict)
+    compiled: bool = False
+
+
+def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
+    """Trace (inv, var, tangents) → (outputs…, grads of inv…, grads of var…) in real mode (the step graph
+    has no control flow left)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    n_inv, n_var = len(inv), len(var)
+    with torch.no_grad():
+        outs = step(*inv, *var)
+    n_out = len(outs)
+
+    def joint(*args: Tensor) -> tuple[Tensor | None, ...]:
+        primals = args[: n_inv + n_var]
+        tangents = args[n_inv + n_var:]
+        with torch.enable_grad():
+            res = step(*primals)
+            pairs = [(o, t) for o, t in zip(res, tangents) if isinstance(o, Tensor) and o.requires_grad]
+            wrt = [p for p in primals if p.requires_grad]
+            grads: Sequence[Tensor | None] = ()
+            if pairs and wrt:
+                grads = torch.autograd.grad([o for o, _ in pairs], wrt, [t for _, t in pairs],
+                                            allow_unused=True)
+        it = iter(grads)
+        full = [next(it, None) if p.requires_grad else None for p in primals]
+        return (*res, *full)
+
+    prim = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in (*inv, *var)]
+    tans = [torch.zeros_like(o) for o in outs]
+    try:
+        gm = make_fx(joint)(*prim, *tans)
+    except Exception as exc:
+        raise DerivationError(f"the step's backward could not be traced ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:160]})") from exc
+    return gm, n_out
+
+
+_VIEWS = {"t", "transpose", "permute", "view", "reshape", "_unsafe_view", "alias", "detach", "clone"}
+
+
+def _post_loop(node: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]] | None:
+    """If ``node`` is ``views(mm(a, b))``: (a, b, the view chain from mm up to node)."""
+    chain: list[fx.Node] = []
+    cur = node
+    while cur.op == "call_function" and _target_name(cur).split(".")[0] in _VIEWS and len(cur.args) >= 1:
+        chain.append(cur)
+        cur = cur.args[0]  # type: ignore[assignment]
+        if not isinstance(cur, fx.Node):
+            return None
+    if cur.op == "call_function" and _target_name(cur).split(".")[0] == "mm" and len(cur.users) == 1:
+        a, b = cur.args[0], cur.args[1]
+        if isinstance(a, fx.Node) and isinstance(b, fx.Node):
+            return a, b, list(reversed(chain))
+    return None
+
+
+def _replay(chain: list[fx.Node]) -> Callable[[Tensor], Tensor]:
+    """A function applying the view chain (nodes after the mm, in order) to a tensor."""
+    ops = [(c.target, c.args[1:], dict(c.kwargs)) for c in chain]
+
+    def apply(t: Tensor) -> Tensor:
+        for target, args, kwargs in ops:
+            t = target(t, *args, **kwargs)
+        return t
+
+    return apply
+
+
+#: ops that are worth keeping from the forward instead of recomputing them in the backward
+_EXPENSIVE = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "conv", "linalg", "matrix_exp", "solve",
+              "sort", "topk", "cumsum", "cumprod", "scan", "_linear_pointwise", "embedding")
+
+
+def _recomputable(node: fx.Node) -> bool:
+    if node.op != "call_function":
+        return False
+    name = _target_name(node).split(".")[0]
+    return not any(name == e or name.startswith(e) for e in _EXPENSIVE) and not _is_impure(node)
+
+
+def _ancestors(roots: Sequence[Any], stop: set[fx.Node] | None = None) -> set[fx.Node]:
+    seen: set[fx.Node] = set()
+    stack = [r for r in roots if isinstance(r, fx.Node)]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if stop is None or n not in stop:
+            stack.extend(_inputs_of(n))
+    return seen
+
+
+def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recompute: bool) -> dict[str, Any]:
+    """Split the joint graph into forward, once-per-backward and per-step backward graphs.
+
+    ``recompute``: the backward recomputes every cheap (pointwise / view) forward value from the
+    matrix products and the step's inputs instead of reading it from the forward (a compiled backward
+    fuses the recomputation into its loops, and the forward writes less); otherwise the forward keeps
+    every value the backward reads."""
+    nodes = list(joint.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    ph = [n for n in nodes if n.op == "placeholder"]
+    inv_ph, var_ph, tan_ph = ph[:n_inv], ph[n_inv:n_inv + n_var], ph[n_inv + n_var:]
+    inv_set = set(inv_ph)
+    output = next(n for n in nodes if n.op == "output")
+    outs = list(output.args[0])
+    fw_outs, grads = outs[:n_out], outs[n_out:]
+    fw_set = _ancestors(fw_outs)
+    if any(t in fw_set for t in tan_ph):
+        raise DerivationError("forward outputs depend on tangents")
+    dep_var: set[fx.Node] = set(var_ph) | set(tan_ph)
+    for n in nodes:
+        if n.op == "call_function" and any(i in dep_var for i in _inputs_of(n)):
+            dep_var.add(n)
+    # post-loop weight gradients: grad of an invariant = views(mm(a, b)) with a, b per-step tensors
+    post: list[tuple[int, fx.Node, fx.Node, list[fx.Node]]] = []
+    grad_roots: list[Any] = list(grads)
+    for i in range(n_inv):
+        g = grads[i]
+        if isinstance(g, fx.Node) and g.op == "call_function":
+            found = _post_loop(g)
+            if found is not None and found[0] in dep_var and found[1] in dep_var \
+                    and all(len(c.users) == 1 for c in found[2][:-1]):
+                post.append((i, *found))          # mm's operands are matrices
+                grad_roots[i] = None
+    roots = grad_roots + [x for _, a, b, _ in post for x in (a, b)]
+    bw_need = _ancestors(roots)
+    bw_all = {n for n in bw_need if n not in fw_set and n.op != "placeholder"}
+    if recompute:
+        frontier = [i for n in bw_all for i in _inputs_of(n) if i in fw_set]
+        frontier += [r for r in roots if isinstance(r, fx.Node) and r in fw_set]
+        while frontier:
+            n = frontier.pop()
+            if n in bw_all or not _recomputable(n):
+                continue
+            bw_all.add(n)
+            frontier.extend(i for i in _inputs_of(n) if i in fw_set)
+    bw_step = sorted((n for n in bw_all if n in dep_var), key=order.__getitem__)
+    step_set = set(bw_step)
+    used: list[fx.Node] = []
+    for n in bw_step:
+        for i in _inputs_of(n):
+            if i not in step_set and i not in used:
+                used.append(i)
+    for r in roots:
+        if isinstance(r, fx.Node) and r not in step_set and r not in used:
+            used.append(r)
+    pre_used = [n for n in used if n in bw_all and n not in inv_set]          # invariant: once per backward
+    saved = [n for n in used if n not in bw_all and n not in inv_set and n not in tan_ph]
+    for n in saved:
+        if n not in fw_set and n not in var_ph:
+            raise DerivationError(f"cannot place {n.name} in the forward or the backward")
+    pre_nodes = sorted((n for n in _ancestors(pre_used) if n.op != "placeholder"), key=order.__getitem__)
+    fw_nodes = [n for n in nodes if n in fw_set and n.op != "placeholder"]
+    fw = _copy_graph(fw_nodes, inv_ph + var_ph, fw_outs + saved, joint)
+    pre = _copy_graph(pre_nodes, inv_ph, pre_used, joint)
+    bw = _copy_graph(bw_step, inv_ph + pre_used + saved + tan_ph, roots, joint)
+    return {"fw": fw, "pre": pre, "bw": bw, "n_saved": len(saved), "n_pre": len(pre_used),
+            "post": post, "n_grads": len(grads)}
+
+
+def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile: bool = False) -> StepGraphs:
+    """Build the graphs of ``cell``'s step for the shapes of ``xp`` [B, ·], ``xs`` and ``state`` (one
+    step's inputs); ``compile``: compile the forward and backward step graphs with Inductor."""
+    has_xs = xs is not None
+    var = [t.detach().contiguous() for t in (xp, *((xs,) if has_xs else ()), *state)]
+    gm, n_p = _trace_step(cell, var, has_xs)
+    prologue, step, n_inv = _split_invariants(gm, n_p)
+    _, values = _named_tensors(cell)
+    with torch.no_grad():
+        inv = list(prologue(*[v.detach() for v in values]))
+    for t in inv:
+        if not isinstance(t, Tensor):
+            raise DerivationError("a loop invariant is not a tensor")
+    joint, n_out = _joint(step, inv, var)
+    part = _partition(joint, n_inv, len(var), n_out, recompute=compile)
+    post = []
+    n_grads = part["n_grads"]
+    for k, (i, _a, _b, chain) in enumerate(part["post"]):
+        post.append((i, n_grads + 2 * k, n_grads + 2 * k + 1, _replay(chain)))
+    g = StepGraphs(prologue, part["fw"], part["pre"], part["bw"], n_inv, len(var), n_out,
+                   part["n_saved"], part["n_pre"], post, n_grads + 2 * len(post),
+                   {"prologue": prologue, "step": step, "joint": joint, "forward": part["fw"],
+                    "bw_pre": part["pre"], "backward": part["bw"]})
+    if compile:
+        from .inductor import compile_graph
+
+        with torch.no_grad():
+            fw_in = [*inv, *var]
+            res = g.forward(*fw_in)
+            pre = g.bw_pre(*inv)
+            tangents = [torch.zeros_like(o).contiguous() for o in res[:n_out]]
+            bw_in = [*inv, *pre, *res[n_out:], *tangents]
+            fw_c = compile_graph(part["fw"], fw_in)
+            res_c = fw_c(*fw_in)
+            bw_in = [*inv, *pre, *res_c[n_out:], *tangents]
+            g.backward = compile_graph(part["bw"], bw_in)
+            g.forward = fw_c
+        g.compiled = True
+    return g
+
+
+# -------------------------------------------------------------------------------------------------
+# the whole-sequence function
+# -------------------------------------------------------------------------------------------------
+class _Tape:
+    """What one forward keeps for its backward."""
+
+    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape")
+
+
+class DerivedSequence(torch.autograd.Function):
+    """forward(graphs, n_state, xp [T, B, ·], xs [T, B, ·] | None, *state, *invariants) →
+    (out [T, B, n], *final state)."""
+
+    @staticmethod
+    def forward(ctx: Any, g: StepGraphs, n_state: int, xp: Tensor, xs: Tensor | None,  # type: ignore[override]
+                *rest: Tensor) -> tuple[Tensor, ...]:
+        state, inv = list(rest[:n_state]), rest[n_state:]
+        keep = any(ctx.needs_input_grad)
+        out, tape = _forward_loop(g, xp, xs, state, inv, keep)
+        ctx.g, ctx.tape = g, tape
+        return (out, *_distinct(state, rest))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dout: Tensor, *dfinal: Tensor) -> tuple[Tensor | None, ...]:
+        g, tape = ctx.g, ctx.tape
+        if tape is None:
+            raise RuntimeError("cellsearch derived sequence: backward ran twice through a graph that was not "
+                               "kept; pass retain_graph=True to the first backward")
+        grads = _backward_loop(g, tape, dout, list(dfinal))
+        try:
+            keep = bool(torch._C._autograd._get_current_graph_task_keep_graph())
+        except Exception:  # pragma: no cover - older torch: assume the graph is kept
+            keep = True
+        if not keep:
+            ctx.tape = None
+        needs = ctx.needs_input_grad
+        return (None, None, *(gr if need else None for gr, need in zip(grads, needs[2:])))
+
+
+def _distinct(state: list[Tensor], inputs: Sequence[Any]) -> list[Tensor]:
+    """The final state, with tensors that are inputs or repeated cloned (a Function's outputs must be
+    distinct new tensors)."""
+    out: list[Tensor] = []
+    ids = {id(t) for t in inputs if t is not None}
+    for s in state:
+        if id(s) in ids or any(s is o for o in out):
+            s = s.clone()
+        out.append(s)
+    return out
+
+
+def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor],
+                  inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
+    """Run the forward step graph over T; ``state`` is updated in place (to the final state)."""
+    T = xp.shape[0]
+    xps = xp.unbind(0)
+    xss = xs.unbind(0) if xs is not None else None
+    n_out, fw = g.n_out, g.forward
+    contiguous = g.compiled
+    out: Tensor | None = None
+    saved: list[tuple[Tensor, ...]] = []
+    for t in range(T):
+        if contiguous:
+            state[:] = [s.contiguous() for s in state]
+        args = (*inv, xps[t], *((xss[t],) if xss is not None else ()), *state)
+        res = fw(*args)
+        h = res[0]
+        if out is None:
+            out = h.new_empty((T, *h.shape))
+        out[t] = h
+        state[:] = res[1:n_out]
+        if keep:
+            saved.append(tuple(res[n_out:]))
+    assert out is not None
+    if not keep:
+        return out, None
+    tape = _Tape()
+    tape.saved, tape.inv, tape.T = saved, tuple(inv), T
+    tape.has_xs, tape.xp_shape = xs is not None, xp.shape
+    tape.xs_shape = xs.shape if xs is not None else None
+    return out, tape
+
+
+def _cat(parts: list[Tensor], dim: int) -> Tensor:
+    """torch.cat along ``dim`` of 2-D tensors, through the transposes when they are transposed views."""
+    if not parts[0].is_contiguous() and parts[0].t().is_contiguous():
+        return torch.cat([p.t() for p in parts], 1 - dim).t()
+    return torch.cat(parts, dim)
+
+
+def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor]) -> list[Tensor | None]:
+    inv, T = tape.inv, tape.T
+    pre = g.bw_pre(*inv) if g.n_pre else ()
+    n_inv, n_var = g.n_inv, g.n_var
+    dinv: list[Tensor | None] = [None] * n_inv
+    owned = [False] * n_inv
+    dxp = dout.new_empty(tape.xp_shape)
+    dxs = dout.new_empty(tape.xs_shape) if tape.has_xs else None
+    post_a: list[list[Tensor]] = [[] for _ in g.post]
+    post_b: list[list[Tensor]] = [[] for _ in g.post]
+    douts = dout.contiguous().unbind(0)
+    n_grads = n_inv + n_var
+    first_state = n_inv + 1 + (1 if tape.has_xs else 0)
+    dstate = [d.contiguous() for d in dstate]
+    for t in range(T - 1, -1, -1):
+        res = g.backward(*inv, *pre, *tape.saved[t], douts[t], *dstate)
+        for i in range(n_inv):
+            gi = res[i]
+            if gi is None:
+                continue
+            acc = dinv[i]
+            if acc is None:
+                dinv[i] = gi
+            elif owned[i]:
+                acc.add_(gi)
+            else:
+                dinv[i], owned[i] = acc + gi, True
+        if res[n_inv] is None:
+            dxp[t].zero_()
+        else:
+            dxp[t] = res[n_inv]
+        if dxs is not None:
+            if res[n_inv + 1] is None:
+                dxs[t].zero_()
+            else:
+                dxs[t] = res[n_inv + 1]
+        dstate = [torch.zeros_like(s) if d is None else d.contiguous() if g.compiled else d
+                  for d, s in zip(res[first_state:n_grads], dstate)]
+        for k, (_i, ia, ib, _f) in enumerate(g.post):
+            post_a[k].append(res[ia])
+            post_b[k].append(res[ib])
+    for k, (i, _ia, _ib, fn) in enumerate(g.post):
+        gi = fn(torch.mm(_cat(post_a[k], 1), _cat(post_b[k], 0)))
+        dinv[i] = gi if dinv[i] is None else dinv[i] + gi
+    return [dxp, dxs, *dstate, *dinv]
+
+
+# -------------------------------------------------------------------------------------------------
+# the runner a plan holds
+# -------------------------------------------------------------------------------------------------
+class Derived:
+    """The derived path of one cell: graphs per (shapes, dtype, device), built on first use; compiled by
+    Inductor on the CPU in float32 / float64 unless :func:`cellsearch.fast.inductor.unavailable` says
+    why not (then, or when a compile fails, the graphs run as aten ops)."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple[Any, ...], StepGraphs] = {}
+        self._lock = threading.Lock()
+        self.compile_error: str | None = None
+
+    def _compile_for(self, xp: Tensor) -> bool:
+        """Compile for these step inputs? Not below :data:`COMPILE_MIN` pre-activations per step unless
+        ``CELLSEARCH_DERIVED_COMPILE=always`` (a compile takes seconds; a tiny model never earns them)."""
+        from .inductor import unavailable
+
+        if self.compile_error is not None or xp.dtype not in (torch.float32, torch.float64):
+            return False
+        if unavailable(xp.device) is not None:
+            return False
+        if os.environ.get("CELLSEARCH_DERIVED_COMPILE", "auto").strip().lower() in ("always", "force"):
+            return True
+        return xp[0].numel() >= COMPILE_MIN
+
+    def backend(self, device: torch.device | str = "cpu") -> str:
+        """How the step graphs run on ``device``: Inductor C++ kernels or aten ops (and why)."""
+        from .inductor import unavailable
+
+        why = self.compile_error or unavailable(device)
+        if why is not None:
+            return f"aten step graphs: {why}"
+        if os.environ.get("CELLSEARCH_DERIVED_COMPILE", "auto").strip().lower() in ("always", "force"):
+            return "Inductor C++ step graphs"
+        return f"Inductor C++ step graphs from {COMPILE_MIN} pre-activations a step, aten ops below"
+
+    def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool = True) -> StepGraphs:
+        compile = compile and self._compile_for(xp)
+        key = (tuple(xp.shape[1:]), None if xs is None else tuple(xs.shape[1:]),
+               tuple(tuple(s.shape) for s in state), xp.dtype, xp.device,
+               tuple(s.dtype for s in state), compile)
+        g = self._graphs.get(key)
+        if g is None:
+            with self._lock:
+                g = self._graphs.get(key)
+                if g is None:
+                    x0 = None if xs is None else xs[0]
+                    try:
+                        g = derive(cell, xp[0], x0, state, compile=compile)
+                    except DerivationError:
+                        raise
+                    except Exception as exc:
+                        if not compile:
+                            raise
+                        self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc)[:200]}"
+                        return self.graphs(cell, xp, xs, state, compile=False)
+                    self._graphs[key] = g
+        return g
+
+    def probe(self, cell: Any) -> None:
+        """Derive the (uncompiled) graphs for a batch of 2 (raises DerivationError when it cannot)."""
+        p = next(iter(cell.parameters()), None)
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.get_default_dtype()
+        device = p.device if p is not None else torch.device("cpu")
+        x = torch.zeros(1, 2, cell.input_size, dtype=dtype, device=device)
+        with torch.no_grad():
+            _, xp, xs, state = cell._recurrence_inputs(x, cell.initial_state(2, x))
+        self.graphs(cell, xp, xs, tuple(state), compile=False)
+
+    def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
+        _, xp, xs, st = cell._recurrence_inputs(x, state)
+        st = tuple(st)
+        g = self.graphs(cell, xp, xs, st)
+        if g.compiled:
+            xp = xp.contiguous()
+            xs = xs.contiguous() if xs is not None else None
+        _, values = _named_tensors(cell)
+        inv = g.prologue(*values)
+        inputs = (xp, xs, *st, *inv)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            res = DerivedSequence.apply(g, len(st), *inputs)
+            return res[0], tuple(res[1:])
+        with torch.no_grad():
+            now = list(st)
+            out, _ = _forward_loop(g, xp, xs, now, inv, False)
+            return out, tuple(now)

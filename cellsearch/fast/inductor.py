@@ -1,0 +1,112 @@
+"""Compile the derived step graphs with Inductor (C++ kernels on the CPU), cached in the private cache.
+
+A forward or backward step graph (aten ops, from :mod:`cellsearch.fast.derived`) is functionalized,
+decomposed with Inductor's decomposition table and handed to Inductor's graph compiler
+(``compile_fx_inner``) directly: no TorchDynamo, no guards and no AOTAutograd wrapper around the call
+(that wrapper alone cost ~70 µs a call here). The matrix products stay calls into torch (MKL /
+oneDNN); the pointwise work of a step becomes one or two generated C++ loops.
+
+Inductor's on-disk cache (generated sources, compiled libraries, the FX graph cache) is pointed at
+``<cellsearch cache>/inductor`` (:func:`cellsearch.fast.cache.private_dir`, mode 0700) for the duration
+of a compile only; before the first use in a process the tree is checked, and if it holds a file that
+is not the user's own or that others can write, a fresh private temporary directory is used instead (a
+warning), so nothing planted there is loaded. ``CELLSEARCH_DERIVED_COMPILE=0`` turns compilation off
+(the derived graphs then run as aten ops), ``=always`` compiles at every size (the default ``auto``
+compiles from :data:`cellsearch.fast.derived.COMPILE_MIN` pre-activations per step).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+__all__ = ["unavailable", "compile_graph", "cache_dir", "stats"]
+
+_lock = threading.RLock()
+_dir: Path | None = None
+#: seconds spent compiling in this process, and the number of graphs compiled
+stats: dict[str, float] = {"seconds": 0.0, "graphs": 0}
+
+
+def unavailable(device: torch.device | str = "cpu") -> str | None:
+    """Why step graphs are not compiled here (None: they are)."""
+    flag = os.environ.get("CELLSEARCH_DERIVED_COMPILE", "1").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return "compilation disabled by CELLSEARCH_DERIVED_COMPILE=0"
+    if torch.device(device).type != "cpu":
+        return f"Inductor compilation of derived steps is only used on the CPU (not {torch.device(device).type})"
+    if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):
+        return "no C++ compiler found (set CXX)"
+    return None
+
+
+def cache_dir() -> Path:
+    """Inductor's cache directory for cellsearch (private; checked once per process)."""
+    global _dir
+    from .cache import UnsafeCacheWarning, fresh_private_dir, private_dir, untrusted_files
+
+    with _lock:
+        if _dir is None:
+            d = private_dir("inductor")
+            bad = untrusted_files(d)
+            if bad:
+                warnings.warn(f"cellsearch: not using the Inductor cache {d}: {len(bad)} file(s) there are not "
+                              f"private to this user (e.g. {bad[0]}); compiling into a private temporary "
+                              f"directory instead", UnsafeCacheWarning, stacklevel=2)
+                d = fresh_private_dir("inductor")
+            _dir = d
+        return _dir
+
+
+def _reset_cache_dir() -> None:
+    """Forget the checked directory (tests)."""
+    global _dir
+    with _lock:
+        _dir = None
+
+
+@contextmanager
+def _cache_env() -> Iterator[None]:
+    with _lock:
+        old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+
+
+def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Callable[..., Any]:
+    """``gm`` compiled by Inductor for inputs shaped and strided like ``example_inputs``; called with
+    the same positional tensors, returns the same tuple."""
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    ex = [t.detach() if isinstance(t, Tensor) else t for t in example_inputs]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        graph = make_fx(torch.func.functionalize(gm, remove="mutations"),
+                        decomposition_table=select_decomp_table(), tracing_mode="fake")(*ex)
+        with _cache_env():
+            compiled = compile_fx_inner(graph, ex)
+    stats["seconds"] += time.perf_counter() - t0
+    stats["graphs"] += 1
+
+    def call(*args: Any) -> Any:
+        return compiled(list(args))
+
+    return call

@@ -1,0 +1,354 @@
+"""The derived fast path (generated from a cell's own step) equals the reference loop, for every
+registered cell and for a primitive defined only in this test, and the compiled-code caches are private.
+
+Outputs, final states and the gradients of every parameter, of the input and of the initial state are
+compared with the reference loop (``cellsearch.fast.enabled(False)``): float64 to 1e-10, float32 to 1e-5
+(relative to the largest value). The sweep over the registry runs the derived graphs as aten ops (tiny
+sizes stay below the compile threshold); the Inductor-compiled graphs are checked on the test plugin and
+a few published cells (``CELLSEARCH_DERIVED_COMPILE=always``), all at one shape so that compiled
+artifacts are shared. No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+
+import cellsearch as cs
+from cellsearch import fast, registry
+from cellsearch.fast import cache, csrc, inductor
+from cellsearch.primitives.base import Block
+from cellsearch.primitives.saturation import Saturation
+from cellsearch.primitives.update import Update
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+B, T, D, N = 3, 5, 4, 6
+
+
+# ------------------------------------------------------------------------------------------------
+# a plugin-style primitive pair, defined here only (JANET update, softsign saturation)
+
+class JanetTest(Update):
+    """c' = σ(a_f)⊙c + (1 − σ(a_f − β))⊙sat(a_u),  h' = c'"""
+
+    name = "janet_derived_test"
+    gates = ("f",)
+    cand_blocks = (Block("u", "cand"),)
+    keep = "f"
+    provides = frozenset({"keep_gate", "single_state"})
+    defaults: ClassVar[dict[str, Any]] = {"beta": 1.0}
+
+    def step(self, ctx: Any, xp: torch.Tensor, xs: torch.Tensor | None, state: tuple) -> tuple:
+        (c,) = state
+        a = torch.addmm(xp, c, ctx.w_hh_t)
+        kn = ctx.k * ctx.n
+        (f,) = ctx.gates(a[:, :kn], xs)
+        u = ctx.cand(a[:, kn:], c, ctx.sat)
+        c = f * c + (1.0 - torch.sigmoid(a[:, :kn] - float(self.options["beta"]))) * u
+        return c, (c,)
+
+
+class SoftsignTest(Saturation):
+    """sat(v) = v / (1 + |v|)"""
+
+    name = "softsign_derived_test"
+
+    def function(self) -> Any:
+        return lambda v: v / (1.0 + v.abs())
+
+
+class BranchyTest(Update):
+    """h' = tanh(a) if max(a) > 0 else a (control flow on values: cannot be derived)"""
+
+    name = "branchy_derived_test"
+    cand_blocks = (Block("h", "cand"),)
+    provides = frozenset({"single_state"})
+
+    def step(self, ctx: Any, xp: torch.Tensor, xs: torch.Tensor | None, state: tuple) -> tuple:
+        (h,) = state
+        a = torch.addmm(xp, h, ctx.w_hh_t)
+        h = torch.tanh(a) if bool(a.max() > 0) else a
+        return h, (h,)
+
+
+PLUGIN = cs.CellSpec(update="janet_derived_test", saturation="softsign_derived_test")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plugin_primitives():
+    for cls in (JanetTest, SoftsignTest, BranchyTest):
+        registry.register_primitive(cls, origin="package test_derived")
+    yield
+    for cls in (JanetTest, SoftsignTest, BranchyTest):
+        registry.unregister("primitive", cls.name, cls.role)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+def _model(spec: Any, dtype: torch.dtype, seed: int = 0, d: int = D, n: int = N, **kw: Any) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return cs.create_rnn(spec, d, n, **kw).to(dtype)
+
+
+def _inputs(model: torch.nn.Module, batch: int, dtype: torch.dtype, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, T, D, generator=g, dtype=dtype)
+    state = model.initial_state(batch, x) if hasattr(model, "initial_state") else None
+    if state is not None:
+        state = tuple(tuple(0.5 * torch.randn(s.shape, generator=g, dtype=dtype) for s in layer)
+                      for layer in state)
+    return x, state
+
+
+def _run(model: torch.nn.Module, x: torch.Tensor, state: tuple | None, on: bool):
+    model.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    st = None if state is None else tuple(tuple(s.detach().clone().requires_grad_(True) for s in layer)
+                                          for layer in state)
+    with fast.enabled(on):
+        out, final = model(x, st)
+    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
+    loss = (out * weights).sum() + sum((s * s).sum() for layer in final for s in layer)
+    loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    grads["x"] = x.grad
+    for i, layer in enumerate(st or ()):
+        for j, s in enumerate(layer):
+            grads[f"state{i}.{j}"] = s.grad
+    return out.detach(), [s.detach() for layer in final for s in layer], grads
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float, what: str) -> None:
+    scale = max(1.0, a.abs().max().item())
+    err = (a - b).abs().max().item()
+    assert err <= tol * scale, f"{what}: |Δ| = {err:.3g} (scale {scale:.3g})"
+
+
+def assert_same(model: torch.nn.Module, x: torch.Tensor, state: tuple | None) -> None:
+    tol = TOL[x.dtype]
+    ref_out, ref_final, ref_grads = _run(model, x, state, False)
+    out, final, grads = _run(model, x, state, True)
+    _close(ref_out, out, tol, "output")
+    for i, (a, b) in enumerate(zip(ref_final, final)):
+        _close(a, b, tol, f"final state {i}")
+    assert set(ref_grads) == set(grads), set(ref_grads) ^ set(grads)
+    for name in ref_grads:
+        _close(ref_grads[name], grads[name], tol, f"gradient of {name}")
+
+
+def _paths(model: torch.nn.Module) -> set[str]:
+    return {fast.plan(layer).path for layer in model.layers}
+
+
+# ------------------------------------------------------------------------------------------------
+# every registered cell, forced onto the derived path (aten step graphs)
+
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_derived_equals_reference(name: str) -> None:
+    """Each published cell, forced onto the derived path: outputs and all gradients equal the reference
+    loop in float64, with a given initial state, and again after the batch size changes."""
+    model = _model(name, torch.float64, num_layers=2 if name == "lstm" else None)
+    with fast.force_derived():
+        assert _paths(model) == {"derived"}, [fast.explain(layer) for layer in model.layers]
+        for batch in (B, 2):
+            x, state = _inputs(model, batch, torch.float64)
+            assert_same(model, x, state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_plugin_primitive_takes_the_derived_path(dtype: torch.dtype) -> None:
+    """A primitive only registered at runtime (no hand-written kernel) takes the derived path by default
+    and equals the reference loop; the batch size may change between calls; states in and out."""
+    model = _model(PLUGIN, dtype)
+    assert _paths(model) == {"derived"}
+    assert "derived from the step" in fast.explain(model.layers[0])
+    for batch in (B, 1):
+        x, state = _inputs(model, batch, dtype)
+        assert_same(model, x, state)
+        assert_same(model, x, None)
+
+
+def test_switches_force_and_turn_off_the_derived_path() -> None:
+    plugin, lstm = _model(PLUGIN, torch.float64), _model("ur_lstm", torch.float64)
+    assert fast.plan(lstm.layers[0]).path == "fused"
+    with fast.force_derived():
+        assert fast.plan(lstm.layers[0]).path == "derived"
+        assert "forced" in fast.explain(lstm.layers[0])
+    with fast.force_derived(None):
+        assert fast.plan(plugin.layers[0]).path == "reference"
+    assert fast.plan(lstm.layers[0]).path == "fused"
+    assert fast.derived_mode() == "auto"
+
+
+def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop() -> None:
+    model = _model(cs.CellSpec(update="branchy_derived_test"), torch.float64)
+    p = fast.plan(model.layers[0])
+    assert p.path == "reference" and "could not be derived" in p.reason
+    x, state = _inputs(model, B, torch.float64)
+    out, _ = model(x, state)
+    assert out.shape == (B, T, N)
+
+
+# ------------------------------------------------------------------------------------------------
+# compiled (Inductor) step graphs: the plugin and a representative subset of the published cells
+
+COMPILED = [(PLUGIN, torch.float64), (PLUGIN, torch.float32), ("refined_lstm", torch.float64),
+            ("asrnn", torch.float32)]
+
+
+@pytest.mark.parametrize("spec,dtype", COMPILED, ids=lambda s: s if isinstance(s, str) else
+                         "plugin" if isinstance(s, cs.CellSpec) else str(s).split(".")[-1])
+def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if inductor.unavailable("cpu") is not None:
+        pytest.skip(inductor.unavailable("cpu"))
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILE", "always")
+    model = _model(spec, dtype)
+    with fast.force_derived():
+        runner = fast.plan(model.layers[0]).run
+        x, state = _inputs(model, B, dtype)
+        assert_same(model, x, state)
+    graphs = runner._graphs.values()                       # type: ignore[union-attr]
+    assert any(g.compiled for g in graphs), runner.compile_error  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------------
+# where the derived path does not apply, and autograd corner cases
+
+def test_autocast_runs_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(PLUGIN, torch.float32)
+    calls = []
+    cls = type(model.layers[0])
+    original = cls._reference_sequence
+    monkeypatch.setattr(cls, "_reference_sequence", lambda self, x, s=None: calls.append(1) or original(self, x, s))
+    x, _ = _inputs(model, B, torch.float32)
+    model(x)
+    assert not calls
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert calls
+
+
+def test_double_backward_is_refused_not_wrong() -> None:
+    model = _model(PLUGIN, torch.float64)
+    x, _ = _inputs(model, B, torch.float64)
+    x.requires_grad_(True)
+    out, _ = model(x)
+    (g,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
+
+
+def test_no_grad_inference_and_retain_graph() -> None:
+    model = _model(PLUGIN, torch.float64)
+    x, state = _inputs(model, B, torch.float64)
+    with fast.enabled(False):
+        ref, _ = model(x, state)
+    with torch.no_grad():
+        out, _ = model(x, state)
+    _close(ref.detach(), out, 1e-10, "no_grad output")
+    out, _ = model(x, state)
+    out.sum().backward(retain_graph=True)
+    first = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    out.sum().backward()
+    for a, p in zip(first, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
+    with pytest.raises(RuntimeError):
+        out.sum().backward()
+
+
+# ------------------------------------------------------------------------------------------------
+# the private cache: planted files are never loaded
+
+def test_private_dir_is_0700_and_tightened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "c"))
+    (tmp_path / "c").mkdir(mode=0o755)
+    os.chmod(tmp_path / "c", 0o755)
+    d = cache.private_dir("kernels")
+    assert d == tmp_path / "c" / "kernels"
+    for p in (d, tmp_path / "c"):
+        assert stat.S_IMODE(os.lstat(p).st_mode) == 0o700
+
+
+def test_trusted_refuses_shared_files_and_links(tmp_path: Path) -> None:
+    own = tmp_path / "own.so"
+    own.write_bytes(b"x")
+    os.chmod(own, 0o600)
+    assert cache.trusted(own)
+    for mode in (0o620, 0o602, 0o666):
+        os.chmod(own, mode)
+        assert not cache.trusted(own)
+    os.chmod(own, 0o600)
+    link = tmp_path / "link.so"
+    link.symlink_to(own)
+    assert not cache.trusted(link)
+    assert cache.untrusted_files(tmp_path) == [link]
+
+
+def test_a_planted_c_kernel_library_is_not_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A world-writable file at the kernel library's predictable name is not loaded: the library is built
+    in a private temporary directory instead, with a warning."""
+    if not csrc._compilers():
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(csrc, "_lib", False)
+    monkeypatch.setattr(csrc, "_path", None)
+    monkeypatch.setattr(csrc, "_error", None)
+    monkeypatch.setattr(cache, "_fallback", {})
+    # where the library would go: build it once, then replace it by a planted, world-writable file
+    assert csrc.library() is not None
+    real = csrc.library_path()
+    assert real is not None and real.parent == tmp_path / "cache" / "kernels"
+    real.unlink()
+    real.write_bytes(b"not a library: loading this would fail")
+    os.chmod(real, 0o666)
+    monkeypatch.setattr(csrc, "_lib", False)
+    with pytest.warns(cache.UnsafeCacheWarning, match="not loading"):
+        lib = csrc.library()
+    assert lib is not None
+    assert csrc.library_path() != real and csrc.library_path().parent != real.parent
+    assert real.read_bytes().startswith(b"not a library")
+
+
+def test_a_planted_file_in_the_inductor_cache_is_not_used(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_fallback", {})
+    inductor._reset_cache_dir()
+    try:
+        d = inductor.cache_dir()
+        assert d == tmp_path / "cache" / "inductor"
+        inductor._reset_cache_dir()
+        planted = d / "fxgraph" / "planted.py"
+        planted.parent.mkdir(parents=True)
+        planted.write_text("raise SystemExit('planted code ran')\n")
+        os.chmod(planted, 0o666)
+        with pytest.warns(cache.UnsafeCacheWarning, match="not private"):
+            other = inductor.cache_dir()
+        assert other != d and not str(other).startswith(str(d))
+        assert stat.S_IMODE(os.lstat(other).st_mode) == 0o700
+    finally:
+        inductor._reset_cache_dir()
+
+
+def test_a_cache_directory_of_another_owner_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache path that is a link (e.g. to a directory someone else controls) is not used."""
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "kernels").symlink_to(target)
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "root"))
+    monkeypatch.setattr(cache, "_fallback", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = cache.private_dir("kernels")
+    assert d != tmp_path / "root" / "kernels"
+    assert any(issubclass(w.category, cache.UnsafeCacheWarning) for w in caught)
