@@ -83,19 +83,24 @@ def test_ray_study_on_this_machine_lands_in_the_optuna_storage(
     tmp_path: Path, monkeypatch, capsys, local_ray: str
 ) -> None:
     """4 trials through Ray Tune: the same trials and user attributes as the Optuna backend's, read back
-    from the study's storage; leaderboard and export work on it."""
+    from the study's storage; the budget buys 4 distinct cells of a 4-cell space (a proposal of an evaluated
+    cell is answered from storage, outside the budget); leaderboard and export work on it."""
     from cellsearch.search import load_config
     from cellsearch.search.optuna_backend import open_study
     from cellsearch.search.results import pick_trial, trial_model
     from cellsearch.spec import ModelSpec
 
     monkeypatch.chdir(tmp_path)
-    path = _write(tmp_path, tiny("ray4"))
+    # no scheduler: a median rule could stop the last of the 4 (this test is about what lands in storage)
+    raw = tiny("ray4", space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}}, search={"pruner": "none"})
+    path = _write(tmp_path, raw)
     assert main(["run", str(path), "--plain"]) == 0
-    assert "done 4/4" in capsys.readouterr().out
+    assert "done 4/4 (4 distinct cell(s)" in capsys.readouterr().out
 
     trials = _load(tmp_path, "ray4").get_trials()
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    used = [t for t in trials if "reused_from" not in t.user_attrs]
+    assert len(used) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["key"] for t in used}) == 4
     for t in trials:
         attrs = t.user_attrs
         assert ModelSpec.from_json(attrs["spec"]).digest() == attrs["digest"]
@@ -103,7 +108,7 @@ def test_ray_study_on_this_machine_lands_in_the_optuna_storage(
         assert sorted(t.intermediate_values) == [1, 2]  # reported per epoch, as the Optuna backend does
         assert attrs["ray_node"]["node_id"] and attrs["ray_node"]["device"] == "cpu"  # no GPU asked for
         assert attrs["worker"]["pid"] == os.getpid()  # the driver holds the Optuna trial
-        assert t.params["cell/update"] in ("lstm", "gru", "star")
+        assert t.params["cell/update"] in ("lstm", "gru", "star", "mgu")
         source = attrs.get("reused_from", t.number)
         assert Path(attrs["weights"]) == (tmp_path / "runs" / "ray4" / "trials" / f"{source}.safetensors").resolve()
         assert Path(attrs["weights"]).is_file()
@@ -122,6 +127,22 @@ def test_ray_study_on_this_machine_lands_in_the_optuna_storage(
     x = torch.randn(5, 10, 2)
     with torch.no_grad():  # the exported module computes what the trial's saved weights compute
         assert (module.load()(x)[0] - trial_model(trial, config)(x)[0]).abs().max() < 1e-6
+
+
+def test_ray_run_stops_when_the_space_is_exhausted(tmp_path: Path, monkeypatch, local_ray: str) -> None:
+    """The ledger's rules in the Ray backend: a budget of 10 on a space of 4 cells evaluates the 4 and stops
+    with "space exhausted"; running it again starts nothing."""
+    from cellsearch.search import run_study
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny("exhaust", space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}}, search={"n_trials": 10})
+    result = run_study(raw, display="quiet")
+    assert result.stop_reason is not None and result.stop_reason.startswith("space exhausted: all 4 point(s)")
+    trials = _load(tmp_path, "exhaust").get_trials()
+    used = [t for t in trials if "reused_from" not in t.user_attrs]
+    assert len(used) == 4 and len({t.user_attrs["key"] for t in used}) == 4 and result.n_counted == 4
+    again = run_study(raw, display="quiet")
+    assert again.stop_reason is not None and len(_load(tmp_path, "exhaust").get_trials()) == len(trials)
 
 
 def test_asha_stopped_trials_are_pruned_not_complete(tmp_path: Path, monkeypatch, local_ray: str) -> None:

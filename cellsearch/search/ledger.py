@@ -171,6 +171,18 @@ class Ledger:
                 self._fill(study, trials)
             return self.stop_reason
 
+    def outcome(self, study: Study) -> str | None:
+        """At the end of a run: why it stopped before its budget (None: the budget is complete, or the run
+        was not stopped by the ledger). The count is the final one (running trials have finished)."""
+        with self._lock:
+            if self.stop_reason is None:
+                return None
+            if self.budget is not None and counted(study) >= self.budget:
+                return None
+            if self.stop_reason.startswith("space exhausted"):
+                return self._exhausted_message(study)
+            return self.stop_reason
+
     def _exhausted_message(self, study: Study) -> str:
         of = f" of the budget of {self.budget}" if self.budget is not None else ""
         return (

@@ -552,8 +552,8 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
                 break
             free = wait_for_slots(study, budget, deadline)  # duplicates and other workers' trials
     finally:
-        display.stop(ledger.stop_reason)
-    return StudyResult(config, study, storage_url or config.storage_url, ledger.stop_reason)
+        display.stop(ledger.outcome(study))
+    return StudyResult(config, study, storage_url or config.storage_url, ledger.outcome(study))
 
 
 def wait_for_slots(study: optuna.Study, budget: int, deadline: float | None = None) -> int:

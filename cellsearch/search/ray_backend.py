@@ -760,10 +760,10 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
         interrupted = driver.close()
         if started:
             ray.shutdown()
-        display.stop(driver.ledger.stop_reason)
+        display.stop(driver.ledger.outcome(study))
     if interrupted:  # Ctrl-C: Tune stops gracefully; the study is interrupted like the Optuna backend's
         raise KeyboardInterrupt
-    return StudyResult(config, study, url, driver.ledger.stop_reason)
+    return StudyResult(config, study, url, driver.ledger.outcome(study))
 
 
 def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) -> Any:
