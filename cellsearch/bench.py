@@ -43,6 +43,7 @@ from torch import Tensor, nn
 __all__ = [
     "BenchResult", "LoadMeter", "measure_speed", "time_runs", "peak_memory", "bench_cell", "bench_cells",
     "build_model", "allocator_setting", "machine_info", "write_markdown", "write_chart", "write_json",
+    "derived_first_use",
 ]
 
 MALLOC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
@@ -67,6 +68,8 @@ class BenchResult:
     peak_mb: float | None = None
     ref_peak_mb: float | None = None
     reference_ms: float | None = None      # the reference loop (fast paths off), when measured
+    derived_ms: float | None = None        # the derived path (cellsearch.fast.force_derived), when measured
+    derived_first_s: float | None = None   # its first call in this process (trace + compile or cache load)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -86,6 +89,11 @@ class BenchResult:
     def reference_ratio(self) -> float | None:
         """Speed of the reference loop relative to torch.nn.LSTM (same pairing), if measured."""
         return self.ref_ms / self.reference_ms if self.reference_ms else None
+
+    @property
+    def derived_ratio(self) -> float | None:
+        """Speed of the derived path relative to torch.nn.LSTM (same pairing), if measured."""
+        return self.ref_ms / self.derived_ms if self.derived_ms else None
 
     @property
     def memory_ratio(self) -> float | None:
@@ -336,10 +344,12 @@ def _path(model: nn.Module) -> str:
 def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 64, input_size: int = 32,
                layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
                memory: bool = True, with_reference: bool = False, seed: int = 0,
-               max_load: float | None = 0.25, patience: int = 2) -> BenchResult:
+               max_load: float | None = 0.25, patience: int = 2, with_derived: bool = False) -> BenchResult:
     """Time (and optionally measure the memory of) ``cell`` against torch.nn.LSTM, interleaved.
 
-    ``with_reference`` also times the cell with fast paths off (the reference loop), in the same rounds.
+    ``with_reference`` also times the cell with fast paths off (the reference loop), in the same rounds;
+    ``with_derived`` its derived path (:func:`cellsearch.fast.force_derived`), in the same rounds, and
+    the derived path's first call (tracing, and compiling or loading the compiled step graphs).
     ``max_load``: discard rounds during which other processes used more CPUs than this (None: keep all),
     running at most ``patience`` × ``repeats`` rounds.
     """
@@ -355,6 +365,13 @@ def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 
     candidates: list[nn.Module] = [ref, model]
     if with_reference:
         candidates.append(_ReferenceOnly(model))
+    derived_first = None
+    if with_derived:
+        derived = _DerivedOnly(model)
+        t0 = time.perf_counter()
+        _run(derived, x.clone().requires_grad_(True))
+        derived_first = time.perf_counter() - t0
+        candidates.append(derived)
     times, _, discarded, used = time_runs(candidates, x, repeats, warmup, max_load=max_load,
                                           max_rounds=patience * repeats)
     name = cell if isinstance(cell, str) else getattr(cell, "digest", lambda: "spec")()
@@ -364,6 +381,9 @@ def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 
     result.extra["loaded_rounds_used"] = used
     if with_reference:
         result.reference_ms = statistics.median(times[2])
+    if with_derived:
+        result.derived_ms = statistics.median(times[-1])
+        result.derived_first_s = derived_first
     if memory:
         result.peak_mb = peak_memory(model, x)
         result.ref_peak_mb = peak_memory(ref, x)
@@ -384,18 +404,73 @@ class _ReferenceOnly(nn.Module):
             return self.model(x)
 
 
+class _DerivedOnly(nn.Module):
+    """Runs the wrapped model on the derived path (:func:`cellsearch.fast.force_derived`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        from . import fast
+
+        with fast.force_derived():
+            return self.model(x)
+
+
+def derived_first_use(cell: str, hidden: int = 256, seq: int = 200, batch: int = 64, input_size: int = 32,
+                      cache: str | Path | None = None, timeout: float = 600.0) -> dict[str, float]:
+    """First-use cost of ``cell``'s derived path in fresh processes: ``cold`` with an empty private cache
+    (the once-per-machine cost: tracing and Inductor compiling the step graphs) and ``warm`` with the
+    cache that run left (tracing, compiled code loaded from the cache). Each figure is the first
+    forward + backward minus the second one, in seconds. ``cache``: the cache directory to use (default
+    a fresh temporary one, removed afterwards)."""
+    import json
+    import subprocess
+    import tempfile
+
+    code = (
+        "import json, sys, time, torch\n"
+        "import cellsearch as cs\n"
+        "from cellsearch import fast\n"
+        "torch.set_num_threads(int(sys.argv[6]))\n"
+        "m = cs.create_rnn(sys.argv[1], int(sys.argv[5]), int(sys.argv[2]))\n"
+        "x = torch.randn(int(sys.argv[4]), int(sys.argv[3]), int(sys.argv[5]))\n"
+        "ts = []\n"
+        "with fast.force_derived():\n"
+        "    for _ in range(2):\n"
+        "        t0 = time.perf_counter(); m(x)[0].sum().backward(); ts.append(time.perf_counter() - t0)\n"
+        "    path = fast.explain(m.layers[0])\n"
+        "print(json.dumps({'first': ts[0], 'second': ts[1], 'path': path}))\n"
+    )
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cellsearch-bench-cache-") as tmp:
+        env = {**os.environ, "CELLSEARCH_CACHE": str(cache or tmp)}
+        for label in ("cold", "warm"):
+            args = [sys.executable, "-c", code, cell, str(hidden), str(seq), str(batch), str(input_size),
+                    str(torch.get_num_threads())]
+            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+            if res.returncode != 0:
+                raise RuntimeError(f"derived first-use run failed: {res.stderr.strip()[-500:]}")
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            out[label] = row["first"] - row["second"]
+            out[label + "_step_s"] = row["second"]
+    return out
+
+
 def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: int = 64, input_size: int = 32,
                 layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
                 memory_sizes: Iterable[tuple[int, int]] = (), reference_sizes: Iterable[tuple[int, int]] = (),
                 progress: Callable[[BenchResult], None] | None = None,
                 max_load: float | None = 0.25, patience: int = 2,
-                previous: Sequence[BenchResult] = ()) -> list[BenchResult]:
+                previous: Sequence[BenchResult] = (),
+                derived_sizes: Iterable[tuple[int, int]] = ()) -> list[BenchResult]:
     """:func:`bench_cell` for every (hidden, seq) in ``sizes`` and every cell (sizes outermost).
 
     ``previous``: results of an earlier run to keep instead of measuring again, when they were
     measured the same way and no loaded round had to be used (see :func:`time_runs`).
     """
-    memory_sizes, reference_sizes = set(memory_sizes), set(reference_sizes)
+    memory_sizes, reference_sizes, derived_sizes = set(memory_sizes), set(reference_sizes), set(derived_sizes)
     kept = {(r.cell, r.hidden, r.seq): r for r in previous
             if r.batch == batch and r.input_size == input_size and r.layers == layers
             and not r.extra.get("loaded_rounds_used", 0)}
@@ -405,10 +480,11 @@ def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: i
             size = (hidden, seq)
             r = kept.get((cell, hidden, seq))
             if r is None or (size in memory_sizes and r.peak_mb is None) \
-                    or (size in reference_sizes and r.reference_ms is None):
+                    or (size in reference_sizes and r.reference_ms is None) \
+                    or (size in derived_sizes and r.derived_ms is None):
                 r = bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup,
                                memory=size in memory_sizes, with_reference=size in reference_sizes,
-                               max_load=max_load, patience=patience)
+                               max_load=max_load, patience=patience, with_derived=size in derived_sizes)
             out.append(r)
             if progress is not None:
                 progress(r)
@@ -504,11 +580,15 @@ def write_markdown(results: Sequence[BenchResult], path: str | Path, info: dict[
     lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in info.items()] + [""]
     lines += ["Path: `native` = torch's LSTM/GRU kernel (the spec is exactly LSTM/GRU); `fused` = one "
               "whole-sequence autograd function with a hand-written backward (cellsearch.fast); "
-              "`reference` = the step-by-step loop. *Reference loop ×* is the same cell with fast paths "
-              "off, timed in the same rounds. Peak memory: one run's peak resident-set growth (CPU) or "
+              "`derived` = the whole-sequence function generated from the cell's own step "
+              "(cellsearch.fast.derived: traced forward and backward step graphs, Inductor-compiled C++ "
+              "pointwise work); `reference` = the step-by-step loop. *Reference loop ×* is the same cell "
+              "with fast paths off and *derived ×* the same cell forced onto the derived path, timed in "
+              "the same rounds. Peak memory: one run's peak resident-set growth (CPU) or "
               "peak allocated memory (CUDA), see cellsearch/bench.py. *First call*: the first forward + "
-              "backward of a new model (plan, weight reorders, first allocations; there is no per-cell "
-              "compile or trace).", ""]
+              "backward of a new model (plan, weight reorders, first allocations; tracing and compiling "
+              "for the derived path, whose own first call is *derived first s*: it compiles on first "
+              "use on a machine and loads from the private cache afterwards).", ""]
     discarded = sum(r.extra.get("discarded_rounds", 0) for r in results)
     used = sum(r.extra.get("loaded_rounds_used", 0) for r in results)
     if discarded:
@@ -521,13 +601,13 @@ def write_markdown(results: Sequence[BenchResult], path: str | Path, info: dict[
             continue
         ref = statistics.median(r.ref_tokens_per_s for r in rows)
         lines += [f"## hidden {hidden}, sequence {seq} (nn.LSTM ≈ {ref:,.0f} tokens/s)", "",
-                  "| cell | path | tokens/s | × nn.LSTM | reference loop × | peak MB | × nn.LSTM memory "
-                  "| first call s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| cell | path | tokens/s | × nn.LSTM | reference loop × | derived × | peak MB "
+                  "| × nn.LSTM memory | first call s | derived first s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             lines.append(f"| {r.cell} | {r.path} | {r.tokens_per_s:,.0f} | **{r.ratio:.2f}** | "
-                         f"{_fmt(r.reference_ratio)} | {_fmt(r.peak_mb, '.0f')} | {_fmt(r.memory_ratio)} | "
-                         f"{r.first_call_s:.2f} |")
+                         f"{_fmt(r.reference_ratio)} | {_fmt(r.derived_ratio)} | {_fmt(r.peak_mb, '.0f')} | "
+                         f"{_fmt(r.memory_ratio)} | {r.first_call_s:.2f} | {_fmt(r.derived_first_s)} |")
         lines.append("")
     others = sorted({(r.hidden, r.seq) for r in results} - set(sizes))
     if others:
@@ -601,6 +681,6 @@ def write_json(results: Sequence[BenchResult], path: str | Path, info: dict[str,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{**asdict(r), "tokens_per_s": r.tokens_per_s, "ratio": r.ratio,
-             "reference_ratio": r.reference_ratio} for r in results]
+             "reference_ratio": r.reference_ratio, "derived_ratio": r.derived_ratio} for r in results]
     path.write_text(json.dumps({"machine": info or machine_info(), "results": rows}, indent=1))
     return path

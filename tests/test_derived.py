@@ -352,3 +352,16 @@ def test_a_cache_directory_of_another_owner_is_refused(tmp_path: Path, monkeypat
         d = cache.private_dir("kernels")
     assert d != tmp_path / "root" / "kernels"
     assert any(issubclass(w.category, cache.UnsafeCacheWarning) for w in caught)
+
+
+def test_bench_command_has_a_derived_column(tmp_path: Path) -> None:
+    from cellsearch.bench import read_json
+    from cellsearch.cli import main
+
+    rc = main(["bench", "star", "--hidden", "8", "--seq", "4", "--batch", "3", "--repeats", "2", "--warmup", "1",
+               "--threads", "1", "--derived", "--no-memory", "--max-load", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    text = (tmp_path / "BENCH.md").read_text()
+    assert "derived ×" in text and "| star | fused |" in text
+    (r,) = read_json(tmp_path / "bench.json")
+    assert r.derived_ms and r.derived_ms > 0 and r.derived_first_s is not None

@@ -1,13 +1,17 @@
 """``cellsearch bench CELL... [--hidden N --seq T --batch B --device D]`` and ``cellsearch bench --all``.
 
 Forward + backward tokens/s of each cell, its ratio to ``torch.nn.LSTM`` measured in the same process
-(interleaved runs), peak memory, and the execution path (native / fused / reference); see
+(interleaved runs), peak memory, and the execution path (native / fused / derived / reference); with
+``--derived`` also each cell forced onto the derived path (generated from its step), in the same rounds,
+and with ``--first-use CELL`` the derived path's first-use cost (cold cache, then warm cache, each in a
+fresh process); see
 :mod:`cellsearch.bench` for the method. With ``--out DIR`` it writes ``DIR/BENCH.md``, ``DIR/bench.png``
 (× nn.LSTM against sequence length and hidden size) and ``DIR/bench.json``.
 
 ``--all`` benches every published cell on a grid: the two main sizes (hidden 128 / seq 100 and
-hidden 256 / seq 200, with memory and the reference loop), plus sequence lengths 50 and 200 at hidden
-128 and hidden sizes 64 and 256 at sequence 100 for the chart.
+hidden 256 / seq 200, with memory, the reference loop and the derived path), plus sequence lengths 50
+and 200 at hidden 128 and hidden sizes 64 and 256 at sequence 100 for the chart, and the derived path's
+first use for ``ur_lstm`` at hidden 256 / seq 200.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 2)")
     parser.add_argument("--reference", action="store_true",
                         help="also time each cell's reference loop (fast paths off)")
+    parser.add_argument("--derived", action="store_true",
+                        help="also time each cell forced onto the derived path (generated from its step)")
+    parser.add_argument("--first-use", default=None, metavar="CELL",
+                        help="measure the derived path's first use for CELL at the (last) hidden/seq size: "
+                             "cold private cache, then warm, each in a fresh process (--all: ur_lstm)")
     parser.add_argument("--out", default=None, help="write BENCH.md, bench.png and bench.json here")
     parser.add_argument("--resume", action="store_true",
                         help="keep the results in OUT/bench.json that were measured without load and "
@@ -74,8 +83,11 @@ def _command_line(args: argparse.Namespace) -> str:
     for key, default in defaults.items():
         if getattr(args, key) != default:
             parts += ["--" + key.replace("_", "-"), str(getattr(args, key))]
-    flags = (("--no-memory", args.no_memory), ("--reference", args.reference), ("--resume", args.resume))
+    flags = (("--no-memory", args.no_memory), ("--reference", args.reference), ("--derived", args.derived),
+             ("--resume", args.resume))
     parts += [f for f, on in flags if on]
+    if args.first_use:
+        parts += ["--first-use", args.first_use]
     if args.out:
         parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
@@ -93,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         cells = cells or registry.list_cells()
     if not cells:
         raise UserError(f"name at least one CELL or pass --all (cells: {', '.join(registry.list_cells())})")
-    for c in cells:
+    first_use = args.first_use or ("ur_lstm" if args.all and "ur_lstm" in registry.list_cells() else None)
+    for c in cells + ([first_use] if first_use else []):
         registry.get_cell_card(c)      # unknown names fail here with "did you mean"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available here")
@@ -104,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
     info = bench.machine_info(args.device, build_time=args.all)
     console = Console()
     previous = bench.read_json(Path(args.out) / "bench.json") if args.resume and args.out else []
+    if first_use:
+        hidden, seq = sizes[-1] if not args.all else MAIN_SIZES[-1]
+        t = bench.derived_first_use(first_use, hidden, seq, args.batch, args.input_size)
+        info[f"derived path, first use ({first_use}, hidden {hidden}, seq {seq})"] = (
+            f"{t['cold']:.1f} s with an empty cache (once per machine: trace + Inductor compile), "
+            f"{t['warm']:.1f} s after (trace + compiled code from the private cache)")
     console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
     total = len(sizes) * len(cells)
     done = [0]
@@ -116,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
             console.print(f"[{done[0]}/{total}] {r.cell:<13} h={r.hidden:<4} T={r.seq:<4} kept (no load)")
             return
         ref = f"  (reference loop {r.reference_ratio:.2f}×)" if r.reference_ratio else ""
+        if r.derived_ratio:
+            ref += f"  (derived {r.derived_ratio:.2f}×, first call {r.derived_first_s:.1f} s)"
         drop = r.extra.get("discarded_rounds", 0)
         ref += f"  [{drop} loaded rounds re-run]" if drop else ""
         mem = (f"  peak {r.peak_mb:.0f} MB vs {r.ref_peak_mb:.0f} MB"
@@ -127,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         cells, sizes, batch=args.batch, input_size=args.input_size, layers=args.layers, device=args.device,
         repeats=args.repeats, warmup=args.warmup, memory_sizes=() if args.no_memory else main,
         reference_sizes=main if (args.reference or args.all) else (), progress=progress,
-        max_load=args.max_load if args.max_load > 0 else None, patience=args.patience, previous=previous)
+        max_load=args.max_load if args.max_load > 0 else None, patience=args.patience, previous=previous,
+        derived_sizes=main if (args.derived or args.all) else ())
     if args.out:
         out = Path(args.out)
         md = bench.write_markdown(results, out / "BENCH.md", info, main, command=_command_line(args))
