@@ -20,7 +20,7 @@ test: $(STAMP)
 run: $(STAMP)
 	$(BIN)/cellsearch run studies/quickstart.yaml
 	$(BIN)/cellsearch leaderboard studies/quickstart.yaml
-	$(BIN)/cellsearch export studies/quickstart.yaml --out runs/quickstart/best
+	$(BIN)/cellsearch export studies/quickstart.yaml --out runs/quickstart/best --force
 
 # every published cell vs torch.nn.LSTM (~10 min on 2 idle cores) into docs/bench/; on a shared machine
 # e.g. `make bench BENCH_ARGS="--resume --patience 6"` re-measures only rounds that other processes disturbed

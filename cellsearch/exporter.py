@@ -24,8 +24,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,8 +255,14 @@ def read_safetensors(path: str | Path) -> dict[str, Tensor]:
 
 
 def load(weights_path: str | Path | None = None, device: str | torch.device = "cpu") -> Model:
-    """Build the model and load its weights (default: the .safetensors file beside this module)."""
+    """Build the model and load its weights (default: the .safetensors file beside this module, whose
+    sha256 must equal WEIGHTS_SHA256: a changed or truncated file is refused)."""
     path = Path(weights_path) if weights_path is not None else Path(__file__).with_suffix(".safetensors")
+    if weights_path is None and WEIGHTS_SHA256:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != WEIGHTS_SHA256:
+            raise ValueError(f"{path}: sha256 {digest[:16]}… is not the exported weights' "
+                             f"{WEIGHTS_SHA256[:16]}… (the file was changed or truncated)")
     model = Model()
     model.load_state_dict(read_safetensors(path), strict=True)
     return model.to(device).eval()
@@ -343,8 +352,10 @@ def _cells_code(model: Any, doc: list[str]) -> tuple[list[str], list[_CellCode]]
     return classes, codes
 
 
-def generate_source(model: Any, name: str | None = None, published: str | None = None) -> str:
-    """Python source (torch only) of a standalone module equivalent to ``model`` (a SequenceModel)."""
+def generate_source(model: Any, name: str | None = None, published: str | None = None,
+                    weights_sha256: str = "") -> str:
+    """Python source (torch only) of a standalone module equivalent to ``model`` (a SequenceModel);
+    ``load()`` checks the weights file beside it against ``weights_sha256``."""
     spec = model.spec
     name = name or module_name(model, published)
     classes, codes = _cells_code(model, _cell_doc(spec, published))
@@ -357,12 +368,13 @@ def generate_source(model: Any, name: str | None = None, published: str | None =
         "    model = m.load()\n"
         f"    y, state = model(torch.randn(4, 20, {spec.input_size}))   # [batch, time, features]\n\n"
         "Spec:\n\n" + _indent(yaml.safe_dump(spec.to_dict(), sort_keys=False).splitlines(), 1) + '\n"""\n\n'
-        "from __future__ import annotations\n\nimport json\nimport struct\nfrom pathlib import Path\n\n"
+        "from __future__ import annotations\n\nimport hashlib\nimport json\nimport struct\nfrom pathlib import Path\n\n"
         "import torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n"
         + "".join(f"{line}\n" for line in imports if line.startswith("from "))
         + "\n" + "".join(f"{line}\n" for line in imports if not line.startswith("from "))
         + f"INPUT_SIZE = {spec.input_size}\nHIDDEN_SIZE = {spec.hidden_size}\n"
         f"OUTPUT_SIZE = {spec.output_size}\nNUM_LAYERS = {spec.depth.layers}\n"
+        f"WEIGHTS_SHA256 = {weights_sha256!r}  # of the .safetensors file beside this module\n"
     )
     parts = [header]
     for code in codes:
@@ -396,32 +408,71 @@ def export_model(
     name: str | None = None,
     published: str | None = None,
     meta: Mapping[str, Any] | None = None,
+    force: bool = False,
 ) -> Path:
-    """Write ``<name>.py``, ``<name>.safetensors``, ``spec.yaml``, ``MODEL_CARD.md``; return the .py path."""
+    """Write ``<name>.py``, ``<name>.safetensors``, ``spec.yaml``, ``MODEL_CARD.md``; return the .py path.
+
+    The files are written into a temporary folder beside ``out_dir`` and moved into place at the end, so
+    a failure (a full disk, an untraceable cell) leaves no partial export. A non-empty ``out_dir`` is
+    refused unless ``force`` (then it is replaced whole)."""
+    out = _check_target(Path(out_dir), force)
+    name = name or module_name(model, published)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _write_export(model, tmp, name, published, dict(meta or {}))
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / f"{name}.py"
+
+
+def _check_target(out: Path, force: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"export: {out} is a file; --out takes a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ExportError(f"export: {out} is not empty; choose an empty or new folder, or pass --force "
+                          "(force=True) to replace it")
+    return out
+
+
+def _write_export(model: Any, folder: Path, name: str, published: str | None, meta: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    name = name or module_name(model, published)
-    out = Path(out_dir)
-    source = generate_source(model, name, published)
-    tensors = export_state_dict(model)
-    out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{name}.safetensors"
-    save_file(tensors, str(weights))
-    py = out / f"{name}.py"
-    py.write_text(source, encoding="utf-8")
-    meta = dict(meta or {})
-    info = json.loads(json.dumps(_spec_info(model, name, published, weights, meta), default=str))
-    (out / "spec.yaml").write_text(
-        yaml.safe_dump(info, sort_keys=False, allow_unicode=True), encoding="utf-8"
-    )
-    (out / "MODEL_CARD.md").write_text(_model_card(model, name, published, info), encoding="utf-8")
-    return py
+    weights = folder / f"{name}.safetensors"
+    save_file(export_state_dict(model), str(weights))
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (folder / f"{name}.py").write_text(generate_source(model, name, published, digest), encoding="utf-8")
+    info = json.loads(json.dumps(_spec_info(model, name, published, digest, meta), default=str))
+    (folder / "spec.yaml").write_text(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    (folder / "MODEL_CARD.md").write_text(_model_card(model, name, published, info), encoding="utf-8")
+    mode = 0o666 & ~_umask()
+    for path in folder.iterdir():  # one mode for every file (safetensors writes its own 0600 otherwise)
+        path.chmod(mode)
+    folder.chmod(0o777 & ~_umask())
 
 
-def _spec_info(model: Any, name: str, published: str | None, weights: Path, meta: dict[str, Any]) -> dict:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old ``out`` (force) is removed only after the move."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _spec_info(model: Any, name: str, published: str | None, digest: str, meta: dict[str, Any]) -> dict:
     from .api import count_parameters
 
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     return {
         "name": name,
         "published_cell": published,
@@ -429,7 +480,7 @@ def _spec_info(model: Any, name: str, published: str | None, weights: Path, meta
         "readout": model.readout,
         "digest": model.spec.digest(),
         "parameters": count_parameters(model),
-        "files": {"module": f"{name}.py", "weights": weights.name, "weights_sha256": digest},
+        "files": {"module": f"{name}.py", "weights": f"{name}.safetensors", "weights_sha256": digest},
         **meta,
         "versions": _versions(),
         "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -497,8 +548,11 @@ def _model_card(model: Any, name: str, published: str | None, info: Mapping[str,
     return "\n".join(lines)
 
 
-def export(study_or_trial: Any, out_dir: str | Path, trial: int | None = None) -> Path:
+def export(study_or_trial: Any, out_dir: str | Path, trial: int | None = None, force: bool = False) -> Path:
     """Export a study's best trial (or ``trial``), a trial, or a model; return the written ``.py`` path.
+
+    ``out_dir`` must be new or empty unless ``force`` (then it is replaced whole, after the export
+    succeeded).
 
     ``study_or_trial`` may be a study file path, a :class:`~cellsearch.study.StudyConfig`, a
     :class:`~cellsearch.search.optuna_backend.StudyResult`, an ``optuna.Study`` created by cellsearch, a
@@ -507,8 +561,8 @@ def export(study_or_trial: Any, out_dir: str | Path, trial: int | None = None) -
     from torch import nn
 
     if isinstance(study_or_trial, nn.Module):
-        return export_model(study_or_trial, out_dir)
+        return export_model(study_or_trial, out_dir, force=force)
     from .search.optuna_backend import export_from
 
-    return export_from(study_or_trial, out_dir, trial)
+    return export_from(study_or_trial, out_dir, trial, force)
 

@@ -58,6 +58,10 @@ def test_four_trial_study_end_to_end(tmp_path: Path, monkeypatch, capsys) -> Non
 
     assert main(["export", str(study), "--out", "best"]) == 0
     capsys.readouterr()
+    assert main(["export", str(study), "--out", "best"]) == 2  # never overwrites silently
+    assert "not empty" in capsys.readouterr().err
+    assert main(["export", str(study), "--out", "best", "--force"]) == 0
+    capsys.readouterr()
     info = yaml.safe_load((tmp_path / "best" / "spec.yaml").read_text())
     assert info["study"] == "e2e" and isinstance(info["trial"], int)
     module = _import(tmp_path / "best" / info["files"]["module"])

@@ -188,7 +188,7 @@ def test_exported_source_imports_torch_only(exported: dict, case: str) -> None:
     tree = ast.parse((exported["root"] / case / f"{case}.py").read_text())
     modules = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     modules |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert modules <= {"__future__", "json", "struct", "pathlib", "torch"}
+    assert modules <= {"__future__", "hashlib", "json", "struct", "pathlib", "torch"}
 
 
 def test_export_folder_has_spec_and_model_card(exported: dict) -> None:
@@ -283,3 +283,54 @@ def test_export_writes_all_four_files(tmp_path: Path) -> None:
         "star.py",
         "star.safetensors",
     ]
+
+
+def _tiny_model() -> SequenceModel:
+    return SequenceModel(get_cell_card("star").model_spec(4, input_size=2, output_size=1))
+
+
+def test_export_refuses_a_non_empty_folder_and_force_replaces_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty.*--force"):
+        export_model(_tiny_model(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # untouched
+    export_model(_tiny_model(), out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "spec.yaml", "star.py", "star.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary or old folder left beside it
+
+
+def test_export_to_a_file_is_one_clear_error(tmp_path: Path) -> None:
+    target = tmp_path / "model.py"
+    target.write_text("x = 1\n")
+    with pytest.raises(ExportError, match="is a file"):
+        export_model(_tiny_model(), target)
+    assert target.read_text() == "x = 1\n"
+
+
+def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after the weights were written (here: the model card) leaves no partial folder."""
+    import cellsearch.exporter as exporter
+
+    def boom(*args: object, **kwargs: object) -> str:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(exporter, "_model_card", boom)
+    with pytest.raises(OSError):
+        export_model(_tiny_model(), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exported_files_share_one_mode_and_load_checks_the_weights(tmp_path: Path) -> None:
+    py = export_model(_tiny_model(), tmp_path / "out")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in py.parent.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+    module = _load_module(py)
+    module.load()  # the untouched weights load
+    weights = py.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        module.load()

@@ -670,15 +670,15 @@ class StudyResult:
 
         return leaderboard_rows(self.study, self.config, top)
 
-    def export(self, out_dir: str | Path, trial: int | None = None) -> Path:
+    def export(self, out_dir: str | Path, trial: int | None = None, force: bool = False) -> Path:
         """Export the best trial (or ``trial``) as a standalone module; returns the ``.py`` path."""
         from .results import export_trial
 
-        return export_trial(self.study, self.config, out_dir, trial)
+        return export_trial(self.study, self.config, out_dir, trial, force=force)
 
 
-def export_from(obj: Any, out_dir: str | Path, trial: int | None = None) -> Path:
+def export_from(obj: Any, out_dir: str | Path, trial: int | None = None, force: bool = False) -> Path:
     """:func:`cellsearch.export` for a study path / config / result / optuna.Study / FrozenTrial."""
     from .results import export_any
 
-    return export_any(obj, out_dir, trial)
+    return export_any(obj, out_dir, trial, force=force)

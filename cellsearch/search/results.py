@@ -170,8 +170,10 @@ def _retrain(trial: FrozenTrial, config: StudyConfig, spec: Any, task: Any) -> A
     return train(spec, task, cfg).model.eval()
 
 
-def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number: int | None = None) -> Path:
-    """Export trial ``number`` (default: the best) of a study into ``out_dir``."""
+def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number: int | None = None,
+                 force: bool = False) -> Path:
+    """Export trial ``number`` (default: the best) of a study into ``out_dir`` (a non-empty folder only
+    with ``force``)."""
     from ..exporter import export_model
 
     trial = pick_trial(study, config, number)
@@ -194,10 +196,10 @@ def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number:
             "n_trials": config.search.n_trials,
         },
     }
-    return export_model(model, out_dir, published=attrs.get("published"), meta=meta)
+    return export_model(model, out_dir, published=attrs.get("published"), meta=meta, force=force)
 
 
-def export_any(obj: Any, out_dir: str | Path, number: int | None = None) -> Path:
+def export_any(obj: Any, out_dir: str | Path, number: int | None = None, force: bool = False) -> Path:
     """Export from a study file path, StudyConfig, StudyResult, optuna.Study or FrozenTrial."""
     from ..study import load_study
     from .optuna_backend import StudyResult, open_study
@@ -205,13 +207,13 @@ def export_any(obj: Any, out_dir: str | Path, number: int | None = None) -> Path
     if isinstance(obj, (str, Path)):
         obj = load_study(obj)
     if isinstance(obj, StudyConfig):
-        return export_trial(open_study(obj, create=False), obj, out_dir, number)
+        return export_trial(open_study(obj, create=False), obj, out_dir, number, force)
     if isinstance(obj, StudyResult):
-        return obj.export(out_dir, number)
+        return obj.export(out_dir, number, force)
     if isinstance(obj, Study):
-        return export_trial(obj, _config_of(obj), out_dir, number)
+        return export_trial(obj, _config_of(obj), out_dir, number, force)
     if isinstance(obj, FrozenTrial):
-        return _export_frozen(obj, out_dir)
+        return _export_frozen(obj, out_dir, force)
     raise TypeError(
         f"cannot export a {type(obj).__name__}; expected a study path, StudyConfig, StudyResult, "
         "optuna.Study, FrozenTrial or SequenceModel"
@@ -236,7 +238,7 @@ def _raw_from_stored(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _export_frozen(trial: FrozenTrial, out_dir: str | Path) -> Path:
+def _export_frozen(trial: FrozenTrial, out_dir: str | Path, force: bool = False) -> Path:
     from ..exporter import export_model
     from ..model import SequenceModel
     from ..spec import ModelSpec
@@ -254,4 +256,5 @@ def _export_frozen(trial: FrozenTrial, out_dir: str | Path) -> Path:
         out_dir,
         published=trial.user_attrs.get("published"),
         meta={"trial": trial.number, "metrics": trial.user_attrs.get("metrics")},
+        force=force,
     )
