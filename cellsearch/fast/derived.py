@@ -186,8 +186,10 @@ class StepGraphs:
     n_out: int                    # h, state…
     n_saved: int
     n_pre: int
-    # post-loop products: grad of invariant i = post(mm(cat(a), cat(b))); a, b extra backward outputs
-    post: list[tuple[int, int, int, Callable[[Tensor], Tensor]]] = field(default_factory=list)
+    # post-loop products: grad of invariant i = fn(mm(cat(a), cat(b))); a, b extra backward outputs (or
+    # read from dxp after the loop: a_src "dxp_t", b_src "dxp")
+    post: list[tuple[int, int, int, Callable[[Tensor], Tensor], str | None, str | None]] = \
+        field(default_factory=list)
     n_bw_out: int = 0
     modules: dict[str, fx.GraphModule] = field(default_factory=dict)
     compiled: bool = False
@@ -349,8 +351,26 @@ def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recomp
     fw = _copy_graph(fw_nodes, inv_ph + var_ph, fw_outs + saved, joint)
     pre = _copy_graph(pre_nodes, inv_ph, pre_used, joint)
     bw = _copy_graph(bw_step, inv_ph + pre_used + saved + tan_ph, roots, joint)
+    # a factor that is the input projection's gradient (transposed or not) is read from dxp after the loop
+    dxp = grads[n_inv]
+    sources = []
+    for _i, a, b, _chain in post:
+        a_src = "dxp_t" if _transpose_of(a) is dxp and dxp is not None else None
+        b_src = "dxp" if b is dxp and dxp is not None else None
+        sources.append((a_src, b_src))
     return {"fw": fw, "pre": pre, "bw": bw, "n_saved": len(saved), "n_pre": len(pre_used),
-            "post": post, "n_grads": len(grads)}
+            "post": post, "n_grads": len(grads), "sources": sources}
+
+
+def _transpose_of(node: fx.Node) -> fx.Node | None:
+    """x when ``node`` is t(x) / transpose(x, 0, 1) / permute(x, [1, 0]) of a matrix, else None."""
+    if node.op != "call_function" or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    name = _target_name(node).split(".")[0]
+    if name == "t" or (name == "transpose" and sorted(node.args[1:3]) == [0, 1]) or \
+            (name == "permute" and list(node.args[1]) == [1, 0]):
+        return node.args[0]
+    return None
 
 
 def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile: bool = False) -> StepGraphs:
@@ -370,8 +390,8 @@ def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile
     part = _partition(joint, n_inv, len(var), n_out, recompute=compile)
     post = []
     n_grads = part["n_grads"]
-    for k, (i, _a, _b, chain) in enumerate(part["post"]):
-        post.append((i, n_grads + 2 * k, n_grads + 2 * k + 1, _replay(chain)))
+    for k, ((i, _a, _b, chain), (a_src, b_src)) in enumerate(zip(part["post"], part["sources"])):
+        post.append((i, n_grads + 2 * k, n_grads + 2 * k + 1, _replay(chain), a_src, b_src))
     g = StepGraphs(prologue, part["fw"], part["pre"], part["bw"], n_inv, len(var), n_out,
                    part["n_saved"], part["n_pre"], post, n_grads + 2 * len(post),
                    {"prologue": prologue, "step": step, "joint": joint, "forward": part["fw"],
@@ -523,11 +543,21 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
                 dxs[t] = res[n_inv + 1]
         dstate = [torch.zeros_like(s) if d is None else d.contiguous() if g.compiled else d
                   for d, s in zip(res[first_state:n_grads], dstate)]
-        for k, (_i, ia, ib, _f) in enumerate(g.post):
-            post_a[k].append(res[ia])
-            post_b[k].append(res[ib])
-    for k, (i, _ia, _ib, fn) in enumerate(g.post):
-        gi = fn(torch.mm(_cat(post_a[k], 1), _cat(post_b[k], 0)))
+        for k, (_i, ia, ib, _f, a_src, b_src) in enumerate(g.post):
+            if a_src is None:
+                post_a[k].append(res[ia])
+            if b_src is None:
+                post_b[k].append(res[ib])
+    dxp2d = dxp.view(-1, dxp.shape[-1])
+    for k, (i, _ia, _ib, fn, a_src, b_src) in enumerate(g.post):
+        # the lists run backwards in time; dxp forwards
+        if a_src == "dxp_t" and b_src is None:
+            a, b = dxp2d.t(), _cat(post_b[k][::-1], 0)
+        elif b_src == "dxp" and a_src is None:
+            a, b = _cat(post_a[k][::-1], 1), dxp2d
+        else:
+            a, b = _cat(post_a[k], 1), _cat(post_b[k], 0)
+        gi = fn(torch.mm(a, b))
         dinv[i] = gi if dinv[i] is None else dinv[i] + gi
     return [dxp, dxs, *dstate, *dinv]
 

@@ -33,6 +33,10 @@ from torch import Tensor, fx
 __all__ = ["unavailable", "compile_graph", "cache_dir", "stats"]
 
 _lock = threading.RLock()
+#: Inductor settings for step graphs: single-threaded C++ loops (a step's [B, ·] pointwise work is too
+#: small to split, and an OpenMP team waiting on a descheduled thread stalls every step on a shared
+#: machine), compiled in this process (no worker pool to start for two small graphs)
+_CONFIG: dict[str, Any] = {"cpp.threads": 1, "compile_threads": 1}
 _dir: Path | None = None
 #: seconds spent compiling in this process, and the number of graphs compiled
 stats: dict[str, float] = {"seconds": 0.0, "graphs": 0}
@@ -92,6 +96,7 @@ def _cache_env() -> Iterator[None]:
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Callable[..., Any]:
     """``gm`` compiled by Inductor for inputs shaped and strided like ``example_inputs``; called with
     the same positional tensors, returns the same tuple."""
+    import torch._inductor.config
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
@@ -101,7 +106,7 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Calla
     with torch.no_grad():
         graph = make_fx(torch.func.functionalize(gm, remove="mutations"),
                         decomposition_table=select_decomp_table(), tracing_mode="fake")(*ex)
-        with _cache_env():
+        with _cache_env(), torch._inductor.config.patch(_CONFIG):
             compiled = compile_fx_inner(graph, ex)
     stats["seconds"] += time.perf_counter() - t0
     stats["graphs"] += 1
