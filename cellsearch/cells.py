@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from . import fast as _fast
 from . import registry
-from .depth import Transition
 from .primitives.base import Block
+from .primitives.depth import Transition
 from .primitives.gate import Gate
 from .primitives.init import Init
 from .primitives.recurrence import Recurrence

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 GROUPS = {"primitive": "cellsearch.primitives", "cell": "cellsearch.cells", "task": "cellsearch.tasks"}
-_BUILTIN_MODULES = ("cellsearch.primitives", "cellsearch.depth", "cellsearch.tasks")
+_BUILTIN_MODULES = ("cellsearch.primitives", "cellsearch.tasks")
 
 
 class RegistryError(LookupError):

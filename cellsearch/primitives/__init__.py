@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import gate, init, recurrence, saturation, update  # noqa: F401  (registration side effects)
+from . import depth, gate, init, recurrence, saturation, update  # noqa: F401  (registration side effects)
 from .base import Block, Primitive
 
 __all__ = ["Block", "Primitive"]

@@ -13,7 +13,7 @@ Roles and what the composer asks of each (see :mod:`cellsearch.cells` for how th
 - ``init``: sets weights and biases of named blocks after the default initialization.
 - ``saturation``: the squashing of the new state (may own parameters, like asRNN's W_f).
 - ``recurrence``: the parametrization of the recurrent matrices.
-- ``depth``: arrangement of cells (see :mod:`cellsearch.depth`).
+- ``depth``: arrangement of cells (see :mod:`cellsearch.primitives.depth`).
 """
 
 from __future__ import annotations
