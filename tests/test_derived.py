@@ -3,10 +3,10 @@ registered cell and for a primitive defined only in this test, and the compiled-
 
 Outputs, final states and the gradients of every parameter, of the input and of the initial state are
 compared with the reference loop (``cellsearch.fast.enabled(False)``): float64 to 1e-10, float32 to 1e-5
-(relative to the largest value). The sweep over the registry runs the derived graphs as aten ops (tiny
-sizes stay below the compile threshold); the Inductor-compiled graphs are checked on the test plugin and
-a few published cells (``CELLSEARCH_DERIVED_COMPILE=always``), all at one shape so that compiled
-artifacts are shared. No test asserts a timing.
+(relative to the largest value). The sweep over the registry runs the derived step graphs uncompiled
+(``CELLSEARCH_DERIVED_BACKEND=aten``: the same graphs and partition, executed op by op, no compile
+cost); the Inductor-compiled graphs are checked on the test plugin and a few published cells, all at
+one shape so that compiled artifacts are shared. No test asserts a timing.
 """
 
 from __future__ import annotations
@@ -147,11 +147,26 @@ def _paths(model: torch.nn.Module) -> set[str]:
     return {fast.plan(layer).path for layer in model.layers}
 
 
+@pytest.fixture
+def aten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived step graphs run uncompiled, at every size."""
+    monkeypatch.setenv("CELLSEARCH_DERIVED_BACKEND", "aten")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+
+
+def _count_reference(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> list[int]:
+    calls: list[int] = []
+    cls = type(model.layers[0])
+    original = cls._reference_sequence
+    monkeypatch.setattr(cls, "_reference_sequence", lambda self, x, s=None: calls.append(1) or original(self, x, s))
+    return calls
+
+
 # ------------------------------------------------------------------------------------------------
 # every registered cell, forced onto the derived path (aten step graphs)
 
 @pytest.mark.parametrize("name", cs.list_cells())
-def test_every_registered_cell_derived_equals_reference(name: str) -> None:
+def test_every_registered_cell_derived_equals_reference(name: str, aten: None) -> None:
     """Each published cell, forced onto the derived path: outputs and all gradients equal the reference
     loop in float64, with a given initial state, and again after the batch size changes."""
     model = _model(name, torch.float64, num_layers=2 if name == "lstm" else None)
@@ -163,19 +178,41 @@ def test_every_registered_cell_derived_equals_reference(name: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_plugin_primitive_takes_the_derived_path(dtype: torch.dtype) -> None:
+def test_plugin_primitive_takes_the_derived_path(dtype: torch.dtype, aten: None,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A primitive only registered at runtime (no hand-written kernel) takes the derived path by default
     and equals the reference loop; the batch size may change between calls; states in and out."""
     model = _model(PLUGIN, dtype)
     assert _paths(model) == {"derived"}
     assert "derived from the step" in fast.explain(model.layers[0])
+    calls = _count_reference(monkeypatch, model)
     for batch in (B, 1):
         x, state = _inputs(model, batch, dtype)
+        calls.clear()
+        model(x)
+        assert not calls
         assert_same(model, x, state)
         assert_same(model, x, None)
 
 
-def test_switches_force_and_turn_off_the_derived_path() -> None:
+def test_small_runs_and_no_compiler_take_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the size where compiling pays, or where Inductor cannot compile, the reference loop runs."""
+    model = _model(PLUGIN, torch.float32)
+    assert "take the reference loop" in fast.explain(model.layers[0])
+    calls = _count_reference(monkeypatch, model)
+    x, _ = _inputs(model, B, torch.float32)
+    model(x)
+    assert calls
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILE", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    other = _model(PLUGIN, torch.float32)
+    assert "CELLSEARCH_DERIVED_COMPILE=0" in fast.explain(other.layers[0])
+    calls.clear()
+    other(x)
+    assert calls
+
+
+def test_switches_force_and_turn_off_the_derived_path(aten: None) -> None:
     plugin, lstm = _model(PLUGIN, torch.float64), _model("ur_lstm", torch.float64)
     assert fast.plan(lstm.layers[0]).path == "fused"
     with fast.force_derived():
@@ -187,7 +224,7 @@ def test_switches_force_and_turn_off_the_derived_path() -> None:
     assert fast.derived_mode() == "auto"
 
 
-def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop() -> None:
+def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop(aten: None) -> None:
     model = _model(cs.CellSpec(update="branchy_derived_test"), torch.float64)
     p = fast.plan(model.layers[0])
     assert p.path == "reference" and "could not be derived" in p.reason
@@ -205,11 +242,9 @@ COMPILED = [(PLUGIN, torch.float64), (PLUGIN, torch.float32), ("refined_lstm", t
 
 @pytest.mark.parametrize("spec,dtype", COMPILED, ids=lambda s: s if isinstance(s, str) else
                          "plugin" if isinstance(s, cs.CellSpec) else str(s).split(".")[-1])
-def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype) -> None:
     if inductor.unavailable("cpu") is not None:
         pytest.skip(inductor.unavailable("cpu"))
-    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILE", "always")
     model = _model(spec, dtype)
     with fast.force_derived():
         runner = fast.plan(model.layers[0]).run
@@ -222,12 +257,9 @@ def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype,
 # ------------------------------------------------------------------------------------------------
 # where the derived path does not apply, and autograd corner cases
 
-def test_autocast_runs_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_runs_the_reference_loop(aten: None, monkeypatch: pytest.MonkeyPatch) -> None:
     model = _model(PLUGIN, torch.float32)
-    calls = []
-    cls = type(model.layers[0])
-    original = cls._reference_sequence
-    monkeypatch.setattr(cls, "_reference_sequence", lambda self, x, s=None: calls.append(1) or original(self, x, s))
+    calls = _count_reference(monkeypatch, model)
     x, _ = _inputs(model, B, torch.float32)
     model(x)
     assert not calls
@@ -236,7 +268,7 @@ def test_autocast_runs_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls
 
 
-def test_double_backward_is_refused_not_wrong() -> None:
+def test_double_backward_is_refused_not_wrong(aten: None) -> None:
     model = _model(PLUGIN, torch.float64)
     x, _ = _inputs(model, B, torch.float64)
     x.requires_grad_(True)
@@ -246,7 +278,7 @@ def test_double_backward_is_refused_not_wrong() -> None:
         torch.autograd.grad(g.sum(), x)
 
 
-def test_no_grad_inference_and_retain_graph() -> None:
+def test_no_grad_inference_and_retain_graph(aten: None) -> None:
     model = _model(PLUGIN, torch.float64)
     x, state = _inputs(model, B, torch.float64)
     with fast.enabled(False):

@@ -40,11 +40,13 @@ import torch
 from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "COMPILE_MIN"]
+__all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "DERIVED_MIN",
+           "backend_choice", "min_work"]
 
-#: the derived step graphs are compiled (``CELLSEARCH_DERIVED_COMPILE=auto``, the default) when one step's
-#: pre-activations have at least this many elements (batch × blocks × hidden; e.g. 64 × 128)
-COMPILE_MIN = 8192
+#: the derived path runs (unless forced) when one call has at least this many pre-activations
+#: (T × batch × blocks × hidden, e.g. 100 × 64 × 2 × 128 ≈ 1.6M): a first use compiles for seconds,
+#: which small runs (the quickstart's hidden-32 trials) never earn back; those keep the reference loop
+DERIVED_MIN = 1 << 20
 
 State = tuple[Tensor, ...]
 
@@ -387,7 +389,7 @@ def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile
         if not isinstance(t, Tensor):
             raise DerivationError("a loop invariant is not a tensor")
     joint, n_out = _joint(step, inv, var)
-    part = _partition(joint, n_inv, len(var), n_out, recompute=compile)
+    part = _partition(joint, n_inv, len(var), n_out, recompute=True)
     post = []
     n_grads = part["n_grads"]
     for k, ((i, _a, _b, chain), (a_src, b_src)) in enumerate(zip(part["post"], part["sources"])):
@@ -565,42 +567,56 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
 # -------------------------------------------------------------------------------------------------
 # the runner a plan holds
 # -------------------------------------------------------------------------------------------------
-class Derived:
-    """The derived path of one cell: graphs per (shapes, dtype, device), built on first use; compiled by
-    Inductor on the CPU in float32 / float64 unless :func:`cellsearch.fast.inductor.unavailable` says
-    why not (then, or when a compile fails, the graphs run as aten ops)."""
+def backend_choice() -> str:
+    """``inductor`` (default) or ``aten`` (``CELLSEARCH_DERIVED_BACKEND=aten``: the step graphs run
+    uncompiled, op by op; for tests and debugging, slower than the reference loop)."""
+    value = os.environ.get("CELLSEARCH_DERIVED_BACKEND", "inductor").strip().lower()
+    return "aten" if value == "aten" else "inductor"
 
-    def __init__(self) -> None:
+
+def min_work() -> int:
+    """:data:`DERIVED_MIN`, or ``CELLSEARCH_DERIVED_MIN`` when set."""
+    try:
+        return int(os.environ.get("CELLSEARCH_DERIVED_MIN", DERIVED_MIN))
+    except ValueError:
+        return DERIVED_MIN
+
+
+class Derived:
+    """The derived path of one cell: graphs per (shapes, dtype, device), built and compiled on first use.
+
+    Calls return None (the caller runs the reference loop) where the derived path does not pay or
+    cannot run: work below :func:`min_work` (unless ``forced``), Inductor unavailable (no C++ compiler,
+    not the CPU, not float32/float64) or a failed compile (remembered in ``compile_error``), because
+    the uncompiled graphs run slower than the reference loop."""
+
+    def __init__(self, forced: bool = False) -> None:
         self._graphs: dict[tuple[Any, ...], StepGraphs] = {}
         self._lock = threading.Lock()
+        self.forced = forced
         self.compile_error: str | None = None
 
-    def _compile_for(self, xp: Tensor) -> bool:
-        """Compile for these step inputs? Not below :data:`COMPILE_MIN` pre-activations per step unless
-        ``CELLSEARCH_DERIVED_COMPILE=always`` (a compile takes seconds; a tiny model never earns them)."""
+    def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+        """Why the derived path cannot run for this device and dtype (None: it can)."""
+        if backend_choice() == "aten":
+            return None
         from .inductor import unavailable
 
-        if self.compile_error is not None or xp.dtype not in (torch.float32, torch.float64):
-            return False
-        if unavailable(xp.device) is not None:
-            return False
-        if os.environ.get("CELLSEARCH_DERIVED_COMPILE", "auto").strip().lower() in ("always", "force"):
-            return True
-        return xp[0].numel() >= COMPILE_MIN
+        if dtype not in (torch.float32, torch.float64):
+            return f"{dtype} is not compiled"
+        return self.compile_error or unavailable(device)
 
-    def backend(self, device: torch.device | str = "cpu") -> str:
-        """How the step graphs run on ``device``: Inductor C++ kernels or aten ops (and why)."""
-        from .inductor import unavailable
-
-        why = self.compile_error or unavailable(device)
+    def describe(self) -> str:
+        """How it runs (for :func:`cellsearch.fast.explain`)."""
+        if backend_choice() == "aten":
+            return "uncompiled aten step graphs (CELLSEARCH_DERIVED_BACKEND=aten)"
+        why = self.unavailable()
         if why is not None:
-            return f"aten step graphs: {why}"
-        if os.environ.get("CELLSEARCH_DERIVED_COMPILE", "auto").strip().lower() in ("always", "force"):
-            return "Inductor C++ step graphs"
-        return f"Inductor C++ step graphs from {COMPILE_MIN} pre-activations a step, aten ops below"
+            return f"unavailable here, so the reference loop runs: {why}"
+        size = "" if self.forced else f"; runs under {min_work():,} pre-activations a sequence take the reference loop"
+        return "Inductor C++ step graphs" + size
 
-    def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool = True) -> StepGraphs:
-        compile = compile and self._compile_for(xp)
+    def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool) -> StepGraphs:
         key = (tuple(xp.shape[1:]), None if xs is None else tuple(xs.shape[1:]),
                tuple(tuple(s.shape) for s in state), xp.dtype, xp.device,
                tuple(s.dtype for s in state), compile)
@@ -609,16 +625,7 @@ class Derived:
             with self._lock:
                 g = self._graphs.get(key)
                 if g is None:
-                    x0 = None if xs is None else xs[0]
-                    try:
-                        g = derive(cell, xp[0], x0, state, compile=compile)
-                    except DerivationError:
-                        raise
-                    except Exception as exc:
-                        if not compile:
-                            raise
-                        self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc)[:200]}"
-                        return self.graphs(cell, xp, xs, state, compile=False)
+                    g = derive(cell, xp[0], None if xs is None else xs[0], state, compile=compile)
                     self._graphs[key] = g
         return g
 
@@ -632,10 +639,21 @@ class Derived:
             _, xp, xs, state = cell._recurrence_inputs(x, cell.initial_state(2, x))
         self.graphs(cell, xp, xs, tuple(state), compile=False)
 
-    def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
+    def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
+        if not self.forced and x.shape[0] * x.shape[1] * _width(cell) < min_work():
+            return None
+        aten = backend_choice() == "aten"
+        if not aten and self.unavailable(x.device, x.dtype) is not None:
+            return None
         _, xp, xs, st = cell._recurrence_inputs(x, state)
         st = tuple(st)
-        g = self.graphs(cell, xp, xs, st)
+        try:
+            g = self.graphs(cell, xp, xs, st, compile=not aten)
+        except DerivationError:
+            raise
+        except Exception as exc:          # a compiler error: remember it, run the reference loop
+            self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            return None
         if g.compiled:
             xp = xp.contiguous()
             xs = xs.contiguous() if xs is not None else None
@@ -649,3 +667,9 @@ class Derived:
             now = list(st)
             out, _ = _forward_loop(g, xp, xs, now, inv, False)
             return out, tuple(now)
+
+
+def _width(cell: Any) -> int:
+    """Pre-activations per step and batch row (the input projection's width)."""
+    w = getattr(cell, "weight_ih", None)
+    return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(cell, "hidden_size", 1))

@@ -11,8 +11,7 @@ Inductor's on-disk cache (generated sources, compiled libraries, the FX graph ca
 of a compile only; before the first use in a process the tree is checked, and if it holds a file that
 is not the user's own or that others can write, a fresh private temporary directory is used instead (a
 warning), so nothing planted there is loaded. ``CELLSEARCH_DERIVED_COMPILE=0`` turns compilation off
-(the derived graphs then run as aten ops), ``=always`` compiles at every size (the default ``auto``
-compiles from :data:`cellsearch.fast.derived.COMPILE_MIN` pre-activations per step).
+(and with it the derived path: uncompiled step graphs are slower than the reference loop).
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ def unavailable(device: torch.device | str = "cpu") -> str | None:
     """Why step graphs are not compiled here (None: they are)."""
     flag = os.environ.get("CELLSEARCH_DERIVED_COMPILE", "1").strip().lower()
     if flag in ("0", "false", "no", "off"):
-        return "compilation disabled by CELLSEARCH_DERIVED_COMPILE=0"
+        return "compilation turned off by CELLSEARCH_DERIVED_COMPILE=0"
     if torch.device(device).type != "cpu":
         return f"Inductor compilation of derived steps is only used on the CPU (not {torch.device(device).type})"
     if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):

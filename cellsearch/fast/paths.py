@@ -173,12 +173,12 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
 def _derived_plan(cell: Any, why: str) -> Plan:
     from .derived import DerivationError, Derived
 
-    runner = Derived()
+    runner = Derived(forced=why == "forced")
     try:
         runner.probe(cell)
     except DerivationError as exc:
         return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
-    return Plan("derived", f"whole-sequence function derived from the step ({runner.backend()}); {why}",
+    return Plan("derived", f"whole-sequence function derived from the step ({runner.describe()}); {why}",
                 runner)
 
 
