@@ -96,17 +96,23 @@ def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Calla
     """``gm`` compiled by Inductor for inputs shaped and strided like ``example_inputs``; called with
     the same positional tensors, returns the same tuple."""
     import torch._inductor.config
+    from torch._guards import TracingContext, tracing
     from torch._inductor.compile_fx import compile_fx_inner
     from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
-    ex = [t.detach() if isinstance(t, Tensor) else t for t in example_inputs]
     t0 = time.perf_counter()
+    # a fake mode with a shape environment in the tracing context: what Inductor's FX graph cache keys on
+    mode = FakeTensorMode(shape_env=ShapeEnv())
     with torch.no_grad():
-        graph = make_fx(torch.func.functionalize(gm, remove="mutations"),
-                        decomposition_table=select_decomp_table(), tracing_mode="fake")(*ex)
-        with _cache_env(), torch._inductor.config.patch(_CONFIG):
-            compiled = compile_fx_inner(graph, ex)
+        fake = [mode.from_tensor(t.detach(), static_shapes=True) for t in example_inputs]
+        with mode:
+            graph = make_fx(torch.func.functionalize(gm, remove="mutations"),
+                            decomposition_table=select_decomp_table())(*fake)
+        with _cache_env(), torch._inductor.config.patch(_CONFIG), tracing(TracingContext(mode)):
+            compiled = compile_fx_inner(graph, fake)
     stats["seconds"] += time.perf_counter() - t0
     stats["graphs"] += 1
 
