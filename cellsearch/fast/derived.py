@@ -30,8 +30,10 @@ transforms and forward-mode AD take the reference loop (:func:`cellsearch.fast.s
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -381,8 +383,33 @@ def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile
     has_xs = xs is not None
     var = [t.detach().contiguous() for t in (xp, *((xs,) if has_xs else ()), *state)]
     gm, n_p = _trace_step(cell, var, has_xs)
-    prologue, step, n_inv = _split_invariants(gm, n_p)
     _, values = _named_tensors(cell)
+    key = _structure_key(gm, values, var, compile)
+    shared = _SHARED.get(key) if key is not None else None
+    if shared is not None:
+        return shared
+    g = _derive(gm, n_p, values, var, compile)
+    if key is not None:
+        _SHARED[key] = g
+    return g
+
+
+#: graphs by the structure of the traced step (its code and the inputs' shapes, strides and dtypes):
+#: the layers of a stack, and cells that differ only in parameter values, share one compile
+_SHARED: weakref.WeakValueDictionary[str, StepGraphs] = weakref.WeakValueDictionary()
+
+
+def _structure_key(gm: fx.GraphModule, values: Sequence[Tensor], var: Sequence[Tensor], compile: bool) -> str | None:
+    """A digest of everything the derived graphs depend on, or None when the step captured constant
+    tensors (their values are not in the code)."""
+    if any(n.op == "get_attr" for n in gm.graph.nodes):
+        return None
+    meta = [(tuple(t.shape), t.stride(), str(t.dtype), str(t.device), t.requires_grad) for t in (*values, *var)]
+    return hashlib.sha256(f"{gm.code}\n{meta!r}\n{compile}".encode()).hexdigest()
+
+
+def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Tensor], compile: bool) -> StepGraphs:
+    prologue, step, n_inv = _split_invariants(gm, n_p)
     with torch.no_grad():
         inv = list(prologue(*[v.detach() for v in values]))
     for t in inv:
