@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["TracedStep", "TraceError", "trace_step"]
+__all__ = ["TracedStep", "TracedInit", "TraceError", "trace_step", "trace_init", "flat_name"]
 
 _FULL = 2**62  # a slice end at or beyond this is "to the end"
 
@@ -100,8 +100,89 @@ def trace_step(cell: Any, batch: int = 3) -> TracedStep:
     except Exception as exc:  # the primitive's code decides; report it whole
         raise TraceError(f"{type(exc).__name__}: {exc}") from exc
     _drop_noop_slices(gm.graph)
+    _inline_constants(gm)
     names = [flat_name(p.removeprefix("cell.")) for p in paths]
     return _split(gm.graph, names, paths, inputs, cell.update.n_states, short, ref)
+
+
+@dataclass(frozen=True)
+class TracedInit:
+    """A cell's ``reset_parameters`` as a graph that initializes its parameters in place.
+
+    ``init(*params, [on_device], [float_dtype])`` with ``params`` named as in :class:`TracedStep` (all of
+    the cell's parameters, in ``named_parameters`` order). With the same RNG state it draws the same
+    numbers as the cell's own initialization.
+    """
+
+    init: fx.GraphModule
+    params: tuple[str, ...]
+    device: bool
+    dtype: bool
+
+
+class _Init(nn.Module):
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self) -> tuple[()]:
+        self.cell.reset_parameters()  # type: ignore[operator]
+        return ()
+
+
+def trace_init(cell: Any) -> TracedInit:
+    """Trace ``cell.reset_parameters()`` (the init, recurrence, saturation and gate primitives' rules)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    wrapper = _Init(cell)
+    paths = [k for k, _ in wrapper.named_parameters()]
+    ref = cell.weight_ih
+
+    def flat_init(*params: Tensor) -> tuple[()]:
+        return torch.func.functional_call(wrapper, dict(zip(paths, params)), ())
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            gm = make_fx(flat_init)(*[p.detach().clone() for _, p in wrapper.named_parameters()])
+    except Exception as exc:  # e.g. an init that reads a tensor's value (.item()) to decide
+        raise TraceError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                         ) from exc
+    _inline_constants(gm)
+    names = [flat_name(p.removeprefix("cell.")) for p in paths]
+    device, dtype = _factory_context(gm.graph, ref)
+    graph = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for ph, name in zip(placeholders, names):
+        env[ph] = graph.placeholder(name)
+    dev = graph.placeholder("on_device") if device else None
+    dt = graph.placeholder("float_dtype") if dtype else None
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            env[node] = graph.node_copy(node, lambda a: env[a])
+            _retarget(env[node], ref, dev, dt)
+    graph.output(())
+    graph.lint()
+    return TracedInit(fx.GraphModule(nn.Module(), graph, "init"), tuple(names), device, dtype)
+
+
+_MAX_CONSTANT = 4096  # elements of a constant tensor written into the graph as a literal
+
+
+def _inline_constants(gm: fx.GraphModule) -> None:
+    """Constant tensors the trace captured (e.g. ``torch.tensor([...])`` of index positions) become
+    ``torch.tensor(<literal>)`` calls, so the graph's source is self-contained."""
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr":
+            continue
+        value = getattr(gm, str(node.target))
+        if not isinstance(value, Tensor) or value.numel() > _MAX_CONSTANT:
+            raise TraceError(f"the trace captured a constant {type(value).__name__} it cannot write out "
+                             f"({getattr(value, 'shape', '')}); compute it from the inputs instead")
+        with gm.graph.inserting_before(node):
+            literal = gm.graph.call_function(torch.tensor, (value.tolist(),), {"dtype": value.dtype})
+        node.replace_all_uses_with(literal)
+        gm.graph.erase_node(node)
 
 
 def _drop_noop_slices(graph: fx.Graph) -> None:

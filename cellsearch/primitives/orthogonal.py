@@ -43,10 +43,9 @@ def orthogonal_from_skew(v: Tensor, n: int, method: str = "expm") -> Tensor:
 
 
 def _pair_positions(n: int) -> Tensor:
-    """Indices into the strict upper triangle of the entries (2i, 2i + 1)."""
-    rows, cols = torch.triu_indices(n, n, offset=1)
-    pos = [int(j) for j in range(rows.numel()) if cols[j] == rows[j] + 1 and rows[j] % 2 == 0]
-    return torch.tensor(pos, dtype=torch.long)
+    """Indices into the strict upper triangle (row-major) of the entries (2i, 2i + 1): row r starts at
+    r·n − r(r + 1)/2 and (r, r + 1) is its first entry. Plain integers, so the init traces."""
+    return torch.tensor([r * n - r * (r + 1) // 2 for r in range(0, n - 1, 2)], dtype=torch.long)
 
 
 @torch.no_grad()
