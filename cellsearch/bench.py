@@ -32,7 +32,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -353,6 +354,29 @@ def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 
     ``max_load``: discard rounds during which other processes used more CPUs than this (None: keep all),
     running at most ``patience`` × ``repeats`` rounds.
     """
+    with _derived_from_first_call():
+        return _bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup, memory,
+                           with_reference, seed, max_load, patience, with_derived)
+
+
+@contextmanager
+def _derived_from_first_call() -> Iterator[None]:
+    """A cell on the derived path takes it from its first call (no reference-loop warm-up calls): the
+    bench measures the steady state and reports the first call separately."""
+    old = os.environ.get("CELLSEARCH_DERIVED_AFTER")
+    os.environ["CELLSEARCH_DERIVED_AFTER"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CELLSEARCH_DERIVED_AFTER", None)
+        else:
+            os.environ["CELLSEARCH_DERIVED_AFTER"] = old
+
+
+def _bench_cell(cell: str | Any, hidden: int, seq: int, batch: int, input_size: int, layers: int,
+                device: str | torch.device, repeats: int, warmup: int, memory: bool, with_reference: bool,
+                seed: int, max_load: float | None, patience: int, with_derived: bool) -> BenchResult:
     device = torch.device(device)
     torch.manual_seed(seed)
     model = build_model(cell, input_size, hidden, layers, device)

@@ -152,6 +152,7 @@ def aten(monkeypatch: pytest.MonkeyPatch) -> None:
     """Derived step graphs run uncompiled, at every size."""
     monkeypatch.setenv("CELLSEARCH_DERIVED_BACKEND", "aten")
     monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
 
 
 def _count_reference(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module) -> list[int]:
@@ -195,16 +196,26 @@ def test_plugin_primitive_takes_the_derived_path(dtype: torch.dtype, aten: None,
         assert_same(model, x, None)
 
 
-def test_small_runs_and_no_compiler_take_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below the size where compiling pays, or where Inductor cannot compile, the reference loop runs."""
+def test_first_calls_small_runs_and_no_compiler_take_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the size where compiling pays, for the first calls of an input shape, or where Inductor
+    cannot compile, the reference loop runs."""
     model = _model(PLUGIN, torch.float32)
     assert "take the reference loop" in fast.explain(model.layers[0])
     calls = _count_reference(monkeypatch, model)
     x, _ = _inputs(model, B, torch.float32)
     model(x)
     assert calls
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_BACKEND", "aten")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "2")
+    calls.clear()
+    for _ in range(3):
+        model(x)
+    assert len(calls) == 2                    # the third call of this shape runs derived
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND")
     monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILE", "0")
     monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
     other = _model(PLUGIN, torch.float32)
     assert "CELLSEARCH_DERIVED_COMPILE=0" in fast.explain(other.layers[0])
     calls.clear()

@@ -43,12 +43,16 @@ from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "DERIVED_MIN",
-           "backend_choice", "min_work"]
+           "DERIVED_AFTER", "backend_choice", "min_work", "warmup_calls"]
 
 #: the derived path runs (unless forced) when one call has at least this many pre-activations
 #: (T × batch × blocks × hidden, e.g. 100 × 64 × 2 × 128 ≈ 1.6M): a first use compiles for seconds,
 #: which small runs (the quickstart's hidden-32 trials) never earn back; those keep the reference loop
 DERIVED_MIN = 1 << 20
+#: ... and (unless forced) from its ``DERIVED_AFTER + 1``-th call with the same input shape: the first
+#: calls run the reference loop, so that a shape seen a few times only (an evaluation batch, a short
+#: trial) never pays for a compile
+DERIVED_AFTER = 8
 
 State = tuple[Tensor, ...]
 
@@ -197,6 +201,8 @@ class StepGraphs:
     n_bw_out: int = 0
     modules: dict[str, fx.GraphModule] = field(default_factory=dict)
     compiled: bool = False
+    bw_pending: bool = False
+    lock: Any = field(default_factory=threading.Lock)
 
 
 def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
@@ -429,18 +435,23 @@ def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Te
         from .inductor import compile_graph
 
         with torch.no_grad():
-            fw_in = [*inv, *var]
-            res = g.forward(*fw_in)
-            pre = g.bw_pre(*inv)
-            tangents = [torch.zeros_like(o).contiguous() for o in res[:n_out]]
-            bw_in = [*inv, *pre, *res[n_out:], *tangents]
-            fw_c = compile_graph(part["fw"], fw_in)
-            res_c = fw_c(*fw_in)
-            bw_in = [*inv, *pre, *res_c[n_out:], *tangents]
-            g.backward = compile_graph(part["bw"], bw_in)
-            g.forward = fw_c
+            g.forward = compile_graph(part["fw"], [*inv, *var])
         g.compiled = True
+        g.bw_pending = True      # compiled at the first backward pass (inference never pays for it)
     return g
+
+
+def _ensure_backward(g: StepGraphs, args: Sequence[Tensor]) -> None:
+    """Compile the backward step graph for ``args`` (one step's backward inputs) if still pending."""
+    if not g.bw_pending:
+        return
+    with g.lock:
+        if g.bw_pending:
+            from .inductor import compile_graph
+
+            with torch.no_grad():
+                g.backward = compile_graph(g.modules["backward"], list(args))
+            g.bw_pending = False
 
 
 # -------------------------------------------------------------------------------------------------
@@ -549,7 +560,10 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
     first_state = n_inv + 1 + (1 if tape.has_xs else 0)
     dstate = [d.contiguous() for d in dstate]
     for t in range(T - 1, -1, -1):
-        res = g.backward(*inv, *pre, *tape.saved[t], douts[t], *dstate)
+        args = (*inv, *pre, *tape.saved[t], douts[t], *dstate)
+        if g.bw_pending:
+            _ensure_backward(g, args)
+        res = g.backward(*args)
         for i in range(n_inv):
             gi = res[i]
             if gi is None:
@@ -601,6 +615,14 @@ def backend_choice() -> str:
     return "aten" if value == "aten" else "inductor"
 
 
+def warmup_calls() -> int:
+    """:data:`DERIVED_AFTER`, or ``CELLSEARCH_DERIVED_AFTER`` when set."""
+    try:
+        return int(os.environ.get("CELLSEARCH_DERIVED_AFTER", DERIVED_AFTER))
+    except ValueError:
+        return DERIVED_AFTER
+
+
 def min_work() -> int:
     """:data:`DERIVED_MIN`, or ``CELLSEARCH_DERIVED_MIN`` when set."""
     try:
@@ -613,7 +635,8 @@ class Derived:
     """The derived path of one cell: graphs per (shapes, dtype, device), built and compiled on first use.
 
     Calls return None (the caller runs the reference loop) where the derived path does not pay or
-    cannot run: work below :func:`min_work` (unless ``forced``), Inductor unavailable (no C++ compiler,
+    cannot run: work below :func:`min_work` or the first :func:`warmup_calls` calls of an input shape
+    (unless ``forced``), Inductor unavailable (no C++ compiler,
     not the CPU, not float32/float64) or a failed compile (remembered in ``compile_error``), because
     the uncompiled graphs run slower than the reference loop."""
 
@@ -622,6 +645,7 @@ class Derived:
         self._lock = threading.Lock()
         self.forced = forced
         self.compile_error: str | None = None
+        self._seen: dict[tuple[Any, ...], int] = {}
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
         """Why the derived path cannot run for this device and dtype (None: it can)."""
@@ -640,7 +664,8 @@ class Derived:
         why = self.unavailable()
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
-        size = "" if self.forced else f"; runs under {min_work():,} pre-activations a sequence take the reference loop"
+        size = "" if self.forced else (f"; runs under {min_work():,} pre-activations a sequence, and the "
+                                        f"first {warmup_calls()} calls of an input shape, take the reference loop")
         return "Inductor C++ step graphs" + size
 
     def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool) -> StepGraphs:
@@ -667,8 +692,14 @@ class Derived:
         self.graphs(cell, xp, xs, tuple(state), compile=False)
 
     def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
-        if not self.forced and x.shape[0] * x.shape[1] * _width(cell) < min_work():
-            return None
+        if not self.forced:
+            if x.shape[0] * x.shape[1] * _width(cell) < min_work():
+                return None
+            seen = (tuple(x.shape[1:]), x.dtype, x.device, tuple(tuple(s.shape) for s in state))
+            count = self._seen.get(seen, 0)
+            if count < warmup_calls():
+                self._seen[seen] = count + 1
+                return None
         aten = backend_choice() == "aten"
         if not aten and self.unavailable(x.device, x.dtype) is not None:
             return None
