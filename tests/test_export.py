@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -253,7 +254,18 @@ def test_plugin_primitive_exports_without_exporter_code(plugin_gate: object, tmp
     with torch.no_grad():
         assert (_load_module(py).load()(x)[0] - model(x)[0]).abs().max() < 1e-6
     assert "softsign" in py.read_text()  # the traced ATen op, not a template
-    assert "test_softsign_gate" not in Path(__file__).parent.joinpath("..", "cellsearch", "exporter.py").read_text()
+
+
+def test_exporter_names_no_primitive() -> None:
+    """One definition per primitive: the exporter has no per-primitive template, table or type test."""
+    from cellsearch.registry import list_primitives
+
+    names = set(list_primitives("update")) | set(list_primitives("gate"))
+    for path in (Path(__file__).resolve().parents[1] / "cellsearch" / "exporter").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not strings & names, (path.name, strings & names)
+        assert not re.search(r"type\([^)]*\) is |isinstance\([^)]*(Gate|Update|Saturation)", path.read_text())
 
 
 def test_untraceable_step_is_one_clear_error(tmp_path: Path) -> None:
