@@ -20,7 +20,7 @@ __all__ = ["main", "UserError", "COMMANDS"]
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "list": ("cellsearch.commands.listing", "list primitives, cells, tasks or spaces"),
+    "list": ("cellsearch.commands.listing", "list cells, primitives, tasks and spaces ('*lstm*' filters all)"),
     "show": ("cellsearch.commands.show", "a cell's spec, equations, citation and parameter count"),
     "run": ("cellsearch.commands.run", "run (or continue) a study"),
     "resume": ("cellsearch.commands.run", "continue a study (same as run)"),
@@ -40,14 +40,30 @@ class UserError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellsearch", description="Search recurrent-network cells.")
+    parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_) in COMMANDS.items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
+def version() -> str:
+    """The installed distribution's version (the package's own when not installed)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cellsearch")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        from . import __version__
+
+        return __version__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        print(f"cellsearch {version()}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = _parser()
         if argv and argv[0] not in ("-h", "--help"):

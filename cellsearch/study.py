@@ -540,15 +540,32 @@ def apply_overrides(
     return out
 
 
+def builtin_spaces_dir() -> Path | None:
+    """The folder of the space files shipped with the package (``cellsearch/spaces``), if present."""
+    from importlib import resources
+
+    try:
+        folder = Path(str(resources.files("cellsearch") / "spaces"))
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - zipped or odd installs
+        return None
+    return folder if folder.is_dir() else None
+
+
 def _resolve_path(ref: str, base: Path) -> Path:
-    """A space path: absolute, relative to the working directory, or relative to the study file."""
+    """A space path: absolute, relative to the working directory or to the study file, or a built-in space
+    (``spaces/gating.yaml``, ``gating.yaml`` or ``gating`` from anywhere, when no such file is nearer)."""
     p = Path(ref)
     if p.is_absolute() or p.exists():
         return p
-    beside = base / p
-    if beside.exists():
-        return beside
-    return base.parent / p if (base.parent / p).exists() else p
+    for near in (base / p, base.parent / p):
+        if near.exists():
+            return near
+    builtin = builtin_spaces_dir()
+    if builtin is not None and not p.is_absolute():
+        for name in (p.name, f"{p.name}.yaml"):
+            if (builtin / name).is_file():
+                return builtin / name
+    return p
 
 
 def _load_space_raw(ref: str, source: str, base: Path) -> Any:
