@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "show": ("cellsearch.commands.show", "a cell's spec, equations, citation and parameter count"),
     "run": ("cellsearch.commands.run", "run (or continue) a study"),
     "resume": ("cellsearch.commands.run", "continue a study (same as run)"),
+    "validate": ("cellsearch.commands.validate", "check study files as run would, without running them"),
+    "schema": ("cellsearch.commands.schema", "JSON Schema of the study (or space) file, for editors"),
     "leaderboard": ("cellsearch.commands.leaderboard", "best trials of a study"),
     "export": ("cellsearch.commands.export", "export a trial as a standalone PyTorch module"),
     "plot": ("cellsearch.commands.plot", "plots of a study (PNG and HTML)"),

@@ -65,3 +65,73 @@ def test_a_study_outside_the_repository_names_a_built_in_space(tmp_path: Path, m
     raw = {"name": "s", "task": {"name": "adding", "seq_len": 10}, "space": "spaces/gating.yaml"}
     config = study_from_mapping(raw, source="s.yaml", base=tmp_path)
     assert "update" in config.space.cell
+
+
+def _study(tmp_path: Path, **changes: object) -> Path:
+    import yaml
+
+    raw = {"name": "v", "task": {"name": "adding", "seq_len": 10}, "cells": ["lstm", "gru"],
+           "train": {"epochs": 1}, "objective": "val_mse", "search": {"n_trials": 2}}
+    raw.update(changes)
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_validate_accepts_a_good_study_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path)
+    assert main(["validate", str(study)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok: {study}: study 'v': task adding, cells lstm, gru")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.yaml"]
+
+
+def test_validate_prints_the_error_run_prints(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path, search={"sampler": "tpee"})
+    assert main(["validate", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert main(["run", str(study)]) == 2
+    run_err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "did you mean 'tpe'" in err
+    assert err.split("error: ", 1)[1] == run_err.split("error: ", 1)[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.yaml"]
+
+
+def test_shipped_schemas_are_what_the_config_classes_generate() -> None:
+    from cellsearch.config_schema import schemas, shipped_dir
+
+    for name, text in schemas(builtin_only=True).items():
+        hint = f"regenerate: cellsearch schema --builtin --out {shipped_dir()}"
+        assert (shipped_dir() / name).read_text() == text, hint
+
+
+def test_every_shipped_study_and_space_validates_against_the_schema_and_typos_do_not() -> None:
+    import json
+
+    import jsonschema
+    import yaml
+
+    from cellsearch.config_schema import shipped_dir
+
+    root = Path(__file__).resolve().parents[1]
+    study = jsonschema.Draft7Validator(json.loads((shipped_dir() / "study.schema.json").read_text()))
+    space = jsonschema.Draft7Validator(json.loads((shipped_dir() / "space.schema.json").read_text()))
+    jsonschema.Draft7Validator.check_schema(study.schema)
+    for path in sorted((root / "studies").glob("*.yaml")):
+        assert not list(study.iter_errors(yaml.safe_load(path.read_text()))), path
+    for path in sorted((root / "spaces").glob("*.yaml")):
+        assert not list(space.iter_errors(yaml.safe_load(path.read_text()))), path
+    good = yaml.safe_load((root / "studies" / "quickstart.yaml").read_text())
+    for key, value in (("trian", {}), ("search", {"sampler": "tpee"}), ("train", {"epochs": 0}),
+                       ("task", {**good["task"], "seq_lenn": 3})):
+        assert list(study.iter_errors({**good, key: value})), key
+
+
+def test_schema_command_prints_json(capsys) -> None:
+    import json
+
+    assert main(["schema", "space"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "cellsearch space file" and "update" in schema["properties"]["cell"]["properties"]
