@@ -201,6 +201,7 @@ class StepGraphs:
     n_bw_out: int = 0
     modules: dict[str, fx.GraphModule] = field(default_factory=dict)
     compiled: bool = False
+    dxp_inplace: bool = False
     bw_pending: bool = False
     lock: Any = field(default_factory=threading.Lock)
 
@@ -427,10 +428,13 @@ def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Te
     n_grads = part["n_grads"]
     for k, ((i, _a, _b, chain), (a_src, b_src)) in enumerate(zip(part["post"], part["sources"])):
         post.append((i, n_grads + 2 * k, n_grads + 2 * k + 1, _replay(chain), a_src, b_src))
+    _slice_sums_to_cat(part["bw"])
+    dxp_inplace = _write_dxp_in_place(part["bw"], n_inv)
     g = StepGraphs(prologue, part["fw"], part["pre"], part["bw"], n_inv, len(var), n_out,
                    part["n_saved"], part["n_pre"], post, n_grads + 2 * len(post),
                    {"prologue": prologue, "step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
+    g.dxp_inplace = dxp_inplace
     if compile:
         from .inductor import compile_graph
 
@@ -439,6 +443,87 @@ def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Te
         g.compiled = True
         g.bw_pending = True      # compiled at the first backward pass (inference never pays for it)
     return g
+
+
+def _slice_sums_to_cat(gm: fx.GraphModule) -> int:
+    """Rewrite sums of ``slice_backward`` (the gradient of a tensor whose column blocks were used
+    separately, e.g. the pre-activations of the gate and candidate blocks) into one ``cat`` of the
+    blocks' gradients (blocks used twice summed first). A compiled graph then writes each block once
+    with a plain loop, instead of evaluating every block's expression under masks for every column.
+    Only sums that tile the whole tensor are rewritten; returns how many."""
+    aten = torch.ops.aten
+    graph = gm.graph
+    done = 0
+    for node in reversed(list(graph.nodes)):
+        if node.op != "call_function" or node.target is not aten.add.Tensor or node.kwargs or len(node.args) != 2:
+            continue
+        leaves: list[fx.Node] = []
+        inner: list[fx.Node] = []
+        stack = [node]
+        ok = True
+        while stack and ok:
+            n = stack.pop()
+            for a in n.args:
+                if not isinstance(a, fx.Node):
+                    ok = False
+                elif a.op == "call_function" and a.target is aten.add.Tensor and not a.kwargs \
+                        and len(a.users) == 1 and len(a.args) == 2:
+                    inner.append(a)
+                    stack.append(a)
+                elif a.op == "call_function" and a.target is aten.slice_backward.default and len(a.users) == 1:
+                    leaves.append(a)
+                else:
+                    ok = False
+        if not ok or len(leaves) < 2:
+            continue
+        sizes, dim = leaves[0].args[1], leaves[0].args[2]
+        if any(list(lf.args[1]) != list(sizes) or lf.args[2] != dim or lf.args[5] != 1 for lf in leaves):
+            continue
+        total = int(sizes[dim])
+        blocks: dict[tuple[int, int], list[fx.Node]] = {}
+        for lf in leaves:
+            start, end = int(lf.args[3]), min(int(lf.args[4]), total)
+            blocks.setdefault((start, end), []).append(lf)
+        spans = sorted(blocks)
+        if spans[0][0] != 0 or spans[-1][1] != total or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+            continue
+        with graph.inserting_before(node):
+            parts = []
+            for span in spans:
+                grads = [lf.args[0] for lf in blocks[span]]
+                acc = grads[0]
+                for gr in grads[1:]:
+                    acc = graph.call_function(aten.add.Tensor, (acc, gr))
+                parts.append(acc)
+            cat = graph.call_function(aten.cat.default, (parts, dim))
+        cat.meta = dict(node.meta)
+        node.replace_all_uses_with(cat)
+        done += 1
+    if done:
+        graph.eliminate_dead_code()
+        gm.recompile()
+    return done
+
+
+def _write_dxp_in_place(bw: fx.GraphModule, n_inv: int) -> bool:
+    """Let the backward step graph write the input projection's gradient straight into the step's row
+    of the whole-sequence dxp buffer (an extra last input), instead of returning it to be copied there
+    (a compiled graph stores it from its fused loop: no per-step buffer, no copy)."""
+    graph = bw.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    outs = list(output.args[0])
+    node = outs[n_inv]
+    if not isinstance(node, fx.Node):
+        return False
+    last = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last):
+        buf = graph.placeholder("dxp_out")
+    with graph.inserting_before(output):
+        graph.call_function(torch.ops.aten.copy_.default, (buf, node))
+    outs[n_inv] = None
+    output.args = (tuple(outs),)
+    bw.recompile()
+    return True
 
 
 def _ensure_backward(g: StepGraphs, args: Sequence[Tensor]) -> None:
@@ -560,7 +645,7 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
     first_state = n_inv + 1 + (1 if tape.has_xs else 0)
     dstate = [d.contiguous() for d in dstate]
     for t in range(T - 1, -1, -1):
-        args = (*inv, *pre, *tape.saved[t], douts[t], *dstate)
+        args = (*inv, *pre, *tape.saved[t], douts[t], *dstate, *((dxp[t],) if g.dxp_inplace else ()))
         if g.bw_pending:
             _ensure_backward(g, args)
         res = g.backward(*args)
@@ -575,7 +660,9 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
                 acc.add_(gi)
             else:
                 dinv[i], owned[i] = acc + gi, True
-        if res[n_inv] is None:
+        if g.dxp_inplace:
+            pass
+        elif res[n_inv] is None:
             dxp[t].zero_()
         else:
             dxp[t] = res[n_inv]
