@@ -50,6 +50,7 @@ __all__ = [
     "StudyConfig",
     "load_study",
     "load_space",
+    "metric_label",
     "study_from_mapping",
     "apply_overrides",
     "parse_set",
@@ -803,6 +804,17 @@ def _metrics(task: Any) -> dict[str, str]:
     if _speed_available():
         out["speed"] = "maximize"
     return out
+
+
+#: units of the metrics whose unit is known (a loss or an error has the task's own scale)
+METRIC_UNITS = {"params": "parameters", "speed": "tokens/s", "val_bpc": "bits/char", "val_accuracy": "fraction",
+                "seconds": "s"}
+
+
+def metric_label(metric: str) -> str:
+    """``val_bpc (bits/char)``: a metric with its unit where known, for plot axes and table headers."""
+    unit = METRIC_UNITS.get(metric)
+    return f"{metric} ({unit})" if unit else metric
 
 
 def _speed_available() -> bool:

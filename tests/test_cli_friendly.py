@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from cellsearch.cli import main
 
 
@@ -135,3 +137,72 @@ def test_schema_command_prints_json(capsys) -> None:
     assert main(["schema", "space"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert schema["title"] == "cellsearch space file" and "update" in schema["properties"]["cell"]["properties"]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 3-trial study run once (cells lstm, gru, star; 2 epochs): (folder, study file)."""
+    import os
+
+    import yaml
+
+    folder = tmp_path_factory.mktemp("ran")
+    raw = {"name": "ran", "task": {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32},
+           "cells": ["lstm", "gru", "star"], "model": {"hidden_size": 8},
+           "train": {"epochs": 2, "steps_per_epoch": 2, "batch_size": 16, "threads": 1},
+           "objective": "val_mse", "search": {"sampler": "random", "pruner": "none", "n_trials": 3, "seed": 0}}
+    study = folder / "ran.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        assert main(["run", str(study), "--quiet"]) == 0
+    finally:
+        os.chdir(old)
+    return folder, study
+
+
+def _open(folder: Path, study: Path, monkeypatch) -> tuple[object, object]:
+    from cellsearch.search import load_config
+    from cellsearch.search.optuna_backend import open_study
+
+    monkeypatch.chdir(folder)
+    config = load_config(study)
+    return open_study(config, create=False), config
+
+
+def test_every_study_names_its_metrics(ran, monkeypatch) -> None:
+    optuna_study, _ = _open(*ran, monkeypatch)
+    assert optuna_study.metric_names == ["val_mse"]
+
+
+def test_plots_name_metric_cells_and_epochs_and_embed_plotly(ran, monkeypatch, capsys) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna.visualization.matplotlib as vis_mpl
+
+    from cellsearch.commands.plot import _cell_names, _relabel_matplotlib
+
+    folder, study = ran
+    monkeypatch.chdir(folder)
+    assert main(["plot", str(study), "--out", "plots"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped importances: needs at least 20 completed trials (the study has 3" in out
+    html = (folder / "plots" / "intermediate_values.html").read_text()
+    assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js inside, nothing loaded from a CDN
+    assert '"title":{"text":"epoch"}' in html and '"text":"val_mse"' in html and '"name":"Trial0"' not in html
+    assert '"dtick":1' in html
+    history = (folder / "plots" / "history.html").read_text()
+    assert "Objective Value" not in history and "val_mse" in history
+
+    optuna_study, config = _open(folder, study, monkeypatch)
+    names = _cell_names(optuna_study)
+    ax = vis_mpl.plot_intermediate_values(optuna_study)
+    _relabel_matplotlib("intermediate_values", ax, config, names)
+    assert ax.get_xlabel() == "epoch" and ax.get_ylabel() == "val_mse"
+    labels = {line.get_label() for line in ax.get_lines()}
+    assert labels and all(not label.startswith("Trial") for label in labels)
+    assert any("lstm" in label for label in labels)
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert all(float(t).is_integer() for t in ticks)

@@ -257,7 +257,17 @@ def open_study(config: StudyConfig, storage_url: str | None = None, create: bool
         load_if_exists=True,
     )
     _check_fingerprint(study, config, url)
+    set_metric_names(study, config)
     return study
+
+
+def set_metric_names(study: optuna.Study, config: StudyConfig) -> None:
+    """Name the study's objectives after their metrics (optuna-dashboard and Optuna's plots show them)."""
+    if list(study.metric_names or ()) == config.metrics:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(config.metrics)
 
 
 def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str) -> None:
