@@ -794,8 +794,9 @@ class Derived:
         st = tuple(st)
         try:
             g = self.graphs(cell, xp, xs, st, compile=not aten)
-        except DerivationError:
-            raise
+        except DerivationError as exc:    # e.g. a shape the probe did not see: remember, run the reference
+            self.compile_error = f"the step could not be derived for these inputs: {exc}"
+            return None
         except Exception as exc:          # a compiler error: remember it, run the reference loop
             self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
             return None

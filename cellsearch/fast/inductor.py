@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
-__all__ = ["unavailable", "compile_graph", "cache_dir", "stats"]
+__all__ = ["unavailable", "compile_graph", "cache_dir", "stats", "preload"]
 
 _lock = threading.RLock()
 #: Inductor settings for step graphs: single-threaded C++ loops (a step's [B, ·] pointwise work is too
@@ -51,6 +51,29 @@ def unavailable(device: torch.device | str = "cpu") -> str | None:
     if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):
         return "no C++ compiler found (set CXX)"
     return None
+
+
+_preloading: threading.Thread | None = None
+
+
+def preload() -> None:
+    """Import Inductor's compiler in a background thread (a few seconds in a fresh process), so that a
+    cell whose first calls run the reference loop finds it imported when it switches to the derived
+    path."""
+    global _preloading
+    with _lock:
+        if _preloading is not None or unavailable() is not None:
+            return
+
+        def load() -> None:
+            try:
+                import torch._inductor.compile_fx  # noqa: F401
+                import torch._inductor.decomposition  # noqa: F401
+            except Exception:  # pragma: no cover - the compile reports it
+                pass
+
+        _preloading = threading.Thread(target=load, name="cellsearch-inductor-preload", daemon=True)
+        _preloading.start()
 
 
 def cache_dir() -> Path:

@@ -178,6 +178,10 @@ def _derived_plan(cell: Any, why: str) -> Plan:
         runner.probe(cell)
     except DerivationError as exc:
         return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
+    if runner.unavailable() is None:
+        from .inductor import preload
+
+        preload()
     return Plan("derived", f"whole-sequence function derived from the step ({runner.describe()}); {why}",
                 runner)
 
