@@ -13,7 +13,7 @@ from .cells import ComposedCell
 from .depth import StackedRNN
 from .spec import CELL_ROLES, CellSpec, DepthSpec, ModelSpec, SpecError
 
-__all__ = ["get_cell", "create_cell", "create_rnn", "count_parameters", "parameter_groups", "resolve"]
+__all__ = ["get_cell", "create_cell", "create_rnn", "count_parameters", "parameter_groups", "resolve", "make_task"]
 
 
 def get_cell(name: str) -> CellCard:
@@ -99,3 +99,17 @@ def parameter_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:
     groups = [{"params": rest, "lr": lr, "lr_scale": 1.0}]
     groups += [{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in sorted(scaled.items())]
     return [g for g in groups if g["params"]]
+
+
+def make_task(name: str | Mapping[str, Any], **options: Any) -> Any:
+    """A registered task with its options, validated: ``cs.make_task("adding", seq_len=50)``.
+
+    The task (a :class:`~cellsearch.tasks.Task`) knows its sizes (``input_size``, ``output_size``), loss,
+    metric and memoryless baseline, and gives deterministic loaders (``task.make_loaders(batch_size, seed)``).
+    ``name`` may also be the study file's mapping (``{"name": "adding", "seq_len": 50}``). Unknown names
+    and bad options raise one-line errors naming what is allowed.
+    """
+    from .tasks import make_task as _make
+
+    cfg = dict(name) if isinstance(name, Mapping) else {"name": name}
+    return _make({**cfg, **options})

@@ -206,3 +206,57 @@ def test_plots_name_metric_cells_and_epochs_and_embed_plotly(ran, monkeypatch, c
     assert any("lstm" in label for label in labels)
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert all(float(t).is_integer() for t in ticks)
+
+
+def test_public_api_loads_a_study_and_its_trained_model(ran, monkeypatch) -> None:
+    import torch
+
+    import cellsearch as cs
+    from cellsearch.search.results import pick_trial, trial_model
+
+    folder, study = ran
+    monkeypatch.chdir(folder)
+    result = cs.load_study(study)
+    assert result.config.name == "ran" and result.n_complete == 3
+    model = cs.load_trial_model(result)  # the best trial
+    assert not model.training
+    x = torch.randn(4, 10, 2)
+    with torch.no_grad():
+        out, _ = model(x)
+        best = pick_trial(result.study, result.config, None)
+        assert torch.equal(out, trial_model(best, result.config)(x)[0])
+        by_path = cs.load_trial_model(str(study), best.number)(x)[0]
+        by_study = cs.load_trial_model(result.study, best)(x)[0]
+    assert torch.equal(out, by_path) and torch.equal(out, by_study)
+
+
+def test_load_study_never_run_is_one_line(tmp_path: Path, monkeypatch) -> None:
+    import cellsearch as cs
+    from cellsearch.cli import UserError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="run the study first"):
+        cs.load_study(_study(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.yaml"]
+
+
+def test_make_task_and_the_plugin_base_classes_are_public() -> None:
+    import cellsearch as cs
+    from cellsearch.spec import SpecError
+
+    task = cs.make_task("adding", seq_len=20)
+    assert isinstance(task, cs.SyntheticTask) and isinstance(task, cs.Task) and task.config["seq_len"] == 20
+    with pytest.raises(SpecError):
+        cs.make_task("adding", seq_len=1)
+    for name in ("Task", "ClassificationTask", "SyntheticTask", "Option", "Loaders", "ArrayLoader",
+                 "GeneratedLoader", "load_study", "load_trial_model", "make_task"):
+        assert name in cs.__all__ and getattr(cs, name).__doc__, name
+
+
+def test_import_cellsearch_stays_light() -> None:
+    import subprocess
+    import sys
+
+    code = "import cellsearch, sys; print(sorted(m for m in ('torch', 'optuna', 'ray') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -11,7 +11,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ..cli import UserError
 from ..study import StudyConfig
 
-__all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "export_any", "pick_trial"]
+__all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "export_any", "pick_trial",
+           "load_study", "load_trial_model"]
 
 
 def _sort_key(config: StudyConfig, trial: FrozenTrial) -> float:
@@ -153,6 +154,45 @@ def trial_model(trial: FrozenTrial, config: StudyConfig) -> Any:
         model = SequenceModel(spec, task.readout)
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval()
+
+
+def load_study(path_or_config: Any, storage: str | None = None, **overrides: Any) -> Any:
+    """An existing study, ready to read: a :class:`~cellsearch.search.optuna_backend.StudyResult`.
+
+    ``path_or_config`` is a study file (or a ``StudyConfig`` / mapping); ``storage`` an Optuna storage URL
+    (default: the study's own, ``sqlite:///runs/<name>/study.db``); ``overrides`` as in
+    :func:`cellsearch.run_study` (``name=...``, ``train__epochs=1``). The result has ``.study`` (the
+    ``optuna.Study``), ``.config``, ``.trials``, ``.best_trials``, ``.leaderboard()`` and ``.export()``.
+    Raises a one-line error when the study was never run. Nothing is created or written.
+    """
+    from . import load_config
+    from .optuna_backend import StudyResult, open_study
+
+    config = load_config(path_or_config, storage=storage, **overrides)
+    return StudyResult(config, open_study(config, storage, create=False), storage or config.storage_url)
+
+
+def load_trial_model(study: Any, trial: int | FrozenTrial | None = None) -> Any:
+    """The trained model of one COMPLETE trial (default: the best), in eval mode, ready to run.
+
+    ``study``: a study file, a ``StudyConfig``, a ``StudyResult`` or an ``optuna.Study`` made by cellsearch.
+    ``trial``: a trial number, a ``FrozenTrial`` or None (the best; the first of the Pareto front). The
+    model is a :class:`~cellsearch.model.SequenceModel` (``model(x [B, T, d]) -> (out, state)``) with the
+    trial's saved weights, or retrained from its spec and seed when the weights are gone::
+
+        model = cs.load_trial_model("studies/quickstart.yaml")
+        out, state = model(torch.randn(4, 50, 2))
+    """
+    from .optuna_backend import StudyResult
+
+    if isinstance(study, Study):
+        result_study, config = study, _config_of(study)
+    else:
+        result = study if isinstance(study, StudyResult) else load_study(study)
+        result_study, config = result.study, result.config
+    if isinstance(trial, FrozenTrial):
+        trial = trial.number
+    return trial_model(pick_trial(result_study, config, trial), config)
 
 
 def _weights_path(trial: FrozenTrial, config: StudyConfig) -> Path | None:

@@ -17,16 +17,27 @@ Heavy dependencies (scikit-learn, music21, mnist1d) are imported only when a tas
 from __future__ import annotations
 
 from . import images, mnist1d_task, music, synthetic, text
-from .base import ArrayLoader, ClassificationTask, Loaders, Option, Task, make_task
+from .base import (
+    ArrayLoader,
+    ClassificationTask,
+    GeneratedLoader,
+    Loaders,
+    Option,
+    Task,
+    cache_dir,
+    data_dir,
+    make_task,
+)
 from .files import DataNotFoundError
 from .images import PermDigits, PermMNIST, PixelMNIST, SeqCIFAR10, SeqDigits
 from .mnist1d_task import MNIST1D
 from .music import PolyphonicMusic
-from .synthetic import AddingTask, CopyTask
+from .synthetic import AddingTask, CopyTask, SyntheticTask
 from .text import CharLM
 
 __all__ = [
-    "Task", "ClassificationTask", "Option", "Loaders", "ArrayLoader", "make_task", "DataNotFoundError",
+    "Task", "ClassificationTask", "SyntheticTask", "Option", "Loaders", "ArrayLoader", "GeneratedLoader",
+    "make_task", "data_dir", "cache_dir", "DataNotFoundError",
     "AddingTask", "CopyTask", "SeqDigits", "PermDigits", "PixelMNIST", "PermMNIST", "SeqCIFAR10", "MNIST1D",
     "CharLM", "PolyphonicMusic", "images", "mnist1d_task", "music", "synthetic", "text",
 ]
