@@ -12,15 +12,26 @@ values cannot be traced and the cell keeps its reference loop), and from that gr
    ``xs_t`` and the state;
 2. **joint graph**: the step graph and its vector-Jacobian product are traced together (``make_fx`` over
    ``torch.autograd.grad``, the way AOTAutograd builds its joint graph) and partitioned into a forward
-   graph (outputs + the tensors the backward needs), a once-per-backward graph (backward nodes that
-   depend only on loop invariants) and a per-step backward graph;
+   graph (the step's outputs and the few tensors the backward cannot cheaply recompute: matrix products
+   and the step's inputs), a once-per-backward graph (backward nodes that depend only on loop
+   invariants) and a per-step backward graph that recomputes the pointwise forward values it needs
+   (fused into its loops when compiled);
 3. **post-loop weight gradients**: a gradient of a loop invariant that the backward graph computes as a
    matrix product of two per-step tensors (``dW = hᵀ·dA``: the recurrent GEMM's weight gradient) is not
-   computed per step; the two factors are kept and multiplied once after the reverse loop, as one large
-   GEMM over all T·B rows;
-4. the forward and backward step graphs run in one :class:`DerivedSequence` autograd function (no graph
-   recording inside the loop), either eagerly (aten ops) or compiled by Inductor (C++ on the CPU) when
-   :func:`compile_mode` allows it (see :mod:`cellsearch.fast.inductor`).
+   computed per step; the two factors are kept (dA straight from the dxp buffer the backward graph
+   writes in place) and multiplied once after the reverse loop, as one large GEMM over all T·B rows;
+   sums of ``slice_backward`` become one ``cat`` (a compiled loop per block instead of masked loads);
+4. the forward and backward step graphs are compiled by Inductor (C++ loops on the CPU, in the private
+   cache; :mod:`cellsearch.fast.inductor`) and run in one :class:`DerivedSequence` autograd function (no
+   graph recording inside the loop). Cells whose traced steps are identical (the layers of a stack)
+   share one compile.
+
+When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
+seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
+:data:`DERIVED_MIN` pre-activations, from the ``DERIVED_AFTER + 1``-th call of an input shape (the
+backward graph compiles at the first backward pass); otherwise the reference loop runs. ``force``
+(:func:`cellsearch.fast.force_derived`) drops the size and call-count conditions;
+``CELLSEARCH_DERIVED_BACKEND=aten`` runs the same graphs uncompiled (tests, debugging).
 
 Outputs and gradients equal the reference loop's (tests/test_derived.py, every registered cell and a
 test-local plugin primitive, float64 to 1e-10). Limits (as the fused paths): the backward is not
