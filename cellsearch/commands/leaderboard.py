@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from typing import Any
 
 from .run import add_study_arguments
@@ -50,18 +51,55 @@ def _states(trials: list[Any]) -> dict[str, int]:
     return out
 
 
+def _epochs(trial: Any) -> tuple[int, int | None]:
+    """(epochs trained, epochs planned): ``2/3`` for a trial pruned after its second of three epochs."""
+    attrs = trial.user_attrs
+    done = len(attrs.get("history") or [])
+    train = attrs.get("train") or {}
+    total = train.get("epochs") if not train.get("steps") else None
+    return done, total if isinstance(total, int) else None
+
+
+def _wall_seconds(trial: Any) -> float | None:
+    """The trial's wall time, start to finish (what the live display prints)."""
+    start, end = trial.datetime_start, trial.datetime_complete
+    return (end - start).total_seconds() if start and end else trial.user_attrs.get("seconds")
+
+
+def _exportable(trial: Any, config: Any) -> str:
+    """"" when ``cellsearch export --trial N`` works from the saved weights; else why not (or what it costs)."""
+    if trial.state.name != "COMPLETE":
+        return f"no: {trial.state.name.lower()}"
+    from ..search.results import _weights_path
+
+    return "" if _weights_path(trial, config) is not None else "retrains: weights missing"
+
+
+def _annotate(rows: list[dict[str, Any]], trials: dict[int, Any], config: Any) -> None:
+    """Add epochs, epochs_total, wall_seconds and export to each row; the note's epoch gets its total."""
+    for r in rows:
+        t = trials[r["number"]]
+        r["epochs"], r["epochs_total"] = _epochs(t)
+        r["wall_seconds"] = _wall_seconds(t)
+        r["export"] = _exportable(t, config)
+        if r["epochs_total"]:
+            r["note"] = re.sub(r"\bat epoch (\d+)\b(?!/)", rf"at epoch \1/{r['epochs_total']}", r["note"])
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from ..search import load_config
     from ..search.optuna_backend import StudyResult, open_study
+    from ..study import metric_label
 
     config = load_config(args.study, args.sets, storage=args.storage)
     result = StudyResult(
         config, open_study(config, args.storage, create=False), args.storage or config.storage_url
     )
     rows = result.leaderboard(args.top or None)
+    _annotate(rows, {t.number: t for t in result.trials}, config)
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
         console = Console(width=160)
@@ -78,16 +116,18 @@ def run(args: argparse.Namespace) -> int:
         "cell",
         "proposed",
         "params",
-        *config.metrics,
-        *metric_names,
-        "time",
+        *(metric_label(m) for m in config.metrics),
+        *(metric_label(m) for m in metric_names),
+        "epochs",
+        "time (s)",
         "note",
         title=f"{config.name}: {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed; "
         f"{result.n_distinct} distinct cell(s) in {result.n_counted} trial(s) of the budget, "
         f"{result.n_duplicates} duplicate proposal(s) answered from storage",
     )
     for r in rows:
-        mark = " *" if r["pareto"] else ""
+        mark = (" *" if r["pareto"] else "") + (" †" if r["export"].startswith("no") else "")
+        note = "; ".join(n for n in (r["note"], r["export"] if r["export"].startswith("retrains") else "") if n)
         table.add_row(
             f"{r['number']}{mark}",
             r["state"],
@@ -96,12 +136,18 @@ def run(args: argparse.Namespace) -> int:
             _fmt(r["params"]),
             *(_fmt(r["objectives"].get(m)) for m in config.metrics),
             *(_fmt(r["metrics"].get(m)) for m in metric_names),
-            _fmt(r["seconds"] and round(r["seconds"], 1)),
-            r["note"][:60],
+            f"{r['epochs']}/{r['epochs_total']}" if r["epochs_total"] else str(r["epochs"]),
+            _fmt(r["wall_seconds"] and round(r["wall_seconds"], 1)),
+            note[:70],
         )
     console.print(table)
     for metric, objective in same.items():
         console.print(f"{metric} equals {objective} in every row (not repeated)")
     if config.multi_objective:
         console.print("* on the Pareto front")
+    if any(r["export"].startswith("no") for r in rows):
+        console.print("† cannot be exported (only COMPLETE trials can: cellsearch export STUDY --trial N)")
+    firsts = [r["objectives"].get(config.metrics[0]) for r in rows if r["state"] == "COMPLETE"]
+    if len(set(firsts)) < len(firsts) and config.metrics[0] != "val_loss":
+        console.print(f"equal {config.metrics[0]}: ranked by the lower val_loss")
     return 0

@@ -15,9 +15,12 @@ __all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "ex
            "load_study", "load_trial_model"]
 
 
-def _sort_key(config: StudyConfig, trial: FrozenTrial) -> float:
+def _sort_key(config: StudyConfig, trial: FrozenTrial) -> tuple[float, float]:
+    """Best first by the first objective; ties (equal accuracy is common) broken by the lower val_loss."""
     value = trial.values[0]
-    return value if config.objective[0].direction == "minimize" else -value
+    loss = (trial.user_attrs.get("metrics") or {}).get("val_loss")
+    tie = float(loss) if isinstance(loss, (int, float)) and loss == loss else float("inf")
+    return (value if config.objective[0].direction == "minimize" else -value), tie
 
 
 def best_trials(study: Study, config: StudyConfig) -> list[FrozenTrial]:
