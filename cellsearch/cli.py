@@ -12,6 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .registry import RegistryError
 from .spec import SpecError
@@ -61,8 +62,29 @@ def version() -> str:
         return __version__
 
 
+def _one_line_plugin_warnings() -> None:
+    """Print a plugin that failed to load as one ``cellsearch: warning:`` line (not a file:line warning)."""
+    import warnings
+
+    from .registry import PluginLoadWarning
+
+    show = warnings.showwarning
+    if getattr(show, "_cellsearch", False):
+        return
+
+    def one_line(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PluginLoadWarning):
+            print(f"cellsearch: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
+
+    one_line._cellsearch = True  # type: ignore[attr-defined]
+    warnings.showwarning = one_line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _one_line_plugin_warnings()
     if argv and argv[0] in ("--version", "-V"):
         print(f"cellsearch {version()}")
         return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
+import re
 import threading
 import warnings
 from collections.abc import Iterable
@@ -28,6 +29,7 @@ __all__ = [
     "UnknownNameError",
     "DuplicateNameError",
     "PluginLoadError",
+    "PluginLoadWarning",
     "register_primitive",
     "register_cell",
     "register_task",
@@ -57,6 +59,10 @@ class UnknownNameError(RegistryError, KeyError):
         return str(self.args[0])
 
 
+class PluginLoadWarning(RuntimeWarning):
+    """A plugin failed to load (warned once per module and error; see :func:`plugin_errors`)."""
+
+
 class DuplicateNameError(RegistryError):
     """Two registrations under one name; the message names both origins."""
 
@@ -84,6 +90,7 @@ class _Entry:
 
 _entries: dict[tuple[str, str], _Entry] = {}
 _errors: list[PluginLoadError] = []
+_warned: set[tuple[str, str]] = set()
 _loaded = False
 _fatal: DuplicateNameError | None = None
 _lock = threading.RLock()
@@ -158,11 +165,39 @@ def _load_entry_point(kind: str, ep: metadata.EntryPoint) -> None:
     except DuplicateNameError:
         raise
     except Exception as exc:  # a broken plugin must not take the others down
-        err = PluginLoadError(GROUPS[kind], ep.name, ep.value, f"{type(exc).__name__}: {exc}")
+        err = PluginLoadError(GROUPS[kind], ep.name, ep.value, _explain(exc))
         _errors.append(err)
-        warnings.warn(str(err), RuntimeWarning, stacklevel=3)
+        module = ep.value.split(":")[0]
+        if (module, err.error) not in _warned:  # one module's failure is reported once, not per entry point
+            _warned.add((module, err.error))
+            others = [e.name for e in metadata.entry_points(group=GROUPS[kind])
+                      if e.value.split(":")[0] == module and e.name != ep.name]
+            also = f" (also breaks {', '.join(sorted(others))})" if others else ""
+            warnings.warn(str(err) + also, PluginLoadWarning, stacklevel=3)
         return
     _add(kind, ep.name, obj, origin, obj.role if kind == "primitive" else None)
+
+
+_MISSING = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional|keyword-only) arguments?: (.+)")
+
+
+def _explain(exc: BaseException) -> str:
+    """The error in one line; a card or class built without a required field names the field."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    match = _MISSING.search(text)
+    if isinstance(exc, TypeError) and match:
+        cls, missing = match.groups()
+        what = "the field" if "," not in missing and " and " not in missing else "the fields"
+        needed = ""
+        if cls == "CellCard":
+            from dataclasses import MISSING, fields
+
+            from .cards import CellCard
+
+            required = [f.name for f in fields(CellCard) if f.default is MISSING and f.default_factory is MISSING]
+            needed = f" (a CellCard needs {', '.join(required)})"
+        return f"{cls} is missing {what} {missing}{needed}"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _validate_plugin(kind: str, name: str, obj: Any) -> None:

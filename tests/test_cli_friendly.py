@@ -260,3 +260,79 @@ def test_import_cellsearch_stays_light() -> None:
     code = "import cellsearch, sys; print(sorted(m for m in ('torch', 'optuna', 'ray') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_ties_at_the_objective_are_broken_by_val_loss() -> None:
+    import optuna
+
+    from cellsearch.search.results import _sort_key
+    from cellsearch.study import study_from_mapping
+
+    config = study_from_mapping({"name": "t", "task": "seq_digits", "cells": ["lstm"], "objective": "val_accuracy"})
+    trials = [optuna.trial.create_trial(value=0.9, user_attrs={"metrics": {"val_loss": loss}})
+              for loss in (0.5, 0.3, 0.4)]
+    ranked = sorted(trials, key=lambda t: _sort_key(config, t))
+    assert [t.user_attrs["metrics"]["val_loss"] for t in ranked] == [0.3, 0.4, 0.5]
+
+
+def test_leaderboard_units_epoch_totals_and_export_marks(ran, monkeypatch, capsys) -> None:
+    import optuna
+
+    folder, study = ran
+    optuna_study, config = _open(folder, study, monkeypatch)
+    done = optuna_study.get_trials()[0]
+    optuna_study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.PRUNED, params=done.params, distributions=done.distributions,
+        intermediate_values={1: 1.0},
+        user_attrs={"key": "pruned-one", "summary": "mgu", "history": [{"epoch": 1, "val_mse": 1.0}],
+                    "train": {"epochs": 2}, "prune_reason": "median pruner at epoch 1: val_mse = 1"}))
+    assert main(["leaderboard", str(study), "--top", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "time (s)" in out and "epochs" in out and "2/2" in out
+    assert "at epoch 1/2" in out and " †" in out and "† cannot be exported" in out
+    assert main(["leaderboard", str(study), "--json"]) == 0
+    import json
+
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["export"] for r in rows} == {"", "no: pruned"}
+
+
+def test_a_local_ray_cluster_keeps_token_auth_without_the_warning(monkeypatch) -> None:
+    import ray
+
+    from cellsearch.search import ray_backend
+
+    seen = {}
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(mode=__import__("os").environ.get("RAY_AUTH_MODE")))
+    assert ray_backend._init_ray(None) is True
+    assert seen["mode"] == "token"  # set explicitly: Ray's default (token) without its "enabled by default" warning
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray_backend._init_ray("local")
+    assert seen["mode"] == "disabled"  # a user's choice is kept
+
+
+def test_a_plugin_card_without_equations_is_reported_once_naming_the_field(tmp_path: Path) -> None:
+    """A real installed distribution whose module defines two cards without `equations`."""
+    import os
+    import subprocess
+    import sys
+
+    info = tmp_path / "cardless-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cardless\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[cellsearch.cells]\ncard_a = cardless_mod:A\ncard_b = cardless_mod:B\n")
+    (tmp_path / "cardless_mod.py").write_text(
+        "from cellsearch.cards import CellCard\nfrom cellsearch.spec import CellSpec\n"
+        "A = CellCard(name='card_a', spec=CellSpec(), formula='f', citation='c')\n"
+        "B = CellCard(name='card_b', spec=CellSpec(), formula='f', citation='c')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = subprocess.run([sys.executable, "-m", "cellsearch.cli", "list", "cells"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in (run.stdout + run.stderr).splitlines() if "card_a" in ln or "card_b" in ln]
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("cellsearch: warning: plugin 'card_a'")
+    assert "CellCard is missing the field 'equations'" in lines[0] and "also breaks card_b" in lines[0]
+    assert "Traceback" not in run.stderr and "lstm" in run.stdout

@@ -130,6 +130,5 @@ def run(args: argparse.Namespace) -> int:
                           "space file by path, or define its space inline (see `cellsearch schema`)", markup=False)
     if not shown and pattern:
         console.print(f"nothing matches {pattern!r} (names: see `cellsearch list`)", markup=False)
-    for err in registry.plugin_errors() if kinds != ["spaces"] else ():
-        console.print(f"warning: {err}", markup=False, style="yellow")
+    # plugins that failed to load were reported once, as they loaded (registry.PluginLoadWarning)
     return 0

@@ -686,6 +686,10 @@ def _init_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if address in (None, "local"):
+        # A new local cluster: Ray turns token authentication on when RAY_AUTH_MODE is unset and warns that
+        # it did, on every run. Asking for the same mode explicitly keeps it on without the warning.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         ray.init(address=address or "local", **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
