@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("cellsearch.commands.validate", "check study files as run would, without running them"),
     "schema": ("cellsearch.commands.schema", "JSON Schema of the study (or space) file, for editors"),
     "leaderboard": ("cellsearch.commands.leaderboard", "best trials of a study"),
+    "dashboard": ("cellsearch.commands.dashboard", "open optuna-dashboard on a study's storage"),
     "export": ("cellsearch.commands.export", "export a trial as a standalone PyTorch module"),
     "plot": ("cellsearch.commands.plot", "plots of a study (PNG and HTML)"),
     "bench": ("cellsearch.commands.bench", "tokens/s forward+backward vs torch.nn.LSTM"),

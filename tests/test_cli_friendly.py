@@ -336,3 +336,59 @@ def test_a_plugin_card_without_equations_is_reported_once_naming_the_field(tmp_p
     assert lines[0].startswith("cellsearch: warning: plugin 'card_a'")
     assert "CellCard is missing the field 'equations'" in lines[0] and "also breaks card_b" in lines[0]
     assert "Traceback" not in run.stderr and "lstm" in run.stdout
+
+
+def test_dashboard_serves_the_study_over_http(ran) -> None:
+    """A real optuna-dashboard process on a free port: the study list over HTTP names the study."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("optuna_dashboard")
+    folder, study = ran
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cellsearch.cli", "dashboard", str(study), "--port", str(port)],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        studies = None
+        for _ in range(600):  # up to a minute or so on a loaded machine; no timing is asserted
+            if proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert studies is not None and [s["study_name"] for s in studies] == ["ran"]
+        detail = f"http://127.0.0.1:{port}/api/studies/{studies[0]['study_id']}"
+        with urllib.request.urlopen(detail, timeout=30) as response:
+            assert json.loads(response.read())["objective_names"] == ["val_mse"]  # the metric names
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert f"http://127.0.0.1:{port}/dashboard/" in out
+
+
+def test_dashboard_without_the_extra_is_one_line(ran, monkeypatch, capsys) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_dashboard(name: str, *args: object, **kwargs: object) -> object:
+        if name.startswith("optuna_dashboard"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_dashboard)
+    folder, study = ran
+    monkeypatch.chdir(folder)
+    assert main(["dashboard", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'cellsearch[dashboard]'" in err and len(err.strip().splitlines()) == 1
