@@ -237,11 +237,15 @@ def test_switches_force_and_turn_off_the_derived_path(aten: None) -> None:
 
 def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop(aten: None) -> None:
     model = _model(cs.CellSpec(update="branchy_derived_test"), torch.float64)
-    p = fast.plan(model.layers[0])
-    assert p.path == "reference" and "could not be derived" in p.reason
+    assert fast.plan(model.layers[0]).path == "derived"        # traced when it first runs
     x, state = _inputs(model, B, torch.float64)
     out, _ = model(x, state)
     assert out.shape == (B, T, N)
+    p = fast.plan(model.layers[0])
+    assert p.path == "reference" and "could not be derived" in p.reason
+    with fast.force_derived():
+        p = fast.plan(model.layers[0])
+        assert p.path == "reference" and "could not be derived" in fast.explain(model.layers[0])
 
 
 # ------------------------------------------------------------------------------------------------

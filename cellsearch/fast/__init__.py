@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .paths import Plan, build_plan
+from .paths import Plan, build_plan, settled
 
 __all__ = ["enabled", "set_enabled", "is_enabled", "plan", "explain", "sequence", "Plan", "force_derived",
            "derived_mode"]
@@ -100,6 +100,10 @@ def plan(cell: Any) -> Plan:
     if cached is None:
         cached = build_plan(cell, mode)
         plans[mode] = cached
+    elif cached.path == "derived":
+        settled_plan = settled(cached)
+        if settled_plan is not cached:
+            plans[mode] = cached = settled_plan
     return cached
 
 

@@ -743,6 +743,8 @@ class Derived:
         self._lock = threading.Lock()
         self.forced = forced
         self.compile_error: str | None = None
+        #: why the step cannot be derived (found on first use; the plan then becomes the reference loop)
+        self.failure: str | None = None
         self._seen: dict[tuple[Any, ...], int] = {}
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
@@ -797,16 +799,26 @@ class Derived:
             count = self._seen.get(seen, 0)
             if count < warmup_calls():
                 self._seen[seen] = count + 1
+                if count == 0 and backend_choice() != "aten" and self.unavailable(x.device, x.dtype) is None:
+                    from .inductor import preload
+
+                    preload()             # the import overlaps the reference-loop warm-up calls
                 return None
+        if self.failure is not None:
+            return None
         aten = backend_choice() == "aten"
         if not aten and self.unavailable(x.device, x.dtype) is not None:
             return None
+        if not aten:
+            from .inductor import preload
+
+            preload()
         _, xp, xs, st = cell._recurrence_inputs(x, state)
         st = tuple(st)
         try:
             g = self.graphs(cell, xp, xs, st, compile=not aten)
-        except DerivationError as exc:    # e.g. a shape the probe did not see: remember, run the reference
-            self.compile_error = f"the step could not be derived for these inputs: {exc}"
+        except DerivationError as exc:    # remembered: the plan becomes the reference loop, with the reason
+            self.failure = str(exc)
             return None
         except Exception as exc:          # a compiler error: remember it, run the reference loop
             self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc).strip()[:200]}"

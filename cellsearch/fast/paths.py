@@ -38,7 +38,7 @@ from ..primitives import update as updates
 from .fused import Kernel, run_fused
 from .gates import GateOps
 
-__all__ = ["Plan", "build_plan", "NATIVE", "use_c"]
+__all__ = ["Plan", "build_plan", "NATIVE", "use_c", "settled"]
 
 State = tuple[Tensor, ...]
 Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
@@ -171,19 +171,31 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
 
 
 def _derived_plan(cell: Any, why: str) -> Plan:
+    """The derived path. Forced (tests, bench): the step is traced now, and a step that cannot be
+    derived plans the reference loop. Otherwise the step is traced when the path first runs (a cell
+    that never runs a large enough sequence pays nothing); if it cannot be derived then,
+    :func:`cellsearch.fast.plan` turns the plan into the reference loop with the reason."""
     from .derived import DerivationError, Derived
 
-    runner = Derived(forced=why == "forced")
-    try:
-        runner.probe(cell)
-    except DerivationError as exc:
-        return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
-    if runner.unavailable() is None:
-        from .inductor import preload
-
-        preload()
+    forced = why == "forced"
+    runner = Derived(forced=forced)
+    if forced:
+        try:
+            runner.probe(cell)
+        except DerivationError as exc:
+            return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
     return Plan("derived", f"whole-sequence function derived from the step ({runner.describe()}); {why}",
                 runner)
+
+
+def settled(p: Plan) -> Plan:
+    """``p``, or the reference plan (with the reason) when its derived runner found that the step cannot
+    be derived."""
+    failure = getattr(p.run, "failure", None) if p.path == "derived" else None
+    if failure is None:
+        return p
+    return _reference(f"{p.reason.split('; ', 1)[-1]}; the step could not be derived: {failure} "
+                      "(reference loop)")
 
 
 def _hand_plan(cell: Any) -> Plan:
