@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .registry import did_you_mean
 
             parser.print_usage(sys.stderr)
-            print(f"cellsearch: error: unknown command {argv[0]!r}; {did_you_mean(argv[0], COMMANDS)}"
+            print(f"cellsearch: error: unknown command {argv[0]!r}; {did_you_mean(argv[0], [*COMMANDS, '--version'])}"
                   f"commands: {', '.join(COMMANDS)}", file=sys.stderr)
             return 2
         parser.print_help()

@@ -15,6 +15,8 @@ def test_version_prints_the_installed_version(capsys) -> None:
 
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"cellsearch {metadata.version('cellsearch')}"
+    assert main(["--verison"]) == 2
+    assert "did you mean '--version'" in capsys.readouterr().err
 
 
 def test_list_pattern_searches_every_kind_like_timm_list_models(capsys) -> None:
