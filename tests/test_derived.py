@@ -251,8 +251,7 @@ def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop(aten:
 # ------------------------------------------------------------------------------------------------
 # compiled (Inductor) step graphs: the plugin and a representative subset of the published cells
 
-COMPILED = [(PLUGIN, torch.float64), (PLUGIN, torch.float32), ("refined_lstm", torch.float64),
-            ("asrnn", torch.float32)]
+COMPILED = [(PLUGIN, torch.float64), (PLUGIN, torch.float32), ("asrnn", torch.float32)]
 
 
 @pytest.mark.parametrize("spec,dtype", COMPILED, ids=lambda s: s if isinstance(s, str) else
@@ -401,7 +400,7 @@ def test_a_cache_directory_of_another_owner_is_refused(tmp_path: Path, monkeypat
     assert any(issubclass(w.category, cache.UnsafeCacheWarning) for w in caught)
 
 
-def test_bench_command_has_a_derived_column(tmp_path: Path) -> None:
+def test_bench_command_has_a_derived_column(tmp_path: Path, aten: None) -> None:
     from cellsearch.bench import read_json
     from cellsearch.cli import main
 
