@@ -21,6 +21,9 @@ from cellsearch.model import SequenceModel
 from cellsearch.registry import get_cell_card, list_cells
 from cellsearch.spec import CellSpec, DepthSpec, ModelSpec
 
+# one xdist worker builds the module-scoped export fixture (every case, one child process) for all tests here
+pytestmark = pytest.mark.xdist_group("export")
+
 EXTRA = {
     "deep_io_refined_add": (
         CellSpec(update="lstm", gate="refined", options={"gate": {"mode": "add"}}),
