@@ -1,7 +1,10 @@
 """One time step of a composed cell, traced from the primitives' own torch code into two FX graphs.
 
-Everything that needs a cell's math in another form (the standalone export today) derives it from here,
+The standalone export (:mod:`cellsearch.exporter`) derives a cell's step and initialization from here,
 never from a primitive's name: the step is whatever the registered primitives compute, plugins included.
+(The derived fast path, :mod:`cellsearch.fast.derived`, traces the same step per shape with fake tensors
+and hoists the same invariants; sharing this split with it is still to do.) :func:`trace_init` does the
+same for ``cell.reset_parameters()``: the primitives' initialization as an in-place graph.
 
 :func:`trace_step` runs ``cell.update.step(cell.context(), xp_t, xs_t, state)`` once under
 ``make_fx`` (symbolic batch size, ATen ops) with every parameter of the cell as an input, then splits
