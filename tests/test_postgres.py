@@ -201,7 +201,9 @@ def test_two_workers_split_the_budget_without_duplicates(tmp_path: Path, postgre
             assert t.values == by_key[t.user_attrs["key"]].values
     pids = {t.user_attrs["worker"]["pid"] for t in used}
     assert pids == {w.pid for w in workers}, outputs  # the budget was split between the two
-    assert all("done 8/8 (8 distinct cell(s)" in out for out in outputs), outputs
+    # the worker that ends last sees the whole budget done; one that ends first may still see the other's
+    # trial running (its last line then reads "running 1"), so only the last one is held to the total
+    assert any("done 8/8 (8 distinct cell(s)" in out for out in outputs), outputs
 
 
 def _wait_for(url: str, name: str, ready: Any, what: str, proc: subprocess.Popen, limit: float = 120) -> list[Any]:
