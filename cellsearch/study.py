@@ -475,10 +475,52 @@ def read_yaml(path: str | Path, source: str | None = None) -> Any:
     return parse_yaml(text, source)
 
 
+MAX_YAML_CHARS = 1 << 20  # a study or space file is small; a larger one is refused before parsing
+
+
+class _Refused(yaml.YAMLError):
+    """A YAML feature refused by :class:`_StrictLoader` (the message is the whole explanation)."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``safe_load`` without aliases (``*name`` can expand a few lines into gigabytes: a "billion laughs"
+    file) and without duplicate keys (YAML silently keeps the last one)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(f"{_at(event.start_mark)}YAML alias *{event.anchor} is not allowed (anchors and "
+                           "aliases can expand a small file enormously); write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if first is not key_node.start_mark:
+                raise _Refused(f"{_at(key_node.start_mark)}duplicate key {str(key)[:40]!r} (first at line "
+                               f"{first.line + 1}); YAML would keep only the last value")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+
+
 def parse_yaml(text: str, source: str, expected: str = "a YAML mapping of study keys") -> Any:
-    """Parse YAML text safely; malformed YAML and object-constructing tags raise :class:`StudyError`."""
+    """Parse YAML text safely: no object-constructing tags, no aliases, no duplicate keys, at most
+    :data:`MAX_YAML_CHARS` characters; every problem raises one :class:`StudyError` line."""
+    if len(text) > MAX_YAML_CHARS:
+        raise StudyError.plain(source, f"is {len(text):,} characters; a study, space or --set value is at most "
+                                       f"{MAX_YAML_CHARS:,}")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except _Refused as exc:
+        raise StudyError.plain(source, str(exc)) from None
     except yaml.constructor.ConstructorError as exc:
         where = _mark(exc)
         tag = re.search(r"tag '([^']+)'", str(exc))

@@ -108,3 +108,41 @@ def test_multi_objective_defaults_to_nsga2_and_no_pruner() -> None:
 
 def test_default_storage_is_sqlite_under_runs() -> None:
     assert study_from_mapping(_raw()).storage_url == "sqlite:///runs/t/study.db"
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile YAML: one line, exit 2, nothing written (issue 12)
+
+_BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"]
+                  + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                     f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+                     f"*{chr(97 + i)}]" for i in range(8)]) + "\nname: bomb\n"
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    (_BOMB, "YAML alias *a is not allowed"),
+    ("name: dup\nname: again\ntask: {name: adding}\n", "duplicate key 'name' (first at line 1)"),
+    ("name: x\ntask: {name: adding, seq_len: 10, seq_len: 20}\n", "duplicate key 'seq_len'"),
+    ("name: big\n" + "#" * (1 << 20) + "\n", "at most 1,048,576"),
+])
+def test_hostile_yaml_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys, text: str, said: str) -> None:
+    from cellsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert said in err and len(err.splitlines()) == 1, err
+    assert main(["run", str(path)]) == 2
+    assert said in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]  # no runs/, no study.db
+
+
+def test_a_duplicate_key_in_a_space_file_is_refused(tmp_path) -> None:
+    from cellsearch.study import StudyError, load_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("cell:\n  update: [lstm]\n  update: [gru]\n")
+    with pytest.raises(StudyError, match="duplicate key 'update'"):
+        load_space(path)
