@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._env import env_var
+
 __all__ = [
     "BenchResult", "LoadMeter", "measure_speed", "time_runs", "peak_memory", "bench_cell", "bench_cells",
     "build_model", "allocator_setting", "machine_info", "write_markdown", "write_chart", "write_json",
@@ -363,15 +365,8 @@ def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 
 def _derived_from_first_call() -> Iterator[None]:
     """A cell on the derived path takes it from its first call (no reference-loop warm-up calls): the
     bench measures the steady state and reports the first call separately."""
-    old = os.environ.get("CELLSEARCH_DERIVED_AFTER")
-    os.environ["CELLSEARCH_DERIVED_AFTER"] = "0"
-    try:
+    with env_var("CELLSEARCH_DERIVED_AFTER", "0"):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("CELLSEARCH_DERIVED_AFTER", None)
-        else:
-            os.environ["CELLSEARCH_DERIVED_AFTER"] = old
 
 
 def _bench_cell(cell: str | Any, hidden: int, seq: int, batch: int, input_size: int, layers: int,

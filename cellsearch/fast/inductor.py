@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+from .._env import env_var
+
 __all__ = ["unavailable", "compile_graph", "cache_dir", "stats", "preload"]
 
 _lock = threading.RLock()
@@ -103,16 +105,8 @@ def _reset_cache_dir() -> None:
 
 @contextmanager
 def _cache_env() -> Iterator[None]:
-    with _lock:
-        old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
-        try:
-            yield
-        finally:
-            if old is None:
-                os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-            else:
-                os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+    with _lock, env_var("TORCHINDUCTOR_CACHE_DIR", str(cache_dir())):
+        yield
 
 
 def compile_graph(gm: fx.GraphModule, example_inputs: Sequence[Tensor]) -> Callable[..., Any]:

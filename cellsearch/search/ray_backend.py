@@ -72,6 +72,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
+from .._env import env_var
 from ..cli import UserError
 from ..study import StudyConfig
 from .display import Display
@@ -704,15 +705,8 @@ def _init_ray(address: str | None) -> bool:
 @contextmanager
 def _quiet_tune() -> Iterator[None]:
     """Ray Tune's own console output off (the study's display reports progress)."""
-    old = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    try:
+    with env_var("RAY_AIR_NEW_OUTPUT", "0"):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = old
 
 
 def _max_t(config: StudyConfig, task: Any) -> int:
