@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from fast_paths import assert_same, close
 
 import cellsearch as cs
 from cellsearch import fast, registry
@@ -27,7 +28,6 @@ from cellsearch.primitives.base import Block
 from cellsearch.primitives.saturation import Saturation
 from cellsearch.primitives.update import Update
 
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 B, T, D, N = 3, 5, 4, 6
 
 
@@ -105,42 +105,6 @@ def _inputs(model: torch.nn.Module, batch: int, dtype: torch.dtype, seed: int = 
         state = tuple(tuple(0.5 * torch.randn(s.shape, generator=g, dtype=dtype) for s in layer)
                       for layer in state)
     return x, state
-
-
-def _run(model: torch.nn.Module, x: torch.Tensor, state: tuple | None, on: bool):
-    model.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    st = None if state is None else tuple(tuple(s.detach().clone().requires_grad_(True) for s in layer)
-                                          for layer in state)
-    with fast.enabled(on):
-        out, final = model(x, st)
-    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
-    loss = (out * weights).sum() + sum((s * s).sum() for layer in final for s in layer)
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    grads["x"] = x.grad
-    for i, layer in enumerate(st or ()):
-        for j, s in enumerate(layer):
-            grads[f"state{i}.{j}"] = s.grad
-    return out.detach(), [s.detach() for layer in final for s in layer], grads
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float, what: str) -> None:
-    scale = max(1.0, a.abs().max().item())
-    err = (a - b).abs().max().item()
-    assert err <= tol * scale, f"{what}: |Δ| = {err:.3g} (scale {scale:.3g})"
-
-
-def assert_same(model: torch.nn.Module, x: torch.Tensor, state: tuple | None) -> None:
-    tol = TOL[x.dtype]
-    ref_out, ref_final, ref_grads = _run(model, x, state, False)
-    out, final, grads = _run(model, x, state, True)
-    _close(ref_out, out, tol, "output")
-    for i, (a, b) in enumerate(zip(ref_final, final)):
-        _close(a, b, tol, f"final state {i}")
-    assert set(ref_grads) == set(grads), set(ref_grads) ^ set(grads)
-    for name in ref_grads:
-        _close(ref_grads[name], grads[name], tol, f"gradient of {name}")
 
 
 def _paths(model: torch.nn.Module) -> set[str]:
@@ -299,7 +263,7 @@ def test_no_grad_inference_and_retain_graph(aten: None) -> None:
         ref, _ = model(x, state)
     with torch.no_grad():
         out, _ = model(x, state)
-    _close(ref.detach(), out, 1e-10, "no_grad output")
+    close(ref.detach(), out, 1e-10, "no_grad output")
     out, _ = model(x, state)
     out.sum().backward(retain_graph=True)
     first = [p.grad.clone() for p in model.parameters()]

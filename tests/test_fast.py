@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from fast_paths import assert_same
 
 import cellsearch as cs
 from cellsearch import fast
 from cellsearch.fast import csrc, paths
 from cellsearch.fast.pool import POOL, BufferPool
-
-TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 @pytest.fixture(params=["c", "torch"])
@@ -29,46 +28,6 @@ def backend(request: pytest.FixtureRequest):
     old = paths.use_c(request.param == "c")
     yield request.param
     paths.use_c(old)
-
-
-def _run(model: torch.nn.Module, x: torch.Tensor, state: tuple | None, on: bool):
-    """Forward + backward with fast paths on/off: (outputs, final states, gradients by name)."""
-    model.zero_grad(set_to_none=True)
-    x = x.detach().clone().requires_grad_(True)
-    st = None
-    if state is not None:
-        st = tuple(tuple(s.detach().clone().requires_grad_(True) for s in layer) for layer in state)
-    with fast.enabled(on):
-        out, final = model(x, st)
-    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view_as(out)
-    loss = (out * weights).sum() + sum((s * s).sum() for layer in final for s in layer)
-    loss.backward()
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    grads["x"] = x.grad
-    if st is not None:
-        for i, layer in enumerate(st):
-            for j, s in enumerate(layer):
-                grads[f"state{i}.{j}"] = s.grad
-    return out.detach(), [s.detach() for layer in final for s in layer], grads
-
-
-def _close(a: torch.Tensor, b: torch.Tensor, tol: float, what: str) -> None:
-    scale = max(1.0, a.abs().max().item())
-    err = (a - b).abs().max().item()
-    assert err <= tol * scale, f"{what}: |Δ| = {err:.3g} (scale {scale:.3g})"
-
-
-def assert_same(model: torch.nn.Module, x: torch.Tensor, state: tuple | None = None) -> None:
-    """The fast path and the reference loop agree on outputs, final states and every gradient."""
-    tol = TOL[x.dtype]
-    ref_out, ref_final, ref_grads = _run(model, x, state, False)
-    out, final, grads = _run(model, x, state, True)
-    _close(ref_out, out, tol, "output")
-    for i, (a, b) in enumerate(zip(ref_final, final)):
-        _close(a, b, tol, f"final state {i}")
-    assert set(ref_grads) == set(grads), set(ref_grads) ^ set(grads)
-    for name in ref_grads:
-        _close(ref_grads[name], grads[name], tol, f"gradient of {name}")
 
 
 def _model(spec, d: int, n: int, layers: int, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
