@@ -383,3 +383,96 @@ def test_measure_speed_is_a_positive_rate() -> None:
     spec = cs.ModelSpec(cell=cs.CellSpec(update="star"), hidden_size=8)
     assert measure_speed(spec, batch=2, seq=3, input_size=4, repeats=2, warmup=1) > 0
     assert measure_speed(torch.nn.GRU(4, 8, batch_first=True), batch=2, seq=3, input_size=4, repeats=2) > 0
+
+
+# ------------------------------------------------------------------------------------------------
+# hand-written kernels are owned by their primitives: nothing outside cellsearch/primitives names one
+
+def test_no_module_outside_the_primitives_names_a_primitive_class() -> None:
+    """Outside ``cellsearch/primitives`` only the role base classes and the contract are imported, and
+    nothing tests a primitive's class: the fast paths ask each primitive for its kernels instead."""
+    import ast
+
+    import cellsearch.primitives.base as base_mod
+    from cellsearch.spec import ROLES
+
+    allowed = {"Primitive", "Block", "StepContext", "formula_of", "check_options", "DepthPrimitive",
+               "Transition", "DeepMLP", *(r.capitalize() for r in ROLES)}
+    assert set(base_mod.__all__) <= allowed
+    root = Path(cs.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if root / "primitives" in path.parents:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and "primitives" in node.module:
+                offenders += [f"{path.name}: imports {a.name}" for a in node.names if a.name not in allowed]
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Call) and \
+                    getattr(node.left.func, "id", "") == "type" and any(isinstance(o, ast.Is) for o in node.ops):
+                offenders.append(f"{path.name}:{node.lineno}: type(...) is ...")
+    assert not offenders, offenders
+
+
+def _plugin_classes():
+    from cellsearch.primitives.gate import SigmoidGate
+    from cellsearch.primitives.update import LSTM
+
+    class PlainGate(SigmoidGate):
+        """g = σ(a) (a plugin's gate that declares the fused form of the sigmoid gate)"""
+
+        name = "plain_gate_fast_test"
+
+    class OwnLSTM(LSTM):
+        """an LSTM whose plugin ships its own kernel"""
+
+        name = "own_lstm_fast_test"
+        kernels = (f"{__name__}:_own_kernel", "cellsearch.fast.hand:lstm")
+
+    return PlainGate, OwnLSTM
+
+
+OFFERS: list[str] = []
+
+
+def _own_kernel(cell):
+    OFFERS.append(cell.update.name)
+    return "the test's kernel declines (the next declared kernel serves)"
+
+
+@pytest.fixture()
+def plugin_kernel_primitives():
+    from cellsearch import registry
+
+    classes = _plugin_classes()
+    for cls in classes:
+        registry.register_primitive(cls, origin="package test_fast")
+    yield
+    for cls in classes:
+        registry.unregister("primitive", cls.name, cls.role)
+
+
+def test_a_plugin_gate_with_a_fused_form_runs_on_the_hand_kernels(plugin_kernel_primitives, backend) -> None:
+    spec = cs.CellSpec(update="lstm", gate="plain_gate_fast_test", init="chrono")
+    model = _model(spec, 4, 6, 2, torch.float64)
+    p = fast.plan(model.layers[0])
+    assert p.path in ("fused", "native") and "derived" not in p.reason, p.reason
+    assert_same(model, _x(3, 5, 4, torch.float64), _state(model, 3, torch.float64))
+
+
+def test_a_primitive_declares_its_own_kernels_in_order(plugin_kernel_primitives) -> None:
+    OFFERS.clear()
+    model = _model(cs.CellSpec(update="own_lstm_fast_test", gate="ur"), 4, 6, 1, torch.float64)
+    p = fast.plan(model.layers[0])
+    assert OFFERS == ["own_lstm_fast_test"] and p.path == "fused", p.reason
+    assert_same(model, _x(2, 4, 4, torch.float64), _state(model, 2, torch.float64))
+
+
+def test_a_kernel_that_cannot_load_is_a_reason_not_a_crash(plugin_kernel_primitives, monkeypatch) -> None:
+    from cellsearch.primitives.update import LSTM
+
+    monkeypatch.setattr(LSTM, "kernels", ("no_such_module_fast_test:kernel",))
+    model = _model(cs.CellSpec(update="lstm"), 4, 6, 1, torch.float64)
+    with fast.force_derived(None):
+        p = fast.plan(model.layers[0])
+    assert p.path == "reference" and "no_such_module_fast_test" in p.reason

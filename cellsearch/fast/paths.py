@@ -1,8 +1,10 @@
-"""Which execution path a composed cell takes: native kernel, fused or derived sequence function, or the
-reference loop.
+"""Which execution path a composed cell takes: a hand-written kernel its primitives own, the derived
+sequence function, or the reference loop.
 
-The plan is decided once per cell (from its primitives' classes, never from names alone) and cached
-beside the cell; :func:`cellsearch.fast.explain` prints it. Paths:
+The plan is decided once per cell and cached beside the cell; :func:`cellsearch.fast.explain` prints
+it. Nothing here names a primitive: each primitive declares the hand-written kernels it owns in its
+``kernels`` attribute (``"module:function"``, see :class:`cellsearch.primitives.base.Primitive`), and
+the built-in ones live in :mod:`cellsearch.fast.hand`. Paths:
 
 - ``native``: the spec is exactly LSTM (update lstm, gate sigmoid, saturation tanh, no deep transition;
   any init, any recurrence) or exactly GRU → :mod:`cellsearch.fast.native` (torch's kernels: oneDNN on
@@ -26,19 +28,16 @@ beside the cell; :func:`cellsearch.fast.explain` prints it. Paths:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
-from ..primitives import gate as gates
-from ..primitives import saturation as sats
-from ..primitives import update as updates
 from .fused import Kernel, run_fused
-from .gates import GateOps
 
-__all__ = ["Plan", "build_plan", "NATIVE", "use_c", "settled"]
+__all__ = ["Plan", "build_plan", "NATIVE", "use_c", "settled", "fused_runner", "exact_runner", "ROLES"]
 
 State = tuple[Tensor, ...]
 Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
@@ -58,63 +57,6 @@ def _reference(reason: str) -> Plan:
     return Plan("reference", reason)
 
 
-def _gate_ops(cell: Any) -> GateOps | None:
-    g, u, n = cell.gate, cell.update, cell.hidden_size
-    if type(g) is gates.SigmoidGate:
-        return GateOps("sigmoid", tuple(u.gates), n)
-    if type(g) is gates.URGate:
-        return GateOps("ur", tuple(u.gates), n, keep=u.keep, polarity=u.keep_polarity)
-    if type(g) is gates.RefinedGate:
-        return GateOps("refined", tuple(u.gates), n, refined=tuple(g.refined), mode=g.options["mode"])
-    return None
-
-
-def _saturation(cell: Any) -> str | None:
-    s = type(cell.saturation)
-    return "tanh" if s is sats.TanhSaturation else "identity" if s is sats.IdentitySaturation else None
-
-
-def _kernel(cell: Any, gate: GateOps, sat: str) -> Kernel | str:
-    """The torch-op kernel of the cell's update family (or why there is none)."""
-    from . import kernels
-
-    u, n = cell.update, cell.hidden_size
-    kind = type(u)
-    if kind in (updates.LSTM, updates.LSTMTied):
-        return kernels.LSTMKernel(n, gate, kind is updates.LSTMTied, sat)
-    if kind is updates.GRU:
-        return kernels.GRUKernel(n, gate, sat)
-    if kind is updates.MGU:
-        return kernels.MGUKernel(n, gate, sat)
-    if kind is updates.STAR:
-        return kernels.STARKernel(n, gate, sat)
-    if kind is updates.Vanilla:
-        return kernels.VanillaKernel(n, sat)
-    return f"update {u.name!r} has no fused kernel"
-
-
-def _c_kernel(cell: Any, gate: GateOps, sat: str) -> Kernel | None:
-    """The C-backed kernel of the family, when the compiled library is available (else None)."""
-    from . import ckernels, csrc
-
-    kind = type(cell.update)
-    if kind is updates.Vanilla or not use_c():
-        return None
-    lib = csrc.library()
-    if lib is None:
-        return None
-    n = cell.hidden_size
-    if kind in (updates.LSTM, updates.LSTMTied):
-        return ckernels.CLSTMKernel(lib, n, gate, kind is updates.LSTMTied, sat)
-    if kind is updates.GRU:
-        return ckernels.CGRUKernel(lib, n, gate, sat)
-    if kind is updates.MGU:
-        return ckernels.CMGUKernel(lib, n, gate, sat)
-    if kind is updates.STAR:
-        return ckernels.CSTARKernel(lib, n, gate, sat)
-    return None
-
-
 _USE_C = True
 
 
@@ -126,7 +68,7 @@ def use_c(flag: bool | None = None) -> bool:
     return _USE_C
 
 
-def _fused_runner(kernel: Kernel, c_kernel: Kernel | None) -> Runner:
+def fused_runner(kernel: Kernel, c_kernel: Kernel | None) -> Runner:
     from .ckernels import DTYPES
 
     def run(cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -143,7 +85,7 @@ def _fused_runner(kernel: Kernel, c_kernel: Kernel | None) -> Runner:
 NATIVE = {"lstm": "always", "gru": "cuda"}
 
 
-def _exact_runner(c_kernel: Kernel, native_run: Runner) -> Runner:
+def exact_runner(c_kernel: Kernel, native_run: Runner) -> Runner:
     from .ckernels import DTYPES
 
     def run(cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -198,47 +140,29 @@ def settled(p: Plan) -> Plan:
                       "(reference loop)")
 
 
+#: the roles whose primitives are asked for a hand-written kernel, in this order
+ROLES = ("update", "saturation", "gate", "recurrence", "init")
+
+
+def _resolve(target: str) -> Callable[[Any], Plan | str]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _hand_plan(cell: Any) -> Plan:
-    """The hand-written paths (native, fused) or the reference loop."""
-    from . import native
-
-    u, g = cell.update, cell.gate
-    sat = _saturation(cell)
-    if cell.transition is not None:
-        if type(u) is updates.Vanilla and sat is not None:
-            from .kernels import TransitionKernel
-
-            tr = cell.transition
-            kernel = TransitionKernel(cell.hidden_size, len(tr.layers), tr.shortcut is not None, sat)
-            return Plan("fused", f"fused vanilla/deep transition/{sat} sequence function (torch ops)",
-                        _fused_runner(kernel, None))
-        return _reference("deep transition: no fused path (reference loop)")
-    if type(cell.saturation) is sats.AdaptiveSaturation and type(u) is updates.Vanilla:
-        from .kernels import AdaptiveKernel
-
-        return Plan("fused", "fused vanilla/adaptive sequence function (torch ops)",
-                    _fused_runner(AdaptiveKernel(cell.hidden_size), None))
-    if sat is None:
-        return _reference(f"saturation {cell.saturation.name!r}: no fused path (reference loop)")
-    exact = type(g) is gates.SigmoidGate and sat == "tanh" and type(u) in (updates.LSTM, updates.GRU)
-    if exact and NATIVE[u.name] == "always":
-        run = native.lstm_sequence if type(u) is updates.LSTM else native.gru_sequence
-        return Plan("native", f"exactly {u.name.upper()}: torch.{u.name}", run)
-    if type(u) is updates.STAR and u.options.get("beta") is not None:
-        return _reference("update 'star' with option beta: no fused path (reference loop)")
-    gate = _gate_ops(cell)
-    if gate is None:
-        return _reference(f"gate {g.name!r}: no fused path (reference loop)")
-    kernel = _kernel(cell, gate, sat)
-    if isinstance(kernel, str):
-        return _reference(kernel + " (reference loop)")
-    c_kernel = _c_kernel(cell, gate, sat)
-    if exact:           # native kernels except where the fused C kernels are measured faster (CPU)
-        run = native.lstm_sequence if type(u) is updates.LSTM else native.gru_sequence
-        if c_kernel is None:
-            return Plan("native", f"exactly {u.name.upper()}: torch.{u.name}", run)
-        return Plan("fused", f"exactly {u.name.upper()}: fused sequence function (C pointwise kernels) on "
-                    f"the CPU in float32/float64, torch.{u.name} elsewhere", _exact_runner(c_kernel, run))
-    how = "C pointwise kernels" if c_kernel is not None else "torch ops"
-    return Plan("fused", f"fused {u.name}/{g.name}/{sat} sequence function ({how})",
-                _fused_runner(kernel, c_kernel))
+    """The first plan a kernel declared by one of the cell's primitives offers, or the reference loop
+    with every kernel's reason (none declared: the derived path serves the cell)."""
+    reasons = []
+    for role in ROLES:
+        prim = getattr(cell, role, None)
+        for target in getattr(prim, "kernels", ()):
+            try:
+                offer = _resolve(target)(cell)
+            except (ImportError, AttributeError) as exc:
+                offer = f"{role} {prim.name!r}: kernel {target!r} could not be loaded ({exc})"
+            if isinstance(offer, Plan):
+                return offer
+            reasons.append(str(offer))
+    if not reasons:
+        reasons.append(f"no hand-written kernel declared by update {cell.update.name!r} or the other primitives")
+    return _reference("; ".join(dict.fromkeys(reasons)) + " (reference loop)")

@@ -121,6 +121,14 @@ class Primitive:
     #: Capabilities it needs from the other primitives of the cell; the composer refuses a cell where
     #: none provides one, naming both. May depend on the options (override as a property).
     requires: frozenset[str] = frozenset()
+    #: Hand-written whole-sequence kernels this primitive owns (optional: the derived fast path serves
+    #: every primitive without one), as ``"module:function"`` strings, imported only when a cell's
+    #: execution plan is built. Each function takes the cell and returns a :class:`cellsearch.fast.Plan`,
+    #: or a one-line reason why it does not serve this cell. The cell's primitives are asked in role
+    #: order (update, saturation, gate, recurrence, init) and the first plan wins; a cell none serves
+    #: takes the derived path (:mod:`cellsearch.fast.paths`). A kernel is kept only where ``make bench``
+    #: shows it faster than the derived path, and is tested against the reference and derived paths.
+    kernels: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
         self.options = check_options(f"cell.options.{self.role}", self.defaults, options)

@@ -54,6 +54,12 @@ class Gate(Primitive):
         """The per-step gate function for ``k`` gate blocks (including added ones)."""
         raise NotImplementedError
 
+    def fused_ops(self) -> dict[str, Any] | None:
+        """What this gate is inside the hand-written fused loops (the keyword arguments of
+        :class:`cellsearch.fast.gates.GateOps` after ``names`` and ``n``), or None: those loops cannot
+        run it, and a cell with it takes the derived path."""
+        return None
+
 
 @register_primitive
 class SigmoidGate(Gate):
@@ -71,6 +77,9 @@ class SigmoidGate(Gate):
             return torch.sigmoid(a).chunk(k, 1)
 
         return gates
+
+    def fused_ops(self) -> dict[str, Any] | None:
+        return {"kind": "sigmoid"}
 
 
 @register_primitive
@@ -112,6 +121,9 @@ class URGate(Gate):
             return (*s[:j], g, *s[j + 2:])
 
         return gates
+
+    def fused_ops(self) -> dict[str, Any] | None:
+        return {"kind": "ur", "keep": self.update.keep, "polarity": self.update.keep_polarity}
 
 
 @register_primitive
@@ -159,3 +171,6 @@ class RefinedGate(Gate):
             return tuple(s)
 
         return gates
+
+    def fused_ops(self) -> dict[str, Any] | None:
+        return {"kind": "refined", "refined": self.refined, "mode": self.options["mode"]}

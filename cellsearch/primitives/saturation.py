@@ -26,6 +26,9 @@ class Saturation(Primitive, nn.Module):
 
     role = "saturation"
     lr_scale: float = 1.0
+    #: The element-wise function the hand-written fused loops apply for it (``tanh`` or ``identity``),
+    #: or None: those loops cannot run it, and a cell with it takes a kernel it owns or the derived path.
+    fused: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         nn.Module.__init__(self)
@@ -49,6 +52,7 @@ class TanhSaturation(Saturation):
     """
 
     name = "tanh"
+    fused = "tanh"
 
     def function(self) -> Callable[[Tensor], Tensor]:
         return torch.tanh
@@ -62,6 +66,7 @@ class IdentitySaturation(Saturation):
     """
 
     name = "identity"
+    fused = "identity"
 
     def function(self) -> Callable[[Tensor], Tensor]:
         return _identity
@@ -88,6 +93,7 @@ class AdaptiveSaturation(Saturation):
 
     name = "adaptive"
     requires = frozenset({"single_state"})
+    kernels = ("cellsearch.fast.hand:adaptive",)
     defaults: ClassVar[dict[str, Any]] = {"method": "expm", "s_low": 0.5, "s_high": 1.5, "eps": 1e-3}
 
     def __init__(self, **options: Any) -> None:

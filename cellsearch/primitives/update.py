@@ -75,8 +75,10 @@ class Vanilla(Update):
     """
 
     name = "vanilla"
+    kernels = ("cellsearch.fast.hand:vanilla",)
     cand_blocks = (Block("h", "cand"),)
-    provides = _caps("single_state")
+    #: ``elman``: the step is h' = sat(W x + U h + b) (asRNN's fused kernel needs exactly that)
+    provides = _caps("single_state", "elman")
 
     def step(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, state: State) -> tuple[Tensor, State]:
         (h,) = state
@@ -95,6 +97,7 @@ class LSTM(Update):
     """
 
     name = "lstm"
+    kernels = ("cellsearch.fast.hand:lstm",)
     gates = ("i", "f", "o")
     cand_blocks = (Block("u", "cand"),)
     keep = "f"
@@ -124,6 +127,7 @@ class LSTMTied(Update):
     """
 
     name = "lstm_tied"
+    kernels = ("cellsearch.fast.hand:lstm_tied",)
     gates = ("f", "o")
     cand_blocks = (Block("u", "cand"),)
     keep = "f"
@@ -153,6 +157,7 @@ class GRU(Update):
     """
 
     name = "gru"
+    kernels = ("cellsearch.fast.hand:gru",)
     gates = ("r", "z")
     cand_blocks = (Block("h", "cand"),)
     keep = "z"
@@ -183,6 +188,7 @@ class MGU(Update):
     """
 
     name = "mgu"
+    kernels = ("cellsearch.fast.hand:mgu",)
     gates = ("f",)
     cand_blocks = (Block("h", "cand"),)
     keep = "f"
@@ -217,6 +223,7 @@ class STAR(Update):
     """
 
     name = "star"
+    kernels = ("cellsearch.fast.hand:star",)
     gates = ("k",)
     cand_blocks = (Block("z", "cand", recurrent=False),)
     keep = "k"
