@@ -104,7 +104,16 @@ SEARCH_KEYS = (
     "reuse_actors",
 )
 DEPTH_INT_FIELDS = {"layers": 1, "transition_layers": 1, "output_layers": 0, "input_layers": 0}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: the largest value of each depth field and model size a study may ask for (larger ones would hang or
+#: exhaust memory building the model, long after the study was created)
+DEPTH_MAX = 64
+HIDDEN_MAX = 1 << 16
+PARAM_BUDGET_MAX = 1 << 30
+#: the most seeds a ``seeds: N`` count may ask for (each is a full training per cell)
+SEEDS_MAX = 1000
+#: a name is a folder name (runs/<name>) and a study name in the storage
+NAME_MAX = 100
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TRAIN_NUMERIC = ("lr", "momentum", "weight_decay", "clip", "dropout")
 
 
@@ -656,8 +665,9 @@ def study_from_mapping(
         if raw.get(required) is None:
             raise r.fail(required, None, "a value (this key is required)")
     name = r.string("name", raw["name"])
-    if not _NAME_RE.match(name):
-        raise r.fail("name", name, "letters, digits, '_', '-' and '.' (it names the runs/<name> folder)")
+    if not _NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
+        raise r.fail("name", name, f"1 to {NAME_MAX} letters, digits, '_', '-' and '.', starting with a letter "
+                                   "or digit (it names the runs/<name> folder)")
     task, task_obj = _task(r, raw["task"])
     space, cells, seeds = _what(r, raw, base)
     model = _model(r, raw.get("model") or {}, space)
@@ -742,10 +752,13 @@ def _what(
 
 
 def _seeds(r: _Reader, raw: Any) -> tuple[int, ...]:
+    allowed = f"a count from 1 to {SEEDS_MAX}, or a non-empty list of at most {SEEDS_MAX} distinct integer seeds"
     if isinstance(raw, int) and not isinstance(raw, bool):
+        if not 1 <= raw <= SEEDS_MAX:
+            raise r.fail("seeds", raw, allowed)
         return tuple(range(raw))
-    if not isinstance(raw, list) or not raw:
-        raise r.fail("seeds", raw, "a non-empty list of integer seeds, or a count")
+    if not isinstance(raw, list) or not raw or len(raw) > SEEDS_MAX:
+        raise r.fail("seeds", raw, allowed)
     for i, s in enumerate(raw):
         r.integer(f"seeds[{i}]", s, 0)
     if len(set(raw)) != len(raw):
@@ -773,6 +786,9 @@ def _model(r: _Reader, raw: Any, space: SpaceConfig | None) -> ModelConfig:
     budget = r.integer("model.param_budget", data.get("param_budget"), 1, none=True)
     hidden = r.integer("model.hidden_size", data.get("hidden_size"), 1, none=True)
     layers = r.integer("model.num_layers", data.get("num_layers", 1), 1)
+    _bounded(r, "model.hidden_size", hidden, 1, HIDDEN_MAX, none=True)
+    _bounded(r, "model.param_budget", budget, 1, PARAM_BUDGET_MAX, none=True)
+    _bounded(r, "model.num_layers", layers, 1, DEPTH_MAX)
     if budget is not None and hidden is not None:
         raise r.fail("model", data, "either hidden_size or param_budget, not both")
     if budget is not None and space is not None and space.hidden_size is not None:
@@ -961,22 +977,83 @@ def _named(r: _Reader, key: str, raw: Any, choices: Sequence[str]) -> tuple[str,
     return r.string(key, raw, choices), {}
 
 
+#: the keyword arguments a study file may give each sampler / pruner (the scalar ones of Optuna's
+#: constructors; callables such as TPE's ``gamma`` cannot be written in YAML): name -> (kind, low, high)
+#: with kind ``int``, ``float``, ``bool``, ``int|auto`` (an integer or the string "auto"), ``restart``
+#: (CMA-ES restart strategy); a kind ending in ``?`` also allows null
+_INT, _PROB = ("int", 0, None), ("float", 0.0, 1.0)
+ARGUMENTS: dict[str, dict[str, dict[str, tuple[str, Any, Any]]]] = {
+    "sampler": {
+        "tpe": {"n_startup_trials": _INT, "n_ei_candidates": ("int", 1, None), "consider_prior": ("bool", 0, 0),
+                "prior_weight": ("float", 1e-12, None), "consider_magic_clip": ("bool", 0, 0),
+                "consider_endpoints": ("bool", 0, 0), "multivariate": ("bool", 0, 0), "group": ("bool", 0, 0),
+                "warn_independent_sampling": ("bool", 0, 0), "constant_liar": ("bool", 0, 0)},
+        "random": {},
+        "cmaes": {"sigma0": ("float?", 1e-12, None), "n_startup_trials": _INT, "popsize": ("int?", 2, None),
+                  "inc_popsize": ("int", 1, None), "restart_strategy": ("restart", 0, 0),
+                  "consider_pruned_trials": ("bool", 0, 0), "use_separable_cma": ("bool", 0, 0),
+                  "with_margin": ("bool", 0, 0), "lr_adapt": ("bool", 0, 0),
+                  "warn_independent_sampling": ("bool", 0, 0)},
+        "gp": {"n_startup_trials": _INT, "deterministic_objective": ("bool", 0, 0),
+               "warn_independent_sampling": ("bool", 0, 0)},
+        "nsga2": {"population_size": ("int", 2, None), "mutation_prob": ("float?", 0.0, 1.0),
+                  "crossover_prob": _PROB, "swapping_prob": _PROB},
+    },
+    "pruner": {
+        "median": {"n_startup_trials": _INT, "n_warmup_steps": _INT, "interval_steps": ("int", 1, None),
+                   "n_min_trials": ("int", 1, None)},
+        "successive_halving": {"min_resource": ("int|auto", 1, None), "reduction_factor": ("int", 2, None),
+                               "min_early_stopping_rate": _INT, "bootstrap_count": _INT},
+        "hyperband": {"min_resource": ("int", 1, None), "max_resource": ("int|auto", 1, None),
+                      "reduction_factor": ("int", 2, None), "bootstrap_count": _INT},
+        "none": {},
+    },
+}
+
+
 def _check_args(r: _Reader, key: str, name: str, args: Mapping[str, Any]) -> None:
-    """Keyword arguments of a sampler / pruner must exist in Optuna's constructor."""
+    """Keyword arguments of a sampler / pruner: known (:data:`ARGUMENTS`), of the right type and range,
+    and accepted by Optuna's constructor (whose own check is reported as one line too)."""
     if not args:
         return
-    if name == "none":
-        raise r.fail(f"{key}.{next(iter(args))}", next(iter(args)), "no arguments for pruner 'none'")
-    from .search.optuna_backend import constructor_arguments
-
-    allowed = constructor_arguments(key.rsplit(".", 1)[1], name)
+    kind = key.rsplit(".", 1)[1]
+    allowed = ARGUMENTS[kind][name]
     for k, v in args.items():
         if k not in allowed:
-            raise r.fail(
-                f"{key}.{k}", k, f"an argument of {name}: {sorted(allowed)}", did_you_mean(k, allowed)
-            )
-        if not (v is None or isinstance(v, (str, int, float, bool))):
-            raise r.fail(f"{key}.{k}", v, "a number, string, boolean or null")
+            listed = sorted(allowed) or f"none ({kind} {name!r} takes no arguments)"
+            raise r.fail(f"{key}.{k}", k, f"an argument of {name}: {listed}", did_you_mean(k, allowed))
+        _check_arg(r, f"{key}.{k}", v, *allowed[k])
+    from .search.optuna_backend import construct
+
+    try:
+        construct(kind, name, args)
+    except (ValueError, TypeError) as exc:
+        raise r.fail(key, dict(args), f"arguments Optuna's {name} {kind} accepts ({_first_line(exc)})") from None
+
+
+def _check_arg(r: _Reader, key: str, value: Any, kind: str, low: Any, high: Any) -> None:
+    if value is None and kind.endswith("?"):
+        return
+    kind = kind.rstrip("?")
+    if kind == "bool":
+        r.boolean(key, value)
+    elif kind == "restart":
+        r.string(key, value, ["ipop", "bipop"], none=True)
+    elif kind == "int|auto" and value == "auto":
+        return
+    elif kind in ("int", "int|auto"):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise r.fail(key, value, f"an integer >= {low}" + (" or 'auto'" if kind == "int|auto" else ""))
+    else:
+        number = r.number(key, value, low)
+        if high is not None and number > high:  # type: ignore[operator]
+            raise r.fail(key, value, f"a number in [{low}, {high}]")
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
 # ------------------------------------------------------------------------------------------------
@@ -999,7 +1076,7 @@ def space_from_mapping(raw: Any, source: str = "<inline>") -> SpaceConfig:
     hidden = _param(r, "hidden_size", data["hidden_size"], integer=True) if data.get("hidden_size") else None
     if hidden is not None:
         for v in hidden.values:
-            r.integer("hidden_size", v, 1)
+            _bounded(r, "hidden_size", v, 1, HIDDEN_MAX)
     train_raw = r.mapping("train", data.get("train") or {}, _train_fields())
     train = {k: _param(r, f"train.{k}", v, integer=k not in _TRAIN_NUMERIC) for k, v in train_raw.items()}
     published = _published(r, data.get("published", True))
@@ -1014,6 +1091,14 @@ def space_from_mapping(raw: Any, source: str = "<inline>") -> SpaceConfig:
     )
     _check_compatible(r, space)
     return space
+
+
+def _bounded(r: _Reader, key: str, value: Any, low: int, high: int, none: bool = False) -> None:
+    """An integer in [low, high] (or null when ``none``)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise r.fail(key, value, f"an integer from {low} to {high}")
 
 
 def _ro(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1073,7 +1158,7 @@ def _space_depth(r: _Reader, raw: Any) -> dict[str, Param]:
         param = _param(r, key, v, integer=k in DEPTH_INT_FIELDS)
         for value in param.values:
             if k in DEPTH_INT_FIELDS:
-                r.integer(key, value, DEPTH_INT_FIELDS[k])
+                _bounded(r, key, value, DEPTH_INT_FIELDS[k], DEPTH_MAX)
             elif k == "transition":
                 r.string(key, value, TRANSITIONS)
             elif k == "residual":

@@ -55,6 +55,7 @@ from .storage import fail_dead_trials, make_storage, worker_id
 
 __all__ = [
     "constructor_arguments",
+    "construct",
     "make_sampler",
     "make_pruner",
     "run",
@@ -99,6 +100,15 @@ def constructor_arguments(kind: str, name: str) -> set[str]:
     """Keyword arguments the Optuna class behind sampler / pruner ``name`` accepts."""
     cls = (_SAMPLERS if kind == "sampler" else _PRUNERS)[name]()
     return {p for p in inspect.signature(cls).parameters if p not in ("self", "seed")}
+
+
+def construct(kind: str, name: str, args: Any = ()) -> Any:
+    """A sampler / pruner built from its name and keyword arguments (unseeded: validation builds one to
+    let Optuna check the arguments before anything runs)."""
+    cls = (_SAMPLERS if kind == "sampler" else _PRUNERS)[name]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # experimental-API warnings
+        return cls(**dict(args))
 
 
 class _PerTrialSeed:
