@@ -26,7 +26,7 @@ UR_STAR = CellCard(
 
 JANET_SOFTSIGN = CellCard(
     name="janet_softsign",
-    spec=CellSpec(update="janet", init="chrono", saturation="softsign"),
+    spec=CellSpec(update="template_janet", init="chrono", saturation="softsign"),
     formula="h' = softsign(σ(a_f)⊙h + (1 − σ(a_f − β))⊙tanh(a_u)),  chrono b_f",
     equations=(
         "s = W_f x_t + U_f h_{t-1} + b_f;  u = tanh(W_u x_t + U_u h_{t-1} + b_u)\n"
@@ -35,6 +35,6 @@ JANET_SOFTSIGN = CellCard(
     ),
     citation="van der Westhuizen & Lasenby, 'The unreasonable effectiveness of the forget gate', "
              "arXiv:1804.04849, 2018 (JANET), with a softsign output saturation.",
-    notes="Template plugin example: both primitives (update janet, saturation softsign) come from this plugin; "
+    notes="Template plugin example: both primitives (update template_janet, saturation softsign) come from this plugin; "
           "with saturation identity the update is the paper's JANET (h = c).",
 )

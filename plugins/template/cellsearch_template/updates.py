@@ -1,5 +1,9 @@
 """A custom update primitive: JANET, the forget-gate-only LSTM (van der Westhuizen & Lasenby 2018).
 
+Registered as ``template_janet``: cellsearch has a built-in ``janet`` update since its modern cells
+(names are unique per role, so a plugin must not reuse a built-in name); this file is kept as the worked
+example of writing an update against the public contract.
+
 An update is the cell's skeleton: it declares its gate blocks and candidate blocks, which gate keeps old
 state, and :meth:`step`, one time step written in plain torch ops from the precomputed input projection.
 That one definition is all cellsearch needs: the reference loop, the derived fast path and the
@@ -30,7 +34,7 @@ class JANET(Update):
     The paper pairs it with chrono initialization of b_f (``init: chrono``).
     """
 
-    name = "janet"
+    name = "template_janet"
     gates = ("f",)
     cand_blocks = (Block("u", "cand"),)
     keep = "f"
