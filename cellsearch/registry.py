@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import threading
+import time
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -156,15 +157,20 @@ def register_task(cls: Any = None, *, origin: str | None = None) -> Any:
     return wrap(cls) if cls is not None else wrap
 
 
+#: a plugin whose import takes longer than this many seconds is named in a warning (it slows every command)
+SLOW_IMPORT_S = 2.0
+
+
 def _load_entry_point(kind: str, ep: metadata.EntryPoint) -> None:
     dist = getattr(ep, "dist", None)
     origin = f"distribution {dist.name if dist else '?'} (entry point {ep.value})"
+    started = time.perf_counter()
     try:
         obj = ep.load()
         _validate_plugin(kind, ep.name, obj)
-    except DuplicateNameError:
+    except (DuplicateNameError, KeyboardInterrupt):  # Ctrl-C stays Ctrl-C
         raise
-    except Exception as exc:  # a broken plugin must not take the others down
+    except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not take the others down
         err = PluginLoadError(GROUPS[kind], ep.name, ep.value, _explain(exc))
         _errors.append(err)
         module = ep.value.split(":")[0]
@@ -175,7 +181,20 @@ def _load_entry_point(kind: str, ep: metadata.EntryPoint) -> None:
             also = f" (also breaks {', '.join(sorted(others))})" if others else ""
             warnings.warn(str(err) + also, PluginLoadWarning, stacklevel=3)
         return
+    finally:
+        _warn_if_slow(kind, ep, time.perf_counter() - started)
     _add(kind, ep.name, obj, origin, obj.role if kind == "primitive" else None)
+
+
+def _warn_if_slow(kind: str, ep: metadata.EntryPoint, seconds: float) -> None:
+    """Name a plugin whose import took longer than :data:`SLOW_IMPORT_S` (once per module)."""
+    module = ep.value.split(":")[0]
+    if seconds <= SLOW_IMPORT_S or (module, "slow") in _warned:
+        return
+    _warned.add((module, "slow"))
+    warnings.warn(f"plugin {ep.name!r} ({GROUPS[kind]}, module {module}) took {seconds:.1f} s to import "
+                  f"(more than {SLOW_IMPORT_S:g} s, on every cellsearch command); disable it with "
+                  f"CELLSEARCH_DISABLE_PLUGINS={ep.name}", PluginLoadWarning, stacklevel=4)
 
 
 _MISSING = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional|keyword-only) arguments?: (.+)")
@@ -183,6 +202,8 @@ _MISSING = re.compile(r"(\w+)\.__init__\(\) missing \d+ required (?:positional|k
 
 def _explain(exc: BaseException) -> str:
     """The error in one line; a card or class built without a required field names the field."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({exc.code!r}) on import"
     text = str(exc).splitlines()[0] if str(exc) else ""
     match = _MISSING.search(text)
     if isinstance(exc, TypeError) and match:

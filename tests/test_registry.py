@@ -203,3 +203,34 @@ def test_duplicate_entry_point_error_persists(duplicate_plugin_report: list[dict
     """A second registry read in the same process fails the same way instead of returning a registry that is
     missing every plugin loaded after the clash."""
     assert duplicate_plugin_report[1] == duplicate_plugin_report[0]
+
+
+def _hostile_plugins(site: Path, sleep_s: float) -> None:
+    """A real dist-info whose modules call sys.exit() on import and sleep before registering a cell."""
+    info = site / "hostile_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hostile-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[cellsearch.cells]\nexits_cell = hostile_exit_mod:CARD\nslow_cell = hostile_slow_mod:CARD\n")
+    (site / "hostile_exit_mod.py").write_text("import sys\nsys.exit(3)\n")
+    (site / "hostile_slow_mod.py").write_text(
+        f"import time\ntime.sleep({sleep_s})\n"
+        "from cellsearch.cards import CellCard\nfrom cellsearch.spec import CellSpec\n"
+        "CARD = CellCard(name='slow_cell', spec=CellSpec(update='gru'), formula='f', equations='e', citation='c')\n")
+
+
+def test_a_plugin_calling_sys_exit_or_importing_slowly_is_named_and_the_rest_work(tmp_path: Path) -> None:
+    """sys.exit() in a plugin's import is caught (BaseException, not only Exception) and reported by name;
+    a plugin slower than 2 s to import loads but is named in a one-line warning; every command still runs."""
+    _hostile_plugins(tmp_path, sleep_s=2.5)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    cli = str(Path(sys.executable).with_name("cellsearch"))
+    run = subprocess.run([cli, "list", "cells", "*_cell"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "slow_cell" in run.stdout and "exits_cell" not in run.stdout
+    warnings = [line for line in run.stderr.splitlines() if line.startswith("cellsearch: warning:")]
+    assert any("exits_cell" in w and "sys.exit(3)" in w for w in warnings), run.stderr
+    assert any("slow_cell" in w and "to import" in w and "CELLSEARCH_DISABLE_PLUGINS=slow_cell" in w
+               for w in warnings), run.stderr
+    assert "Traceback" not in run.stderr
