@@ -17,7 +17,7 @@ from typing import Any
 from .registry import RegistryError
 from .spec import SpecError
 
-__all__ = ["main", "UserError", "COMMANDS"]
+__all__ = ["main", "UserError", "RunStopped", "COMMANDS"]
 
 #: command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +40,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class UserError(Exception):
     """A mistake in the user's input: printed as one line, exit status 2."""
+
+
+class RunStopped(Exception):
+    """A run stopped by a failure outside the user's input (disk full, out of memory, data gone): printed
+    as one line, exit status 1; what ran so far is kept and running again continues."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,6 +88,13 @@ def _one_line_plugin_warnings() -> None:
     warnings.showwarning = one_line
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error message as printed: storage passwords masked, on one line."""
+    from .search.storage import redact
+
+    return " ".join(redact(str(exc)).split("\n")).strip()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _one_line_plugin_warnings()
@@ -116,8 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (UserError, SpecError, RegistryError) as exc:
-        print(f"cellsearch {name}: error: {exc}", file=sys.stderr)
+        print(f"cellsearch {name}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except RunStopped as exc:
+        print(f"cellsearch {name}: stopped: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"cellsearch {name}: interrupted", file=sys.stderr)
         return 130

@@ -674,7 +674,7 @@ def study_from_mapping(
     train = _train(r, raw.get("train") or {})
     objective = _objective(r, raw.get("objective", "val_loss"), task_obj)
     search = _search(r, raw.get("search") or {}, len(objective))
-    storage = r.string("storage", raw.get("storage"), none=True)
+    storage = _storage(r, raw.get("storage"))
     output_dir = r.string("output_dir", raw.get("output_dir"), none=True)
     description = r.string("description", raw.get("description") or "")
     cfg = StudyConfig(
@@ -695,6 +695,20 @@ def study_from_mapping(
     if space is not None and space.train:
         _check_space_train(space, train)
     return cfg
+
+
+def _storage(r: _Reader, raw: Any) -> str | None:
+    """``storage``: null or an Optuna storage URL (never an in-memory database; shown without password)."""
+    from .search.storage import mask_url, url_problem
+
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise r.fail("storage", raw, "an Optuna storage URL or null")
+    problem = url_problem(raw)
+    if problem is not None:
+        raise r.fail("storage", mask_url(raw), problem)
+    return raw
 
 
 def _task(r: _Reader, raw: Any) -> tuple[TaskConfig, Any]:

@@ -21,12 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summary(config: Any) -> str:
     """One line: what the study searches, on what, toward which objective, with which budget."""
+    from ..search.storage import mask_url
+
     what = f"cells {', '.join(config.cells)}" if config.cells else f"space {config.space.source}"
     objective = ", ".join(f"{o.metric} ({o.direction})" for o in config.objective)
     s = config.search
     budget = f"{s.n_trials} trials" if s.n_trials else f"{s.timeout:g} s"
     return (f"study {config.name!r}: task {config.task.name}, {what}; objective {objective}; "
-            f"{s.backend}/{s.sampler}/{s.pruner}, {budget}; storage {config.storage_url}")
+            f"{s.backend}/{s.sampler}/{s.pruner}, {budget}; storage {mask_url(config.storage_url)}")
 
 
 def run(args: argparse.Namespace) -> int:

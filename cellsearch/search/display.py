@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..study import StudyConfig
+from .storage import mask_url
 
 __all__ = ["Display"]
 
@@ -67,7 +68,7 @@ class Display:
         if self.quiet:
             return
         c = self.config
-        head = f"study {c.name!r}: {c.task.name}, objective {', '.join(c.metrics)}, storage {c.storage_url}"
+        head = f"study {c.name!r}: {c.task.name}, objective {', '.join(c.metrics)}, storage {mask_url(c.storage_url)}"
         self.console.print(head, markup=False)
         if resumed:
             self.console.print(f"continuing: {resumed} trial(s) already done", markup=False)

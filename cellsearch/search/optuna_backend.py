@@ -49,9 +49,10 @@ from ..cli import UserError
 from ..study import StudyConfig
 from .display import Display
 from .ledger import Ledger, evaluation_of, retried, uses_budget
+from .preflight import InfrastructureError, infrastructure_failure, preflight
 from .ledger import counted as counted
 from .space import Candidate, build_space
-from .storage import fail_dead_trials, make_storage, worker_id
+from .storage import fail_dead_trials, make_storage, mask_url, worker_id
 
 __all__ = [
     "constructor_arguments",
@@ -256,7 +257,7 @@ def open_study(config: StudyConfig, storage_url: str | None = None, create: bool
             return optuna.load_study(study_name=config.name, storage=storage)
         except KeyError:
             raise UserError(
-                f"no study named {config.name!r} in {url} (run it first: cellsearch run {config.source})"
+                f"no study named {config.name!r} in {mask_url(url)} (run it first: cellsearch run {config.source})"
             ) from None
     study = optuna.create_study(
         storage=storage,
@@ -285,7 +286,7 @@ def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str) -> No
     current = config.fingerprint()
     if stored is None:
         study.set_user_attr("fingerprint", current)
-        study.set_user_attr("config", config.to_dict())
+        study.set_user_attr("config", stored_config(config))
         return
     if stored != current:
         before = study.user_attrs.get("config", {})
@@ -295,12 +296,20 @@ def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str) -> No
             if before.get(k) != config.to_dict().get(k)
         ]
         raise UserError(
-            f"{config.source}: the study {config.name!r} in {url} was created with a different "
+            f"{config.source}: the study {config.name!r} in {mask_url(url)} was created with a different "
             f"{', '.join(changed) or 'space'} (fingerprint {stored}, now {current}); trials would be mixed. "
             "Use a new name (--set name=NEW) or storage, or restore the study file"
         )
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in config.directions]:
         raise UserError(f"{config.source}: objective directions differ from the stored study {config.name!r}")
+
+
+def stored_config(config: StudyConfig) -> dict[str, Any]:
+    """``config.to_dict()`` as stored in the study: the storage URL without its password."""
+    out = config.to_dict()
+    if out.get("storage"):
+        out["storage"] = mask_url(out["storage"])
+    return out
 
 
 def _seed_trials(study: optuna.Study, space: Any, config: StudyConfig) -> int:
@@ -342,17 +351,28 @@ class Objective:
         self.budget = budget
         self.worker = worker_id()
         self.task_dict = config.task.to_dict()
+        #: why the run stopped when the machine failed a trial (disk full, out of memory), else None
+        self.infrastructure: str | None = None
 
     def __call__(self, trial: Trial) -> float | list[float]:
         try:
             return self._run(trial)
         except KeyboardInterrupt:  # like a kill: the trial does not use the budget and is redone next run
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
-            trial.set_user_attr("interrupted", True)
-            attrs = {"retry_of": trial.number}
-            if "published" in trial.user_attrs:
-                attrs["published"] = trial.user_attrs["published"]
-            trial.study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+            _set_aside(trial, "interrupted (Ctrl-C)")
+            raise
+        except Exception as exc:
+            reason = infrastructure_failure(exc)
+            if reason is None:
+                raise
+            # the machine failed, not the cell: recorded with the reason, outside the budget, re-queued,
+            # and the run stops (it would fail every trial the same way)
+            self.infrastructure = f"trial {trial.number}: {reason}"
+            try:
+                _set_aside(trial, f"infrastructure: {reason}")
+                self.infrastructure += "; the trial does not use the budget and its parameters are re-queued"
+            except Exception:  # noqa: BLE001 - the storage itself may be what failed (disk full)
+                self.infrastructure += "; the trial could not be recorded (it is re-run when the study continues)"
+            trial.study.stop()
             raise
 
     def _run(self, trial: Trial) -> float | list[float]:
@@ -488,6 +508,16 @@ class Objective:
         trial.set_user_attr("weights", str(path))
 
 
+def _set_aside(trial: Trial, reason: str) -> None:
+    """Record why ``trial`` did not finish, keep it out of the budget and re-queue its parameters."""
+    trial.set_user_attr("fail_reason", reason)
+    trial.set_user_attr("interrupted", True)
+    attrs = {"retry_of": trial.number}
+    if "published" in trial.user_attrs:
+        attrs["published"] = trial.user_attrs["published"]
+    trial.study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+
+
 class BudgetTaken(RuntimeError):
     """A trial started after other workers had taken the study's whole budget (it does not run)."""
 
@@ -542,6 +572,7 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
 
     space = build_space(config)
     task = make_task(config.task.to_dict())
+    preflight(config, task, storage_url)  # data, sampler, pruner, storage: one line and nothing written
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are shown with their reason by the display
     study = open_study(config, storage_url)
     failed = fail_dead_trials(study, requeue)
@@ -560,20 +591,39 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
             if left is not None and left <= 0:
                 break
             if free is None or free > 0:
-                study.optimize(
-                    objective,
-                    n_trials=free,
-                    timeout=left,
-                    n_jobs=config.search.n_jobs,
-                    catch=(Exception,),
-                    callbacks=[display.trial_finished, _ledger_callback(ledger), _budget_callback(budget)],
-                )
+                _optimize(study, objective, free, left, config.search.n_jobs,
+                          [display.trial_finished, _ledger_callback(ledger), _budget_callback(budget)])
+            if objective.infrastructure is not None:
+                break
             if ledger.stop_reason is not None or budget is None or counted(study) >= budget:
                 break
             free = wait_for_slots(study, budget, deadline)  # duplicates and other workers' trials
     finally:
-        display.stop(ledger.outcome(study))
+        display.stop(objective.infrastructure and f"stopped: {objective.infrastructure}" or ledger.outcome(study))
+    if objective.infrastructure is not None:
+        raise InfrastructureError(f"{objective.infrastructure}; finished trials are kept ({_done(study, budget)}); "
+                                  "fix the machine and run again to continue")
     return StudyResult(config, study, storage_url or config.storage_url, ledger.outcome(study))
+
+
+def _done(study: optuna.Study, budget: int | None) -> str:
+    try:
+        return f"{counted(study)} of {budget} done" if budget else f"{counted(study)} done"
+    except Exception:  # noqa: BLE001 - a storage that cannot be read either
+        return "the storage cannot be read now"
+
+
+def _optimize(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None,
+              n_jobs: int, callbacks: list[Any]) -> None:
+    """``study.optimize``; a storage failure of the machine (disk full) is an :class:`InfrastructureError`."""
+    try:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, catch=(Exception,),
+                       callbacks=callbacks)
+    except Exception as exc:
+        reason = infrastructure_failure(exc) or infrastructure_failure(exc.__cause__ or exc)
+        if reason is None:
+            raise
+        objective.infrastructure = objective.infrastructure or f"the storage failed: {reason}"
 
 
 def wait_for_slots(study: optuna.Study, budget: int, deadline: float | None = None) -> int:

@@ -724,8 +724,11 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
     """Create or continue ``config``'s study and run the remaining budget on Ray Tune."""
     from ..tasks import make_task
 
+    from .preflight import preflight
+
     space = build_space(config)
     task = make_task(config.task.to_dict())
+    preflight(config, task, storage_url)  # data, sampler, pruner, storage: one line and nothing written
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url or config.storage_url
     study = open_study(config, storage_url)

@@ -11,6 +11,7 @@ interval and grace period (30 s and 120 s) can be changed with the environment v
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import warnings
@@ -20,6 +21,10 @@ from typing import Any
 from ..cli import UserError
 
 __all__ = [
+    "mask_url",
+    "redact",
+    "url_problem",
+    "check_writable",
     "make_storage",
     "storage_exists",
     "worker_id",
@@ -49,6 +54,88 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, max(grace, interval + 1)
 
 
+#: ``scheme://user:PASSWORD@`` (greedy up to the last ``@`` before the path) and ``password=...`` in a query
+_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^/\s]*@")
+_QUERY_PASSWORD = re.compile(r"(\bpassword=)[^&\s'\"]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: what cellsearch prints and stores."""
+    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
+
+
+def _password(url: str) -> str | None:
+    match = _PASSWORD.search(url)
+    return match.group(0)[len(match.group(1)) : -1] if match else None
+
+
+def redact(text: str, url: str | None = None) -> str:
+    """``text`` with every URL password masked, and ``url``'s password wherever it appears (a driver's
+    error message may quote it)."""
+    secret = _password(url) if url else None
+    if secret:
+        text = text.replace(secret, "***")
+        from urllib.parse import unquote
+
+        if unquote(secret) != secret:
+            text = text.replace(unquote(secret), "***")
+    return mask_url(text)
+
+
+_EXAMPLES = "sqlite:///runs/NAME/study.db, postgresql://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass) " \
+            "or journal:///PATH/study.log"
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with storage ``url`` without touching the disk or a server (None: nothing found).
+
+    Refused: no scheme; an in-memory SQLite database (the study would be lost when the process ends, and
+    Optuna's heartbeat thread cannot see it); a SQLite or journal path that names a folder or an empty path.
+    """
+    if "://" not in url or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        return f"an Optuna storage URL such as {_EXAMPLES}"
+    if url.startswith("sqlite:") and (url in ("sqlite://", "sqlite:///") or ":memory:" in url
+                                      or "mode=memory" in url):
+        return ("a SQLite file, e.g. sqlite:///runs/NAME/study.db (an in-memory database loses the study when "
+                "the process ends)")
+    path = _sqlite_path(url) or _journal_path(url)
+    if url.startswith("journal:") and (not url.startswith("journal:///") or not url[len("journal:///"):]):
+        return "journal:///PATH/study.log (a file path after journal:///)"
+    if path is not None and (path.is_dir() or url.endswith("/")):
+        return f"a file path; {str(path)!r} is a folder (e.g. {url.rstrip('/')}/study.db)"
+    if path is not None and any(len(part.encode()) > 255 for part in path.parts):
+        return "a path whose every folder and file name is at most 255 bytes"
+    return None
+
+
+def check_writable(url: str) -> None:
+    """Raise :class:`UserError` when the local file behind ``url`` could not be created or written: a
+    path through a file, a folder without write permission, a file that is not a SQLite database. Nothing
+    is created."""
+    path = _sqlite_path(url) or _journal_path(url)
+    if path is None:
+        return
+    shown = mask_url(url)
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"storage {shown!r}: {str(path)!r} is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise UserError(f"storage {shown!r}: {str(path)!r} is not writable by this user")
+        if url.startswith("sqlite") and path.stat().st_size:
+            with open(path, "rb") as f:
+                if f.read(16) != b"SQLite format 3\x00":
+                    raise UserError(f"storage {shown!r}: {str(path)!r} is not a SQLite database; expected a "
+                                    "study.db written by cellsearch (or a new path)")
+        return
+    folder = path.absolute().parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"storage {shown!r}: {str(folder)!r} is a file, so {str(path)!r} cannot be created")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"storage {shown!r}: folder {str(folder)!r} is not writable by this user")
+
+
 def _sqlite_path(url: str) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
@@ -73,8 +160,12 @@ def make_storage(url: str, create: bool = True, failed_trial_callback: Any = Non
     path = _sqlite_path(url) or _journal_path(url)
     if path is not None:
         if not create and not path.exists():
-            raise UserError(f"no study storage at {url} (run the study first: cellsearch run STUDY.yaml)")
-        path.parent.mkdir(parents=True, exist_ok=True)
+            raise UserError(f"no study storage at {mask_url(url)} (run the study first: cellsearch run STUDY.yaml)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"storage {mask_url(url)!r}: folder {str(path.parent)!r} cannot be created "
+                            f"({type(exc).__name__}: {exc.strerror or exc})") from None
     if url.startswith("journal:///"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -86,7 +177,8 @@ def make_storage(url: str, create: bool = True, failed_trial_callback: Any = Non
             if attempt < 3 and _is_creation_race(exc):
                 time.sleep(0.5 * (attempt + 1))
                 continue
-            raise UserError(f"storage {url!r} cannot be opened: {type(exc).__name__}: {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UserError(redact(f"storage {url!r} cannot be opened: {type(exc).__name__}: {first}", url)) from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
