@@ -1,10 +1,10 @@
 """One time step of a composed cell, traced from the primitives' own torch code into two FX graphs.
 
-The standalone export (:mod:`cellsearch.exporter`) derives a cell's step and initialization from here,
-never from a primitive's name: the step is whatever the registered primitives compute, plugins included.
-(The derived fast path, :mod:`cellsearch.fast.derived`, traces the same step per shape with fake tensors
-and hoists the same invariants; sharing this split with it is still to do.) :func:`trace_init` does the
-same for ``cell.reset_parameters()``: the primitives' initialization as an in-place graph.
+The standalone export (:mod:`cellsearch.exporter`) and the derived fast path (:mod:`cellsearch.fast.derived`)
+both start here, never from a primitive's name: the step is whatever the registered primitives compute,
+plugins included, and the rule that splits it into per-sequence and per-step work lives only here.
+:func:`trace_init` does the same for ``cell.reset_parameters()``: the primitives' initialization as an
+in-place graph.
 
 :func:`trace_step` runs ``cell.update.step(cell.context(), xp_t, xs_t, state)`` once under
 ``make_fx`` (symbolic batch size, ATen ops) with every parameter of the cell as an input, then splits
@@ -77,8 +77,12 @@ class _Step(nn.Module):
         return (h, *new_state)
 
 
-def trace_step(cell: Any, batch: int = 3) -> TracedStep:
-    """Trace one step of ``cell`` (a ComposedCell) and split it into ``prepare`` and ``step``."""
+def trace_step(cell: Any, batch: int = 3, symbolic: bool = True) -> TracedStep:
+    """Trace one step of ``cell`` (a ComposedCell) and split it into ``prepare`` and ``step``.
+
+    ``symbolic``: the batch size is a symbol (the graphs run at any batch size; the export needs this);
+    otherwise the graphs are specialized to ``batch``, which traces several times faster in a fresh
+    process (no symbolic-shape machinery: the derived fast path traces per batch size anyway)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     wrapper = _Step(cell)
@@ -99,7 +103,7 @@ def trace_step(cell: Any, batch: int = 3) -> TracedStep:
 
     try:
         with torch.no_grad():
-            gm = make_fx(flat_step, tracing_mode="symbolic")(*weights, *example)
+            gm = make_fx(flat_step, tracing_mode="symbolic" if symbolic else "fake")(*weights, *example)
     except Exception as exc:  # the primitive's code decides; report it whole
         raise TraceError(f"{type(exc).__name__}: {exc}") from exc
     _drop_noop_slices(gm.graph)

@@ -1,15 +1,17 @@
 """The derived fast path: a whole-sequence function generated from the cell's own step, for any primitive.
 
 Nothing here names a primitive. The step a cell runs in its reference loop,
-``cell.update.step(cell.context(), xp_t, xs_t, state)``, is traced once per (batch size, dtype, device)
-into an aten-level graph (``make_fx`` with fake tensors, so a step whose control flow depends on tensor
-values cannot be traced and the cell keeps its reference loop), and from that graph:
+``cell.update.step(cell.context(), xp_t, xs_t, state)``, is traced by
+:func:`cellsearch.trace.trace_step` (the trace and loop-invariant split the standalone export writes
+out; here with fake tensors at the call's batch size, so a step whose control flow depends on tensor
+values cannot be traced and the cell keeps its reference loop), and from it, per (batch size, dtype,
+device):
 
-1. **hoisting**: every node that depends only on parameters (the recurrent matrices, an orthogonal
-   matrix exponential, a saturation's matrices, transposes, …) goes into a *prologue* run once per
-   sequence with ordinary autograd; the rest is the *step graph*, a function of those loop invariants,
-   the step's input projection ``xp_t`` (hoisted input GEMM, as in the reference), the short input
-   ``xs_t`` and the state;
+1. **hoisting**: the trace's ``prepare`` graph (every node that depends only on parameters: the
+   recurrent matrices, an orthogonal matrix exponential, a saturation's matrices, transposes, …) is the
+   *prologue*, run once per sequence with ordinary autograd; its ``step`` graph is a function of those
+   loop invariants, the step's input projection ``xp_t`` (hoisted input GEMM, as in the reference), the
+   short input ``xs_t`` and the state;
 2. **joint graph**: the step graph and its vector-Jacobian product are traced together (``make_fx`` over
    ``torch.autograd.grad``, the way AOTAutograd builds its joint graph) and partitioned into a forward
    graph (the step's outputs and the few tensors the backward cannot cheaply recompute: matrix products
@@ -76,29 +78,6 @@ class DerivationError(RuntimeError):
     """The step cannot be derived into a fast path (the reason is the message)."""
 
 
-class _Step(nn.Module):
-    """The cell's step as a module over the cell's parameters (so that functional_call can swap them)."""
-
-    def __init__(self, cell: nn.Module, has_xs: bool) -> None:
-        super().__init__()
-        self.cell = cell
-        self.has_xs = has_xs
-
-    def forward(self, xp: Tensor, *rest: Tensor) -> tuple[Tensor, ...]:
-        xs, state = (rest[0], rest[1:]) if self.has_xs else (None, rest)
-        cell: Any = self.cell
-        h, new = cell.update.step(cell.context(), xp, xs, tuple(state))
-        return (h, *new)
-
-
-def _named_tensors(cell: nn.Module) -> tuple[list[str], list[Tensor]]:
-    names, values = [], []
-    for name, t in list(cell.named_parameters()) + list(cell.named_buffers()):
-        names.append("cell." + name)
-        values.append(t)
-    return names, values
-
-
 def _target_name(node: fx.Node) -> str:
     t = node.target
     return str(getattr(t, "__name__", t))
@@ -135,58 +114,47 @@ def _copy_graph(nodes: Sequence[fx.Node], inputs: Sequence[fx.Node], outputs: Se
 
 
 # -------------------------------------------------------------------------------------------------
-# level 1: trace the step over the parameters, split off the loop invariants
+# level 1: the step as cellsearch.trace splits it (loop invariants → prepare, the rest → step)
 # -------------------------------------------------------------------------------------------------
-def _trace_step(cell: nn.Module, examples: Sequence[Tensor], has_xs: bool) -> tuple[fx.GraphModule, int]:
-    """aten graph of (params…, xp, [xs], state…) → (h, state…); fake tensors (no data-dependent flow)."""
-    from torch.func import functional_call
-    from torch.fx.experimental.proxy_tensor import make_fx
+@dataclass(frozen=True)
+class _Traced:
+    """A cell's traced step (:func:`cellsearch.trace.trace_step` at one batch size, fake tensors)
+    and how to call its ``prepare`` with the cell's parameters."""
 
-    names, values = _named_tensors(cell)
-    module = _Step(cell, has_xs)
-    n_p = len(values)
+    step: Any                     # cellsearch.trace.TracedStep
 
-    def step(*args: Tensor) -> tuple[Tensor, ...]:
-        params = dict(zip(names, args[:n_p]))
-        return functional_call(module, params, tuple(args[n_p:]), strict=False)
+    def params(self, cell: nn.Module) -> list[Tensor]:
+        named = dict(cell.named_parameters())
+        return [named[p.removeprefix("cell.")] for p in self.step.param_paths]
 
-    with torch.no_grad():
-        try:
-            gm = make_fx(step, tracing_mode="fake")(*[v.detach() for v in values], *examples)
-        except Exception as exc:  # data-dependent control flow, unsupported ops, …
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DerivationError(f"the step could not be traced ({type(exc).__name__}: {msg[:160]})") from exc
-    return gm, n_p
+    def prologue(self, like: Tensor) -> Callable[..., tuple[Tensor, ...]]:
+        """``prepare`` with the device / dtype inputs it asks for taken from ``like``."""
+        extra = [like.device] * self.step.device + [like.dtype] * self.step.dtype
+        prepare = self.step.prepare
+        if not extra:
+            return prepare
+
+        def run(*params: Tensor) -> tuple[Tensor, ...]:
+            return prepare(*params, *extra)
+
+        return run
 
 
-def _split_invariants(gm: fx.GraphModule, n_p: int) -> tuple[fx.GraphModule, fx.GraphModule, int]:
-    """(prologue: params → invariants, step: (invariants, variants) → outputs, number of invariants)."""
-    nodes = list(gm.graph.nodes)
-    placeholders = [n for n in nodes if n.op == "placeholder"]
-    output = next(n for n in nodes if n.op == "output")
-    variant: set[fx.Node] = set(placeholders[n_p:])
-    for node in nodes:
-        if node.op in ("placeholder", "output"):
-            continue
-        if _is_impure(node):
-            raise DerivationError(f"the step calls {_target_name(node)} (random or in-place on an input)")
-        if node.op == "call_function" and any(i in variant for i in _inputs_of(node)):
-            variant.add(node)
-    invariant = [n for n in nodes if n.op not in ("output",) and n not in variant]
-    frontier: list[fx.Node] = []
-    for node in nodes:
-        if node in variant and node.op != "placeholder":
-            for i in _inputs_of(node):
-                if i not in variant and i not in frontier:
-                    frontier.append(i)
-    outs = output.args[0]
-    for o in outs:
-        if isinstance(o, fx.Node) and o not in variant and o not in frontier:
-            frontier.append(o)   # an output that does not depend on the step's inputs
-    prologue = _copy_graph(invariant, placeholders[:n_p], frontier, gm)
-    step_nodes = [n for n in nodes if n in variant and n.op != "placeholder"]
-    step = _copy_graph(step_nodes, frontier + placeholders[n_p:], outs, gm)
-    return prologue, step, len(frontier)
+def _trace(cell: nn.Module, batch: int) -> _Traced:
+    """Trace the cell's step at batch size ``batch`` (:mod:`cellsearch.trace`, fake tensors: several
+    times faster than a symbolic batch; raises DerivationError with the reason)."""
+    from ..trace import TraceError, trace_step
+
+    try:
+        traced = trace_step(cell, batch, symbolic=False)
+    except TraceError as exc:     # data-dependent control flow, unsupported ops, …
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DerivationError(f"the step could not be traced ({msg[:200]})") from exc
+    for gm in (traced.prepare, traced.step):
+        for node in gm.graph.nodes:
+            if _is_impure(node):
+                raise DerivationError(f"the step calls {_target_name(node)} (random or in-place on an input)")
+    return _Traced(traced)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -395,20 +363,20 @@ def _transpose_of(node: fx.Node) -> fx.Node | None:
     return None
 
 
-def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile: bool = False) -> StepGraphs:
+def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile: bool = False,
+           traced: _Traced | None = None) -> StepGraphs:
     """Build the graphs of ``cell``'s step for the shapes of ``xp`` [B, ·], ``xs`` and ``state`` (one
-    step's inputs); ``compile``: compile the forward and backward step graphs with Inductor."""
-    has_xs = xs is not None
-    var = [t.detach().contiguous() for t in (xp, *((xs,) if has_xs else ()), *state)]
-    gm, n_p = _trace_step(cell, var, has_xs)
-    _, values = _named_tensors(cell)
-    key = _structure_key(gm, values, var, compile)
-    shared = _SHARED.get(key) if key is not None else None
+    step's inputs); ``compile``: compile the forward and backward step graphs with Inductor.
+    ``traced``: the cell's traced step when the caller has it (else it is traced here)."""
+    traced = traced if traced is not None else _trace(cell, xp.shape[0])
+    var = [t.detach().contiguous() for t in (xp, *((xs,) if xs is not None else ()), *state)]
+    values = traced.params(cell)
+    key = _structure_key(traced, values, var, compile)
+    shared = _SHARED.get(key)
     if shared is not None:
         return shared
-    g = _derive(gm, n_p, values, var, compile)
-    if key is not None:
-        _SHARED[key] = g
+    g = _derive(traced.prologue(xp), traced.step.step, values, var, compile)
+    _SHARED[key] = g
     return g
 
 
@@ -417,19 +385,18 @@ def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile
 _SHARED: weakref.WeakValueDictionary[str, StepGraphs] = weakref.WeakValueDictionary()
 
 
-def _structure_key(gm: fx.GraphModule, values: Sequence[Tensor], var: Sequence[Tensor], compile: bool) -> str | None:
-    """A digest of everything the derived graphs depend on, or None when the step captured constant
-    tensors (their values are not in the code)."""
-    if any(n.op == "get_attr" for n in gm.graph.nodes):
-        return None
+def _structure_key(traced: _Traced, values: Sequence[Tensor], var: Sequence[Tensor], compile: bool) -> str:
+    """A digest of everything the derived graphs depend on (constants are literals in the code)."""
     meta = [(tuple(t.shape), t.stride(), str(t.dtype), str(t.device), t.requires_grad) for t in (*values, *var)]
-    return hashlib.sha256(f"{gm.code}\n{meta!r}\n{compile}".encode()).hexdigest()
+    code = f"{traced.step.prepare.code}\n{traced.step.step.code}"
+    return hashlib.sha256(f"{code}\n{meta!r}\n{compile}".encode()).hexdigest()
 
 
-def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Tensor], compile: bool) -> StepGraphs:
-    prologue, step, n_inv = _split_invariants(gm, n_p)
+def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence[Tensor], var: list[Tensor],
+            compile: bool) -> StepGraphs:
     with torch.no_grad():
         inv = list(prologue(*[v.detach() for v in values]))
+    n_inv = len(inv)
     for t in inv:
         if not isinstance(t, Tensor):
             raise DerivationError("a loop invariant is not a tensor")
@@ -443,7 +410,7 @@ def _derive(gm: fx.GraphModule, n_p: int, values: Sequence[Tensor], var: list[Te
     dxp_inplace = _write_dxp_in_place(part["bw"], n_inv)
     g = StepGraphs(prologue, part["fw"], part["pre"], part["bw"], n_inv, len(var), n_out,
                    part["n_saved"], part["n_pre"], post, n_grads + 2 * len(post),
-                   {"prologue": prologue, "step": step, "joint": joint, "forward": part["fw"],
+                   {"step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
     g.dxp_inplace = dxp_inplace
     if compile:
@@ -746,6 +713,7 @@ class Derived:
         #: why the step cannot be derived (found on first use; the plan then becomes the reference loop)
         self.failure: str | None = None
         self._seen: dict[tuple[Any, ...], int] = {}
+        self._traced: _Traced | None = None
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
         """Why the derived path cannot run for this device and dtype (None: it can)."""
@@ -777,7 +745,9 @@ class Derived:
             with self._lock:
                 g = self._graphs.get(key)
                 if g is None:
-                    g = derive(cell, xp[0], None if xs is None else xs[0], state, compile=compile)
+                    self._traced = _trace(cell, xp.shape[1])
+                    g = derive(cell, xp[0], None if xs is None else xs[0], state, compile=compile,
+                               traced=self._traced)
                     self._graphs[key] = g
         return g
 
@@ -826,8 +796,8 @@ class Derived:
         if g.compiled:
             xp = xp.contiguous()
             xs = xs.contiguous() if xs is not None else None
-        _, values = _named_tensors(cell)
-        inv = g.prologue(*values)
+        assert self._traced is not None
+        inv = g.prologue(*self._traced.params(cell))
         inputs = (xp, xs, *st, *inv)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
             res = DerivedSequence.apply(g, len(st), *inputs)
