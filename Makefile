@@ -22,11 +22,14 @@ run: $(STAMP)
 	$(BIN)/cellsearch leaderboard studies/quickstart.yaml
 	$(BIN)/cellsearch export studies/quickstart.yaml --out runs/quickstart/best --force
 
-# every published cell vs torch.nn.LSTM (~10 min on 2 idle cores) into docs/bench/; on a shared machine
-# e.g. `make bench BENCH_ARGS="--resume --patience 6"` re-measures only rounds that other processes disturbed
+# every published cell vs torch.nn.LSTM (~10 min on 2 idle cores each) into docs/bench/ with the allocator
+# tuned as for training (nn.LSTM at its best: the fair comparison), then into docs/bench/default-malloc/
+# with glibc's defaults; on a shared machine e.g. `make bench BENCH_ARGS="--resume --patience 6"`
+# re-measures only rounds that other processes disturbed
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/cellsearch bench --all --out docs/bench $(BENCH_ARGS)
+	$(BIN)/cellsearch bench --all --allocator default --no-memory --out docs/bench/default-malloc $(BENCH_ARGS)
 
 # every reproduction of docs/REPRODUCTION.md at CPU size (tables + plots into docs/reproduction/)
 REPRO_WORKERS ?= 2

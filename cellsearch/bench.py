@@ -17,8 +17,9 @@ How a comparison is made (:func:`bench_cell`):
   the pool's buffers count as memory of the run); the least of three runs. Elsewhere it is reported as
   unavailable.
 - the allocator in effect is recorded (:func:`allocator_setting`): glibc's malloc tunables
-  (``MALLOC_*`` variables) and ``LD_PRELOAD``ed allocators change the results (PERFORMANCE.md); both
-  sides always run under the same setting because they share the process.
+  (:mod:`cellsearch.allocator`, which training and ``cellsearch bench`` set unless told not to) and
+  ``LD_PRELOAD``ed allocators change the results (PERFORMANCE.md); both sides always run under the same
+  setting because they share the process.
 
 :func:`measure_speed` is the single-model measurement a search can use as a ``speed`` objective.
 """
@@ -49,8 +50,6 @@ __all__ = [
     "derived_first_use",
 ]
 
-MALLOC_VARS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_THRESHOLD_",
-               "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
 
 
 @dataclass
@@ -514,14 +513,10 @@ def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: i
 # the machine and the allocator
 
 def allocator_setting() -> str:
-    """The allocator in effect, in words (glibc malloc tunables, or a preloaded allocator)."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    names = [p for p in ("jemalloc", "tcmalloc", "mimalloc") if p in preload]
-    if names:
-        return f"{names[0]} (LD_PRELOAD)"
-    tunables = [f"{k}={os.environ[k]}" for k in MALLOC_VARS if k in os.environ]
-    libc = " ".join(platform.libc_ver()) if sys.platform.startswith("linux") else sys.platform
-    return f"{libc} malloc, " + (" ".join(tunables) if tunables else "default settings")
+    """The allocator in effect, in words (:func:`cellsearch.allocator.describe`)."""
+    from .allocator import describe
+
+    return describe()
 
 
 def _cpu_model() -> str:

@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure the derived path's first use for CELL at the (last) hidden/seq size: "
                              "cold private cache, then warm, each in a fresh process (--all: ur_lstm)")
     parser.add_argument("--out", default=None, help="write BENCH.md, bench.png and bench.json here")
+    parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                        help="tuned (default): glibc malloc tuned as for training (cellsearch.allocator), so "
+                             "nn.LSTM runs at its best; default: glibc's defaults (nn.LSTM page-faults "
+                             "its work buffers)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the results in OUT/bench.json that were measured without load and "
                              "measure only the rest (for a shared machine)")
@@ -86,6 +90,8 @@ def _command_line(args: argparse.Namespace) -> str:
     flags = (("--no-memory", args.no_memory), ("--reference", args.reference), ("--derived", args.derived),
              ("--resume", args.resume))
     parts += [f for f, on in flags if on]
+    if args.allocator != "tuned":
+        parts += ["--allocator", args.allocator]
     if args.first_use:
         parts += ["--first-use", args.first_use]
     if args.out:
@@ -113,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
     if min(args.repeats, args.batch, args.threads, args.patience) < 1:
         raise UserError("--repeats, --batch, --threads and --patience must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.allocator == "tuned":
+        from ..allocator import tune
+
+        tune()
     sizes, main, chart = _sizes(args)
     info = bench.machine_info(args.device, build_time=args.all)
     console = Console()
