@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .api import count_parameters, parameter_groups
+from .allocator import tune as tune_allocator
 from .model import build_model
 from .spec import CellSpec, DepthSpec, ModelSpec, SpecError
 from .tasks.base import Option, Task, detach_state, make_task, to_device
@@ -397,6 +398,7 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
             history = _loop(run, schedule, loaders.valid, callback)
             final = dict(history[-1])
             if config.test and loaders.test is not None:
+    tune_allocator()    # work buffers reused, not re-mapped (cellsearch.allocator; CELLSEARCH_ALLOCATOR=default: off)
                 final.update(run.evaluate(loaders.test, "test"))
         finally:
             progress.close()
