@@ -18,6 +18,17 @@ inverse of W_f = U_f D_f (a check may invert), and every gate and update follows
     adaptive   sat(v) = W_f⁻¹ tanh(W_f v), W_f = U_f diag(|s| + ε)
     DT / DT(S) T(pre) = act(W_L φ(… φ(pre)) + b_L [+ W_s h])
 
+The modern cells (issue 14), each from its paper's equations:
+
+    mingru     z = gate(a_z); h' = (1 − z) h + z sat(W_h x + b_h)                    Feng et al. 2024 §3.1
+    minlstm    f, i = gate(a_f, a_i); h' = f/(f+i) h + i/(f+i) sat(W_h x + b_h)       Feng et al. 2024 §3.2
+    rg_lru     r, i = gate(a_r, a_i); a = σ(Λ)^(c r); h' = a h + √(1 − a²) (i sat(W_v x + b_v))  De et al. 2024
+    janet      s = a_f; h' = sat(gate(s) h + (1 − σ(s − β)) T(a_u))                   van der Westhuizen 2018
+    slstm      unstabilized: C' = f C + exp(ĩ) z, N' = f N + exp(ĩ), h' = o sat(C'/N') with the stored
+               (c, n) = (C, N) e^(−m), m' = max(log f + m, ĩ)                              Beck et al. 2024
+    relu       sat(v) = max(v, 0);   g: sat(v) = v + ½ (v ≥ 0), 1/(1 + e^(−v)) (v < 0)
+    none       U = 0;   diagonal: U_b = diag(u_b) (clamped to ±bound when set)
+
 and the network: deep input MLP → stacked layers (residual: out += in between equal widths) → deep output.
 """
 
@@ -38,13 +49,18 @@ TOL = 1e-6
 
 #: The gate blocks of each update (PRIMITIVES.md §1, §2).
 GATES = {"vanilla": (), "lstm": ("i", "f", "o"), "lstm_tied": ("f", "o"), "gru": ("r", "z"),
-         "mgu": ("f",), "star": ("k",)}
+         "mgu": ("f",), "star": ("k",), "mingru": ("z",), "minlstm": ("f", "i"), "rg_lru": ("r", "i"),
+         "janet": ("f",), "slstm": ("o",)}
 #: The gate that keeps old state and its polarity: +1 its value multiplies h (LSTM f, GRU z),
 #: −1 it multiplies the candidate, so the keep coefficient is 1 − gate (MGU f, STAR k).
-KEEP = {"lstm": ("f", 1), "lstm_tied": ("f", 1), "gru": ("z", 1), "mgu": ("f", -1), "star": ("k", -1)}
+KEEP = {"lstm": ("f", 1), "lstm_tied": ("f", 1), "gru": ("z", 1), "mgu": ("f", -1), "star": ("k", -1),
+        "mingru": ("z", -1), "minlstm": ("f", 1), "janet": ("f", 1)}
 #: Gates the refined short connection acts on by default: LSTM (i, o), GRU (z, r), MGU f (PRIMITIVES.md §4);
 #: for lstm_tied and star PRIMITIVES.md names none: these two are cellsearch's choices.
-REFINED_DEFAULT = {"lstm": ("i", "o"), "gru": ("z", "r"), "mgu": ("f",), "lstm_tied": ("o",), "star": ("k",)}
+REFINED_DEFAULT = {"lstm": ("i", "o"), "gru": ("z", "r"), "mgu": ("f",), "lstm_tied": ("o",), "star": ("k",),
+                   "mingru": ("z",), "minlstm": ("i",), "rg_lru": ("i",), "janet": ("f",), "slstm": ("o",)}
+#: State tensors per update (h first)
+N_STATES = {"lstm": 2, "lstm_tied": 2, "slstm": 4}
 
 
 def _f64(t: Tensor) -> Tensor:
@@ -79,6 +95,7 @@ class RefCell:
     U: dict[str, Tensor]
     refine_block: str | None = None
     bias_hn: Tensor | None = None
+    lam: Tensor | None = None
     P: Tensor | None = None
     W_f: Tensor | None = None
     transition: list[tuple[Tensor, Tensor]] | None = None
@@ -90,6 +107,14 @@ def _recurrent_matrices(cell: Any, names: list[str], n: int) -> dict[str, Tensor
     spec = cell.spec
     if spec.recurrence == "free":
         stacked = _f64(cell.recurrence.matrix())
+    elif spec.recurrence == "none":
+        stacked = torch.zeros(len(names) * n, n, dtype=torch.float64)
+    elif spec.recurrence == "diagonal":
+        u = _f64(cell.recurrence.diag)
+        bound = spec.options_for("recurrence").get("bound")
+        if bound is not None:
+            u = torch.clamp(u, -bound, bound)
+        stacked = torch.cat([torch.diag(row) for row in u])
     elif spec.recurrence == "orthogonal":
         method = spec.options_for("recurrence").get("method", "expm")
         skew = cell.recurrence.skew
@@ -120,13 +145,15 @@ def read_cell(cell: Any, saturation: str | None = None) -> RefCell:
         W={name: _f64(cell.weight_ih[cell.block_slice(name)]) for name in names},
         b={name: _f64(cell.bias[cell.block_slice(name)]) for name in names},
         U=_recurrent_matrices(cell, recurrent, n),
-        n_states=2 if spec.update in ("lstm", "lstm_tied") else 1,
+        n_states=N_STATES.get(spec.update, 1),
     )
     if spec.gate == "ur":
         (ref.refine_block,) = [blk.name for blk in cell.blocks
                                if blk.kind == "gate" and blk.name not in GATES[spec.update]]
     if spec.update == "gru":
         ref.bias_hn = _f64(cell.extra["bias_hn"])
+    if spec.update == "rg_lru":
+        ref.lam = _f64(cell.extra["lambda_"])
     if spec.gate == "refined" and d != n:
         ref.P = _f64(cell.weight_proj)
     if ref.saturation == "adaptive":
@@ -144,6 +171,10 @@ def _sat(ref: RefCell, v: Tensor) -> Tensor:
         return torch.tanh(v)
     if ref.saturation == "identity":
         return v
+    if ref.saturation == "relu":
+        return v.clamp(min=0.0)
+    if ref.saturation == "g":
+        return torch.where(v >= 0, v + 0.5, 1.0 / (1.0 + torch.exp(-v)))
     if ref.saturation == "adaptive":  # column form: h = W_f⁻¹ tanh(W_f v)
         return (torch.linalg.inv(ref.W_f) @ torch.tanh(ref.W_f @ v.T)).T
     raise NotImplementedError(ref.saturation)
@@ -227,7 +258,49 @@ def step(ref: RefCell, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ..
             return (_sat(ref, (1 - k) * h + k * z),)
         s = -_pre(ref, "k", x, h)
         return (_sat(ref, torch.sigmoid(s) * h + torch.sigmoid(float(beta) - s) * z),)
+    return _modern_step(ref, x, state)
+
+
+def _modern_step(ref: RefCell, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """The modern cells of issue 14, each from its paper's equations (see the module docstring)."""
+    u, h = ref.update, state[0]
+    if u == "mingru":
+        z = _gates(ref, x, h)["z"]
+        cand = _transition(ref, _pre(ref, "h", x, None), h, _sat_fn(ref))
+        return ((1 - z) * h + z * cand,)
+    if u == "minlstm":
+        g = _gates(ref, x, h)
+        cand = _transition(ref, _pre(ref, "h", x, None), h, _sat_fn(ref))
+        return (g["f"] / (g["f"] + g["i"]) * h + g["i"] / (g["f"] + g["i"]) * cand,)
+    if u == "rg_lru":
+        g = _gates(ref, x, h)
+        v = _transition(ref, _pre(ref, "v", x, None), h, _sat_fn(ref))
+        a = torch.sigmoid(ref.lam) ** (float(ref.options["update"].get("c", 8.0)) * g["r"])
+        return (a * h + torch.sqrt(1 - a * a) * (g["i"] * v),)
+    if u == "janet":
+        s = _pre(ref, "f", x, h)
+        f = _gates(ref, x, h)["f"]
+        cand = _transition(ref, _pre(ref, "u", x, h), h, torch.tanh)
+        beta = float(ref.options["update"].get("beta", 1.0))
+        return (_sat(ref, f * h + (1 - torch.sigmoid(s - beta)) * cand),)
+    if u == "slstm":
+        return _slstm_step(ref, x, state)
     raise NotImplementedError(u)
+
+
+def _slstm_step(ref: RefCell, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """sLSTM without the stabilizer (xLSTM eqs. 8–13) on the true C = c e^m, N = n e^m; the stabilized
+    state it returns is (C', N') e^(−m') with m' = max(log f + m, ĩ) (eq. 15)."""
+    h, c, n, m = state
+    o = _gates(ref, x, h)["o"]
+    i_raw, f_raw = _pre(ref, "i", x, h), _pre(ref, "f", x, h)
+    z = _transition(ref, _pre(ref, "z", x, h), h, torch.tanh)
+    exp_forget = ref.options["update"].get("forget", "sigmoid") == "exp"
+    f = torch.exp(f_raw) if exp_forget else 1 / (1 + torch.exp(-f_raw))
+    big_c = f * c * torch.exp(m) + torch.exp(i_raw) * z
+    big_n = f * n * torch.exp(m) + torch.exp(i_raw)
+    m_new = torch.maximum(torch.log(f) + m, i_raw)
+    return o * _sat(ref, big_c / big_n), big_c * torch.exp(-m_new), big_n * torch.exp(-m_new), m_new
 
 
 def reference_cell(cell: Any, x: Tensor, state: tuple[Tensor, ...] | None = None,

@@ -33,8 +33,10 @@ class MinGRU(LinearUpdate):
     the state is h itself (zeros at the start), so a state carries over unchanged between calls.
 
     The gate goes through the gate primitive (UR, refined or hard-sigmoid gates apply; UGI and chrono
-    set the bias of z in keep polarity: z writes). Blocks [z, h], no recurrent matrix
-    (``recurrence: none``): params 2n(d + 1) (one bias per block; the paper's O(2·d_h·d_x)).
+    set the bias of z in keep polarity: z writes). Blocks [z, h]. With ``recurrence: none``
+    (the paper's minGRU, U = 0) params 2n(d + 1) (one bias per block; the paper's O(2·d_h·d_x)); with
+    another recurrence the gate also sees h (z = gate(W_z x + U_z h + b_z), + n² params per gate block)
+    and the scan does not apply.
     """
 
     name = "mingru"
@@ -48,6 +50,6 @@ class MinGRU(LinearUpdate):
     def coefficients(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, h: Tensor | None
                      ) -> tuple[Tensor, Tensor]:
         kn = ctx.k * ctx.n
-        (z,) = ctx.gates(xp[:, :kn], xs)
+        (z,) = ctx.gates(self.gate_input(ctx, xp, h), xs)
         cand = ctx.cand(xp[:, kn:], h, ctx.sat)  # type: ignore[arg-type]
         return 1.0 - z, z * cand

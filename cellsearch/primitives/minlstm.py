@@ -28,7 +28,8 @@ class MinLSTM(LinearUpdate):
     ``identity`` is §3.2's plain form, ``g`` the appendix's log-space form (h̃ = g(Linear_h(x)) > 0);
     the card uses ``g``, and the state is h itself (the paper's listing passes h_0 through g).
     The gates go through the gate primitive (a UR gate refines f; chrono sets b_i = −b_f).
-    Blocks [f, i, h], no recurrent matrix (``recurrence: none``): params 3n(d + 1).
+    Blocks [f, i, h]. With ``recurrence: none`` (the paper's minLSTM) params 3n(d + 1); with
+    another recurrence the gates also see h (+ n² params per gate block) and the scan does not apply.
     """
 
     name = "minlstm"
@@ -42,7 +43,7 @@ class MinLSTM(LinearUpdate):
     def coefficients(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, h: Tensor | None
                      ) -> tuple[Tensor, Tensor]:
         kn = ctx.k * ctx.n
-        f, i = ctx.gates(xp[:, :kn], xs)
+        f, i = ctx.gates(self.gate_input(ctx, xp, h), xs)
         cand = ctx.cand(xp[:, kn:], h, ctx.sat)  # type: ignore[arg-type]
         total = f + i
         return f / total, i / total * cand

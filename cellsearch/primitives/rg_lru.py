@@ -39,7 +39,8 @@ class RGLRU(LinearUpdate):
     v_t = sat(W_v x_t + b_v) (the projection, no convolution; ``saturation: identity`` is linear, as in
     the paper), so d need not equal n. Griffin's gates are block-diagonal linear maps, here full ones;
     Griffin's √ has a bounded derivative in the authors' code [code, recurrentgemma], here plain.
-    Blocks [r, i, v], no recurrent matrix (``recurrence: none``): params 3n(d + 1) + n.
+    Blocks [r, i, v]. With ``recurrence: none`` (the paper's RG-LRU) params 3n(d + 1) + n; with
+    another recurrence the gates also see h (+ n² params per gate block) and the scan does not apply.
     """
 
     name = "rg_lru"
@@ -67,7 +68,7 @@ class RGLRU(LinearUpdate):
     def coefficients(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, h: Tensor | None
                      ) -> tuple[Tensor, Tensor]:
         kn = ctx.k * ctx.n
-        r, i = ctx.gates(xp[:, :kn], xs)
+        r, i = ctx.gates(self.gate_input(ctx, xp, h), xs)
         v = ctx.cand(xp[:, kn:], h, ctx.sat)  # type: ignore[arg-type]
         log_a = -self.decay_exponent * r * F.softplus(-ctx.params[self.decay_parameter])
         scale = torch.sqrt(-torch.expm1(2.0 * log_a))
