@@ -9,7 +9,7 @@ cells), on which task, with which model size, training recipe, objective(s) and 
     model: {hidden_size: 64, num_layers: 1}      # or {param_budget: 20000}
     train: {epochs: 3, batch_size: 64, lr: 1.0e-3}
     objective: {metric: val_loss, direction: minimize}   # or a list: multi-objective
-    search: {backend: optuna, sampler: tpe, pruner: median, n_trials: 12, timeout: null, n_jobs: 1}
+    search: {backend: optuna, sampler: tpe, pruner: median, n_trials: 12, timeout: null, n_jobs: null}
     storage: null                      # default sqlite:///runs/<name>/study.db
 
 Every mistake (unknown key, wrong type, unknown primitive / task / cell, a bad range, malformed YAML, a
@@ -337,7 +337,7 @@ class SearchConfig:
     pruner_args: Mapping[str, Any] = field(default_factory=FrozenDict)
     n_trials: int | None = 20
     timeout: float | None = None
-    n_jobs: int = 1
+    n_jobs: int | None = None  # trials at once; None: from the cores and model size (cellsearch.resources)
     seed: int | None = None
     enqueue_published: bool = True
     ray_address: str | None = None
@@ -920,7 +920,7 @@ def _search(r: _Reader, raw: Any, n_objectives: int) -> SearchConfig:
         pruner_args=FrozenDict(pruner_args),
         n_trials=_budget(r, data),
         timeout=r.number("search.timeout", data.get("timeout"), 0, none=True),
-        n_jobs=r.integer("search.n_jobs", data.get("n_jobs", 1), 1),  # type: ignore[arg-type]
+        n_jobs=r.integer("search.n_jobs", data.get("n_jobs"), 1, none=True),
         seed=r.integer("search.seed", data.get("seed"), 0, none=True),
         enqueue_published=r.boolean("search.enqueue_published", data.get("enqueue_published", True)),
         ray_address=r.string("search.ray_address", data.get("ray_address"), none=True),

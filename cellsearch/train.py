@@ -22,6 +22,7 @@ import math
 import random
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .api import count_parameters, parameter_groups
 from .allocator import tune as tune_allocator
+from .api import count_parameters, parameter_groups
 from .model import build_model
 from .spec import CellSpec, DepthSpec, ModelSpec, SpecError
 from .tasks.base import Option, Task, detach_state, make_task, to_device
@@ -262,15 +263,30 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+_THREADS_LOCK = threading.Lock()
+_THREADS_HELD = [0, 0]  # runs inside _threads now, torch's thread count before the first of them
+
+
 @contextmanager
 def _threads(n: int | None) -> Iterator[None]:
-    old = torch.get_num_threads()
-    if n is not None:
+    """torch's thread count ``n`` for a run (None: unchanged). Runs in threads of one process (Optuna's
+    ``n_jobs``) share torch's count: each sets it, and only the last one out restores the count from before
+    the first one came in (a run ending early must not change the threads of one still running)."""
+    if n is None:
+        yield
+        return
+    with _THREADS_LOCK:
+        if _THREADS_HELD[0] == 0:
+            _THREADS_HELD[1] = torch.get_num_threads()
+        _THREADS_HELD[0] += 1
         torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(old)
+        with _THREADS_LOCK:
+            _THREADS_HELD[0] -= 1
+            if _THREADS_HELD[0] == 0:
+                torch.set_num_threads(_THREADS_HELD[1])
 
 
 def _stream(loader: Any) -> Iterator[tuple[bool, Any]]:
@@ -382,6 +398,7 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
     it raises (e.g. ``optuna.TrialPruned``) propagates. Raises :class:`DivergenceError` on a NaN/inf loss.
     """
     start = time.perf_counter()
+    tune_allocator()    # work buffers reused, not re-mapped (cellsearch.allocator; CELLSEARCH_ALLOCATOR=default: off)
     task, config = make_task(task), TrainConfig.coerce(config)
     spec = _complete_spec(model_spec, task, config)
     with _threads(config.threads):
@@ -398,7 +415,6 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
             history = _loop(run, schedule, loaders.valid, callback)
             final = dict(history[-1])
             if config.test and loaders.test is not None:
-    tune_allocator()    # work buffers reused, not re-mapped (cellsearch.allocator; CELLSEARCH_ALLOCATOR=default: off)
                 final.update(run.evaluate(loaders.test, "test"))
         finally:
             progress.close()

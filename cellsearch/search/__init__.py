@@ -101,5 +101,10 @@ def run_study(path_or_config: Any, *, set: Iterable[str] = (), display: str = "a
 
     if display not in ("auto", "live", "plain", "quiet"):
         raise UserError(f"display {display!r}: expected one of auto, live, plain, quiet")
-    shown = Display(config, quiet=display == "quiet", live={"live": True, "plain": False}.get(display))
-    return backend.run(config, display=shown)
+    from ..resources import applied
+
+    with applied(config) as (config, plan):  # search.n_jobs and torch threads from the cores (CPU defaults)
+        shown = Display(config, quiet=display == "quiet", live={"live": True, "plain": False}.get(display))
+        if not shown.quiet:
+            shown.console.print(f"cpu: {plan}", markup=False)
+        return backend.run(config, display=shown)
