@@ -47,7 +47,7 @@ from ._env import env_var
 __all__ = [
     "BenchResult", "LoadMeter", "measure_speed", "time_runs", "peak_memory", "bench_cell", "bench_cells",
     "build_model", "allocator_setting", "machine_info", "write_markdown", "write_chart", "write_json",
-    "derived_first_use",
+    "derived_first_use", "GemmFloor",
 ]
 
 
@@ -72,6 +72,7 @@ class BenchResult:
     reference_ms: float | None = None      # the reference loop (fast paths off), when measured
     derived_ms: float | None = None        # the derived path (cellsearch.fast.force_derived), when measured
     derived_first_s: float | None = None   # its first call in this process (trace + compile or cache load)
+    floor_ms: float | None = None          # the cell's GEMMs alone (:class:`GemmFloor`), when measured
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -96,6 +97,16 @@ class BenchResult:
     def derived_ratio(self) -> float | None:
         """Speed of the derived path relative to torch.nn.LSTM (same pairing), if measured."""
         return self.ref_ms / self.derived_ms if self.derived_ms else None
+
+    @property
+    def floor_ratio(self) -> float | None:
+        """The cell's time over its GEMM floor (1: nothing but the GEMMs), if measured."""
+        return self.ms / self.floor_ms if self.floor_ms else None
+
+    @property
+    def over_floor_us(self) -> float | None:
+        """Microseconds per time step beyond the GEMM floor (pointwise work, dispatch, copies)."""
+        return (self.ms - self.floor_ms) * 1e3 / self.seq if self.floor_ms else None
 
     @property
     def memory_ratio(self) -> float | None:
@@ -390,11 +401,17 @@ def _bench_cell(cell: str | Any, hidden: int, seq: int, batch: int, input_size: 
         _run(derived, x.clone().requires_grad_(True))
         derived_first = time.perf_counter() - t0
         candidates.append(derived)
+    floor = GemmFloor(model) if getattr(model, "layers", None) is not None else None
+    if floor is not None:
+        candidates.append(floor)
     times, _, discarded, used = time_runs(candidates, x, repeats, warmup, max_load=max_load,
                                           max_rounds=patience * repeats)
+    if floor is not None:
+        floor_ms = statistics.median(times.pop())
     name = cell if isinstance(cell, str) else getattr(cell, "digest", lambda: "spec")()
     result = BenchResult(name, hidden, seq, batch, input_size, layers, path, statistics.median(times[1]),
                          statistics.median(times[0]), repeats, first)
+    result.floor_ms = floor_ms if floor is not None else None
     result.extra["discarded_rounds"] = discarded
     result.extra["loaded_rounds_used"] = used
     if with_reference:
@@ -406,6 +423,53 @@ def _bench_cell(cell: str | Any, hidden: int, seq: int, batch: int, input_size: 
         result.peak_mb = peak_memory(model, x)
         result.ref_peak_mb = peak_memory(ref, x)
     return result
+
+
+class GemmFloor(nn.Module):
+    """The matrix products a recurrent network cannot avoid, alone: what its forward + backward would
+    cost with free pointwise work, dispatch and copies.
+
+    Per recurrent layer with an input projection W [G, d] (all blocks) and recurrent matrix U [R, n]
+    (the recurrent blocks; its parametrization is formed once per sequence and not counted), over x
+    [B, T, d]: forward, the hoisted input GEMM [T·B, d]·Wᵀ and T recurrent GEMMs [B, n]·Uᵀ; backward, T
+    GEMMs [B, R]·U for the state gradient, then the post-loop weight gradients dUᵀ = Σ_t dA_tᵀ h_t and
+    dW = dXPᵀ X and the input gradient dXP·W (one large GEMM each). Deep transitions, deep input/output
+    and saturation matrices are not counted. Run as a model by :func:`time_runs` (same rounds)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, int, int, int]] = []
+        for cell in getattr(model, "layers", []):
+            with torch.no_grad():
+                u = cell.recurrence.matrix()
+            g, d = cell.weight_ih.shape
+            self.shapes.append((g, d, int(u.shape[0]), int(u.shape[1])))
+        self._mats: dict[tuple[Any, ...], list[tuple[Tensor, ...]]] = {}
+
+    def _matrices(self, x: Tensor) -> list[tuple[Tensor, ...]]:
+        B, T = x.shape[0], x.shape[1]
+        key = (B, T, x.dtype, x.device)
+        if key not in self._mats:
+            def r(*shape: int) -> Tensor:
+                return torch.randn(*shape, dtype=x.dtype, device=x.device)
+
+            self._mats[key] = [(r(T * B, d), r(g, d), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g),
+                                r(T * B, g), r(B, r_), r(B, n), r(r_, n), r(g, d), r(T * B, d))
+                               for g, d, r_, n in self.shapes]
+        return self._mats[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            for X, W, U, H, DA, XP, DXP, A, DH, DU, DW, DX in self._matrices(x):
+                torch.mm(X, W.t(), out=XP)
+                for t in range(H.shape[0]):
+                    torch.mm(H[t], U.t(), out=A)
+                for t in range(H.shape[0] - 1, -1, -1):
+                    torch.mm(DA[t], U, out=DH)
+                torch.mm(DA.reshape(-1, DA.shape[-1]).t(), H.reshape(-1, H.shape[-1]), out=DU)
+                torch.mm(DXP.t(), X, out=DW)
+                torch.mm(DXP, W, out=DX)
+        return x.sum() * 0.0
 
 
 class _ReferenceOnly(nn.Module):
@@ -599,7 +663,10 @@ def write_markdown(results: Sequence[BenchResult], path: str | Path, info: dict[
               "pointwise work); `reference` = the step-by-step loop. *Reference loop ×* is the same cell "
               "with fast paths off and *derived ×* the same cell forced onto the derived path, timed in "
               "the same rounds. Peak memory: one run's peak resident-set growth (CPU) or "
-              "peak allocated memory (CUDA), see cellsearch/bench.py. *First call*: the first forward + "
+              "peak allocated memory (CUDA), see cellsearch/bench.py. *× GEMM floor*: the cell's time "
+              "over the time of its matrix products alone (input GEMM, one recurrent GEMM per step and "
+              "direction, post-loop weight gradients; `GemmFloor` in cellsearch/bench.py), timed in the "
+              "same rounds; *µs/step over floor*: what the rest costs per time step. *First call*: the first forward + "
               "backward of a new model (plan, weight reorders, first allocations; tracing and compiling "
               "for the derived path, whose own first call is *derived first s*: it compiles on first "
               "use on a machine and loads from the private cache afterwards).", ""]
@@ -615,12 +682,13 @@ def write_markdown(results: Sequence[BenchResult], path: str | Path, info: dict[
             continue
         ref = statistics.median(r.ref_tokens_per_s for r in rows)
         lines += [f"## hidden {hidden}, sequence {seq} (nn.LSTM ≈ {ref:,.0f} tokens/s)", "",
-                  "| cell | path | tokens/s | × nn.LSTM | reference loop × | derived × | peak MB "
-                  "| × nn.LSTM memory | first call s | derived first s |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| cell | path | tokens/s | × nn.LSTM | reference loop × | derived × | × GEMM floor "
+                  "| µs/step over floor | peak MB | × nn.LSTM memory | first call s | derived first s |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             lines.append(f"| {r.cell} | {r.path} | {r.tokens_per_s:,.0f} | **{r.ratio:.2f}** | "
-                         f"{_fmt(r.reference_ratio)} | {_fmt(r.derived_ratio)} | {_fmt(r.peak_mb, '.0f')} | "
+                         f"{_fmt(r.reference_ratio)} | {_fmt(r.derived_ratio)} | {_fmt(r.floor_ratio)} | "
+                         f"{_fmt(r.over_floor_us, '.0f')} | {_fmt(r.peak_mb, '.0f')} | "
                          f"{_fmt(r.memory_ratio)} | {r.first_call_s:.2f} | {_fmt(r.derived_first_s)} |")
         lines.append("")
     others = sorted({(r.hidden, r.seq) for r in results} - set(sizes))

@@ -362,11 +362,25 @@ def test_bench_command_writes_the_table(tmp_path: Path) -> None:
     assert rc == 0
     text = (tmp_path / "BENCH.md").read_text()
     assert "| star | fused |" in text and "| lstm | native |" in text and "allocator" in text
+    assert "× GEMM floor" in text
     assert (tmp_path / "bench.png").stat().st_size > 0
     from cellsearch.bench import read_json
 
     results = read_json(tmp_path / "bench.json")
     assert sorted(r.cell for r in results) == ["lstm", "star"] and all(r.ratio > 0 for r in results)
+    assert all(r.floor_ms is not None and r.floor_ms > 0 for r in results)
+
+
+def test_the_gemm_floor_runs_the_cells_matrix_products() -> None:
+    from cellsearch.bench import GemmFloor
+
+    model = cs.create_rnn("ur_lstm", 5, 8, num_layers=2)
+    floor = GemmFloor(model)
+    # ur_lstm (tied input gate): blocks f, r (the refine gate), o, u, all recurrent
+    assert floor.shapes == [(32, 5, 32, 8), (32, 8, 32, 8)]
+    x = torch.randn(3, 4, 5, requires_grad=True)
+    floor(x).sum().backward()
+    assert x.grad is not None
 
 
 def test_bench_command_rejects_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:
