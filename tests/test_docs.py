@@ -99,3 +99,127 @@ def test_every_published_number_comes_from_a_cell_card(rendered: tuple[dict[str,
     text = rendered[1] + "".join(rendered[0].values())
     for unsourced in ("99.4 %", "copy budget", "earlier run", "100 epochs"):
         assert unsourced not in text
+
+
+# ------------------------------------------------------------------------------------------------
+# The user guide (docs/guide/*.md): every code block runs as its page says (conventions: docs/guide/index.md)
+
+GUIDE = DOCS / "guide"
+_FENCE = re.compile(r"^```([\w-]*)([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
+_NOT_RUN = re.compile(r"<!--\s*not run:(.*?)-->\s*$")
+_TITLE = re.compile(r'title="([^"]+)"')
+
+
+def _blocks(text: str) -> list[tuple[int, str, str, str, str | None]]:
+    """(line, language, info, code, reason it is not run or None) of every fenced block of a page."""
+    out = []
+    for m in _FENCE.finditer(text):
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        skip = _NOT_RUN.search(before)
+        out.append((text.count("\n", 0, m.start()) + 1, m.group(1), m.group(2), m.group(3),
+                    skip.group(1).strip() if skip else None))
+    return out
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """``cellsearch ARGV`` in this process (what the console script runs): exit status and output."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        status = main(argv)
+    return status, buffer.getvalue()
+
+
+def _console(where: str, code: str) -> None:
+    """Run each ``$ cellsearch ...`` line; each output line shown after it (except ``...``) must appear."""
+    import shlex
+
+    runs: list[tuple[str, list[str]]] = []
+    for line in code.splitlines():
+        if line.startswith("$ "):
+            runs.append((line[2:], []))
+        elif runs and line.strip():
+            runs[-1][1].append(line.strip())
+        elif line.strip():
+            pytest.fail(f"{where}: output before any '$ ' command: {line!r}")
+    for command, shown in runs:
+        argv = shlex.split(command)
+        if argv[0] != "cellsearch":
+            pytest.fail(f"{where}: only '$ cellsearch ...' lines run; mark the block <!-- not run: REASON -->")
+        status, output = _cli(argv[1:])
+        assert status == 0, f"{where}: `{command}` exited {status}:\n{output[-2000:]}"
+        flat = " ".join(output.split())
+        for expected in shown:
+            if expected != "...":
+                assert " ".join(expected.split()) in flat, f"{where}: `{command}` did not print {expected!r}:\n{output}"
+
+
+
+def _registered() -> set[tuple[str, str, str | None]]:
+    from cellsearch.spec import CELL_ROLES
+
+    names = {("cell", n, None) for n in cs.list_cells()} | {("task", n, None) for n in cs.list_tasks()}
+    return names | {("primitive", n, role) for role in CELL_ROLES for n in cs.list_primitives(role)}
+
+
+def _run_page(page: Path, folder: Path) -> int:
+    """Run ``page``'s blocks in order in ``folder``; returns how many ran."""
+    namespace: dict[str, object] = {"__name__": f"guide_{page.stem}"}
+    ran = 0
+    for line, language, info, code, skip in _blocks(page.read_text()):
+        where = f"{page.relative_to(DOCS.parent)}:{line}"
+        if skip is not None:
+            assert skip, f"{where}: a block that is not run says why: <!-- not run: REASON -->"
+            continue
+        title = _TITLE.search(info)
+        if language == "python":
+            exec(compile(code, where, "exec"), namespace)  # noqa: S102 - the guide's own code
+        elif language == "console":
+            _console(where, code)
+        elif title is not None:
+            (folder / title.group(1)).write_text(code)
+        else:
+            continue
+        ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("page", sorted(GUIDE.glob("*.md")), ids=lambda p: p.stem)
+def test_every_code_block_of_the_guide_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each page in a fresh folder, fast paths off (tests/test_fast.py covers them; here they would only add
+    compile time); what a page registers in the session is unregistered after it."""
+    import cellsearch.fast
+    from cellsearch import registry
+
+    monkeypatch.chdir(tmp_path)
+    before, fast = _registered(), cellsearch.fast.is_enabled()
+    cellsearch.fast.set_enabled(False)
+    try:
+        ran = _run_page(page, tmp_path)
+    finally:
+        cellsearch.fast.set_enabled(fast)
+        for kind, name, role in _registered() - before:
+            registry.unregister(kind, name, role)
+    if page.name != "index.md":
+        assert ran > 0, f"{page.name}: no block ran"
+
+
+def test_the_guide_block_conventions_are_checked() -> None:
+    """The runner itself: a not-run block needs a reason, a console block runs only cellsearch, shown output
+    must appear (so a stale page fails), and the README links the guide."""
+    page = "```console\n$ cellsearch --version\ncellsearch\n```\n<!-- not run: a reason -->\n```python\nx\n```\n"
+    blocks = _blocks(page)
+    assert [(b[1], b[4]) for b in blocks] == [("console", None), ("python", "a reason")]
+    _console("t", "$ cellsearch --version\ncellsearch\n...")
+    with pytest.raises(pytest.fail.Exception, match="only '\\$ cellsearch"):
+        _console("t", "$ pip install x")
+    with pytest.raises(AssertionError, match="did not print"):
+        _console("t", "$ cellsearch --version\nsomething it never prints")
+    with pytest.raises(AssertionError, match="exited 2"):
+        _console("t", "$ cellsearch no-such-command")
+    readme = (DOCS.parent / "README.md").read_text()
+    for name in ("index", "tutorial", "plugins", "scaling", "reproducing"):
+        assert (GUIDE / f"{name}.md").exists()
+    assert "docs/guide/index.md" in readme
