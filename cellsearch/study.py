@@ -115,6 +115,10 @@ SEEDS_MAX = 1000
 NAME_MAX = 100
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TRAIN_NUMERIC = ("lr", "momentum", "weight_decay", "clip", "dropout")
+#: what a study is: trials are comparable only while these are unchanged (see StudyConfig.fingerprint)
+IDENTITY_KEYS = ("task", "space", "cells", "seeds", "model", "train", "objective")
+#: identity keys a study may continue across with ``--force-continue`` (each trial stores its own values)
+FORCEABLE_KEYS = ("train", "model")
 
 
 class StudyError(UserError, ValueError):
@@ -448,14 +452,16 @@ class StudyConfig:
             "output_dir": self.output_dir,
         }
 
-    def fingerprint(self) -> str:
-        """Digest of what makes trials comparable: task, space (or cells and seeds), model, objective.
+    def fingerprint(self, legacy: bool = False) -> str:
+        """Digest of what makes trials comparable: task, space (or cells and seeds), model, training
+        settings, objective (:data:`IDENTITY_KEYS`).
 
-        A study whose fingerprint changed refuses to continue the stored study (never silently mixed);
-        training settings and search settings may change between runs (each trial stores its own).
+        A study whose fingerprint changed refuses to continue the stored study (never silently mixed; a
+        changed training recipe only with ``--force-continue``); search settings may change between runs.
+        ``legacy``: the digest without the training settings, as studies created before they counted stored.
         """
         d = self.to_dict()
-        keep = {k: d[k] for k in ("task", "space", "cells", "seeds", "model", "objective")}
+        keep = {k: d[k] for k in IDENTITY_KEYS if not (legacy and k == "train")}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

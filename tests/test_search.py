@@ -281,6 +281,55 @@ def test_changed_space_is_refused(tmp_path: Path, monkeypatch) -> None:
     assert again.n_complete == 2  # the unchanged study continues
 
 
+def test_changed_training_is_a_different_study_unless_forced(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 12.10: a changed train config on resume is one line naming what changed and the two ways
+    on; --force-continue adds the new trials and records the change; a space change is never forced."""
+    from cellsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "fp.yaml"
+    path.write_text(yaml.safe_dump(tiny("fp", search={"n_trials": 1})))
+    assert main(["run", str(path), "--quiet"]) == 0
+    assert main(["run", str(path), "--quiet", "--n-trials", "2", "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "this is a different study" in err[0], err
+    assert "train.epochs 1 -> 2" in err[0] and "--force-continue" in err[0] and "new name" in err[0]
+    assert load_sqlite(tmp_path / "runs" / "fp" / "study.db", "fp").get_trials()[-1].number == 0  # nothing ran
+    assert main(["run", str(path), "--quiet", "--n-trials", "2", "--set", "train.epochs=2", "--force-continue"]) == 0
+    study = load_sqlite(tmp_path / "runs" / "fp" / "study.db", "fp")
+    assert [t.user_attrs["train"]["epochs"] for t in study.trials] == [1, 2]
+    assert study.user_attrs["config"]["train"]["epochs"] == 2 and len(study.user_attrs["forced"]) == 1
+    assert main(["run", str(path), "--quiet", "--set", "space.cell.update=[lstm]", "--force-continue"]) == 2
+    assert "--force-continue" not in capsys.readouterr().err  # a space change cannot be forced
+
+
+def test_a_study_fingerprinted_before_training_counted_continues(tmp_path: Path, monkeypatch) -> None:
+    """A study created by an earlier version (fingerprint without the training settings) continues when
+    its training settings are unchanged; its fingerprint is upgraded."""
+    monkeypatch.chdir(tmp_path)
+    raw = tiny("old", search={"n_trials": 1})
+    run_study(raw, display="quiet")
+    study = load_sqlite(tmp_path / "runs" / "old" / "study.db", "old")
+    config = study_from_mapping(raw)
+    study.set_user_attr("fingerprint", config.fingerprint(legacy=True))
+    assert run_study(raw, n_trials=2, display="quiet").n_counted == 2
+    assert load_sqlite(tmp_path / "runs" / "old" / "study.db", "old").user_attrs["fingerprint"] == config.fingerprint()
+
+
+def test_a_finished_study_leaves_no_waiting_trials(tmp_path: Path, monkeypatch) -> None:
+    """Issue 12.10: published cells are enqueued only as far as the budget reaches, so a finished study has
+    no WAITING trials; continuing with a larger budget enqueues the next published cells."""
+    monkeypatch.chdir(tmp_path)
+    search = {"sampler": "random", "n_trials": 2, "seed": 0, "enqueue_published": True, "n_jobs": 1}
+    raw = tiny("waiting", search=search, space={"cell": {"update": ["lstm", "gru", "star"]}})
+    first = run_study(raw, display="quiet")
+    assert [t.state for t in first.trials] == [TrialState.COMPLETE] * 2
+    assert [t.user_attrs.get("published") for t in first.trials] == ["gru", "lstm"]
+    again = run_study(raw, n_trials=3, display="quiet")
+    assert [t.user_attrs.get("published") for t in again.trials] == ["gru", "lstm", "star"]
+    assert all(t.state == TrialState.COMPLETE for t in again.trials)
+
+
 def test_missing_backend_module_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     """A backend whose module is not installed is refused before anything runs (the Ray backend itself
     is tested in test_ray.py)."""
@@ -366,3 +415,96 @@ def test_divergence_fails_the_trial_with_its_reason(tmp_path: Path, monkeypatch)
     (trial,) = result.trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("diverged: training diverged at step")
+
+
+# ------------------------------------------------------------------------------------------------
+# Infrastructure failures: disk full (issue 12 items 6 and 7)
+
+
+def _infra_study(tmp_path: Path, **search: Any) -> Path:
+    raw = tiny("infra", search={"n_trials": 2, "n_jobs": 1, **search}, space={"cell": {"update": ["lstm", "gru"]}},
+               storage=f"sqlite:///{tmp_path / 'db' / 'study.db'}", output_dir=str(tmp_path / "out"))
+    path = tmp_path / "infra.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_disk_full_while_saving_a_trial_sets_it_aside_and_stops_non_zero(tmp_path: Path, monkeypatch, capsys) -> None:
+    """ENOSPC injected into the first weights write (portable; the tmpfs test below is the real one): the
+    trial is recorded with its reason, does not use the budget, is re-queued; exit 1 with one line; the
+    next run trains the re-queued point and completes the budget."""
+    import errno
+
+    from cellsearch.cli import main
+    from cellsearch.search import optuna_backend
+
+    real = optuna_backend.write_weights
+    calls: list[int] = []
+
+    def full_once(folder: Path, number: int, data: bytes) -> Path:
+        calls.append(number)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{number}.safetensors"))
+        return real(folder, number, data)
+
+    monkeypatch.setattr(optuna_backend, "write_weights", full_once)
+    monkeypatch.chdir(tmp_path)
+    study_file = _infra_study(tmp_path)
+    assert main(["run", str(study_file), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cellsearch run: stopped: trial 0: disk full"), err
+    assert "re-queued" in err[0] and "0 of 2 done" in err[0]
+    trials = load_sqlite(tmp_path / "db" / "study.db", "infra").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"].startswith("infrastructure: disk full (OSError: [Errno 28]")
+    assert trials[0].user_attrs["interrupted"] and trials[1].user_attrs["retry_of"] == 0
+    assert main(["run", str(study_file), "--quiet"]) == 0
+    result = run_study(study_file, display="quiet")
+    assert result.n_counted == 2 and result.trials[2].params == trials[0].params  # the set-aside point ran next
+
+
+def _namespace_tmpfs() -> str | None:
+    """Why a small tmpfs cannot be mounted here without root (None: it can, in a user+mount namespace)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return "no unshare(1) on this machine"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"cannot mount a tmpfs in a user namespace ({probe.stderr.strip()[:120]})"
+    return None
+
+
+def test_a_real_full_disk_stops_the_run_with_one_line_and_keeps_what_finished(tmp_path: Path) -> None:
+    """A 1 MiB tmpfs (a user+mount namespace, no root needed) holds the study's SQLite file and weights;
+    once it is filled, the next run fails to write (SQLite 'database or disk is full'), stops with exit 1
+    and one line saying so, no traceback; the trial finished before is kept, and once the database has
+    room again (a copy on a normal disk) the same study completes its budget."""
+    why = _namespace_tmpfs()
+    if why is not None:
+        pytest.skip(why)
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    raw = tiny("full", search={"n_trials": 3, "n_jobs": 1}, space={"cell": {"update": ["lstm", "gru", "star"]}},
+               storage=f"sqlite:///{mount / 'study.db'}", output_dir=str(mount))
+    (tmp_path / "full.yaml").write_text(yaml.safe_dump(raw))
+    cli = str(Path(sys.executable).with_name("cellsearch"))
+    script = f"""
+mount -t tmpfs -o size=1m tmpfs {mount} || exit 99
+{cli} run full.yaml --quiet --n-trials 1; echo "first=$?"
+head -c 4M /dev/zero > {mount}/filler 2>/dev/null
+{cli} run full.yaml --quiet; echo "full=$?"
+cp {mount}/study.db {tmp_path}/kept.db
+"""
+    run = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    out, err = run.stdout, run.stderr
+    assert "first=0" in out and "full=1" in out, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("cellsearch run: stopped: ") and "disk full" in err and "1 of 3 done" in err, err
+    kept = load_sqlite(tmp_path / "kept.db", "full").get_trials()
+    assert [t.state for t in kept if t.state == TrialState.COMPLETE] == [TrialState.COMPLETE]
+    raw["storage"], raw["output_dir"] = f"sqlite:///{tmp_path / 'kept.db'}", str(tmp_path / "out")
+    result = run_study(raw, display="quiet")
+    assert result.n_counted == 3 and result.n_complete == 3

@@ -92,12 +92,17 @@ def _raw(**changes: object) -> dict:
     return raw
 
 
-def test_fingerprint_changes_with_space_not_with_training() -> None:
+def test_fingerprint_changes_with_space_and_with_training() -> None:
+    """Training settings are part of what a study is (issue 12.10); the legacy digest (studies created
+    before) leaves them out."""
     base = study_from_mapping(_raw())
     more_epochs = study_from_mapping(_raw(train={"epochs": 7}))
     other_space = study_from_mapping(_raw(space={"cell": {"update": ["lstm", "star"]}}))
-    assert base.fingerprint() == more_epochs.fingerprint()
+    other_search = study_from_mapping(_raw(search={"n_trials": 9, "sampler": "random"}))
+    assert base.fingerprint() != more_epochs.fingerprint()
+    assert base.fingerprint(legacy=True) == more_epochs.fingerprint(legacy=True)
     assert base.fingerprint() != other_space.fingerprint()
+    assert base.fingerprint() == other_search.fingerprint()  # search settings may change between runs
 
 
 def test_multi_objective_defaults_to_nsga2_and_no_pruner() -> None:

@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=None, help="stop starting trials after this many seconds"
     )
     parser.add_argument("--n-jobs", type=int, default=None, help="trials in parallel (threads)")
+    parser.add_argument(
+        "--force-continue",
+        action="store_true",
+        help="continue the stored study although its training settings or model size changed",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--plain", action="store_true", help="one line per trial, no live panel")
     mode.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage,
         timeout=args.timeout,
         n_jobs=args.n_jobs,
+        force_continue=args.force_continue,
     )
     if result.n_complete == 0 and result.n_failed > 0:
         reasons = [t.user_attrs.get("fail_reason", "?") for t in result.trials if t.state.name == "FAIL"]

@@ -93,8 +93,10 @@ def run_study(path_or_config: Any, *, set: Iterable[str] = (), display: str = "a
     """Run (or continue) a study; the same as ``cellsearch run``. Returns a ``StudyResult``.
 
     ``display``: ``auto`` (rich live panel on a terminal, plain lines otherwise), ``live``, ``plain`` or
-    ``quiet``. Other keywords: see :func:`load_config`.
+    ``quiet``. ``force_continue=True`` continues a stored study whose training settings or model size
+    changed (otherwise refused: "this is a different study"). Other keywords: see :func:`load_config`.
     """
+    force_continue = bool(options.pop("force_continue", False))
     config = load_config(path_or_config, set, **options)
     backend = get_backend(config.search.backend)
     from .display import Display
@@ -107,4 +109,4 @@ def run_study(path_or_config: Any, *, set: Iterable[str] = (), display: str = "a
         shown = Display(config, quiet=display == "quiet", live={"live": True, "plain": False}.get(display))
         if not shown.quiet:
             shown.console.print(f"cpu: {plan}", markup=False)
-        return backend.run(config, display=shown)
+        return backend.run(config, display=shown, force_continue=force_continue)

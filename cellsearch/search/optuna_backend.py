@@ -46,7 +46,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..cli import UserError
-from ..study import StudyConfig
+from ..study import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
 from .display import Display
 from .ledger import Ledger, evaluation_of, retried, uses_budget
 from .preflight import InfrastructureError, infrastructure_failure, preflight
@@ -247,8 +247,11 @@ def _budget_taken(trial: Trial, budget: int | None) -> bool:
     return before >= budget
 
 
-def open_study(config: StudyConfig, storage_url: str | None = None, create: bool = True) -> optuna.Study:
-    """Create or load the study; refuse one whose fingerprint (task, space, model, objective) differs."""
+def open_study(
+    config: StudyConfig, storage_url: str | None = None, create: bool = True, force_continue: bool = False
+) -> optuna.Study:
+    """Create or load the study; refuse one whose fingerprint (task, space, model, training, objective)
+    differs, unless only the training settings or model size changed and ``force_continue``."""
     url = storage_url or config.storage_url
     sampler, pruner = (make_sampler(config), make_pruner(config)) if create else (None, None)
     storage = make_storage(url, create=create, failed_trial_callback=_stale_callback)
@@ -267,7 +270,7 @@ def open_study(config: StudyConfig, storage_url: str | None = None, create: bool
         pruner=pruner,
         load_if_exists=True,
     )
-    _check_fingerprint(study, config, url)
+    _check_fingerprint(study, config, url, force_continue)
     set_metric_names(study, config)
     return study
 
@@ -281,25 +284,32 @@ def set_metric_names(study: optuna.Study, config: StudyConfig) -> None:
         study.set_metric_names(config.metrics)
 
 
-def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str) -> None:
+def _check_fingerprint(study: optuna.Study, config: StudyConfig, url: str, force: bool = False) -> None:
     stored = study.user_attrs.get("fingerprint")
     current = config.fingerprint()
-    if stored is None:
-        study.set_user_attr("fingerprint", current)
+    before = study.user_attrs.get("config", {})
+    now = config.to_dict()
+    if stored is None or (stored == config.fingerprint(legacy=True) and before.get("train") == now["train"]):
+        study.set_user_attr("fingerprint", current)  # new, or created before training settings counted
         study.set_user_attr("config", stored_config(config))
         return
     if stored != current:
-        before = study.user_attrs.get("config", {})
-        changed = [
-            k
-            for k in ("task", "space", "cells", "seeds", "model", "objective")
-            if before.get(k) != config.to_dict().get(k)
-        ]
-        raise UserError(
-            f"{config.source}: the study {config.name!r} in {mask_url(url)} was created with a different "
-            f"{', '.join(changed) or 'space'} (fingerprint {stored}, now {current}); trials would be mixed. "
-            "Use a new name (--set name=NEW) or storage, or restore the study file"
-        )
+        changed = [k for k in IDENTITY_KEYS if before.get(k) != now.get(k)] or ["space"]
+        where = f"{config.source}: this is a different study: {config.name!r} in {mask_url(url)} was created with"
+        if force and set(changed) <= set(FORCEABLE_KEYS):
+            study.set_user_attr("fingerprint", current)
+            study.set_user_attr("config", stored_config(config))
+            study.set_user_attr("forced", [*study.user_attrs.get("forced", []), {"from": stored, "to": current}])
+        elif set(changed) <= set(FORCEABLE_KEYS):
+            raise UserError(
+                f"{where} {_changes(before, now, changed)}; use a new name (--set name=NEW) or --force-continue "
+                "to add trials trained this way to it"
+            )
+        else:
+            raise UserError(
+                f"{where} a different {', '.join(changed)} (fingerprint {stored}, now {current}); trials "
+                "would be mixed. Use a new name (--set name=NEW) or storage, or restore the study file"
+            )
     if list(study.directions) != [optuna.study.StudyDirection[d.upper()] for d in config.directions]:
         raise UserError(f"{config.source}: objective directions differ from the stored study {config.name!r}")
 
@@ -312,15 +322,42 @@ def stored_config(config: StudyConfig) -> dict[str, Any]:
     return out
 
 
+def _changes(before: dict[str, Any], now: dict[str, Any], keys: list[str]) -> str:
+    """``train.epochs 2 -> 3, model.hidden_size 32 -> 64``: what changed in the forceable keys."""
+    out = []
+    for key in keys:
+        old, new = before.get(key) or {}, now.get(key) or {}
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                out.append(f"{key}.{k} {old.get(k, 'unset')} -> {new.get(k, 'unset')}")
+    return ", ".join(out) or ", ".join(keys)
+
+
 def _seed_trials(study: optuna.Study, space: Any, config: StudyConfig) -> int:
-    """Enqueue the published cells (once, on a new study); returns how many were enqueued."""
-    if study.user_attrs.get("seeded") or not config.search.enqueue_published:
+    """Enqueue the published cells not enqueued yet, at most as many as the budget has room for (so a
+    finished study leaves none WAITING; a continued one with a larger budget enqueues the next ones);
+    returns how many were enqueued."""
+    if not config.search.enqueue_published:
         return 0
-    seeds = space.seed_trials()
-    for seed in seeds:
+    trials = study.get_trials(deepcopy=False)
+    todo = [seed for seed in space.seed_trials() if not _enqueued(seed, trials)]
+    budget = config.search.n_trials
+    if budget is not None:
+        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+        todo = todo[: max(0, budget - counted(study) - n_running(study) - waiting)]
+    for seed in todo:
         study.enqueue_trial(dict(seed.params), user_attrs=dict(seed.user_attrs), skip_if_exists=True)
-    study.set_user_attr("seeded", True)
-    return len(seeds)
+    return len(todo)
+
+
+def _enqueued(seed: Any, trials: list[FrozenTrial]) -> bool:
+    """``seed`` (a published cell's parameters) was enqueued before: a trial of any state carries them."""
+    name = seed.user_attrs.get("published")
+    for t in trials:
+        fixed = {**t.params, **(t.system_attrs.get("fixed_params") or {})}
+        if t.user_attrs.get("published") == name and all(fixed.get(k) == v for k, v in seed.params.items()):
+            return True
+    return False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -566,15 +603,18 @@ def _speed(spec: Any, model: Any) -> float:
 # Running
 
 
-def run(config: StudyConfig, storage_url: str | None = None, display: Display | None = None) -> StudyResult:
-    """Create or continue ``config``'s study and run the remaining budget."""
+def run(
+    config: StudyConfig, storage_url: str | None = None, display: Display | None = None, force_continue: bool = False
+) -> StudyResult:
+    """Create or continue ``config``'s study and run the remaining budget (``force_continue``: also when
+    its training settings or model size changed since it was created)."""
     from ..tasks import make_task
 
     space = build_space(config)
     task = make_task(config.task.to_dict())
     preflight(config, task, storage_url)  # data, sampler, pruner, storage: one line and nothing written
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failures are shown with their reason by the display
-    study = open_study(config, storage_url)
+    study = open_study(config, storage_url, force_continue=force_continue)
     failed = fail_dead_trials(study, requeue)
     fail_stale(study)
     _seed_trials(study, space, config)

@@ -720,8 +720,11 @@ def _max_t(config: StudyConfig, task: Any) -> int:
     return top
 
 
-def run(config: StudyConfig, storage_url: str | None = None, display: Display | None = None) -> StudyResult:
-    """Create or continue ``config``'s study and run the remaining budget on Ray Tune."""
+def run(
+    config: StudyConfig, storage_url: str | None = None, display: Display | None = None, force_continue: bool = False
+) -> StudyResult:
+    """Create or continue ``config``'s study and run the remaining budget on Ray Tune (``force_continue``:
+    as the Optuna backend's)."""
     from ..tasks import make_task
 
     from .preflight import preflight
@@ -731,7 +734,7 @@ def run(config: StudyConfig, storage_url: str | None = None, display: Display | 
     preflight(config, task, storage_url)  # data, sampler, pruner, storage: one line and nothing written
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url or config.storage_url
-    study = open_study(config, storage_url)
+    study = open_study(config, storage_url, force_continue=force_continue)
     failed = fail_dead_trials(study, requeue)
     fail_stale(study)
     _seed_trials(study, space, config)
