@@ -200,15 +200,24 @@ def test_hostile_input_through_a_real_process(name: str, tmp_path: Path, data: P
 
 
 def test_validate_reports_every_bad_file_on_its_own_line(tmp_path: Path, data: Path) -> None:
-    """Every file case through one ``cellsearch validate`` process: one line per file, naming it."""
+    """Every file case and every data case (its task written into the file) through one ``cellsearch
+    validate`` process: one line per file, naming it; nothing written."""
     paths = []
     for case in CASES:
-        if case[1] is None:
+        task = case[2][1][len("task="):] if len(case[2]) == 2 and case[2][1].startswith("task=") else None
+        if case[1] is None and task is None:
             continue
+        if task is not None:  # a data case: its task written into the file (validate reads the data too)
+            case = (case[0], BASE.replace(BASE.splitlines()[1], f"task: {task}"), [], case[3])
         study, _ = _setup(case, tmp_path, data)
-        paths.append(study.rename(tmp_path / f"{case[0]}.yaml"))
+        text = study.read_bytes().replace(b"{data}", str(data).encode())
+        study.unlink()
+        (tmp_path / f"{case[0]}.yaml").write_bytes(text)
+        paths.append(tmp_path / f"{case[0]}.yaml")
+    before = _files(tmp_path)
     run = subprocess.run([_cli(), "validate", *map(str, paths)], capture_output=True, text=True, timeout=60,
                          cwd=tmp_path)
+    assert _files(tmp_path) == before
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == len(paths), run.stderr
     for path, line in zip(paths, lines):

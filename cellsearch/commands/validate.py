@@ -1,7 +1,10 @@
 """``cellsearch validate STUDY.yaml...``: check study files without running anything.
 
-Each file is read and validated exactly as ``cellsearch run`` would (``--set`` overrides included): exit 0
-with a one-line summary per file, or exit 2 with the same one-line error ``run`` prints. Nothing is written.
+Each file is read and validated exactly as ``cellsearch run`` would (``--set`` overrides included), and
+run's preflight follows: the task's data files are read (missing, empty or corrupt ones are found here,
+not on a cluster) and the storage URL checked (a local file could be created; a server is not contacted).
+Exit 0 with a one-line summary per file, or exit 2 with the same one-line error ``run`` prints. Nothing is
+written.
 """
 
 from __future__ import annotations
@@ -31,18 +34,30 @@ def summary(config: Any) -> str:
             f"{s.backend}/{s.sampler}/{s.pruner}, {budget}; storage {mask_url(config.storage_url)}")
 
 
+def _preflight(config: Any) -> None:
+    """Run's preflight without a server: the storage URL and local file, the task's data."""
+    from ..search.preflight import check_storage, check_task_data
+    from ..tasks import make_task
+
+    check_storage(config, config.storage_url)
+    check_task_data(config, make_task(config.task.to_dict()))
+
+
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     from ..registry import RegistryError
     from ..search import load_config
     from ..spec import SpecError
 
+    from ..cli import _one_line
+
     failed = 0
     for path in args.studies:
         try:
             config = load_config(path, args.sets)
+            _preflight(config)
         except (UserError, SpecError, RegistryError) as exc:
-            print(f"cellsearch validate: error: {exc}", file=sys.stderr)
+            print(f"cellsearch validate: error: {_one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
         print(f"ok: {path}: {summary(config)}")
