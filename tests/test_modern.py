@@ -42,7 +42,7 @@ CASES: dict[str, dict[str, Any]] = {
     "mingru+tanh+orthogonal": dict(update="mingru", recurrence="orthogonal"),
     "minlstm": dict(update="minlstm", saturation="g", recurrence="none"),
     "minlstm+chrono+identity": dict(update="minlstm", init="chrono", saturation="identity", recurrence="none"),
-    "minlstm+ur": dict(update="minlstm", gate="ur", saturation="g", recurrence="none"),
+    "minlstm+orthogonal-init": dict(update="minlstm", init="orthogonal", saturation="g", recurrence="none"),
     "rg_lru": dict(update="rg_lru", init="lru", saturation="identity", recurrence="none"),
     "rg_lru+c2+g": dict(update="rg_lru", saturation="g", recurrence="none", **_opts(update={"c": 2.0})),
     "rg_lru+free": dict(update="rg_lru", init="lru", saturation="identity"),
@@ -288,6 +288,15 @@ def test_modern_card_carries_citation_and_sourced_numbers(name: str) -> None:
     assert sorted(card.reported.values()) == sorted(REPORTED.get(name, []))
     if not card.reported:
         assert "none quoted" in card.notes
+
+
+def test_minlstm_refuses_gates_that_can_reach_zero() -> None:
+    """f + i divides the state: a refined gate (σ(a)⊙x̃ can be 0 or negative) gave 0/0 in a sampled spec;
+    the composer refuses it naming both primitives."""
+    from cellsearch.cells import IncompatibleSpecError
+
+    with pytest.raises(IncompatibleSpecError, match="minlstm.*refined|refined.*minlstm"):
+        cs.create_cell(CellSpec(update="minlstm", gate="refined", recurrence="none"), 4, 4)
 
 
 def test_modern_space_builds_and_seeds_its_published_cells() -> None:

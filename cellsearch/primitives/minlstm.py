@@ -27,7 +27,10 @@ class MinLSTM(LinearUpdate):
     As in :class:`~cellsearch.primitives.mingru.MinGRU`, the candidate goes through the saturation slot:
     ``identity`` is §3.2's plain form, ``g`` the appendix's log-space form (h̃ = g(Linear_h(x)) > 0);
     the card uses ``g``, and the state is h itself (the paper's listing passes h_0 through g).
-    The gates go through the gate primitive (a UR gate refines f; chrono sets b_i = −b_f).
+    The gates go through the gate primitive, which must keep them in (0, 1): the normalization divides
+    by f + i, which a gate that can reach 0 or go negative (the refined gate's σ(a)⊙x̃) makes 0/0, so
+    minLSTM requires the plain sigmoid gate (declared: ``requires = {sigmoid_gate}``; chrono sets
+    b_i = −b_f).
     Blocks [f, i, h]. With ``recurrence: none`` (the paper's minLSTM) params 3n(d + 1); with
     another recurrence the gates also see h (+ n² params per gate block) and the scan does not apply.
     """
@@ -38,7 +41,7 @@ class MinLSTM(LinearUpdate):
     keep = "f"
     input_gate = "i"
     provides = frozenset({"keep_gate", "input_gate", "single_state", "input_only"})
-    refined_default = ("i",)
+    requires = frozenset({"sigmoid_gate"})
 
     def coefficients(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, h: Tensor | None
                      ) -> tuple[Tensor, Tensor]:
