@@ -19,7 +19,8 @@ vectorised fix-up; O(T) work, O(√T) sequential steps):
   (Feng et al. 2024, appendix): log h_t = L_t + logcumsumexp_s(log b_s − L_s), L_t = Σ log a_r. Needs
   a > 0 and b > 0 (minGRU / minLSTM with the positive candidate ``saturation: g``); a call where some a
   or b is not positive runs ``chunked``. Its float32 error grows with |L| inside a chunk (a log of size
-  |L| carries an absolute error ≈ |L|·2⁻²⁴), which is why its chunks are short (:data:`LOG_CHUNK`) and it is not the default.
+  |L| carries an absolute error ≈ |L|·2⁻²⁴), which is why its chunks are short (:data:`LOG_CHUNK`)
+  and it is not the default.
   Select it with :func:`use_log` or ``CELLSEARCH_SCAN=log``.
 
 The backward is the same kind of recurrence run in reverse (:class:`LinearScan`): with g_t = ∂L/∂h_t

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from . import depth, gate, init, recurrence, saturation, update  # noqa: F401  (registration side effects)
-from . import (  # noqa: F401  (registration side effects: the modern cells' primitives, one file each)
+from . import (  # noqa: F401  (registration side effects; one module per role, one file per modern primitive)
+    depth,
+    gate,
+    init,
     init_lru,
     janet,
     mingru,
     minlstm,
+    recurrence,
     recurrence_diagonal,
     recurrence_none,
     rg_lru,
+    saturation,
     saturation_g,
     saturation_relu,
     slstm,
+    update,
 )
 from .base import Block, Primitive
 

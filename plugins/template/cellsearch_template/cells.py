@@ -35,6 +35,6 @@ JANET_SOFTSIGN = CellCard(
     ),
     citation="van der Westhuizen & Lasenby, 'The unreasonable effectiveness of the forget gate', "
              "arXiv:1804.04849, 2018 (JANET), with a softsign output saturation.",
-    notes="Template plugin example: both primitives (update template_janet, saturation softsign) come from this plugin; "
-          "with saturation identity the update is the paper's JANET (h = c).",
+    notes="Template plugin example: both primitives (update template_janet, saturation softsign) come from this "
+          "plugin; with saturation identity the update is the paper's JANET (h = c).",
 )
