@@ -508,3 +508,72 @@ cp {mount}/study.db {tmp_path}/kept.db
     raw["storage"], raw["output_dir"] = f"sqlite:///{tmp_path / 'kept.db'}", str(tmp_path / "out")
     result = run_study(raw, display="quiet")
     assert result.n_counted == 3 and result.n_complete == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Claims: seeding and budget slots atomic across workers, re-queued trials first (issue 19)
+
+
+def test_requeued_trials_start_before_the_published_cells(tmp_path: Path) -> None:
+    """A re-queued trial (a killed worker's, a lost node's) is the next to start, ahead of the published
+    cells enqueued before it; the rest keep their order."""
+    from cellsearch.search.claims import claim_slots
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'q.db'}", study_name="q")
+    for name in ("gru", "lstm"):
+        study.enqueue_trial({"cell/update": name}, user_attrs={"published": name})
+    study.enqueue_trial({"cell/update": "star"}, user_attrs={"retry_of": 9})
+    study.enqueue_trial({"cell/update": "mgu"}, user_attrs={"published": "mgu"})
+    claim_slots(study, None)
+    assert [study.ask().number for _ in range(5)] == [2, 0, 1, 3, 4]
+
+
+def test_no_trial_is_created_when_the_budget_is_taken(tmp_path: Path) -> None:
+    """With every slot held by running trials, ``ask`` refuses before a trial exists (no FAIL "not run"
+    record) and a WAITING trial stays WAITING; a finished trial frees nothing (it counts)."""
+    from cellsearch.search.claims import BudgetTaken, claim_slots
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'b.db'}", study_name="b")
+    claim_slots(study, 2)
+    first, _ = study.ask(), study.ask()
+    study.enqueue_trial({"x": 1})
+    with pytest.raises(BudgetTaken):
+        study.ask()
+    study.tell(first, 1.0)
+    with pytest.raises(BudgetTaken):
+        study.ask()
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING]
+
+
+def test_workers_started_together_enqueue_the_published_cells_once(tmp_path: Path) -> None:
+    """Four workers (threads, each with its own storage connection) seed one SQLite study at the same
+    instant, ten times: every published cell is enqueued exactly once."""
+    import threading
+
+    from cellsearch.search.optuna_backend import _seed_trials
+    from cellsearch.search.storage import make_storage
+
+    url = f"sqlite:///{tmp_path / 'together.db'}"
+    storages = [make_storage(url) for _ in range(4)]
+    space = {"cell": {"update": ["lstm", "gru", "star"]}}
+    for rep in range(10):
+        search = {"sampler": "random", "n_trials": 6, "enqueue_published": True}
+        config = study_from_mapping(tiny(f"together{rep}", search=search, space=space))
+        studies = [optuna.create_study(storage=s, study_name=config.name, load_if_exists=True) for s in storages]
+        built, barrier, errors = build_space(config), threading.Barrier(4), []
+
+        def seed(study: optuna.Study) -> None:
+            try:
+                barrier.wait(timeout=60)
+                _seed_trials(study, built, config)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=seed, args=(s,)) for s in studies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        names = sorted(t.user_attrs["published"] for t in studies[0].get_trials())
+        assert names == ["gru", "lstm", "star"], (rep, names)

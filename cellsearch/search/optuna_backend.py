@@ -20,7 +20,11 @@ study again continues it:
   workers' running trials waits for them and, when a worker stops sending heartbeats, fails its trial
   and runs the re-queued parameters; a trial that finds the same spec training in another worker waits
   for it and reuses its result;
-- the published cells of the space are enqueued as the first trials, once, when the study is created.
+- the published cells of the space are enqueued as the first trials, once, when the study is created;
+- seeding and taking a budget slot are atomic across workers (:mod:`cellsearch.search.claims`: a
+  PostgreSQL advisory lock, or ``flock`` beside a SQLite / journal file): N workers started together
+  enqueue the published cells once and start exactly the budget's trials; re-queued trials start before
+  any other WAITING trial.
 
 Every trial stores as user attributes: ``spec`` (ModelSpec JSON), ``digest``, ``key`` (spec + training
 config + task), ``n_params``, ``train``, ``history`` (per-epoch metrics, updated every epoch), ``metrics``
@@ -48,6 +52,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from ..cli import UserError
 from ..study import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
 from .display import Display
+from .claims import BudgetTaken, claim_slots, study_lock
 from .ledger import Ledger, evaluation_of, retried, uses_budget
 from .preflight import InfrastructureError, infrastructure_failure, preflight
 from .ledger import counted as counted
@@ -231,8 +236,10 @@ def free_slots(study: optuna.Study, budget: int | None) -> int | None:
 def _budget_taken(trial: Trial, budget: int | None) -> bool:
     """True when earlier trials (finished or running, any worker) already hold the whole budget.
 
-    Trial numbers are given out atomically by the storage, so when two workers start a trial for the
-    last free slot at the same moment, exactly one of them (the higher number) finds the budget taken.
+    Slots are claimed under the study lock before a trial exists (:func:`~cellsearch.search.claims.
+    claim_slots`), so this holds only on a storage without a shared lock (neither PostgreSQL, SQLite nor
+    a journal file): when two workers start a trial for the last free slot at the same moment, exactly one
+    of them (the higher number, trial numbers are given out atomically) finds the budget taken.
     """
     if budget is None:
         return False
@@ -339,15 +346,16 @@ def _seed_trials(study: optuna.Study, space: Any, config: StudyConfig) -> int:
     returns how many were enqueued."""
     if not config.search.enqueue_published:
         return 0
-    trials = study.get_trials(deepcopy=False)
-    todo = [seed for seed in space.seed_trials() if not _enqueued(seed, trials)]
-    budget = config.search.n_trials
-    if budget is not None:
-        waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-        todo = todo[: max(0, budget - counted(study) - n_running(study) - waiting)]
-    for seed in todo:
-        study.enqueue_trial(dict(seed.params), user_attrs=dict(seed.user_attrs), skip_if_exists=True)
-    return len(todo)
+    with study_lock(study):  # workers started together: one reads and enqueues, the next sees it
+        trials = study.get_trials(deepcopy=False)
+        todo = [seed for seed in space.seed_trials() if not _enqueued(seed, trials)]
+        budget = config.search.n_trials
+        if budget is not None:
+            waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+            todo = todo[: max(0, budget - counted(study) - n_running(study) - waiting)]
+        for seed in todo:
+            study.enqueue_trial(dict(seed.params), user_attrs=dict(seed.user_attrs), skip_if_exists=True)
+        return len(todo)
 
 
 def _enqueued(seed: Any, trials: list[FrozenTrial]) -> bool:
@@ -555,10 +563,6 @@ def _set_aside(trial: Trial, reason: str) -> None:
     trial.study.enqueue_trial(dict(trial.params), user_attrs=attrs)
 
 
-class BudgetTaken(RuntimeError):
-    """A trial started after other workers had taken the study's whole budget (it does not run)."""
-
-
 class DuplicateFailed(RuntimeError):
     """A duplicate of a trial whose training diverged: it fails the same way, without training."""
 
@@ -619,6 +623,7 @@ def run(
     fail_stale(study)
     _seed_trials(study, space, config)
     budget = config.search.n_trials
+    claim_slots(study, budget)
     free = free_slots(study, budget)
     ledger = Ledger(space, config.search.seed, config.search.n_trials)
     display = display or Display(config, quiet=True)
@@ -655,10 +660,13 @@ def _done(study: optuna.Study, budget: int | None) -> str:
 
 def _optimize(study: optuna.Study, objective: Objective, n_trials: int | None, timeout: float | None,
               n_jobs: int, callbacks: list[Any]) -> None:
-    """``study.optimize``; a storage failure of the machine (disk full) is an :class:`InfrastructureError`."""
+    """``study.optimize``; a storage failure of the machine (disk full) is an :class:`InfrastructureError`;
+    other workers holding every free slot (:class:`BudgetTaken`, no trial created) ends it."""
     try:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, n_jobs=n_jobs, catch=(Exception,),
                        callbacks=callbacks)
+    except BudgetTaken:
+        return
     except Exception as exc:
         reason = infrastructure_failure(exc) or infrastructure_failure(exc.__cause__ or exc)
         if reason is None:

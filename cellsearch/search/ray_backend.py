@@ -76,6 +76,7 @@ from .._env import env_var
 from ..cli import UserError
 from ..study import StudyConfig
 from .display import Display
+from .claims import BudgetTaken, claim_slots
 from .ledger import Ledger
 from .optuna_backend import (
     DuplicateFailed,
@@ -644,9 +645,12 @@ class CellOptunaSearch(OptunaSearch):
             return Searcher.FINISHED if not d.deferred else None
         if status == "wait":
             return None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "heartbeat ... supposed to be used with Study.optimize"
-            super().suggest(trial_id)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat ... supposed to be used with Study.optimize"
+                super().suggest(trial_id)
+        except BudgetTaken:  # other workers took the free slots meanwhile: no trial was created
+            return None
         trial = self._ot_trials[trial_id]
         if d.surplus(trial):
             self._ot_trials.pop(trial_id, None)
@@ -789,6 +793,7 @@ def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) 
         storage=driver.study._storage,
     )
     driver.searcher = searcher
+    claim_slots(searcher._ot_study, driver.budget)  # slots taken atomically; re-queued trials first
     driver.study = searcher._ot_study  # tell through the searcher's study: its sampler sees every result
     max_t = _max_t(config, task)
     setup = TrialSetup(
