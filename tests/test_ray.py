@@ -252,3 +252,68 @@ def test_killed_ray_driver_then_rerun_continues_the_study(tmp_path: Path, local_
         retry = [t for t in trials if t.user_attrs.get("retry_of") == n]
         assert len(retry) == 1 and retry[0].params == killed.params and retry[0].state == TrialState.COMPLETE
     assert result.n_complete == 4 and len([t for t in trials if t.state == TrialState.COMPLETE]) == 4
+
+
+def test_ray_address_auto_is_refused_unless_ray_address_names_the_cluster(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Issue 19: ``auto`` could attach to another user's Ray on the machine: refused in one line (exit 2,
+    nothing written) unless ``RAY_ADDRESS`` names the cluster, whatever Ray instances run here."""
+    from cellsearch.search import ray_backend
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ray_backend.ray, "is_initialized", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    path = _write(tmp_path, tiny("auto", search={"ray_address": "auto"}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'auto' is refused" in err and "HOST:PORT" in err, err
+    assert not (tmp_path / "runs").exists()
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert ray_backend.ray_address("auto") == "10.0.0.1:6379"
+    assert ray_backend.ray_address("10.0.0.2:6379") == "10.0.0.2:6379" and ray_backend.ray_address(None) is None
+
+
+def test_resources_no_node_has_are_refused_with_what_each_node_has(
+    tmp_path: Path, monkeypatch, capsys, local_ray: str
+) -> None:
+    """Issue 19: a trial asking more than any node has would wait forever: one line (asked vs each node's
+    resources), exit 2, no trial started."""
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, tiny("huge", search={"resources": {"cpu": 64}}))
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "asks for 64 CPU and 0 GPU" in err and ": 2 CPU, 0 GPU" in err, err
+    assert _load(tmp_path, "huge").get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE)) == []
+
+
+def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first(tmp_path: Path) -> None:
+    """Issue 19: a Ray trial failed by its machine (disk full, out of memory, data gone) is recorded with
+    the reason, does not use the budget, is re-queued ahead of the waiting published cells, and the
+    driver starts no more trials (the run then exits 1, as the Optuna backend's)."""
+    from cellsearch.search.claims import claim_slots
+    from cellsearch.search.display import Display
+    from cellsearch.search.ledger import counted
+    from cellsearch.search.optuna_backend import open_study
+    from cellsearch.search.ray_backend import _Driver, _failure
+    from cellsearch.search.space import build_space
+    from cellsearch.study import study_from_mapping
+    from cellsearch.tasks import make_task
+
+    config = study_from_mapping(tiny("infra", search={"n_trials": 3}))
+    study = open_study(config, f"sqlite:///{tmp_path / 'infra.db'}")
+    driver = _Driver(config, build_space(config), make_task(config.task.to_dict()), study, Display(config, quiet=True))
+    claim_slots(study, 3)
+    trial = study.ask()
+    driver.sample(trial)
+    driver.prepare(trial)
+    study.enqueue_trial({"cell/update": "gru"}, user_attrs={"published": "gru"})
+    driver.launch("t1", trial)
+    gone = _failure(FileNotFoundError(2, "No such file or directory", "data/train.txt"))
+    assert set(gone) == {"infrastructure"} and _failure(ValueError("bad cell")) == {"fail_reason": "ValueError: bad cell"}
+    driver.finish("t1", {"cs": gone}, error=False)
+    failed = study.get_trials()[0]
+    assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"]
+    assert failed.user_attrs["fail_reason"].startswith("infrastructure: a file the run needs is gone")
+    assert counted(study) == 0 and driver.admission() == "done" and "re-queued" in driver.infrastructure
+    retry = study.ask()
+    driver.sample(retry)
+    assert retry.user_attrs["retry_of"] == failed.number and retry.params == failed.params

@@ -9,8 +9,11 @@ Ray-only attribute: ``ray_node`` (node id, host, pid and torch device that train
 
 Search settings (``search:`` in the study file):
 
-- ``ray_address``: null starts Ray on this machine (never joins another cluster by accident), ``auto``
-  joins the cluster this machine belongs to (``ray start``), ``HOST:PORT`` joins that head node;
+- ``ray_address``: null starts Ray on this machine (never joins another cluster by accident),
+  ``HOST:PORT`` joins that head node; ``auto`` is refused unless ``RAY_ADDRESS`` names the cluster (Ray's
+  ``auto`` attaches to whatever instance the machine's temporary folder points at, another user's too);
+- per-trial ``resources`` that no node of the cluster has are refused when the run starts (one line,
+  exit 2: what a trial asks, what each node has) instead of waiting forever;
 - ``resources``: per trial, e.g. ``{cpu: 2, gpu: 0.5}`` (``tune.with_resources``; default one CPU). Ray
   gives a trial with GPUs its own ``CUDA_VISIBLE_DEVICES`` and ``train.device: auto`` picks CUDA; a trial
   without GPUs trains on the CPU (Ray leaves every GPU visible to it);
@@ -104,6 +107,8 @@ __all__ = [
     "CellOptunaSearch",
     "WeightsStore",
     "TrialSetup",
+    "ray_address",
+    "check_resources",
 ]
 
 _PRUNER_TO_SCHEDULER = {"median": "median", "successive_halving": "asha", "hyperband": "hyperband", "none": "fifo"}
@@ -262,6 +267,15 @@ def _scalars(entry: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _failure(exc: Exception) -> dict[str, str]:
+    """How a trial's exception is reported: ``infrastructure`` (disk full, out of memory, data gone: the
+    machine's failure, set aside and re-queued by the driver) or ``fail_reason`` (the cell's)."""
+    from .preflight import infrastructure_failure
+
+    machine = infrastructure_failure(exc)
+    return {"infrastructure": machine} if machine else {"fail_reason": f"{type(exc).__name__}: {exc}"}
+
+
 def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
     """One Ray trial: train the spec the driver resolved, report every epoch, save the weights, report the
     final result (the last epoch is reported once, with ``final``: a scheduler deciding on it sees it)."""
@@ -287,7 +301,11 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
     )
     nan = _objectives(setup.metrics, [math.nan] * len(setup.metrics))
     with _in_directory(setup.cwd):
-        task = _task(setup.task)
+        try:
+            task = _task(setup.task)  # its data may have vanished from this node since the preflight
+        except Exception as exc:
+            tune.report({**nan, "cs": {**_failure(exc), "node": node}})
+            return
         spec = ModelSpec.from_json(cs["spec"])
         last = planned_evaluations(train_config, task)
         prunable = len(setup.metrics) == 1 and setup.metrics[0].startswith("val_")
@@ -306,7 +324,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
             tune.report({**nan, "cs": {"fail_reason": f"diverged: {exc}", "node": node}})
             return
         except Exception as exc:  # the trial fails with its reason; Ray's actor stays usable
-            tune.report({**nan, "cs": {"fail_reason": f"{type(exc).__name__}: {exc}", "node": node}})
+            tune.report({**nan, "cs": {**_failure(exc), "node": node}})
             return
         path = ray.get(setup.store.save.remote(number, weights_bytes(result.model)))
     entry = _jsonable(result.history[-1])
@@ -361,6 +379,8 @@ class _Driver:
         self.searcher: CellOptunaSearch | None = None
         self.storage_path = ""
         self._admit_at = self._deferred_at = 0.0
+        #: why the run stops when the machine failed a trial (disk full, out of memory, data gone)
+        self.infrastructure: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeats, name="cellsearch-heartbeat", daemon=True)
@@ -407,7 +427,7 @@ class _Driver:
         """``go`` (start a trial), ``wait`` (every free slot is held by running trials) or ``done``."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
             return "done"
-        if self.ledger.stop_reason is not None:
+        if self.ledger.stop_reason is not None or self.infrastructure is not None:
             return "done"
         if self.budget is None:
             return "go" if self.ledger.check(self.study) is None else "done"
@@ -530,6 +550,15 @@ class _Driver:
             trial.set_user_attr("weights", str(cs["weights"]))
             values = [float(v) for v in json.loads(cs["values"])]
             self._tell(trial, values, TrialState.COMPLETE)
+        elif cs.get("infrastructure"):  # set aside as the Optuna backend does: not budget, re-queued, stop
+            reason = f"infrastructure: {cs['infrastructure']}"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("interrupted", True)
+            self._tell(trial, None, TrialState.FAIL)
+            requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {reason}")
+            self.infrastructure = self.infrastructure or (
+                f"trial {trial.number}: {cs['infrastructure']}; the trial does not use the budget and its "
+                "parameters are re-queued")
         elif cs.get("fail_reason"):
             trial.set_user_attr("fail_reason", str(cs["fail_reason"]))
             self._tell(trial, None, TrialState.FAIL)
@@ -733,6 +762,7 @@ def run(
 
     from .preflight import preflight
 
+    address = ray_address(config.search.ray_address)  # before anything is written
     space = build_space(config)
     task = make_task(config.task.to_dict())
     preflight(config, task, storage_url)  # data, sampler, pruner, storage: one line and nothing written
@@ -757,9 +787,10 @@ def run(
     storage_path = storage_path if "://" in str(storage_path) else storage_path.resolve()
     driver = _Driver(config, space, task, study, display)
     driver.storage_path = str(storage_path)
-    started = _init_ray(config.search.ray_address)
+    started = _init_ray(address)
     interrupted: list[int] = []
     try:
+        check_resources(config.search.resources)
         driver.start()
         tuner = _tuner(config, driver, task, storage_path)
         with _quiet_tune():
@@ -771,7 +802,44 @@ def run(
         display.stop(driver.ledger.outcome(study))
     if interrupted:  # Ctrl-C: Tune stops gracefully; the study is interrupted like the Optuna backend's
         raise KeyboardInterrupt
+    if driver.infrastructure is not None:
+        from .preflight import InfrastructureError
+
+        raise InfrastructureError(f"{driver.infrastructure}; finished trials are kept ({counted(study)} of "
+                                  f"{budget} done); fix the machine and run again to continue")
     return StudyResult(config, study, url, driver.ledger.outcome(study))
+
+
+def ray_address(address: str | None) -> str | None:
+    """``search.ray_address`` as ``ray.init`` gets it. ``auto`` is refused (Ray's ``auto`` attaches to
+    whatever instance this machine's temporary folder points at, another user's included) unless
+    ``RAY_ADDRESS`` names the cluster; an already initialized Ray is used as is."""
+    if address != "auto" or ray.is_initialized():
+        return address
+    named = os.environ.get("RAY_ADDRESS", "").strip()
+    if named and named != "auto":
+        return named
+    raise UserError(
+        "search.ray_address: 'auto' is refused (it can attach to another user's Ray on this machine); name "
+        "the head node as HOST:PORT (--set search.ray_address=HEAD_IP:6379) or set RAY_ADDRESS=HOST:PORT"
+    )
+
+
+def check_resources(resources: Mapping[str, Any]) -> None:
+    """Refuse (one line, exit 2) per-trial ``resources`` that no live node of the Ray cluster has: Ray
+    would wait for them forever. Says what a trial asks and what each node has."""
+    want = {"CPU": float(resources.get("cpu", 1)), "GPU": float(resources.get("gpu", 0))}
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if any(all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in want.items() if v) for n in nodes):
+        return
+    have = "; ".join(
+        f"{n.get('NodeManagerAddress', '?')}: {n.get('Resources', {}).get('CPU', 0):g} CPU, "
+        f"{n.get('Resources', {}).get('GPU', 0):g} GPU" for n in nodes
+    ) or "no live node"
+    raise UserError(
+        f"search.resources: a trial asks for {want['CPU']:g} CPU and {want['GPU']:g} GPU, more than any node of "
+        f"the Ray cluster has ({have}); no trial could ever start. Lower search.resources or add a larger node"
+    )
 
 
 def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) -> Any:
