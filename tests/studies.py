@@ -89,3 +89,27 @@ def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
+
+
+def together_worker(paths: list[str], url: str, cwd: str, barrier: Any, results: Any) -> None:
+    """One of several workers started at the same instant (a ``multiprocessing`` process): for each study
+    file, wait at ``barrier`` with the others, then run the study on ``url`` as ``cellsearch run`` does;
+    puts ``(path, None)`` or ``(path, error)`` on ``results``."""
+    import os
+
+    os.chdir(cwd)
+    import traceback
+
+    from cellsearch.search import load_config, run_study
+    from cellsearch.tasks import make_task
+    from cellsearch.train import train  # noqa: F401 - imported before the barrier: the workers meet warm
+
+    make_task(load_config(paths[0]).task.to_dict())
+    for path in paths:
+        try:
+            config = load_config(path, storage=url)
+            barrier.wait(timeout=180)
+            run_study(config, display="quiet")
+            results.put((path, None))
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            results.put((path, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
