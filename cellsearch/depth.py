@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .cells import ComposedCell
-from .primitives.depth import DeepMLP, DepthPrimitive, Transition
+from .primitives.depth import DeepMLP, DepthPrimitive, Transition, arrange
 from .spec import CellSpec, DepthSpec
 
 __all__ = ["StackedRNN", "Transition", "DeepMLP", "DepthPrimitive"]
@@ -47,19 +47,10 @@ class StackedRNN(nn.Module):
             raise ValueError(f"expected input [batch, time, features], got shape {tuple(x.shape)}")
         if x.shape[-1] != self.input_size:
             raise ValueError(f"expected {self.input_size} input features, got {x.shape[-1]}")
-        seq = x.transpose(0, 1)
-        if self.input_mlp is not None:
-            seq = self.input_mlp(seq)
-        finals = []
-        for i, layer in enumerate(self.layers):
-            out, final = layer.forward_sequence(seq, state[i] if state is not None else None)
-            if self.depth.residual and out.shape == seq.shape:
-                out = out + seq
-            finals.append(final)
-            seq = self.dropout(out) if self.dropout is not None and i < len(self.layers) - 1 else out
-        if self.output_mlp is not None:
-            seq = self.output_mlp(seq)
-        return seq.transpose(0, 1), tuple(finals)
+        layers = [layer.forward_sequence for layer in self.layers]
+        seq, finals = arrange(x.transpose(0, 1), state, layers, self.input_mlp, self.output_mlp, self.dropout,
+                              self.depth.residual)
+        return seq.transpose(0, 1), finals
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, depth={self.depth}"

@@ -186,53 +186,52 @@ def _indent(lines: list[str], level: int) -> str:
     return "\n".join(pad + line if line else "" for line in lines)
 
 
+def _depth_source() -> str:
+    """The depth arrangement and its modules, as cellsearch defines them (their source, written once in
+    :mod:`cellsearch.primitives.depth`: torch only)."""
+    import inspect
+
+    from ..primitives import depth
+
+    return "\n\n" + inspect.getsource(depth.DeepMLP) + "\n\n" + inspect.getsource(depth.arrange)
+
+
 def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) -> str:
     depth, n = spec.depth, spec.hidden_size
-    init = ["super().__init__()", "n = HIDDEN_SIZE"]
+    init = [
+        "super().__init__()",
+        "n = HIDDEN_SIZE",
+        f"self.input_mlp = DeepMLP(INPUT_SIZE, n, {depth.input_layers})" if depth.input_layers
+        else "self.input_mlp = None",
+        f"self.layers = nn.ModuleList([{', '.join(f'{c}()' for c in classes)}])",
+        f"self.dropout = nn.Dropout({depth.dropout!r})" if depth.dropout > 0 and depth.layers > 1
+        else "self.dropout = None",
+        f"self.output_mlp = DeepMLP(n, n, {depth.output_layers})" if depth.output_layers
+        else "self.output_mlp = None",
+        f"self.residual = {bool(depth.residual)!r}",
+        "self.head = nn.Linear(n, OUTPUT_SIZE)",
+    ]
+    zeros = ", ".join(["x.new_zeros(batch, HIDDEN_SIZE)"] * n_states)
     fwd = [
         '"""x [B, T, d] → (y, state): y [B, out] (readout last) or [B, T, out] (readout all)."""',
         "if x.dim() != 3 or x.shape[-1] != INPUT_SIZE:",
         '    raise ValueError(f"expected input [batch, time, {INPUT_SIZE}], got shape {tuple(x.shape)}")',
         "if x.shape[1] == 0:",
         '    raise ValueError("expected at least one time step, got an input with T = 0")',
-        "seq = x.transpose(0, 1)  # time-major",
-    ]
-    if depth.input_layers:
-        mods = ", ".join(
-            f"nn.Linear({'INPUT_SIZE' if i == 0 else 'n'}, n), nn.Tanh()" for i in range(depth.input_layers)
-        )
-        init.append(f"self.input_mlp = nn.Sequential({mods})  # deep input")
-        fwd.append("seq = self.input_mlp(seq)")
-    init.append(f"self.layers = nn.ModuleList([{', '.join(f'{c}()' for c in classes)}])")
-    if depth.dropout > 0 and depth.layers > 1:
-        init.append(f"self.dropout = nn.Dropout({depth.dropout!r})  # between stacked layers")
-    if depth.output_layers:
-        mods = ", ".join("nn.Linear(n, n), nn.Tanh()" for _ in range(depth.output_layers))
-        init.append(f"self.output_mlp = nn.Sequential({mods})  # deep output")
-    init.append("self.head = nn.Linear(n, OUTPUT_SIZE)")
-    zeros = ", ".join(["seq.new_zeros(batch, HIDDEN_SIZE)"] * n_states)
-    fwd += [
         "batch = x.shape[0]",
         "if state is None:",
         f"    state = tuple(({zeros},) for _ in range(NUM_LAYERS))",
+        "seq, finals = arrange(x.transpose(0, 1), state, list(self.layers), self.input_mlp, self.output_mlp,",
+        "                      self.dropout, self.residual)",
+        "out = seq.transpose(0, 1)",
     ]
-    for i in range(len(classes)):
-        fwd.append(f"out, s{i} = self.layers[{i}](seq, state[{i}])")
-        if depth.residual:
-            fwd.append("out = out + seq if out.shape == seq.shape else out  # residual")
-        last = i == len(classes) - 1
-        fwd.append("seq = self.dropout(out)" if depth.dropout > 0 and not last else "seq = out")
-    if depth.output_layers:
-        fwd.append("seq = self.output_mlp(seq)")
-    fwd.append("out = seq.transpose(0, 1)")
     if readout == "last":
         fwd.append("out = out[:, -1]")
-    finals = ", ".join(f"s{i}" for i in range(len(classes)))
-    finals = f"({finals},)" if len(classes) == 1 else f"({finals})"
-    fwd.append(f"return self.head(out), {finals}")
+    fwd.append("return self.head(out), finals")
     return (
         "class Model(nn.Module):\n"
-        f'    """{readout!r} readout over {depth.layers} layer(s) of Cell, hidden size {n}."""\n\n'
+        f'    """{readout!r} readout over {depth.layers} layer(s) of Cell, hidden size {n} (the arrangement: '
+        '`arrange`)."""\n\n'
         "    def __init__(self) -> None:\n" + _indent(init, 2) + "\n\n"
         "    def forward(self, x: Tensor, state: tuple[tuple[Tensor, ...], ...] | None = None\n"
         "                ) -> tuple[Tensor, tuple[tuple[Tensor, ...], ...]]:\n" + _indent(fwd, 2) + "\n"
@@ -289,7 +288,8 @@ def generate_source(model: Any, name: str | None = None, published: str | None =
         "    model = m.load()\n"
         f"    y, state = model(torch.randn(4, 20, {spec.input_size}))   # [batch, time, features]\n\n"
         "Spec:\n\n" + _indent(yaml.safe_dump(spec.to_dict(), sort_keys=False).splitlines(), 1) + '\n"""\n\n'
-        "from __future__ import annotations\n\nimport hashlib\nimport json\nimport struct\nfrom pathlib import Path\n\n"
+        "from __future__ import annotations\n\nimport hashlib\nimport json\nimport struct\nfrom pathlib import Path\n"
+        "from typing import Any\n\n"
         "import torch\nimport torch.nn.functional as F\nfrom torch import Tensor, nn\n"
         + "".join(f"{line}\n" for line in imports if line.startswith("from "))
         + "\n" + "".join(f"{line}\n" for line in imports if not line.startswith("from "))
@@ -301,8 +301,8 @@ def generate_source(model: Any, name: str | None = None, published: str | None =
     parts = [header]
     for code in codes:
         parts += ["\n\n" + f for f in (code.functions, code.init_function) if f] + ["\n\n" + code.source]
-    parts += [SCAN, "\n\n" + _model_source(spec, model.readout, classes, model.rnn.layers[0].update.n_states),
-              "\n" + LOADER]
+    n_states = model.rnn.layers[0].update.n_states
+    parts += [SCAN, _depth_source(), "\n\n" + _model_source(spec, model.readout, classes, n_states), "\n" + LOADER]
     return "".join(parts)
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..registry import register_primitive
 from .base import Primitive
 
-__all__ = ["Transition", "DeepMLP", "DepthPrimitive"]
+__all__ = ["Transition", "DeepMLP", "DepthPrimitive", "arrange"]
 
 
 class DepthPrimitive(Primitive):
@@ -135,3 +135,27 @@ class DeepMLP(nn.Sequential):
         for i in range(layers):
             mods += [nn.Linear(in_size if i == 0 else width, width), nn.Tanh()]
         super().__init__(*mods)
+
+
+def arrange(seq: Tensor, state: Any, layers: Any, input_mlp: Any = None, output_mlp: Any = None,
+            dropout: Any = None, residual: bool = False) -> tuple[Tensor, tuple[Any, ...]]:
+    """The depth arrangement of a stack, written once: deep input → the layers in order (each
+    ``layer(seq, state_i) -> (out, final_i)`` over a time-major sequence; residual where a layer keeps
+    the width; dropout between layers, not after the last) → deep output. Returns the top sequence and
+    every layer's final state.
+
+    :class:`cellsearch.depth.StackedRNN` runs it, and the standalone export writes this very function
+    into the generated module (so it uses torch only and names nothing from cellsearch)."""
+    if input_mlp is not None:
+        seq = input_mlp(seq)
+    finals = []
+    last = len(layers) - 1
+    for i, layer in enumerate(layers):
+        out, final = layer(seq, state[i] if state is not None else None)
+        if residual and out.shape == seq.shape:
+            out = out + seq
+        finals.append(final)
+        seq = dropout(out) if dropout is not None and i < last else out
+    if output_mlp is not None:
+        seq = output_mlp(seq)
+    return seq, tuple(finals)
