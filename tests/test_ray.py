@@ -308,7 +308,8 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
     study.enqueue_trial({"cell/update": "gru"}, user_attrs={"published": "gru"})
     driver.launch("t1", trial)
     gone = _failure(FileNotFoundError(2, "No such file or directory", "data/train.txt"))
-    assert set(gone) == {"infrastructure"} and _failure(ValueError("bad cell")) == {"fail_reason": "ValueError: bad cell"}
+    assert set(gone) == {"infrastructure"}
+    assert _failure(ValueError("bad cell")) == {"fail_reason": "ValueError: bad cell"}
     driver.finish("t1", {"cs": gone}, error=False)
     failed = study.get_trials()[0]
     assert failed.state == TrialState.FAIL and failed.user_attrs["interrupted"]

@@ -562,7 +562,8 @@ def test_workers_started_together_enqueue_the_published_cells_once(tmp_path: Pat
         studies = [optuna.create_study(storage=s, study_name=config.name, load_if_exists=True) for s in storages]
         built, barrier, errors = build_space(config), threading.Barrier(4), []
 
-        def seed(study: optuna.Study) -> None:
+        def seed(study: optuna.Study, barrier: Any = barrier, built: Any = built, config: Any = config,
+                 errors: list[BaseException] = errors) -> None:
             try:
                 barrier.wait(timeout=60)
                 _seed_trials(study, built, config)

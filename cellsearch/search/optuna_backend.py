@@ -51,11 +51,11 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..cli import UserError
 from ..study import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
-from .display import Display
 from .claims import BudgetTaken, claim_slots, study_lock
+from .display import Display
 from .ledger import Ledger, evaluation_of, retried, uses_budget
-from .preflight import InfrastructureError, infrastructure_failure, preflight
 from .ledger import counted as counted
+from .preflight import InfrastructureError, infrastructure_failure, preflight
 from .space import Candidate, build_space
 from .storage import fail_dead_trials, make_storage, mask_url, worker_id
 

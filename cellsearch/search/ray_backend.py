@@ -78,8 +78,8 @@ from ray.tune.utils.util import unflatten_dict
 from .._env import env_var
 from ..cli import UserError
 from ..study import StudyConfig
-from .display import Display
 from .claims import BudgetTaken, claim_slots
+from .display import Display
 from .ledger import Ledger
 from .optuna_backend import (
     DuplicateFailed,
@@ -759,7 +759,6 @@ def run(
     """Create or continue ``config``'s study and run the remaining budget on Ray Tune (``force_continue``:
     as the Optuna backend's)."""
     from ..tasks import make_task
-
     from .preflight import preflight
 
     address = ray_address(config.search.ray_address)  # before anything is written
