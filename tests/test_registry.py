@@ -19,13 +19,14 @@ from cellsearch.registry import DuplicateNameError, UnknownNameError
 
 def test_wildcard_listing() -> None:
     """list_cells / list_primitives filter with shell wildcards, by role or over all roles."""
-    assert cs.list_cells("*lstm") == ["chrono_lstm", "lstm", "r_lstm", "refined_lstm", "u_lstm", "ur_lstm"]
+    assert cs.list_cells("*lstm") == ["chrono_lstm", "lstm", "minlstm", "r_lstm", "refined_lstm", "slstm", "u_lstm",
+                                      "ur_lstm"]
     assert cs.list_cells("refined_*") == ["refined_gru", "refined_lstm", "refined_mgu"]
     assert cs.list_cells("no_such_*") == []
     assert cs.list_primitives("gate") == ["refined", "sigmoid", "ur"]
-    assert cs.list_primitives("update", "*lstm*") == ["lstm", "lstm_tied"]
-    assert cs.list_primitives(pattern="saturation/*") == ["saturation/adaptive", "saturation/identity",
-                                                          "saturation/tanh"]
+    assert cs.list_primitives("update", "*lstm*") == ["lstm", "lstm_tied", "minlstm", "slstm"]
+    assert cs.list_primitives(pattern="saturation/*") == ["saturation/adaptive", "saturation/g", "saturation/identity",
+                                                          "saturation/relu", "saturation/tanh"]
     assert {"stacked", "deep_transition", "deep_output", "deep_input", "residual"} <= set(
         cs.list_primitives("depth"))
 
