@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .errors import RunStopped, UserError
 from .registry import RegistryError
 from .spec import SpecError
 
@@ -36,15 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reproduce": ("cellsearch.commands.reproduce", "reproduce a seed paper's claim (table + plot)"),
     "confirm": ("cellsearch.commands.confirm", "retrain a study's top trials with new seeds; rank by mean ± CI"),
 }
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit status 2."""
-
-
-class RunStopped(Exception):
-    """A run stopped by a failure outside the user's input (disk full, out of memory, data gone): printed
-    as one line, exit status 1; what ran so far is kept and running again continues."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -87,7 +87,7 @@ def available_cores(env: dict[str, str] | None = None, root: str | Path = "/sys/
     given = env.get(CORES_ENV, "").strip()
     if given:
         if not given.isdigit() or int(given) < 1:
-            from .cli import UserError
+            from .errors import UserError
 
             raise UserError(f"{CORES_ENV}={given!r}: expected a whole number of cores >= 1")
         return int(given)

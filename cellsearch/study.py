@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from .cli import UserError
+from .errors import UserError
 from .registry import RegistryError, did_you_mean
 from .spec import CELL_ROLES, TRANSITIONS, CellSpec, DepthSpec, FrozenDict, SpecError
 

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .. import bench, registry
-    from ..cli import UserError
+    from ..errors import UserError
 
     cells = list(args.cells)
     if args.all:

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ..cli import UserError
+    from ..errors import UserError
     from ..reproduce.confirm import confirm, table, verdict
 
     for name in ("top", "seeds", "workers"):

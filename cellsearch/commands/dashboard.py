@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_server() -> Any:
-    from ..cli import UserError
+    from ..errors import UserError
 
     try:
         from optuna_dashboard import run_server

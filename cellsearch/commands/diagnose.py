@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
-    from ..cli import UserError
+    from ..errors import UserError
 
     for name in ("layers", "steps", "hidden", "batch", "seeds", "sat_steps"):
         value = getattr(args, name)

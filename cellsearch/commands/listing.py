@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     if args.what in WHAT:
         kinds, pattern = [args.what], args.pattern
     elif args.pattern is not None:
-        from ..cli import UserError
+        from ..errors import UserError
 
         raise UserError(
             f"unknown kind {args.what!r}; {registry.did_you_mean(args.what, WHAT)}expected one of {list(WHAT)} "

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _validate(args: argparse.Namespace) -> list[str]:
-    from ..cli import UserError
+    from ..errors import UserError
     from ..reproduce import get_reproduction, list_reproductions
 
     if args.seeds is not None and args.seeds < 1:
@@ -63,7 +63,7 @@ def _validate(args: argparse.Namespace) -> list[str]:
 def _load_config(path: Path) -> dict[str, Any]:
     import yaml
 
-    from ..cli import UserError
+    from ..errors import UserError
 
     if not path.is_file():
         raise UserError(f"--config: no file {str(path)!r}")

@@ -44,12 +44,11 @@ def _preflight(config: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UserError
+    from ..cli import _one_line
+    from ..errors import UserError
     from ..registry import RegistryError
     from ..search import load_config
     from ..spec import SpecError
-
-    from ..cli import _one_line
 
     failed = 0
     for path in args.studies:

@@ -86,7 +86,7 @@ class Reproduction:
         """A fresh copy of the built-in config of ``size``."""
         configs = self.configs()
         if size not in configs:
-            from ..cli import UserError
+            from ..errors import UserError
 
             raise UserError(f"reproduction {self.name!r} has no size {size!r}; sizes: {', '.join(configs)}")
         return copy.deepcopy(configs[size])
@@ -124,7 +124,7 @@ class Reproduction:
     def load(self, out: str | Path) -> Loaded:
         """What a run left in ``out``: ``<name>.json`` (command, timing and the exact config), the CSVs and
         any extra files, read back (no training)."""
-        from ..cli import UserError
+        from ..errors import UserError
 
         out = Path(out)
         path = out / f"{self.name}.json"

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..cli import UserError
+from ..errors import UserError
 from .runner import Job
 
 __all__ = ["ConfigError", "Variant", "Experiment", "ReproConfig", "parse_config"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cli import UserError
+from ..errors import UserError
 from .report import markdown_table, write_csv
 from .runner import run_parallel
 from .stats import CI, mean_ci

@@ -50,7 +50,7 @@ def read_records(out: Path, name: str) -> list[Record]:
     """The records :func:`write_records` wrote (values as stored: 8 significant digits)."""
     path, curves = out / f"{name}.csv", out / f"{name}_curves.csv"
     if not path.is_file():
-        from ..cli import UserError
+        from ..errors import UserError
 
         raise UserError(f"no {path}: nothing to rebuild the report from")
     with path.open() as fh:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..cli import UserError
+from ..errors import UserError
 
 __all__ = ["BACKENDS", "get_backend", "run_study", "load_config"]
 

@@ -49,7 +49,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from ..cli import UserError
+from ..errors import UserError
 from ..study import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
 from .claims import BudgetTaken, claim_slots, study_lock
 from .display import Display

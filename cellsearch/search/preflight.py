@@ -17,7 +17,7 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from ..cli import RunStopped, UserError
+from ..errors import RunStopped, UserError
 from ..spec import SpecError
 from .storage import check_writable, mask_url, url_problem
 

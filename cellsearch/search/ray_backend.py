@@ -76,7 +76,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from .._env import env_var
-from ..cli import UserError
+from ..errors import UserError
 from ..study import StudyConfig
 from .claims import BudgetTaken, claim_slots
 from .display import Display

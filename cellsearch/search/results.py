@@ -8,7 +8,7 @@ from typing import Any
 from optuna import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from ..cli import UserError
+from ..errors import UserError
 from ..study import StudyConfig
 
 __all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "export_any", "pick_trial",

@@ -18,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..cli import UserError
+from ..errors import UserError
 
 __all__ = [
     "mask_url",
