@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 GROUPS = {"primitive": "cellsearch.primitives", "cell": "cellsearch.cells", "task": "cellsearch.tasks"}
-_BUILTIN_MODULES = ("cellsearch.primitives", "cellsearch.tasks")
+#: the built-in modules each kind's registrations live in (imported when that kind is first read: listing
+#: cells imports neither torch nor the primitives)
+_BUILTIN_MODULES = {"primitive": "cellsearch.primitives", "task": "cellsearch.tasks"}
 
 
 class RegistryError(LookupError):
@@ -92,8 +94,8 @@ class _Entry:
 _entries: dict[tuple[str, str], _Entry] = {}
 _errors: list[PluginLoadError] = []
 _warned: set[tuple[str, str]] = set()
-_loaded = False
-_fatal: DuplicateNameError | None = None
+_loaded: set[str] = set()                      # kinds loaded
+_fatal: dict[str, DuplicateNameError] = {}     # kind -> the clash refused on every read of it
 _lock = threading.RLock()
 
 
@@ -246,28 +248,29 @@ def _disabled() -> set[str]:
     return {s.strip() for s in os.environ.get("CELLSEARCH_DISABLE_PLUGINS", "").split(",") if s.strip()}
 
 
-def load_plugins(force: bool = False) -> None:
-    """Import the built-in primitives and tasks, then every entry point (once, unless ``force``).
+def load_plugins(force: bool = False, kinds: Iterable[str] | None = None) -> None:
+    """Import the built-in primitives and tasks, then every entry point (once per kind, unless
+    ``force``). ``kinds``: only these kinds (``primitive``, ``cell``, ``task``; default all), so that
+    reading cells imports no torch.
 
     Set ``CELLSEARCH_DISABLE_PLUGINS=name,dist`` to skip entry points by name or distribution.
     """
-    global _loaded, _fatal
-    with _lock:
-        if _loaded and not force:
-            if _fatal is not None:
-                raise _fatal
-            return
-        _loaded, _fatal = True, None
-        if force:
-            _errors.clear()
-        import importlib
+    import importlib
 
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
+    with _lock:
+        if force:
+            _loaded.clear()
+            _fatal.clear()
+            _errors.clear()
         disabled = _disabled()
-        clashes: list[str] = []
-        for kind, group in GROUPS.items():
-            for ep in sorted(metadata.entry_points(group=group), key=lambda e: e.name):
+        for kind in (GROUPS if kinds is None else kinds):
+            if kind in _loaded:
+                continue
+            _loaded.add(kind)
+            if kind in _BUILTIN_MODULES:
+                importlib.import_module(_BUILTIN_MODULES[kind])
+            clashes: list[str] = []
+            for ep in sorted(metadata.entry_points(group=GROUPS[kind]), key=lambda e: e.name):
                 dist = getattr(ep, "dist", None)
                 if ep.name in disabled or (dist is not None and dist.name in disabled):
                     continue
@@ -275,9 +278,11 @@ def load_plugins(force: bool = False) -> None:
                     _load_entry_point(kind, ep)
                 except DuplicateNameError as exc:  # keep loading the others, then refuse on every read
                     clashes.append(str(exc))
-        if clashes:
-            _fatal = DuplicateNameError("; ".join(clashes))
-            raise _fatal
+            if clashes:
+                _fatal[kind] = DuplicateNameError("; ".join(clashes))
+        fatal = [_fatal[k] for k in (GROUPS if kinds is None else kinds) if k in _fatal]
+        if fatal:
+            raise fatal[0] if len(fatal) == 1 else DuplicateNameError("; ".join(map(str, fatal)))
 
 
 def plugin_errors() -> list[PluginLoadError]:
@@ -287,7 +292,7 @@ def plugin_errors() -> list[PluginLoadError]:
 
 
 def _names(kind: str, role: str | None = None) -> list[str]:
-    load_plugins()
+    load_plugins(kinds=(kind,))
     out = []
     for k, key in _entries:
         if k != kind:
@@ -323,7 +328,7 @@ def list_tasks(pattern: str | None = None) -> list[str]:
 
 
 def _get(kind: str, name: str, role: str | None, what: str) -> Any:
-    load_plugins()
+    load_plugins(kinds=(kind,))
     entry = _entries.get((kind, _key(kind, name, role)))
     if entry is None:
         choices = _names(kind, role) if kind == "primitive" else _names(kind)
@@ -350,7 +355,7 @@ def get_task(name: str) -> Any:
 
 def origin_of(kind: str, name: str, role: str | None = None) -> str:
     """Where a registered name came from (``cellsearch (built-in)`` or a distribution)."""
-    load_plugins()
+    load_plugins(kinds=(kind,))
     return _entries[(kind, _key(kind, name, role))].origin
 
 

@@ -235,3 +235,21 @@ def test_a_plugin_calling_sys_exit_or_importing_slowly_is_named_and_the_rest_wor
     assert any("slow_cell" in w and "to import" in w and "CELLSEARCH_DISABLE_PLUGINS=slow_cell" in w
                for w in warnings), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_listing_cells_imports_no_torch() -> None:
+    """Cells load per kind: reading the cards (entry points, torch-free) imports neither torch nor the
+    primitives, so `cellsearch list cells` answers without them; asking for primitives imports them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cellsearch as cs\n"
+            "cells = cs.list_cells()\n"
+            "print(len(cells), 'torch' in sys.modules, 'cellsearch.primitives' in sys.modules)\n"
+            "cs.list_primitives('gate')\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    first, second = out.stdout.strip().splitlines()
+    count, torch_loaded, primitives_loaded = first.split()
+    assert int(count) >= 17 and torch_loaded == "False" and primitives_loaded == "False"
+    assert second == "True"
