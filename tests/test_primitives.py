@@ -300,7 +300,7 @@ def test_orthogonal_init_gives_orthogonal_blocks(d: int) -> None:
 
 
 def _covered(role: str) -> set[str]:
-    from test_modern import CASES as MODERN_CASES   # the modern cells' primitives (tests/test_modern.py)
+    from test_modern import CASES as MODERN_CASES  # the modern cells' primitives (tests/test_modern.py)
 
     names = {case.get(role) for case in (*PRIMITIVE_CASES.values(), *MODERN_CASES.values())}
     defaults = {"gate": "sigmoid", "init": "default", "saturation": "tanh", "recurrence": "free"}

@@ -191,9 +191,9 @@ def _depth_source() -> str:
     :mod:`cellsearch.primitives.depth`: torch only)."""
     import inspect
 
-    from ..primitives import depth
+    from ..primitives.depth import DeepMLP, arrange
 
-    return "\n\n" + inspect.getsource(depth.DeepMLP) + "\n\n" + inspect.getsource(depth.arrange)
+    return "\n\n" + inspect.getsource(DeepMLP) + "\n\n" + inspect.getsource(arrange)
 
 
 def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) -> str:

@@ -11,6 +11,7 @@ interval and grace period (30 s and 120 s) can be changed with the environment v
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 import time
@@ -170,12 +171,12 @@ def make_storage(url: str, create: bool = True, failed_trial_callback: Any = Non
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    for attempt in range(4):
+    for attempt in range(6):
         try:
             return _rdb(url, failed_trial_callback)
         except Exception as exc:  # bad URL, missing driver, unreachable server
-            if attempt < 3 and _is_creation_race(exc):
-                time.sleep(0.5 * (attempt + 1))
+            if attempt < 5 and _is_creation_race(exc):
+                time.sleep(0.3 * (attempt + 1) + 0.2 * random.random())   # spread the racing workers
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise UserError(redact(f"storage {url!r} cannot be opened: {type(exc).__name__}: {first}", url)) from None
@@ -219,10 +220,18 @@ def _is_creation_race(exc: Exception) -> bool:
     SQLite says "already exists" / "locked"; PostgreSQL a duplicate key in its catalog (``pg_type``) or
     ``DuplicateTable`` (a ProgrammingError).
     """
-    text, kind = str(exc).lower(), type(exc).__name__
-    if kind in ("OperationalError", "ProgrammingError"):
-        return "already exists" in text or "locked" in text
-    return kind == "IntegrityError" and any(k in text for k in ("alembic_version", "pg_type", "already exists"))
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:  # Optuna wraps the driver's error (StorageInternalError)
+        seen.add(id(cur))
+        text, kind = str(cur).lower(), type(cur).__name__
+        if kind in ("OperationalError", "ProgrammingError") and ("already exists" in text or "locked" in text):
+            return True
+        if kind in ("IntegrityError", "UniqueViolation") and \
+                any(k in text for k in ("alembic_version", "pg_type", "already exists", "duplicate key")):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _start_time(pid: int) -> str | None:
