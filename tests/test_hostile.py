@@ -168,21 +168,34 @@ def _cli() -> str:
     return str(Path(sys.executable).with_name("cellsearch"))
 
 
+#: runs argv[2:] as its child and writes the child's peak resident KiB to argv[1]. Linux carries a
+#: process's resident high-water mark across fork and exec (``signal->maxrss``), so a command forked
+#: straight from a large pytest worker would report the worker's size; forked from this small launcher
+#: it reports its own.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _run_measured(cmd: list[str], cwd: Path) -> tuple[int, str, str, int]:
     """Run ``cmd``; (exit status, stdout, stderr, its peak resident memory in KiB); killed after 60 s."""
-    import threading
+    import signal
 
     out, err = cwd.parent / f"{cwd.name}.out", cwd.parent / f"{cwd.name}.err"
+    peak = cwd.parent / f"{cwd.name}.maxrss"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=o, stderr=e, stdin=subprocess.DEVNULL)
-        timer = threading.Timer(60, proc.kill)
-        timer.start()
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(peak), *cmd], cwd=cwd, stdout=o, stderr=e,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, out.read_text(), err.read_text(), usage.ru_maxrss
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, out.read_text(), err.read_text(), int(peak.read_text() or 0) if peak.exists() else 1 << 30
 
 
 @pytest.mark.parametrize("name", SUBPROCESS)
