@@ -18,10 +18,19 @@ the graph in two by dependence:
 
 Factory ops recorded with the trace's device and floating dtype get them as inputs instead, so the
 graphs run on any device and in float32 or float64. No-op slices (``x[:, :]``) are dropped.
+
+With ``generic=True`` (:func:`trace_step`, :func:`trace_init`) the hidden size is traced as a symbol too:
+while tracing, every ``hidden_size`` the cell and its primitives hold is the symbolic
+``bias.shape[0] // len(cell.blocks)``, so slices, chunks and init bounds become expressions of the
+parameters' shapes and the graphs may run at another hidden and input size. Whether they really do is
+not assumed: a primitive can still fix the size (e.g. index tables built from a Python int), and the
+caller checks the graphs at another size against the cell built at that size (the exporter does).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,28 +73,80 @@ def flat_name(path: str) -> str:
     return path.replace(".", "_")
 
 
+@contextlib.contextmanager
+def _symbolic_hidden(cell: Any, generic: bool) -> Iterator[None]:
+    """While tracing: every ``hidden_size`` attribute of the cell and its modules becomes the symbol
+    ``bias.shape[0] // len(cell.blocks)`` (read from the traced parameter), so the graph keeps it."""
+    if not generic:
+        yield
+        return
+    n = cell.bias.shape[0] // len(cell.blocks)
+    saved = [(m, m.__dict__["hidden_size"]) for m in cell.modules() if "hidden_size" in m.__dict__]
+    for m, _ in saved:
+        m.__dict__["hidden_size"] = n
+    try:
+        yield
+    finally:
+        for m, value in saved:
+            m.__dict__["hidden_size"] = value
+
+
+class _SymbolicInit(torch.overrides.TorchFunctionMode):
+    """While tracing an init with a symbolic hidden size: ``uniform_(a, b)`` / ``normal_(m, s)`` (tensor
+    methods or ``nn.init``) with symbolic bounds are drawn as ``uniform_() * (b - a) + a`` /
+    ``normal_() * s + m`` (the same draws; the ops take only concrete floats), and ``generator=None`` is
+    dropped (the generator overloads take only concrete sizes)."""
+
+    _DRAWS: dict[Any, tuple[str, tuple[str, str, str], tuple[float, float]]] = {
+        torch.Tensor.uniform_: ("uniform", ("self", "from", "to"), (0.0, 1.0)),
+        torch.Tensor.normal_: ("normal", ("self", "mean", "std"), (0.0, 1.0)),
+        nn.init.uniform_: ("uniform", ("tensor", "a", "b"), (0.0, 1.0)),
+        nn.init.normal_: ("normal", ("tensor", "mean", "std"), (0.0, 1.0)),
+    }
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if "generator" in kwargs and kwargs["generator"] is None:
+            del kwargs["generator"]
+        if func not in self._DRAWS:
+            return func(*args, **kwargs)
+        kind, names, plain = self._DRAWS[func]
+        bound = dict(zip(names, args))
+        bound.update({k: kwargs.pop(k) for k in names if k in kwargs})
+        target, lo, hi = bound[names[0]], bound.get(names[1], plain[0]), bound.get(names[2], plain[1])
+        if not any(isinstance(v, (torch.SymFloat, torch.SymInt)) for v in (lo, hi)):
+            return func(target, lo, hi, **kwargs)
+        with torch.no_grad():
+            getattr(target, f"{kind}_")(**kwargs)
+            return target.mul_(hi - lo if kind == "uniform" else hi).add_(lo)
+
+
 class _Step(nn.Module):
     """The cell's step as a module forward, so ``functional_call`` can swap its parameters for inputs."""
 
-    def __init__(self, cell: nn.Module) -> None:
+    def __init__(self, cell: nn.Module, generic: bool = False) -> None:
         super().__init__()
         self.cell = cell
+        self.generic = generic
 
     def forward(self, xp_t: Tensor, xs_t: Tensor | None, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         cell: Any = self.cell
-        h, new_state = cell.update.step(cell.context(), xp_t, xs_t, tuple(state))
+        with _symbolic_hidden(cell, self.generic):
+            h, new_state = cell.update.step(cell.context(), xp_t, xs_t, tuple(state))
         return (h, *new_state)
 
 
-def trace_step(cell: Any, batch: int = 3, symbolic: bool = True) -> TracedStep:
+def trace_step(cell: Any, batch: int = 3, symbolic: bool = True, generic: bool = False) -> TracedStep:
     """Trace one step of ``cell`` (a ComposedCell) and split it into ``prepare`` and ``step``.
 
     ``symbolic``: the batch size is a symbol (the graphs run at any batch size; the export needs this);
     otherwise the graphs are specialized to ``batch``, which traces several times faster in a fresh
-    process (no symbolic-shape machinery: the derived fast path traces per batch size anyway)."""
+    process (no symbolic-shape machinery: the derived fast path traces per batch size anyway).
+    ``generic``: the hidden size is a symbol too (see the module docstring; implies ``symbolic``)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    wrapper = _Step(cell)
+    wrapper = _Step(cell, generic)
+    symbolic = symbolic or generic
     paths = [k for k, _ in wrapper.named_parameters()]
     weights = [p.detach() for _, p in wrapper.named_parameters()]
     ref = cell.weight_ih
@@ -128,20 +189,25 @@ class TracedInit:
 
 
 class _Init(nn.Module):
-    def __init__(self, cell: nn.Module) -> None:
+    def __init__(self, cell: nn.Module, generic: bool = False) -> None:
         super().__init__()
         self.cell = cell
+        self.generic = generic
 
     def forward(self) -> tuple[()]:
-        self.cell.reset_parameters()  # type: ignore[operator]
+        with _symbolic_hidden(self.cell, self.generic):
+            self.cell.reset_parameters()  # type: ignore[operator]
         return ()
 
 
-def trace_init(cell: Any) -> TracedInit:
-    """Trace ``cell.reset_parameters()`` (the init, recurrence, saturation and gate primitives' rules)."""
+def trace_init(cell: Any, generic: bool = False) -> TracedInit:
+    """Trace ``cell.reset_parameters()`` (the init, recurrence, saturation and gate primitives' rules).
+
+    ``generic``: the hidden size is a symbol (see the module docstring); draws whose bounds depend on
+    it are written as a standard draw scaled and shifted (equal to the cell's own to float rounding)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    wrapper = _Init(cell)
+    wrapper = _Init(cell, generic)
     paths = [k for k, _ in wrapper.named_parameters()]
     ref = cell.weight_ih
 
@@ -149,8 +215,10 @@ def trace_init(cell: Any) -> TracedInit:
         return torch.func.functional_call(wrapper, dict(zip(paths, params)), ())
 
     try:
-        with torch.random.fork_rng(devices=[]):
-            gm = make_fx(flat_init)(*[p.detach().clone() for _, p in wrapper.named_parameters()])
+        mode = _SymbolicInit() if generic else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), mode:
+            gm = make_fx(flat_init, tracing_mode="symbolic" if generic else "real")(
+                *[p.detach().clone() for _, p in wrapper.named_parameters()])
     except Exception as exc:  # e.g. an init that reads a tensor's value (.item()) to decide
         raise TraceError(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                          ) from exc
