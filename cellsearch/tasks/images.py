@@ -92,6 +92,7 @@ class SeqDigits(PixelSequenceTask):
 
     name = "seq_digits"
     input_size = 1
+    seq_len = 64  # steps per sequence (read by primitives that take it from the task: chrono's T_max)
     scale = 16.0
     mean, std = (4.884 / 16.0,), (6.017 / 16.0,)  # of all 1797 images, so the inputs are standardized
     options = {
@@ -126,6 +127,7 @@ class MNISTTask(PixelSequenceTask):
     """MNIST from local files, one pixel per step (784 steps), pixels / 255."""
 
     input_size = 1
+    seq_len = 784  # steps per sequence (chrono's T_max from the task)
     options = {"data_dir": Option(None, "path", nullable=True,
                                   help="folder with mnist.npz or the four IDX files")}
 
@@ -169,6 +171,7 @@ class SeqCIFAR10(PixelSequenceTask):
 
     name = "seq_cifar10"
     input_size = 3
+    seq_len = 1024  # steps per sequence (chrono's T_max from the task)
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
     options = {"data_dir": Option(None, "path", nullable=True, help="folder with cifar-10-batches-py")}
