@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from . import fast as _fast
 from . import registry
 from .primitives.base import Block
+from .primitives.bias import Bias
 from .primitives.depth import Transition
 from .primitives.gate import Gate
 from .primitives.init import Init
@@ -37,7 +38,7 @@ from .primitives.saturation import Saturation
 from .primitives.update import Update
 from .spec import CELL_ROLES, CellSpec, SpecError
 
-__all__ = ["ComposedCell", "IncompatibleSpecError", "check_spec", "build_primitives", "StepContext"]
+__all__ = ["ComposedCell", "IncompatibleSpecError", "check_spec", "build_primitives", "StepContext", "for_task"]
 
 State = tuple[Tensor, ...]
 
@@ -46,6 +47,7 @@ _CAPABILITY_WORDS = {
     "single_state": "a single-state update (one state tensor)",
     "input_gate": "an update with an input gate",
     "sigmoid_gate": "the plain sigmoid gate (gate: sigmoid)",
+    "recurrent_matrix": "a free recurrent matrix (recurrence: free)",
 }
 
 
@@ -79,6 +81,25 @@ def build_primitives(spec: CellSpec) -> dict[str, Any]:
                 f"(choose another {role}, or another primitive that provides it)"
             )
     return prims
+
+
+def for_task(spec: CellSpec, task: Any) -> CellSpec:
+    """``spec`` with the options its primitives take from the task filled in where the spec leaves them
+    null (a primitive's ``task_options``: chrono's ``t_max`` ← the task's ``seq_len``, else ``bptt``).
+
+    Called where a study or a reproduction completes a spec for its task, so the stored spec says what
+    was built. Options the spec gives, and tasks that state none of the attributes, are left alone."""
+    options = {role: spec.options_for(role) for role in CELL_ROLES}
+    changed = False
+    for role in CELL_ROLES:
+        cls = registry.get_primitive(role, getattr(spec, role))
+        for option, attributes in getattr(cls, "task_options", {}).items():
+            if options[role].get(option, cls.defaults.get(option)) is not None:
+                continue
+            value = next((getattr(task, a) for a in attributes if getattr(task, a, None) is not None), None)
+            if value is not None:
+                options[role][option], changed = value, True
+    return spec.replace(options=options) if changed else spec
 
 
 def _with_options(prim: Any) -> str:
@@ -131,6 +152,7 @@ class ComposedCell(nn.Module):
         self.update: Update = prims["update"]
         self.gate: Gate = prims["gate"]
         self.init: Init = prims["init"]
+        self.bias_init: Bias = prims["bias"]
         self.gate.bind(self.update, input_size, hidden_size)
         self.blocks = _layout(self.update, self.gate)
         self._offsets = {b.name: i for i, b in enumerate(self.blocks)}
@@ -152,7 +174,8 @@ class ComposedCell(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        """PyTorch's RNN initialization everywhere, then the init primitive, then the gate's own rule."""
+        """PyTorch's RNN initialization everywhere, then the weight init, the gate-bias init, and the gate's
+        own rule (UR's b_r = −b_f)."""
         bound = 1.0 / self.hidden_size**0.5
         with torch.no_grad():
             for p in (self.weight_ih, self.bias, self.weight_proj, *self.extra.values()):
@@ -163,6 +186,7 @@ class ComposedCell(nn.Module):
             if self.transition is not None:
                 self.transition.reset_parameters()
             self.init.apply(self)
+            self.bias_init.apply(self)
             self.gate.after_init(self)
 
     def block_slice(self, name: str) -> slice:
@@ -246,7 +270,7 @@ class ComposedCell(nn.Module):
     def extra_repr(self) -> str:
         blocks = ",".join(b.name for b in self.blocks)
         return f"{self.input_size}, {self.hidden_size}, update={self.update.name}, gate={self.gate.name}, " \
-               f"init={self.init.name}, blocks=[{blocks}]"
+               f"init={self.init.name}, bias={self.bias_init.name}, blocks=[{blocks}]"
 
 
 def _as(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:

@@ -1,6 +1,6 @@
 """The genome: frozen, torch-free descriptions of a cell, its depth configuration and a whole model.
 
-A :class:`CellSpec` names one registered primitive per role (update, gate, init, saturation,
+A :class:`CellSpec` names one registered primitive per role (update, gate, init, bias, saturation,
 recurrence) plus per-role options; a :class:`DepthSpec` says how cells are arranged (Pascanu et al.
 2014); a :class:`ModelSpec` adds the sizes. All three are immutable, round-trip through YAML and JSON,
 and have a stable :meth:`digest` (sha256 of canonical JSON), so a search can deduplicate candidates
@@ -32,7 +32,13 @@ __all__ = [
 ]
 
 #: Roles a primitive can fill. ``depth`` primitives arrange cells; the others fill a cell's slots.
-CELL_ROLES: tuple[str, ...] = ("update", "gate", "init", "saturation", "recurrence")
+#: ``init`` initialises the weights (input, recurrent, deep-transition matrices); ``bias`` the gate biases
+#: (issue 16: one role each, so "orthogonal weights + chrono gate bias" is one spec).
+CELL_ROLES: tuple[str, ...] = ("update", "gate", "init", "bias", "saturation", "recurrence")
+#: Before the split, the gate-bias inits were ``init`` primitives. A spec that names one of these under
+#: ``init`` (with ``bias`` left at ``default``) is read as that ``bias`` (its options move with it), and
+#: ``chrono`` keeps the T_max it had then (784) when none is given.
+LEGACY_BIAS_INITS: dict[str, dict[str, Any]] = {"ugi": {}, "chrono": {"t_max": 784.0}, "constant": {}}
 ROLES: tuple[str, ...] = (*CELL_ROLES, "depth")
 #: Values of :attr:`DepthSpec.transition` (Pascanu et al. DT / DT(S)).
 TRANSITIONS: tuple[str, ...] = ("none", "deep", "deep_shortcut")
@@ -117,23 +123,23 @@ def _check_keys(where: str, data: Mapping[str, Any], cls: type) -> None:
 class _SpecMixin:
     """Shared serialization for the spec dataclasses."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, _digest: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, _SpecMixin) else _thaw(value)
+            out[f.name] = value.to_dict(_digest=_digest) if isinstance(value, _SpecMixin) else _thaw(value)
         return out
 
-    def to_json(self) -> str:
+    def to_json(self, *, _digest: bool = False) -> str:
         """Canonical JSON: sorted keys, no whitespace; the input of :meth:`digest`."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return json.dumps(self.to_dict(_digest=_digest), sort_keys=True, separators=(",", ":"))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def digest(self, length: int = 16) -> str:
         """A stable identifier: the first ``length`` hex digits of sha256 of :meth:`to_json`."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:length]
+        return hashlib.sha256(self.to_json(_digest=True).encode()).hexdigest()[:length]
 
     def replace(self, **changes: Any):
         """A copy with fields changed (validated again)."""
@@ -153,14 +159,19 @@ class CellSpec(_SpecMixin):
     """One recurrent cell: a registered primitive per role, plus per-role options.
 
     ``options`` maps a role to the keyword options of the primitive in that role, e.g.
-    ``{"gate": {"mode": "mul", "gates": ["i", "o"]}, "init": {"t_max": 784}}``. Names are checked
+    ``{"gate": {"mode": "mul", "gates": ["i", "o"]}, "bias": {"t_max": 784}}``. Names are checked
     against the registry when the cell is built (:func:`cellsearch.cells.check_spec`), not here, so that
     this module stays torch- and plugin-free.
+
+    ``init`` is the weight init, ``bias`` the gate-bias init. An old spec whose ``init`` names a gate-bias
+    init (``ugi``, ``chrono``, ``constant``; see :data:`LEGACY_BIAS_INITS`) is read as the new form, and
+    ``bias: default`` is left out of the canonical JSON, so specs that never set it keep their digest.
     """
 
     update: str = "lstm"
     gate: str = "sigmoid"
     init: str = "default"
+    bias: str = "default"
     saturation: str = "tanh"
     recurrence: str = "free"
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
@@ -179,6 +190,40 @@ class CellSpec(_SpecMixin):
             if not isinstance(opts, Mapping):
                 raise SpecError(f"cell.options.{role}", opts, "a mapping of option names to values")
         object.__setattr__(self, "options", FrozenDict({k: v for k, v in self.options.items() if len(v)}))
+        if self.init in LEGACY_BIAS_INITS:
+            self._move_legacy_init()
+
+    def _move_legacy_init(self) -> None:
+        """``init: ugi|chrono|constant`` (before issue 16) → ``init: default, bias: <it>``, options moved."""
+        if self.bias != "default":
+            raise SpecError("cell.init", self.init, f"a weight init: {self.init!r} is a gate-bias init (bias: "
+                            f"{self.init}), and bias is already {self.bias!r}")
+        options = dict(self.options)
+        moved = {**LEGACY_BIAS_INITS[self.init], **_thaw(options.pop("init", {}))}
+        if moved:
+            options["bias"] = moved
+        object.__setattr__(self, "bias", self.init)
+        object.__setattr__(self, "init", "default")
+        object.__setattr__(self, "options", FrozenDict(options))
+
+    def to_dict(self, *, _digest: bool = False) -> dict[str, Any]:
+        out = super().to_dict()
+        if _digest and out["init"] == "default" and out["bias"] in LEGACY_BIAS_INITS:
+            out = self._legacy_form(out)  # the digest a trial stored before issue 16
+        if out["bias"] == "default":
+            del out["bias"]  # specs from before the bias role keep their canonical JSON and digest
+        return out
+
+    @staticmethod
+    def _legacy_form(out: dict[str, Any]) -> dict[str, Any]:
+        """``init: default, bias: ugi|chrono|constant`` written as before the split (``init: <it>``;
+        chrono's t_max left out when it is the old default 784), for :meth:`digest` only."""
+        options = dict(out["options"])
+        bias_options = {k: v for k, v in options.pop("bias", {}).items()
+                        if LEGACY_BIAS_INITS[out["bias"]].get(k, object()) != v}
+        if bias_options:
+            options["init"] = bias_options
+        return {**out, "init": out["bias"], "bias": "default", "options": options}
 
     def options_for(self, role: str) -> dict[str, Any]:
         """The options of the primitive in ``role`` as a plain dict (empty when none)."""

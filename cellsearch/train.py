@@ -218,7 +218,9 @@ def resolve_model_spec(cell: CellSpec, depth: DepthSpec, task: Task | Mapping[st
         n = hidden_size_for_budget(cell, depth, task.input_size, task.output_size, param_budget)
     else:
         n = 64 if hidden_size is None else hidden_size
-    return ModelSpec(cell=cell, depth=depth, hidden_size=n, input_size=task.input_size,
+    from .cells import for_task  # options a primitive takes from the task (chrono's t_max ← seq_len)
+
+    return ModelSpec(cell=for_task(cell, task), depth=depth, hidden_size=n, input_size=task.input_size,
                      output_size=task.output_size)
 
 
@@ -231,7 +233,9 @@ def _complete_spec(spec: ModelSpec | Mapping[str, Any], task: Task, config: Trai
         given, needed = getattr(spec, name), getattr(task, name)
         if given is not None and given != needed:
             raise SpecError(f"model.{name}", given, f"{needed} (what task {task.name!r} needs) or null")
-    spec = spec.replace(input_size=task.input_size, output_size=task.output_size)
+    from .cells import for_task  # options a primitive takes from the task (chrono's t_max ← seq_len)
+
+    spec = spec.replace(cell=for_task(spec.cell, task), input_size=task.input_size, output_size=task.output_size)
     if config.dropout > 0:
         spec = spec.replace(depth=spec.depth.replace(dropout=config.dropout))
     return spec

@@ -14,7 +14,7 @@ inverse of W_f = U_f D_f (a check may invert), and every gate and update follows
     star       z = T(W_z x + b_z); k = gate(a_k); h' = sat((1 − k) h + k z)
                (β variant: s = −a_k, h' = sat(σ(s) h + σ(β − s) z))
     ur         g = r (1 − (1 − f)²) + (1 − r) f² on the keep coefficient f (1 − w for a gate w that writes)
-    refined    g' = σ(a) x̃ (mul) or σ(a) + x̃ (add), x̃ = x (d = n) or P x
+    refined    g' = σ(a) x̃ (mul), σ(a) (1 + x̃) (mul, center) or σ(a) + x̃ (add), x̃ = x (d = n) or P x
     adaptive   sat(v) = W_f⁻¹ tanh(W_f v), W_f = U_f diag(|s| + ε)
     DT / DT(S) T(pre) = act(W_L φ(… φ(pre)) + b_L [+ W_s h])
 
@@ -219,6 +219,8 @@ def _gates(ref: RefCell, x: Tensor, h: Tensor) -> dict[str, Tensor]:
     if ref.gate == "refined":
         opts = ref.options["gate"]
         x_short = x if ref.P is None else x @ ref.P.T
+        if opts.get("center"):
+            x_short = 1 + x_short
         for g in opts.get("gates") or REFINED_DEFAULT[ref.update]:
             gates[g] = gates[g] * x_short if opts.get("mode", "mul") == "mul" else gates[g] + x_short
         return gates

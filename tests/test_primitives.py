@@ -42,38 +42,42 @@ PRIMITIVE_CASES: dict[str, dict[str, Any]] = {
     "lstm+ur": dict(update="lstm", gate="ur"),
     "lstm+refined-mul": dict(update="lstm", gate="refined"),
     "lstm+refined-add-f": dict(update="lstm", gate="refined", **_opts(gate={"mode": "add", "gates": ["f"]})),
-    "lstm+ugi": dict(update="lstm", init="ugi"),
-    "lstm+chrono": dict(update="lstm", init="chrono", **_opts(init={"t_max": 30})),
-    "lstm+constant": dict(update="lstm", init="constant", **_opts(init={"value": 2.0})),
+    "lstm+ugi": dict(update="lstm", bias="ugi"),
+    "lstm+chrono": dict(update="lstm", bias="chrono", **_opts(bias={"t_max": 30})),
+    "lstm+constant": dict(update="lstm", bias="constant", **_opts(bias={"value": 2.0})),
     "lstm+orthogonal-init": dict(update="lstm", init="orthogonal"),
+    "lstm+identity-init+chrono": dict(update="lstm", init="identity", bias="chrono"),
     "lstm+identity": dict(update="lstm", saturation="identity"),
     "lstm+orthogonal-expm": dict(update="lstm", recurrence="orthogonal"),
     "lstm+orthogonal-cayley": dict(update="lstm", recurrence="orthogonal", **_opts(recurrence={"method": "cayley"})),
     "lstm_tied": dict(update="lstm_tied"),
-    "lstm_tied+ur+ugi": dict(update="lstm_tied", gate="ur", init="ugi"),
+    "lstm_tied+ur+ugi": dict(update="lstm_tied", gate="ur", bias="ugi"),
     "lstm_tied+refined": dict(update="lstm_tied", gate="refined", **_opts(gate={"gates": ["f", "o"]})),
     "gru": dict(update="gru"),
-    "gru+ur+ugi": dict(update="gru", gate="ur", init="ugi"),
+    "gru+ur+ugi": dict(update="gru", gate="ur", bias="ugi"),
     "gru+refined-mul": dict(update="gru", gate="refined"),
     "gru+refined-add": dict(update="gru", gate="refined", **_opts(gate={"mode": "add"})),
+    "gru+refined-center-r": dict(update="gru", gate="refined", **_opts(gate={"center": True, "gates": ["r"]})),
+    "mgu+refined-center": dict(update="mgu", gate="refined", **_opts(gate={"center": True, "p_scale": 0.5})),
     "gru+adaptive": dict(update="gru", saturation="adaptive"),
     "gru+identity": dict(update="gru", saturation="identity"),
     "gru+orthogonal": dict(update="gru", recurrence="orthogonal"),
     "mgu": dict(update="mgu"),
     "mgu+ur": dict(update="mgu", gate="ur"),
-    "mgu+ur+chrono": dict(update="mgu", gate="ur", init="chrono"),
+    "mgu+ur+chrono": dict(update="mgu", gate="ur", bias="chrono"),
     "mgu+refined": dict(update="mgu", gate="refined"),
     "mgu+adaptive": dict(update="mgu", saturation="adaptive"),
     "star": dict(update="star"),
-    "star+ur+ugi": dict(update="star", gate="ur", init="ugi"),
+    "star+ur+ugi": dict(update="star", gate="ur", bias="ugi"),
     "star+refined-mul": dict(update="star", gate="refined"),
     "star+refined-add": dict(update="star", gate="refined", **_opts(gate={"mode": "add"})),
     "star+beta1": dict(update="star", **_opts(update={"beta": 1.0})),
     "star+beta0": dict(update="star", **_opts(update={"beta": 0.0})),
     "star+identity": dict(update="star", saturation="identity"),
     "star+adaptive": dict(update="star", saturation="adaptive"),
-    "star+chrono": dict(update="star", init="chrono"),
+    "star+chrono": dict(update="star", bias="chrono"),
     "star+orthogonal-init": dict(update="star", init="orthogonal"),
+    "star+authors-code": dict(update="star", init="orthogonal", bias="chrono", **_opts(update={"beta": 1.0})),
     "star+orthogonal-cayley": dict(update="star", recurrence="orthogonal", **_opts(recurrence={"method": "cayley"})),
 }
 
@@ -303,11 +307,11 @@ def _covered(role: str) -> set[str]:
     from test_modern import CASES as MODERN_CASES  # the modern cells' primitives (tests/test_modern.py)
 
     names = {case.get(role) for case in (*PRIMITIVE_CASES.values(), *MODERN_CASES.values())}
-    defaults = {"gate": "sigmoid", "init": "default", "saturation": "tanh", "recurrence": "free"}
+    defaults = {"gate": "sigmoid", "init": "default", "bias": "default", "saturation": "tanh", "recurrence": "free"}
     return names | {defaults.get(role)}
 
 
-@pytest.mark.parametrize("role", ["update", "gate", "init", "saturation", "recurrence"])
+@pytest.mark.parametrize("role", ["update", "gate", "init", "bias", "saturation", "recurrence"])
 def test_every_builtin_primitive_has_a_reference_case(role: str) -> None:
     """Every built-in cell primitive is exercised by a reference case above (a new one needs its equations in
     tests/reference.py), and its docstring starts with its formula and then gives its equations."""

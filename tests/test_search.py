@@ -79,12 +79,13 @@ def test_published_cells_outside_the_space_are_not_enqueued() -> None:
 
 def test_published_cells_are_the_first_trials(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    search = {"sampler": "random", "n_trials": 3, "seed": 0, "enqueue_published": True}
-    result = run_study(
-        tiny("seeded", search=search, space={"cell": {"update": ["lstm", "gru", "star"]}}), display="quiet"
-    )
-    first = [t.user_attrs.get("published") for t in result.trials[:3]]
-    assert first == ["gru", "lstm", "star"]
+    search = {"sampler": "random", "n_trials": 4, "seed": 0, "enqueue_published": True}
+    # star's card is the authors' code (init orthogonal, bias chrono); chrono_lstm comes with bias chrono
+    space = {"cell": {"update": ["lstm", "gru", "star"], "init": ["default", "orthogonal"],
+                      "bias": ["default", "chrono"]}}
+    result = run_study(tiny("seeded", search=search, space=space), display="quiet")
+    first = [t.user_attrs.get("published") for t in result.trials[:4]]
+    assert first == ["chrono_lstm", "gru", "lstm", "star"]
     assert all(t.state == TrialState.COMPLETE for t in result.trials)
 
 
@@ -321,12 +322,12 @@ def test_a_finished_study_leaves_no_waiting_trials(tmp_path: Path, monkeypatch) 
     no WAITING trials; continuing with a larger budget enqueues the next published cells."""
     monkeypatch.chdir(tmp_path)
     search = {"sampler": "random", "n_trials": 2, "seed": 0, "enqueue_published": True, "n_jobs": 1}
-    raw = tiny("waiting", search=search, space={"cell": {"update": ["lstm", "gru", "star"]}})
+    raw = tiny("waiting", search=search, space={"cell": {"update": ["lstm", "gru", "mgu"]}})
     first = run_study(raw, display="quiet")
     assert [t.state for t in first.trials] == [TrialState.COMPLETE] * 2
     assert [t.user_attrs.get("published") for t in first.trials] == ["gru", "lstm"]
     again = run_study(raw, n_trials=3, display="quiet")
-    assert [t.user_attrs.get("published") for t in again.trials] == ["gru", "lstm", "star"]
+    assert [t.user_attrs.get("published") for t in again.trials] == ["gru", "lstm", "mgu"]
     assert all(t.state == TrialState.COMPLETE for t in again.trials)
 
 
@@ -555,7 +556,7 @@ def test_workers_started_together_enqueue_the_published_cells_once(tmp_path: Pat
 
     url = f"sqlite:///{tmp_path / 'together.db'}"
     storages = [make_storage(url) for _ in range(4)]
-    space = {"cell": {"update": ["lstm", "gru", "star"]}}
+    space = {"cell": {"update": ["lstm", "gru", "mgu"]}}
     for rep in range(10):
         search = {"sampler": "random", "n_trials": 6, "enqueue_published": True}
         config = study_from_mapping(tiny(f"together{rep}", search=search, space=space))
@@ -577,4 +578,4 @@ def test_workers_started_together_enqueue_the_published_cells_once(tmp_path: Pat
             t.join()
         assert not errors, errors
         names = sorted(t.user_attrs["published"] for t in studies[0].get_trials())
-        assert names == ["gru", "lstm", "star"], (rep, names)
+        assert names == ["gru", "lstm", "mgu"], (rep, names)

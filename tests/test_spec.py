@@ -73,6 +73,23 @@ def test_digest_is_pinned() -> None:
                                     '"saturation":"tanh","update":"lstm"}')
     assert CellSpec().digest() == "76986ce410e1b7ea"
     assert CellSpec(update="lstm_tied", gate="ur", init="ugi").digest() == "54e1b079832aa904"
+    # issue 16: the gate-bias inits moved to the role ``bias``; the new form keeps the old digest
+    assert CellSpec(update="lstm_tied", gate="ur", bias="ugi").digest() == "54e1b079832aa904"
+    assert CellSpec(update="lstm", bias="chrono", options={"bias": {"t_max": 30}}).digest() == \
+        "00f46580d4f214e3"
+
+
+def test_old_single_init_is_read_as_the_new_roles() -> None:
+    """A spec from before issue 16 names a gate-bias init under ``init``: it is read as ``bias`` (options
+    moved; chrono keeps the T_max 784 it had), and equals the new form."""
+    old = CellSpec.from_yaml("update: lstm\ninit: chrono\n")
+    assert (old.init, old.bias, old.options_for("bias")) == ("default", "chrono", {"t_max": 784.0})
+    assert CellSpec(update="gru", init="ugi") == CellSpec(update="gru", bias="ugi")
+    assert CellSpec(update="lstm", init="constant", options={"init": {"value": 2.0}}).options_for("bias") == \
+        {"value": 2.0}
+    assert CellSpec(update="star", init="orthogonal").bias == "default"
+    with pytest.raises(SpecError, match="gate-bias init"):
+        CellSpec(update="lstm", init="ugi", bias="chrono")
 
 
 def test_specs_are_frozen_and_hashable() -> None:
@@ -110,15 +127,15 @@ def test_spec_validation_names_field_and_allowed_values(build: Any, field: str, 
 @pytest.mark.parametrize(
     "spec,field,allowed",
     [
-        (CellSpec(update="lstm", init="chrono", options={"init": {"tmax": 5}}), "cell.options.init.tmax", "t_max"),
+        (CellSpec(update="lstm", bias="chrono", options={"bias": {"tmax": 5}}), "cell.options.bias.tmax", "t_max"),
         (CellSpec(update="lstm", recurrence="orthogonal", options={"recurrence": {"method": "qr"}}),
          "cell.options.recurrence.method", "'cayley'"),
         (CellSpec(update="lstm", gate="refined", options={"gate": {"mode": "pow"}}),
          "cell.options.gate.mode", "'mul'"),
         (CellSpec(update="lstm", gate="refined", options={"gate": {"gates": ["x"]}}),
          "cell.options.gate.gates", "['i', 'f', 'o']"),
-        (CellSpec(update="lstm", init="constant", options={"init": {"value": "high"}}),
-         "cell.options.init.value", "float"),
+        (CellSpec(update="lstm", bias="constant", options={"bias": {"value": "high"}}),
+         "cell.options.bias.value", "float"),
     ],
 )
 def test_option_validation_names_field_and_allowed_values(spec: CellSpec, field: str, allowed: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registration side effects; one module per role, one file per modern primitive)
+    bias,
     depth,
     gate,
     init,

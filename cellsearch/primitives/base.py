@@ -10,7 +10,8 @@ Roles and what the composer asks of each (see :mod:`cellsearch.cells` for how th
 - ``update``: the cell skeleton. Declares its gate blocks, candidate blocks, which gate keeps old
   state, the number of state tensors, and implements one step from precomputed input projections.
 - ``gate``: turns the gate pre-activations into gate values (and may add blocks, like UR's r).
-- ``init``: sets weights and biases of named blocks after the default initialization.
+- ``init``: sets the weights (input, recurrent, transition matrices) after the default initialization.
+- ``bias``: sets the gate biases (the keep gate's timescales) after the weight init.
 - ``saturation``: the squashing of the new state (may own parameters, like asRNN's W_f).
 - ``recurrence``: the parametrization of the recurrent matrices.
 - ``depth``: arrangement of cells (see :mod:`cellsearch.primitives.depth`).
@@ -121,6 +122,9 @@ class Primitive:
     #: Capabilities it needs from the other primitives of the cell; the composer refuses a cell where
     #: none provides one, naming both. May depend on the options (override as a property).
     requires: frozenset[str] = frozenset()
+    #: Options that a task can fill when the spec leaves them null: option name → the task attributes
+    #: tried in order (chrono's ``t_max`` ← the task's ``seq_len``); see :func:`cellsearch.cells.for_task`.
+    task_options: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: Hand-written whole-sequence kernels this primitive owns (optional: the derived fast path serves
     #: every primitive without one), as ``"module:function"`` strings, imported only when a cell's
     #: execution plan is built. Each function takes the cell and returns a :class:`cellsearch.fast.Plan`,

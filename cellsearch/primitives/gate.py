@@ -87,7 +87,8 @@ class URGate(Gate):
     """g = f + (2r − 1)⊙f⊙(1 − f),  f = σ(a_f), r = σ(a_r)
 
     Refine gate (Gu et al., ICML 2020; PRIMITIVES.md §3) on the update's keep gate f, with its own block
-    r = σ(W_r x + U_r h + b_r) whose bias is initialised to −b_f [code, two reimplementations] (the block is
+    r = σ(W_r x + U_r h + b_r) whose bias b_r is a free parameter initialised to −b_f [code, two
+    reimplementations] (only its initial value is tied to b_f; both train independently) (the block is
     named ``r``, or ``rho`` for an update that already has a gate ``r``, i.e. the GRU's reset gate):
     g = r⊙(1 − (1 − f)²) + (1 − r)⊙f², so g ∈ [f², 1 − (1 − f)²]. Other gates stay σ(a).
     When the keep gate writes (keep polarity −1, e.g. STAR's k, MGU's f) the refinement is applied to
@@ -128,25 +129,35 @@ class URGate(Gate):
 
 @register_primitive
 class RefinedGate(Gate):
-    """g' = σ(a) ⊙ x̃  (mode mul)  or  σ(a) + x̃  (mode add)
+    """g' = σ(a) ⊙ x̃  (mode mul; center: σ(a) ⊙ (1 + x̃))  or  σ(a) + x̃  (mode add)
 
     Refined gate with a short connection from the input features (Cheng et al. 2020; PRIMITIVES.md §4):
-    x̃ = x_t when d = n, otherwise x̃ = P x_t with a learned P ∈ R^{n×d} (no bias). The refined gate's
-    range is no longer (0, 1) and its gradient has a path that bypasses σ. Gates not listed stay σ(a).
+    x̃ = x_t when d = n, otherwise x̃ = P x_t with a learned P ∈ R^{n×d} (no bias), P ~ U(±s/√n) at init
+    (s = ``p_scale``, default 1). The refined gate's range is no longer (0, 1) and its gradient has a path
+    that bypasses σ. Gates not listed stay σ(a).
 
     [uncertain] The paper's exact form is not confirmed: ``mode`` (mul | add) and ``gates`` (which of the
     update's gates; default per update: LSTM i, o; GRU z, r; MGU f) are options. The one public
     implementation [code] refines the LSTM's i and o multiplicatively with x̃ = x (d = n).
+
+    ``center`` (mul only, default false): g' = σ(a) ⊙ (1 + x̃), so that with a small P the refined gate
+    starts near the plain gate σ(a) (issue 16). Plain ``mul`` with a small P starts with g' ≈ 0: a
+    refined GRU update gate z' ≈ 0 keeps nothing of h, a refined MGU f' ≈ 0 keeps everything.
+    ``add`` starts at σ(a) + P x, near σ(a) for a small P.
     """
 
     name = "refined"
-    defaults: ClassVar[dict[str, Any]] = {"mode": "mul", "gates": None}
+    defaults: ClassVar[dict[str, Any]] = {"mode": "mul", "gates": None, "center": False, "p_scale": 1.0}
 
     def bind(self, update: Update, input_size: int, hidden_size: int) -> None:
         super().bind(update, input_size, hidden_size)
         mode, chosen = self.options["mode"], self.options["gates"]
         if mode not in ("mul", "add"):
             raise SpecError("cell.options.gate.mode", mode, "one of ['add', 'mul']")
+        if self.options["center"] and mode != "mul":
+            raise SpecError("cell.options.gate.center", True, "false with mode add (σ(a) + x̃ is centred already)")
+        if float(self.options["p_scale"]) < 0:
+            raise SpecError("cell.options.gate.p_scale", self.options["p_scale"], "a number >= 0")
         chosen = list(update.refined_default if chosen is None else chosen)
         if not update.gates:
             raise SpecError("cell.gate", self.name, f"a gate primitive for an update with gates; update "
@@ -160,17 +171,28 @@ class RefinedGate(Gate):
     def short_input(self, input_size: int, hidden_size: int) -> str:
         return "identity" if input_size == hidden_size else "project"
 
+    def after_init(self, cell: Any) -> None:
+        """P ~ U(±p_scale/√n): the default init scaled (nothing to do at p_scale 1 or without P)."""
+        scale = float(self.options["p_scale"])
+        if cell.weight_proj is not None and scale != 1.0:
+            cell.weight_proj.mul_(scale)
+
     def function(self, k: int) -> GateFn:
         idx = [self.gate_names.index(g) for g in self.refined]
-        mul = self.options["mode"] == "mul"
+        mul, center = self.options["mode"] == "mul", bool(self.options["center"])
 
         def gates(a: Tensor, xs: Tensor | None) -> tuple[Tensor, ...]:
             s = list(torch.sigmoid(a).chunk(k, 1))
             for i in idx:
-                s[i] = s[i] * xs if mul else s[i] + xs
+                if center:
+                    s[i] = torch.addcmul(s[i], s[i], xs)  # σ(a) ⊙ (1 + x̃)
+                else:
+                    s[i] = s[i] * xs if mul else s[i] + xs
             return tuple(s)
 
         return gates
 
     def fused_ops(self) -> dict[str, Any] | None:
+        if self.options["center"]:
+            return None  # the fused loops know σ⊙x̃ and σ + x̃ only: the derived path runs it
         return {"kind": "refined", "refined": self.refined, "mode": self.options["mode"]}

@@ -1,22 +1,23 @@
-"""Init primitives: weight and bias initialization of named blocks (PRIMITIVES.md §2, §3).
+"""Weight init primitives: the input, recurrent and deep-transition matrices (PRIMITIVES.md §2, §5).
 
-Every cell is first initialised like PyTorch's RNNs (all weights and biases ~ U(−1/√n, 1/√n));
-the init primitive then changes what it owns. Gate biases are set in *keep polarity*: for an update
-whose keep gate writes (STAR's k, MGU's f; ``keep_polarity = −1``) the keep coefficient is
-σ(−a), so the bias written is the negative of the keep logit.
+Every cell is first initialised like PyTorch's RNNs (all weights and biases ~ U(−1/√n, 1/√n)); the
+weight init (role ``init``) then changes what it owns, and the gate-bias init (role ``bias``,
+:mod:`cellsearch.primitives.bias`) runs last. Until issue 16 one ``init`` role held both; the gate-bias
+inits (ugi, chrono, constant) moved to ``bias``, and a spec that names one under ``init`` is read as
+``bias`` (:data:`cellsearch.spec.LEGACY_BIAS_INITS`).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from ..registry import register_primitive
-from ..spec import SpecError
 from .base import Primitive
+from .bias import ugi_bias  # noqa: F401  (its home before issue 16)
 
-__all__ = ["Init", "DefaultInit", "UGI", "Chrono", "ConstantInit", "OrthogonalInit", "ugi_bias"]
+__all__ = ["Init", "DefaultInit", "OrthogonalInit", "IdentityInit", "ugi_bias"]
 
 
 class Init(Primitive):
@@ -26,17 +27,6 @@ class Init(Primitive):
 
     def apply(self, cell: Any) -> None:
         """Initialise ``cell`` (a :class:`~cellsearch.cells.ComposedCell`) in place."""
-
-
-def _set_keep_logit(cell: Any, logit: torch.Tensor) -> None:
-    """Set the keep gate's bias so that the keep coefficient is σ(logit)."""
-    cell.block_bias(cell.update.keep).copy_(cell.update.keep_polarity * logit)
-
-
-def ugi_bias(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """b[j] = logit(u_j), u_j ~ U[1/n, 1 − 1/n]: σ(b) is uniform on [1/n, 1 − 1/n]."""
-    u = torch.rand(n, dtype=torch.float64, generator=generator) * (1.0 - 2.0 / n) + 1.0 / n
-    return torch.log(u) - torch.log1p(-u)
 
 
 @register_primitive
@@ -50,71 +40,14 @@ class DefaultInit(Init):
 
 
 @register_primitive
-class UGI(Init):
-    """b_f = logit(u), u ~ U[1/n, 1 − 1/n]
-
-    Uniform gate initialization (Gu et al., ICML 2020; PRIMITIVES.md §3): the keep gate's bias is
-    b_f[j] = −log(1/u_j − 1), u_j ~ U[1/n, 1 − 1/n] independently per unit, so σ(b_f) is uniform on
-    [1/n, 1 − 1/n] at init and the characteristic timescales 1/(1 − f) spread up to n. No
-    hyperparameter; re-sampled for every hidden size (every cell built).
-    """
-
-    name = "ugi"
-    requires = frozenset({"keep_gate"})
-
-    def apply(self, cell: Any) -> None:
-        _set_keep_logit(cell, ugi_bias(cell.hidden_size).to(cell.bias))
-
-
-@register_primitive
-class Chrono(Init):
-    """b_f = log U[1, T_max − 1],  b_i = −b_f
-
-    Chrono initialization (Tallec & Ollivier 2018; compared in Gu et al. 2020, PRIMITIVES.md §3):
-    b_f[j] = log(τ_j), τ_j ~ U[1, T_max − 1]; where the update has an input gate, b_i = −b_f.
-    Option ``t_max`` (default 784, the value STAR's code hard-codes): set it to the longest dependency
-    the task needs.
-    """
-
-    name = "chrono"
-    requires = frozenset({"keep_gate"})
-    defaults: ClassVar[dict[str, Any]] = {"t_max": 784.0}
-
-    def apply(self, cell: Any) -> None:
-        t_max = float(self.options["t_max"])
-        if t_max <= 2:
-            raise SpecError("cell.options.init.t_max", t_max, "a number > 2")
-        n = cell.hidden_size
-        tau = torch.rand(n, dtype=torch.float64) * (t_max - 2.0) + 1.0
-        b = torch.log(tau).to(cell.bias)
-        _set_keep_logit(cell, b)
-        if cell.update.input_gate is not None:
-            cell.block_bias(cell.update.input_gate).copy_(-b)
-
-
-@register_primitive
-class ConstantInit(Init):
-    """b_f = value
-
-    The keep gate's logit set to a constant (e.g. forget bias 1, Jozefowicz et al. 2015; STAR's code
-    uses 1 or 0 as an option [code]). Option ``value`` (default 1.0), in keep polarity.
-    """
-
-    name = "constant"
-    requires = frozenset({"keep_gate"})
-    defaults: ClassVar[dict[str, Any]] = {"value": 1.0}
-
-    def apply(self, cell: Any) -> None:
-        _set_keep_logit(cell, torch.full((cell.hidden_size,), float(self.options["value"])).to(cell.bias))
-
-
-@register_primitive
 class OrthogonalInit(Init):
     """W_b, U_b orthogonal per block, b = 0
 
     Every block's input matrix W_b (n × d) and, for a free recurrence, recurrent matrix U_b (n × n) is
     a (semi-)orthogonal matrix (Saxe et al. 2014; STAR's code uses it for W_z, W_k, U_k [code]; asRNN
-    initialises W_xh orthogonal [code]); biases are zero. Deep-transition layers are orthogonal too.
+    initialises W_xh orthogonal [code]); biases are zero (the gate-bias init, which runs after, may set
+    the keep gate's: STAR's card is ``init: orthogonal, bias: chrono``). Deep-transition layers are
+    orthogonal too.
     """
 
     name = "orthogonal"
@@ -131,3 +64,22 @@ class OrthogonalInit(Init):
         if cell.transition is not None:
             cell.transition.orthogonal_()
 
+
+
+@register_primitive
+class IdentityInit(Init):
+    """U_b = I per recurrent block
+
+    Identity recurrent init (Le, Jaitly & Hinton 2015, "IRNN"): every recurrent matrix U_b of a free
+    recurrence starts as the n × n identity, so h is carried unchanged through the recurrent product at
+    init; input weights and biases are left at PyTorch's U(−1/√n, 1/√n) (the IRNN's zero biases are not
+    applied; the gate-bias init runs after). Needs a free recurrence (a recurrent matrix to set).
+    """
+
+    name = "identity"
+    requires = frozenset({"recurrent_matrix"})
+
+    def apply(self, cell: Any) -> None:
+        n = cell.hidden_size
+        for w in cell.recurrence.weight.split(n, 0):
+            w.copy_(torch.eye(n, dtype=w.dtype))

@@ -54,6 +54,8 @@ class FreeRecurrence(Recurrence):
     """
 
     name = "free"
+    #: a plain recurrent matrix ``weight`` that a weight init may set (``init: identity``)
+    provides = frozenset({"recurrent_matrix"})
 
     def bind(self, blocks: int, hidden_size: int) -> None:
         super().bind(blocks, hidden_size)

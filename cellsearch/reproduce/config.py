@@ -15,12 +15,12 @@ A config is::
         layers: [1]                               # optional: every variant at every depth
         cells:                                    # a cell name, or a mapping
           - lstm
-          - {cell: chrono_lstm, options: {init: {t_max: 100}}}
+          - {cell: chrono_lstm, options: {bias: {t_max: 100}}}
           - {label: sRNN, cell: vanilla, layers: 2, train: {lr: 1.0e-3}, model: {param_budget: 9000}}
     # plus keys of a particular reproduction (e.g. ``gradient_maps`` for star)
 
 A variant mapping takes ``label`` (default: the cell name, with ``×L`` when several depths are run),
-``cell``, ``layers``, ``spec`` (primitives replacing the card's, e.g. ``{init: orthogonal}``), ``options``
+``cell``, ``layers``, ``spec`` (primitives replacing the card's, e.g. ``{init: orthogonal, bias: chrono}``), ``options``
 (per-role primitive options merged into the card's), ``depth`` (DepthSpec fields), ``train`` and ``model``
 (merged over the experiment's). Every key is checked; a mistake raises
 :class:`ConfigError` naming the key.

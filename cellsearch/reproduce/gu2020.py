@@ -19,7 +19,7 @@ __all__ = ["Gu2020"]
 
 
 def _cells(t_max: int) -> list[Any]:
-    return ["lstm", {"cell": "chrono_lstm", "options": {"init": {"t_max": t_max}}}, "u_lstm", "r_lstm", "ur_lstm"]
+    return ["lstm", {"cell": "chrono_lstm", "options": {"bias": {"t_max": t_max}}}, "u_lstm", "r_lstm", "ur_lstm"]
 
 
 def _size(delay: int, k: int, seq_len: int, hidden: int, steps: int, every: int, batch: int, lr: float,

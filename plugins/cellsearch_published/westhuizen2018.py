@@ -7,12 +7,13 @@ from cellsearch.spec import CellSpec
 
 JANET = CellCard(
     name="janet",
-    spec=CellSpec(update="janet", init="chrono", saturation="identity"),
+    spec=CellSpec(update="janet", bias="chrono", saturation="identity", options={"bias": {"t_max": 784.0}}),
     formula="h' = σ(s)⊙h + (1 − σ(s − β))⊙tanh(a_u),  chrono b_f",
     equations=(
         "s_t = W_f x_t + U_f h_{t-1} + b_f;  c̃_t = tanh(W_c x_t + U_c h_{t-1} + b_c)\n"
         "c_t = σ(s_t)⊙c_{t-1} + (1 − σ(s_t − β))⊙c̃_t;  h_t = c_t;  β = 1\n"
-        "chrono init: b_f = log U[1, T_max − 1] (init.t_max, default 784: sequential MNIST's length)\n"
+        "chrono init: b_f = log U[1, T_max − 1] (bias.t_max = 784, sequential MNIST's length; pinned so the card\n"
+        "keeps its math from before issue 16 — set it to null to take T_max from the task's sequence length)\n"
         "params 2n(d+n+1)"
     ),
     citation="van der Westhuizen & Lasenby, 'The unreasonable effectiveness of the forget gate', "
