@@ -57,8 +57,8 @@ class OrthogonalInit(Init):
         for w in cell.weight_ih.split(n, 0):
             torch.nn.init.orthogonal_(w)
         cell.bias.zero_()
-        weight = getattr(cell.recurrence, "weight", None)
-        if isinstance(weight, torch.nn.Parameter):
+        if "recurrent_matrix" in cell.recurrence.provides:  # a capability, not an isinstance test: under
+            weight = cell.recurrence.weight                 # trace_init the parameters are plain tensors
             for w in weight.split(n, 0):
                 torch.nn.init.orthogonal_(w)
         if cell.transition is not None:
