@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .registry import (
     list_cells,
     list_primitives,
@@ -28,8 +29,6 @@ from .registry import (
     register_task,
 )
 from .spec import CellSpec, DepthSpec, ModelSpec, SpecError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CellSpec", "DepthSpec", "ModelSpec", "SpecError", "CellCard",

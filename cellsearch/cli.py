@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .config.urls import one_line
 from .errors import RunStopped, UserError
 from .registry import RegistryError
 from .spec import SpecError
@@ -55,7 +56,7 @@ def version() -> str:
     try:
         return metadata.version("cellsearch")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
-        from . import __version__
+        from ._version import __version__
 
         return __version__
 
@@ -78,13 +79,6 @@ def _one_line_plugin_warnings() -> None:
 
     one_line._cellsearch = True  # type: ignore[attr-defined]
     warnings.showwarning = one_line
-
-
-def _one_line(exc: BaseException) -> str:
-    """An error message as printed: storage passwords masked, on one line."""
-    from .search.storage import redact
-
-    return " ".join(redact(str(exc)).split("\n")).strip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,10 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (UserError, SpecError, RegistryError) as exc:
-        print(f"cellsearch {name}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"cellsearch {name}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except RunStopped as exc:
-        print(f"cellsearch {name}: stopped: {_one_line(exc)}", file=sys.stderr)
+        print(f"cellsearch {name}: stopped: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"cellsearch {name}: interrupted", file=sys.stderr)

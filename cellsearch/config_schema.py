@@ -1,9 +1,9 @@
-"""JSON Schemas of the study and space files, generated from the config classes of :mod:`cellsearch.study`.
+"""JSON Schemas of the study and space files, generated from the config classes of :mod:`cellsearch.config`.
 
 The config classes are plain frozen dataclasses validated by hand (no config-class library), so this module
 is the one place that turns them into JSON Schema (draft-07, what yaml-language-server reads): the keys come
 from ``STUDY_KEYS`` / ``SPACE_KEYS`` / ``SEARCH_KEYS`` and the dataclass fields, types from their annotations,
-training keys and task options from their declared :class:`~cellsearch.tasks.base.Option` rules, names
+training keys and task options from their declared :class:`~cellsearch.config.options.Option` rules, names
 (tasks, cells, primitives, samplers, pruners) from the registries and tables. Registered names are offered
 for completion without refusing names a plugin adds later.
 
@@ -64,7 +64,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def option_schema(option: Any) -> dict[str, Any]:
-    """A declared :class:`~cellsearch.tasks.base.Option` (kind, bounds, choices, nullable, help)."""
+    """A declared :class:`~cellsearch.config.options.Option` (kind, bounds, choices, nullable, help)."""
     out: dict[str, Any] = {"type": _JSON_TYPES[option.kind]}
     if option.kind == "float":  # YAML reads 1e-3 as a string; the Option converts it
         out = {"type": ["number", "string"]}
@@ -108,7 +108,7 @@ def _param(value: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def _train_rules() -> dict[str, Any]:
-    from .train import _RULES
+    from .config.train import _RULES
 
     return _RULES
 
@@ -131,9 +131,9 @@ def _depth_params() -> dict[str, Any]:
 
 
 def space_schema(builtin_only: bool = False) -> dict[str, Any]:
-    """JSON Schema of a space file (:class:`~cellsearch.study.SpaceConfig`)."""
+    """JSON Schema of a space file (:class:`~cellsearch.config.SpaceConfig`)."""
+    from .config.space import SPACE_KEYS
     from .spec import CELL_ROLES
-    from .study import SPACE_KEYS
 
     cell: dict[str, Any] = {
         role: {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -180,7 +180,7 @@ def _named_choice(choices: list[str], what: str) -> dict[str, Any]:
 
 
 def _search() -> dict[str, Any]:
-    from .study import BACKENDS, PRUNERS, SAMPLERS, SCHEDULERS, SEARCH_KEYS, SearchConfig
+    from .config.study import BACKENDS, PRUNERS, SAMPLERS, SCHEDULERS, SEARCH_KEYS, SearchConfig
 
     props: dict[str, Any] = {}
     for key in SEARCH_KEYS:
@@ -202,7 +202,7 @@ def _search() -> dict[str, Any]:
 
 
 def _objective(builtin_only: bool) -> dict[str, Any]:
-    from .study import DIRECTIONS
+    from .config.study import DIRECTIONS
 
     metric = {"anyOf": [{"enum": ["val_loss", "params", "speed"]}, {"type": "string"}],
               "description": "val_loss, val_<task metric> (e.g. val_mse, val_accuracy), params or speed"}
@@ -213,8 +213,8 @@ def _objective(builtin_only: bool) -> dict[str, Any]:
 
 
 def study_schema(builtin_only: bool = False) -> dict[str, Any]:
-    """JSON Schema of a study file (:class:`~cellsearch.study.StudyConfig`); the space schema inline."""
-    from .study import STUDY_KEYS, ModelConfig
+    """JSON Schema of a study file (:class:`~cellsearch.config.StudyConfig`); the space schema inline."""
+    from .config.study import STUDY_KEYS, ModelConfig
 
     space = space_schema(builtin_only)
     space = {k: v for k, v in space.items() if k != "$schema"}

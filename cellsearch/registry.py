@@ -11,7 +11,6 @@ This module imports neither torch nor any plugin at import time.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import os
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from .errors import did_you_mean
 from .spec import ROLES
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "origin_of",
     "plugin_errors",
     "did_you_mean",
+    "set_entry_check",
 ]
 
 GROUPS = {"primitive": "cellsearch.primitives", "cell": "cellsearch.cells", "task": "cellsearch.tasks"}
@@ -97,12 +98,6 @@ _warned: set[tuple[str, str]] = set()
 _loaded: set[str] = set()                      # kinds loaded
 _fatal: dict[str, DuplicateNameError] = {}     # kind -> the clash refused on every read of it
 _lock = threading.RLock()
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """``"did you mean 'x'? "`` for the closest choices, or ``""`` when nothing is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
-    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
 
 
 def _key(kind: str, name: str, role: str | None) -> str:
@@ -223,14 +218,25 @@ def _explain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _validate_plugin(kind: str, name: str, obj: Any) -> None:
-    if kind == "primitive":
-        from .primitives.base import Primitive  # torch is needed to use primitives anyway
+#: kind -> a check of what an entry point loaded, given by the floor that defines that kind (the primitives'
+#: base class registers its own, so that the registry, a floor below, imports no primitive)
+_ENTRY_CHECKS: dict[str, Any] = {}
 
-        if not (isinstance(obj, type) and issubclass(obj, Primitive)):
-            raise TypeError(f"expected a Primitive subclass, got {obj!r}")
-        if obj.name != name:
-            raise TypeError(f"entry point name {name!r} differs from the primitive's name {obj.name!r}")
+
+def set_entry_check(kind: str, check: Any) -> None:
+    """``check(name, obj)`` raises TypeError when an entry point of ``kind`` loaded something else than a
+    registrable object of that kind (set by :mod:`cellsearch.primitives.base` for primitives)."""
+    if kind not in GROUPS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(GROUPS)}")
+    _ENTRY_CHECKS[kind] = check
+
+
+def _validate_plugin(kind: str, name: str, obj: Any) -> None:
+    if kind in _ENTRY_CHECKS:
+        _ENTRY_CHECKS[kind](name, obj)
+    elif kind == "primitive":  # the built-in primitives (imported first) set the check; a plain class test
+        if not (isinstance(obj, type) and getattr(obj, "name", None) == name):
+            raise TypeError(f"expected a Primitive subclass whose .name is {name!r}, got {obj!r}")
     elif kind == "cell":
         from .cards import CellCard
 

@@ -119,7 +119,7 @@ def plan(cores: int, work: int, n_trials: int | None = None, n_jobs: int | None 
 
 
 def _largest(param: Any, default: float) -> float:
-    """The largest numeric value a space :class:`~cellsearch.study.Param` (or a plain value) can take."""
+    """The largest numeric value a space :class:`~cellsearch.config.Param` (or a plain value) can take."""
     if param is None:
         return default
     if not hasattr(param, "kind"):
@@ -160,7 +160,7 @@ def _uses_gpu(config: Any) -> bool:
 
 
 def plan_for(config: Any, cores: int | None = None, gpu: bool | None = None) -> Plan:
-    """The plan of a :class:`~cellsearch.study.StudyConfig` (``search.n_jobs`` / ``train.threads`` kept)."""
+    """The plan of a :class:`~cellsearch.config.StudyConfig` (``search.n_jobs`` / ``train.threads`` kept)."""
     remote = config.search.backend == "ray" and config.search.ray_address not in (None, "local")
     work, size = model_work(config)
     cores = cores if cores is not None else available_cores()

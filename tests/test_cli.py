@@ -157,10 +157,10 @@ def test_a_storage_password_is_never_printed_or_stored(tmp_path: Path, monkeypat
 
     from rich.console import Console
 
+    from cellsearch.search.checks import load_study
     from cellsearch.search.display import Display
     from cellsearch.search.optuna_backend import stored_config
     from cellsearch.search.storage import mask_url, redact
-    from cellsearch.study import load_study
 
     monkeypatch.chdir(tmp_path)
     url = "postgresql://alice:hunter2@127.0.0.1:1/cs"

@@ -52,7 +52,7 @@ def test_list_spaces_outside_the_repository_finds_the_built_in_spaces(tmp_path: 
 def test_built_in_spaces_are_package_data() -> None:
     import tomllib
 
-    from cellsearch.study import builtin_spaces_dir
+    from cellsearch.config import builtin_spaces_dir
 
     folder = builtin_spaces_dir()
     assert folder is not None and (folder / "gating.yaml").is_file()
@@ -63,7 +63,7 @@ def test_built_in_spaces_are_package_data() -> None:
 
 
 def test_a_study_outside_the_repository_names_a_built_in_space(tmp_path: Path, monkeypatch) -> None:
-    from cellsearch.study import study_from_mapping
+    from cellsearch.search.checks import study_from_mapping
 
     monkeypatch.chdir(tmp_path)
     raw = {"name": "s", "task": {"name": "adding", "seq_len": 10}, "space": "spaces/gating.yaml"}
@@ -267,8 +267,8 @@ def test_import_cellsearch_stays_light() -> None:
 def test_ties_at_the_objective_are_broken_by_val_loss() -> None:
     import optuna
 
+    from cellsearch.search.checks import study_from_mapping
     from cellsearch.search.results import _sort_key
-    from cellsearch.study import study_from_mapping
 
     config = study_from_mapping({"name": "t", "task": "seq_digits", "cells": ["lstm"], "objective": "val_accuracy"})
     trials = [optuna.trial.create_trial(value=0.9, user_attrs={"metrics": {"val_loss": loss}})

@@ -102,7 +102,8 @@ def _sampled() -> dict[str, tuple[ModelSpec, str, str | None]]:
     import optuna
 
     from cellsearch.search.space import SearchSpace
-    from cellsearch.study import ModelConfig, load_space
+    from cellsearch.config import ModelConfig
+    from cellsearch.search.checks import load_space
 
     space = SearchSpace(load_space(Path(__file__).resolve().parents[1] / "spaces" / "full.yaml"), ModelConfig())
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=7))

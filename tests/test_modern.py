@@ -302,8 +302,9 @@ def test_minlstm_refuses_gates_that_can_reach_zero() -> None:
 def test_modern_space_builds_and_seeds_its_published_cells() -> None:
     from pathlib import Path
 
+    from cellsearch.config import ModelConfig
+    from cellsearch.search.checks import load_space
     from cellsearch.search.space import SearchSpace
-    from cellsearch.study import ModelConfig, load_space
 
     root = Path(__file__).resolve().parents[1]
     space = SearchSpace(load_space(root / "spaces" / "modern.yaml"), ModelConfig())

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from cellsearch.search.checks import load_study
 from cellsearch.search.results import leaderboard_rows
-from cellsearch.study import load_study
 from studies import TASK
 
 pytestmark = pytest.mark.xdist_group("postgres")

@@ -289,13 +289,13 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
     """Issue 19: a Ray trial failed by its machine (disk full, out of memory, data gone) is recorded with
     the reason, does not use the budget, is re-queued ahead of the waiting published cells, and the
     driver starts no more trials (the run then exits 1, as the Optuna backend's)."""
+    from cellsearch.search.checks import study_from_mapping
     from cellsearch.search.claims import claim_slots
     from cellsearch.search.display import Display
     from cellsearch.search.ledger import counted
     from cellsearch.search.optuna_backend import open_study
     from cellsearch.search.ray_backend import _Driver, _failure
     from cellsearch.search.space import build_space
-    from cellsearch.study import study_from_mapping
     from cellsearch.tasks import make_task
 
     config = study_from_mapping(tiny("infra", search={"n_trials": 3}))

@@ -11,8 +11,9 @@ import torch
 
 from cellsearch import resources
 from cellsearch.cli import UserError
+from cellsearch.config import StudyError
 from cellsearch.resources import WORK_PER_THREAD, available_cores, cgroup_cpu_limit, plan, plan_for, resolve
-from cellsearch.study import StudyError, study_from_mapping
+from cellsearch.search.checks import study_from_mapping
 from studies import tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,11 @@ from optuna.trial import TrialState
 
 from cellsearch.cells import check_spec
 from cellsearch.cli import UserError
+from cellsearch.config import ModelConfig
 from cellsearch.registry import get_cell_card, list_cells
 from cellsearch.search import run_study
+from cellsearch.search.checks import load_space, study_from_mapping
 from cellsearch.search.space import SearchSpace, build_space
-from cellsearch.study import ModelConfig, load_space, study_from_mapping
 from studies import load_sqlite, snapshot, stop_mid_trial, tiny
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from cellsearch.cli import main
-from cellsearch.study import StudyError, load_study, parse_set, study_from_mapping
+from cellsearch.config import StudyError, parse_set
+from cellsearch.search.checks import load_study, study_from_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = sorted((ROOT / "tests" / "data" / "bad_studies").glob("*.yaml"))
@@ -57,7 +58,7 @@ def test_shipped_studies_validate(path: Path, monkeypatch) -> None:
 
 @pytest.mark.parametrize("name", ["gating", "depth", "full"])
 def test_shipped_spaces_load(name: str) -> None:
-    from cellsearch.study import load_space
+    from cellsearch.search.checks import load_space
 
     space = load_space(ROOT / "spaces" / f"{name}.yaml")
     assert space.cell["update"].choices
@@ -145,7 +146,8 @@ def test_hostile_yaml_is_one_line_and_writes_nothing(tmp_path, monkeypatch, caps
 
 
 def test_a_duplicate_key_in_a_space_file_is_refused(tmp_path) -> None:
-    from cellsearch.study import StudyError, load_space
+    from cellsearch.config import StudyError
+    from cellsearch.search.checks import load_space
 
     path = tmp_path / "space.yaml"
     path.write_text("cell:\n  update: [lstm]\n  update: [gru]\n")

@@ -19,9 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from ..exporter.study import export_trial
     from ..search import load_config
     from ..search.optuna_backend import open_study
-    from ..search.results import export_trial
 
     config = load_config(args.study, args.sets, storage=args.storage)
     study = open_study(config, args.storage, create=False)

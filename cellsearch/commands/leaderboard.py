@@ -90,9 +90,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from ..config import metric_label
     from ..search import load_config
     from ..search.optuna_backend import StudyResult, open_study
-    from ..study import metric_label
 
     config = load_config(args.study, args.sets, storage=args.storage)
     result = StudyResult(

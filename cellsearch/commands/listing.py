@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .. import registry
-from ..study import builtin_spaces_dir
+from ..config import builtin_spaces_dir
 
 HELP = "list cells, primitives, tasks or spaces (all kinds, or one; a wildcard pattern filters)"
 WHAT = ("cells", "primitives", "tasks", "spaces")

@@ -33,7 +33,7 @@ _WHY = {"importances": "fewer rank the parameters by noise", "parallel_coordinat
 
 def _plots(config: Any) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (optuna.visualization function name, keyword arguments)."""
-    from ..study import metric_label
+    from ..config import metric_label
 
     first = {"target_name": metric_label(config.metrics[0])}
     if config.multi_objective:
@@ -62,7 +62,7 @@ def _trial_label(text: str, names: dict[int, str]) -> str:
 
 
 def _relabel_plotly(name: str, figure: Any, config: Any, names: dict[int, str]) -> None:
-    from ..study import metric_label
+    from ..config import metric_label
 
     for trace in figure.data:
         if getattr(trace, "name", None):
@@ -77,7 +77,7 @@ def _relabel_plotly(name: str, figure: Any, config: Any, names: dict[int, str]) 
 def _relabel_matplotlib(name: str, axes: Any, config: Any, names: dict[int, str]) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    from ..study import metric_label
+    from ..config import metric_label
 
     for ax in getattr(axes, "flat", [axes]):
         lines = [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")]

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summary(config: Any) -> str:
     """One line: what the study searches, on what, toward which objective, with which budget."""
-    from ..search.storage import mask_url
+    from ..config.urls import mask_url
 
     what = f"cells {', '.join(config.cells)}" if config.cells else f"space {config.space.source}"
     objective = ", ".join(f"{o.metric} ({o.direction})" for o in config.objective)
@@ -44,7 +44,7 @@ def _preflight(config: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import _one_line
+    from ..config.urls import one_line
     from ..errors import UserError
     from ..registry import RegistryError
     from ..search import load_config
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             config = load_config(path, args.sets)
             _preflight(config)
         except (UserError, SpecError, RegistryError) as exc:
-            print(f"cellsearch validate: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"cellsearch validate: error: {one_line(exc)}", file=sys.stderr)
             failed += 1
             continue
         print(f"ok: {path}: {summary(config)}")

@@ -52,7 +52,7 @@ __all__ = ["ExportError", "export", "export_model", "export_state_dict", "genera
 def _versions() -> dict[str, str]:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {"cellsearch": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
     try:
@@ -171,6 +171,6 @@ def export(study_or_trial: Any, out_dir: str | Path, trial: int | None = None, f
 
     if isinstance(study_or_trial, nn.Module):
         return export_model(study_or_trial, out_dir, force=force)
-    from ..search.optuna_backend import export_from
+    from .study import export_from
 
     return export_from(study_or_trial, out_dir, trial, force)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from ..registry import set_entry_check
 from ..spec import SpecError
 
 if TYPE_CHECKING:
@@ -144,3 +145,14 @@ class Primitive:
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"{self.role}:{self.name}({opts})"
+
+
+def _check_entry(name: str, obj: Any) -> None:
+    """What a ``cellsearch.primitives`` entry point loads: a :class:`Primitive` subclass of that name."""
+    if not (isinstance(obj, type) and issubclass(obj, Primitive)):
+        raise TypeError(f"expected a Primitive subclass, got {obj!r}")
+    if obj.name != name:
+        raise TypeError(f"entry point name {name!r} differs from the primitive's name {obj.name!r}")
+
+
+set_entry_check("primitive", _check_entry)

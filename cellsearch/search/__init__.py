@@ -64,13 +64,16 @@ def _overrides(options: Mapping[str, Any], sets: Iterable[str]) -> list[tuple[st
 
 
 def load_config(path_or_config: Any, sets: Iterable[str] = (), **options: Any) -> Any:
-    """A validated :class:`~cellsearch.study.StudyConfig` from a path or config plus overrides.
+    """A validated :class:`~cellsearch.config.StudyConfig` from a path or config plus overrides: the config
+    floor's reading (:mod:`cellsearch.config`) followed by the checks that need the registry and Optuna
+    (:mod:`cellsearch.search.checks`).
 
     ``sets`` are ``"a.b=v"`` strings; ``options`` are ``n_trials``, ``backend``, ``storage``, ``timeout``,
     ``n_jobs``, ``sampler``, ``pruner``, ``seed``, ``name``, ``output_dir`` or dotted keys written with
     ``__`` (``train__epochs=1``).
     """
-    from ..study import StudyConfig, load_study, parse_set, study_from_mapping
+    from ..config import StudyConfig, parse_set
+    from .checks import check_study, load_study, study_from_mapping
 
     items = _overrides(options, sets)
     pairs = dict(parse_set(i) if isinstance(i, str) else i for i in items)
@@ -78,7 +81,7 @@ def load_config(path_or_config: Any, sets: Iterable[str] = (), **options: Any) -
         return load_study(path_or_config, pairs)
     if isinstance(path_or_config, StudyConfig):
         if not pairs:
-            return path_or_config
+            return check_study(path_or_config)
         raw = path_or_config.to_dict()
         raw = {k: v for k, v in raw.items() if v is not None}
         return study_from_mapping(raw, source=path_or_config.source, overrides=pairs)

@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ..study import StudyConfig
+from ..config import StudyConfig
 from .storage import mask_url
 
 __all__ = ["Display"]

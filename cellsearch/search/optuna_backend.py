@@ -49,8 +49,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ..config import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
 from ..errors import UserError
-from ..study import FORCEABLE_KEYS, IDENTITY_KEYS, StudyConfig
 from .claims import BudgetTaken, claim_slots, study_lock
 from .display import Display
 from .ledger import Ledger, evaluation_of, retried, uses_budget
@@ -78,7 +78,6 @@ __all__ = [
     "weights_bytes",
     "write_weights",
     "StudyResult",
-    "export_from",
 ]
 
 #: seconds between looks at the storage while waiting for other workers' trials
@@ -597,10 +596,10 @@ def write_weights(folder: Path, number: int, data: bytes) -> Path:
 
 
 def _speed(spec: Any, model: Any) -> float:
-    """Forward + backward tokens per second of the trained model (:func:`cellsearch.bench.measure_speed`)."""
-    from .. import bench
+    """Forward + backward tokens per second of the trained model (:func:`cellsearch.timing.measure_speed`)."""
+    from ..timing import measure_speed
 
-    return float(bench.measure_speed(model, input_size=spec.input_size, repeats=5, warmup=1))
+    return float(measure_speed(model, input_size=spec.input_size, repeats=5, warmup=1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -787,16 +786,3 @@ class StudyResult:
         from .results import leaderboard_rows
 
         return leaderboard_rows(self.study, self.config, top)
-
-    def export(self, out_dir: str | Path, trial: int | None = None, force: bool = False) -> Path:
-        """Export the best trial (or ``trial``) as a standalone module; returns the ``.py`` path."""
-        from .results import export_trial
-
-        return export_trial(self.study, self.config, out_dir, trial, force=force)
-
-
-def export_from(obj: Any, out_dir: str | Path, trial: int | None = None, force: bool = False) -> Path:
-    """:func:`cellsearch.export` for a study path / config / result / optuna.Study / FrozenTrial."""
-    from .results import export_any
-
-    return export_any(obj, out_dir, trial, force=force)

@@ -76,8 +76,8 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.utils.util import unflatten_dict
 
 from .._env import env_var
+from ..config import StudyConfig
 from ..errors import UserError
-from ..study import StudyConfig
 from .claims import BudgetTaken, claim_slots
 from .display import Display
 from .ledger import Ledger

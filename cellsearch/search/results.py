@@ -8,11 +8,11 @@ from typing import Any
 from optuna import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from ..config import StudyConfig
 from ..errors import UserError
-from ..study import StudyConfig
 
-__all__ = ["best_trials", "leaderboard_rows", "trial_model", "export_trial", "export_any", "pick_trial",
-           "load_study", "load_trial_model"]
+__all__ = ["best_trials", "leaderboard_rows", "trial_model", "pick_trial", "config_of", "load_study",
+           "load_trial_model"]
 
 
 def _sort_key(config: StudyConfig, trial: FrozenTrial) -> tuple[float, float]:
@@ -165,7 +165,8 @@ def load_study(path_or_config: Any, storage: str | None = None, **overrides: Any
     ``path_or_config`` is a study file (or a ``StudyConfig`` / mapping); ``storage`` an Optuna storage URL
     (default: the study's own, ``sqlite:///runs/<name>/study.db``); ``overrides`` as in
     :func:`cellsearch.run_study` (``name=...``, ``train__epochs=1``). The result has ``.study`` (the
-    ``optuna.Study``), ``.config``, ``.trials``, ``.best_trials``, ``.leaderboard()`` and ``.export()``.
+    ``optuna.Study``), ``.config``, ``.trials``, ``.best_trials`` and ``.leaderboard()``;
+    ``cellsearch.export(result, out_dir)`` exports its best trial.
     Raises a one-line error when the study was never run. Nothing is created or written.
     """
     from . import load_config
@@ -189,7 +190,7 @@ def load_trial_model(study: Any, trial: int | FrozenTrial | None = None) -> Any:
     from .optuna_backend import StudyResult
 
     if isinstance(study, Study):
-        result_study, config = study, _config_of(study)
+        result_study, config = study, config_of(study)
     else:
         result = study if isinstance(study, StudyResult) else load_study(study)
         result_study, config = result.study, result.config
@@ -213,58 +214,9 @@ def _retrain(trial: FrozenTrial, config: StudyConfig, spec: Any, task: Any) -> A
     return train(spec, task, cfg).model.eval()
 
 
-def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number: int | None = None,
-                 force: bool = False) -> Path:
-    """Export trial ``number`` (default: the best) of a study into ``out_dir`` (a non-empty folder only
-    with ``force``)."""
-    from ..exporter import export_model
-
-    trial = pick_trial(study, config, number)
-    model = trial_model(trial, config)
-    attrs = trial.user_attrs
-    meta = {
-        "study": config.name,
-        "study_file": config.source,
-        "trial": trial.number,
-        "state": trial.state.name,
-        "task": config.task.to_dict(),
-        "objective": [o.to_dict() for o in config.objective],
-        "values": dict(zip(config.metrics, trial.values)),
-        "metrics": attrs.get("metrics"),
-        "train": attrs.get("train"),
-        "params": dict(trial.params),
-        "search": {
-            "sampler": config.search.sampler,
-            "pruner": config.search.pruner,
-            "n_trials": config.search.n_trials,
-        },
-    }
-    return export_model(model, out_dir, published=attrs.get("published"), meta=meta, force=force)
-
-
-def export_any(obj: Any, out_dir: str | Path, number: int | None = None, force: bool = False) -> Path:
-    """Export from a study file path, StudyConfig, StudyResult, optuna.Study or FrozenTrial."""
-    from ..study import load_study
-    from .optuna_backend import StudyResult, open_study
-
-    if isinstance(obj, (str, Path)):
-        obj = load_study(obj)
-    if isinstance(obj, StudyConfig):
-        return export_trial(open_study(obj, create=False), obj, out_dir, number, force)
-    if isinstance(obj, StudyResult):
-        return obj.export(out_dir, number, force)
-    if isinstance(obj, Study):
-        return export_trial(obj, _config_of(obj), out_dir, number, force)
-    if isinstance(obj, FrozenTrial):
-        return _export_frozen(obj, out_dir, force)
-    raise TypeError(
-        f"cannot export a {type(obj).__name__}; expected a study path, StudyConfig, StudyResult, "
-        "optuna.Study, FrozenTrial or SequenceModel"
-    )
-
-
-def _config_of(study: Study) -> StudyConfig:
-    from ..study import study_from_mapping
+def config_of(study: Study) -> StudyConfig:
+    """The validated config a study created by cellsearch stored (its ``config`` attribute)."""
+    from .checks import study_from_mapping
 
     raw = study.user_attrs.get("config")
     if not raw:
@@ -279,25 +231,3 @@ def _raw_from_stored(raw: dict[str, Any]) -> dict[str, Any]:
         space = dict(out["space"])
         out["space"] = {k: v for k, v in space.items() if v not in (None, {}, [])}
     return out
-
-
-def _export_frozen(trial: FrozenTrial, out_dir: str | Path, force: bool = False) -> Path:
-    from ..exporter import export_model
-    from ..model import SequenceModel
-    from ..spec import ModelSpec
-
-    path = trial.user_attrs.get("weights")
-    if not path or not Path(path).is_file():
-        raise UserError(f"trial {trial.number} has no saved weights; export it through its study instead")
-    from safetensors.torch import load_file
-
-    spec = ModelSpec.from_json(trial.user_attrs["spec"])
-    model = SequenceModel(spec, trial.user_attrs.get("readout", "last"))
-    model.load_state_dict(load_file(path), strict=True)
-    return export_model(
-        model.eval(),
-        out_dir,
-        published=trial.user_attrs.get("published"),
-        meta={"trial": trial.number, "metrics": trial.user_attrs.get("metrics")},
-        force=force,
-    )

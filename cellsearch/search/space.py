@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..config import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError
 from ..spec import CELL_ROLES, CellSpec, DepthSpec, SpecError
-from ..study import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError
 
 __all__ = [
     "Candidate",
@@ -173,7 +173,7 @@ def compatible_choices(space: SpaceConfig, update: str, role: str) -> tuple[list
 
 
 class SearchSpace:
-    """A :class:`~cellsearch.study.SpaceConfig` made samplable (see the module docstring)."""
+    """A :class:`~cellsearch.config.SpaceConfig` made samplable (see the module docstring)."""
 
     def __init__(self, space: SpaceConfig, model: ModelConfig) -> None:
         self.config, self.model = space, model

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import socket
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..config.urls import local_path, mask_url, redact, url_problem
 from ..errors import UserError
 
 __all__ = [
@@ -55,65 +55,11 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, max(grace, interval + 1)
 
 
-#: ``scheme://user:PASSWORD@`` (greedy up to the last ``@`` before the path) and ``password=...`` in a query
-_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^/\s]*@")
-_QUERY_PASSWORD = re.compile(r"(\bpassword=)[^&\s'\"]*", re.IGNORECASE)
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``: what cellsearch prints and stores."""
-    return _QUERY_PASSWORD.sub(r"\1***", _PASSWORD.sub(r"\1***@", url))
-
-
-def _password(url: str) -> str | None:
-    match = _PASSWORD.search(url)
-    return match.group(0)[len(match.group(1)) : -1] if match else None
-
-
-def redact(text: str, url: str | None = None) -> str:
-    """``text`` with every URL password masked, and ``url``'s password wherever it appears (a driver's
-    error message may quote it)."""
-    secret = _password(url) if url else None
-    if secret:
-        text = text.replace(secret, "***")
-        from urllib.parse import unquote
-
-        if unquote(secret) != secret:
-            text = text.replace(unquote(secret), "***")
-    return mask_url(text)
-
-
-_EXAMPLES = "sqlite:///runs/NAME/study.db, postgresql://USER@HOST/DB (password from PGPASSWORD or ~/.pgpass) " \
-            "or journal:///PATH/study.log"
-
-
-def url_problem(url: str) -> str | None:
-    """What is wrong with storage ``url`` without touching the disk or a server (None: nothing found).
-
-    Refused: no scheme; an in-memory SQLite database (the study would be lost when the process ends, and
-    Optuna's heartbeat thread cannot see it); a SQLite or journal path that names a folder or an empty path.
-    """
-    if "://" not in url or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
-        return f"an Optuna storage URL such as {_EXAMPLES}"
-    if url.startswith("sqlite:") and (url in ("sqlite://", "sqlite:///") or ":memory:" in url
-                                      or "mode=memory" in url):
-        return ("a SQLite file, e.g. sqlite:///runs/NAME/study.db (an in-memory database loses the study when "
-                "the process ends)")
-    path = _sqlite_path(url) or _journal_path(url)
-    if url.startswith("journal:") and (not url.startswith("journal:///") or not url[len("journal:///"):]):
-        return "journal:///PATH/study.log (a file path after journal:///)"
-    if path is not None and (path.is_dir() or url.endswith("/")):
-        return f"a file path; {str(path)!r} is a folder (e.g. {url.rstrip('/')}/study.db)"
-    if path is not None and any(len(part.encode()) > 255 for part in path.parts):
-        return "a path whose every folder and file name is at most 255 bytes"
-    return None
-
-
 def check_writable(url: str) -> None:
     """Raise :class:`UserError` when the local file behind ``url`` could not be created or written: a
     path through a file, a folder without write permission, a file that is not a SQLite database. Nothing
     is created."""
-    path = _sqlite_path(url) or _journal_path(url)
+    path = local_path(url)
     if path is None:
         return
     shown = mask_url(url)
@@ -137,20 +83,9 @@ def check_writable(url: str) -> None:
         raise UserError(f"storage {shown!r}: folder {str(folder)!r} is not writable by this user")
 
 
-def _sqlite_path(url: str) -> Path | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    rest = url[len("sqlite:///") :]
-    return None if rest in ("", ":memory:") else Path(rest)
-
-
-def _journal_path(url: str) -> Path | None:
-    return Path(url[len("journal:///") :]) if url.startswith("journal:///") else None
-
-
 def storage_exists(url: str) -> bool:
     """False when the URL names a local file (SQLite or journal) that does not exist yet."""
-    path = _sqlite_path(url) or _journal_path(url)
+    path = local_path(url)
     return path is None or path.exists()
 
 
@@ -158,7 +93,7 @@ def make_storage(url: str, create: bool = True, failed_trial_callback: Any = Non
     """An Optuna storage for ``url``; the folder of a local file is created only when ``create``."""
     import optuna
 
-    path = _sqlite_path(url) or _journal_path(url)
+    path = local_path(url)
     if path is not None:
         if not create and not path.exists():
             raise UserError(f"no study storage at {mask_url(url)} (run the study first: cellsearch run STUDY.yaml)")

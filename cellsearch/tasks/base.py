@@ -21,10 +21,8 @@ the batch holds, so that :meth:`Task.evaluate` averages exactly over a whole spl
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config.options import Option
 from ..registry import get_task
 from ..spec import SpecError
 
@@ -45,85 +44,7 @@ Batch = tuple[Tensor, Any]
 
 
 # --------------------------------------------------------------------------------------------------
-# options
-@dataclass(frozen=True)
-class Option:
-    """One declared option: its default and what is allowed.
-
-    ``kind`` is ``int``, ``float``, ``str``, ``bool`` or ``path`` (a string, ``~`` expanded);
-    ``low``/``high`` bound numbers inclusively, ``gt``/``lt`` strictly; ``choices`` restricts strings;
-    ``nullable`` allows None. Numbers given as strings (YAML reads ``1e-3`` as a string) are converted.
-    """
-
-    default: Any
-    kind: str = "int"
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] | None = None
-    nullable: bool = False
-    help: str = ""
-    gt: float | None = None
-    lt: float | None = None
-
-    def allowed(self) -> str:
-        """What is allowed, in words (the third argument of SpecError)."""
-        if self.choices is not None:
-            text = f"one of {list(self.choices)}"
-        elif self.kind in ("int", "float"):
-            word = "an integer" if self.kind == "int" else "a number"
-            bounds = [f"{op} {v:g}" for op, v in ((">=", self.low), (">", self.gt), ("<=", self.high),
-                                                  ("<", self.lt)) if v is not None]
-            text = " ".join([word, " and ".join(bounds)]).strip()
-        else:
-            text = {"bool": "true or false", "path": "a file or directory path", "str": "a string"}[self.kind]
-        return f"{text} or null" if self.nullable else text
-
-    def check(self, key: str, value: Any, prefix: str = "task") -> Any:
-        """The validated (and converted) value, or SpecError(``<prefix>.<key>``)."""
-        where = f"{prefix}.{key}"
-        if value is None:
-            if self.nullable:
-                return None
-            raise SpecError(where, value, self.allowed())
-        converted = _convert(self.kind, value)
-        if converted is None or not self._in_range(converted):
-            raise SpecError(where, value, self.allowed())
-        return converted
-
-    def _in_range(self, v: Any) -> bool:
-        if self.choices is not None:
-            return v in self.choices
-        if self.kind not in ("int", "float"):
-            return True
-        return not ((self.low is not None and v < self.low) or (self.high is not None and v > self.high)
-                    or (self.gt is not None and v <= self.gt) or (self.lt is not None and v >= self.lt))
-
-
-def _convert(kind: str, value: Any) -> Any:
-    if kind == "bool":
-        return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return None
-    if kind == "int":
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return int(value) if isinstance(value, (int, np.integer)) else None
-    if kind == "float":
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                return None
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-    if kind in ("str", "path"):
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        return (os.path.expanduser(value) if kind == "path" else value) if isinstance(value, str) else None
-    raise ValueError(f"unknown option kind {kind!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# loaders
+# loaders (a task's options are declared with Option, cellsearch.config.options)
 class Loaders(NamedTuple):
     """The train / valid / test iterables of a task (test may be None)."""
 
