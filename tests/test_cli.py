@@ -67,8 +67,8 @@ def test_four_trial_study_end_to_end(tmp_path: Path, monkeypatch, capsys) -> Non
     module = _import(tmp_path / "best" / info["files"]["module"])
 
     from cellsearch.search import load_config
-    from cellsearch.search.optuna_backend import open_study
     from cellsearch.search.results import pick_trial, trial_model
+    from cellsearch.search.studies import open_study
 
     config = load_config(study)
     trial = pick_trial(open_study(config, create=False), config, info["trial"])
@@ -159,8 +159,8 @@ def test_a_storage_password_is_never_printed_or_stored(tmp_path: Path, monkeypat
 
     from cellsearch.search.checks import load_study
     from cellsearch.search.display import Display
-    from cellsearch.search.optuna_backend import stored_config
     from cellsearch.search.storage import mask_url, redact
+    from cellsearch.search.studies import stored_config
 
     monkeypatch.chdir(tmp_path)
     url = "postgresql://alice:hunter2@127.0.0.1:1/cs"

@@ -166,7 +166,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _open(folder: Path, study: Path, monkeypatch) -> tuple[object, object]:
     from cellsearch.search import load_config
-    from cellsearch.search.optuna_backend import open_study
+    from cellsearch.search.studies import open_study
 
     monkeypatch.chdir(folder)
     config = load_config(study)

@@ -86,8 +86,8 @@ def test_ray_study_on_this_machine_lands_in_the_optuna_storage(
     from the study's storage; the budget buys 4 distinct cells of a 4-cell space (a proposal of an evaluated
     cell is answered from storage, outside the budget); leaderboard and export work on it."""
     from cellsearch.search import load_config
-    from cellsearch.search.optuna_backend import open_study
     from cellsearch.search.results import pick_trial, trial_model
+    from cellsearch.search.studies import open_study
     from cellsearch.spec import ModelSpec
 
     monkeypatch.chdir(tmp_path)
@@ -293,9 +293,9 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
     from cellsearch.search.claims import claim_slots
     from cellsearch.search.display import Display
     from cellsearch.search.ledger import counted
-    from cellsearch.search.optuna_backend import open_study
     from cellsearch.search.ray_backend import _Driver, _failure
     from cellsearch.search.space import build_space
+    from cellsearch.search.studies import open_study
     from cellsearch.tasks import make_task
 
     config = study_from_mapping(tiny("infra", search={"n_trials": 3}))
@@ -318,3 +318,58 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
     retry = study.ask()
     driver.sample(retry)
     assert retry.user_attrs["retry_of"] == failed.number and retry.params == failed.params
+
+
+#: what a trial records that must not depend on the backend (timing, paths, node and process differ)
+_SAME = ("key", "digest", "summary", "readout", "train", "reused_from", "fail_reason", "retry_of", "retry_reason",
+         "interrupted", "n_params")
+
+
+def _storage_contents(study: optuna.Study) -> list[tuple[Any, ...]]:
+    out = []
+    for t in sorted(study.get_trials(), key=lambda t: t.number):
+        attrs = {k: t.user_attrs[k] for k in _SAME if k in t.user_attrs}
+        values = None if t.values is None else [round(v, 5) for v in t.values]
+        metrics = {k: round(v, 5) for k, v in (t.user_attrs.get("metrics") or {}).items() if k != "seconds"
+                   and isinstance(v, float)}
+        epochs = [e.get("epoch") for e in t.user_attrs.get("history") or []]
+        out.append((t.number, t.state.name, t.params, values, attrs, metrics, epochs, sorted(t.intermediate_values)))
+    return out
+
+
+def test_both_backends_leave_the_same_trials_in_storage(tmp_path: Path, monkeypatch, local_ray: str) -> None:
+    """Issue 11: the Optuna and the Ray backend write every trial through one backend-neutral ledger
+    (cellsearch.search.trials / studies / ledger). The same study, run once on each, leaves the same storage
+    behind: a trial whose process died before the run re-queued and retrained first, cells completed, a
+    cell whose training diverged failed with its reason, proposals of evaluated cells answered from
+    storage (reused, outside the budget), the budget exact. Pruning is each backend's own (Optuna's pruner,
+    Ray's scheduler) and is off here; both record it as PRUNED with a prune_reason (tests above)."""
+    import socket
+
+    from cellsearch.search import load_config, run_study
+    from cellsearch.search.space import build_space
+    from cellsearch.search.studies import open_study
+
+    monkeypatch.chdir(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a process that has exited: the planted trial's worker
+    space = {"cell": {"update": ["lstm", "gru"]}, "train": {"lr": [0.01, 1.0e30]}}  # lr 1e30 diverges
+    contents = {}
+    for backend in ("optuna", "ray"):
+        raw = studies.tiny(f"same_{backend}", backend=backend, space=space,
+                           search={"pruner": "none", "n_trials": 4, "n_jobs": 1, "max_concurrent_trials": 1})
+        config = load_config(raw)
+        study = open_study(config)
+        planted = study.ask()  # a trial whose worker died mid-training
+        build_space(config).sample(planted)
+        planted.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "start": 0})
+        result = run_study(raw, display="quiet")
+        assert result.n_counted == 4
+        contents[backend] = _storage_contents(result.study)
+    optuna_trials, ray_trials = contents["optuna"], contents["ray"]
+    assert optuna_trials == ray_trials
+    states = [t[1] for t in optuna_trials]
+    attrs = [t[4] for t in optuna_trials]
+    assert states[0] == "FAIL" and attrs[0]["interrupted"] and attrs[1]["retry_of"] == 0  # re-queued, first
+    assert any(a.get("fail_reason", "").startswith("diverged: ") for a in attrs)
+    assert "COMPLETE" in states and any("reused_from" in a for a in attrs)

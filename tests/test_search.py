@@ -228,7 +228,7 @@ def test_continuing_a_seeded_study_explores_new_points(tmp_path: Path, monkeypat
 def test_two_workers_with_one_seed_draw_different_points() -> None:
     """Two samplers built from one seeded config (two workers) on one study: trial numbers differ, so do
     their draws; the same trial number draws the same point (reproducible)."""
-    from cellsearch.search.optuna_backend import make_sampler
+    from cellsearch.search.samplers import make_sampler
 
     config = study_from_mapping(tiny("s", search={"sampler": "random", "seed": 7}))
     space = build_space(config)
@@ -552,8 +552,8 @@ def test_workers_started_together_enqueue_the_published_cells_once(tmp_path: Pat
     instant, ten times: every published cell is enqueued exactly once."""
     import threading
 
-    from cellsearch.search.optuna_backend import _seed_trials
     from cellsearch.search.storage import make_storage
+    from cellsearch.search.studies import seed_trials as _seed_trials
 
     url = f"sqlite:///{tmp_path / 'together.db'}"
     storages = [make_storage(url) for _ in range(4)]

@@ -37,9 +37,9 @@ def _run_server() -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from ..search import load_config
-    from ..search.optuna_backend import set_metric_names
     from ..search.results import load_study
     from ..search.storage import make_storage
+    from ..search.studies import set_metric_names
 
     run_server = _run_server()  # before anything is opened: a missing extra is the first thing to say
     config = load_config(args.study, args.sets, storage=args.storage)

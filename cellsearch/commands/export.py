@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..exporter.study import export_trial
     from ..search import load_config
-    from ..search.optuna_backend import open_study
+    from ..search.studies import open_study
 
     config = load_config(args.study, args.sets, storage=args.storage)
     study = open_study(config, args.storage, create=False)

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import metric_label
     from ..search import load_config
-    from ..search.optuna_backend import StudyResult, open_study
+    from ..search.studies import StudyResult, open_study
 
     config = load_config(args.study, args.sets, storage=args.storage)
     result = StudyResult(

@@ -15,7 +15,9 @@ from optuna.trial import FrozenTrial
 
 from ..config import StudyConfig
 from ..errors import UserError
+from ..search.checks import load_study
 from ..search.results import config_of, pick_trial, trial_model
+from ..search.studies import StudyResult, open_study
 from . import export_model
 
 __all__ = ["export_trial", "export_from"]
@@ -51,9 +53,6 @@ def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number:
 
 def export_from(obj: Any, out_dir: str | Path, number: int | None = None, force: bool = False) -> Path:
     """Export from a study file path, StudyConfig, StudyResult, optuna.Study or FrozenTrial."""
-    from .checks import load_study
-    from .optuna_backend import StudyResult, open_study
-
     if isinstance(obj, (str, Path)):
         obj = load_study(obj)
     if isinstance(obj, StudyConfig):

@@ -125,8 +125,8 @@ def confirm(study: str | Path | Any, top: int = 3, seeds: int = 3, metric: str |
     :data:`SEED_BASE`, moved past the largest seed the trials used).
     """
     from ..search import load_config
-    from ..search.optuna_backend import open_study
     from ..search.results import ranked
+    from ..search.studies import open_study
 
     if top < 1 or seeds < 1:
         raise UserError(f"--top and --seeds must be >= 1, got top={top}, seeds={seeds}")

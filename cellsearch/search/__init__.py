@@ -1,10 +1,13 @@
 """Search backends behind one entry point, :func:`run_study`.
 
-A backend is a module with ``run(config, storage_url=None, display=None) -> StudyResult``: ``optuna``
-(:mod:`cellsearch.search.optuna_backend`) and ``ray`` (:mod:`cellsearch.search.ray_backend`: Ray Tune
-wrapping the same ``sample(trial)`` with OptunaSearch, trials stopped by a scheduler recorded as PRUNED).
-A backend whose module is missing is refused with a clear message. Importing this package imports neither
-Optuna nor Ray; a backend module is imported only when a study runs on it.
+A backend is a :class:`~cellsearch.search.backend.Backend` (one abstract method, ``run``) named in
+:data:`BACKENDS`: ``optuna`` (:mod:`cellsearch.search.optuna_backend`: trials in this process) and ``ray``
+(:mod:`cellsearch.search.ray_backend`: Ray Tune wrapping the same ``sample(trial)`` with OptunaSearch,
+trials stopped by a scheduler recorded as PRUNED). Both write their trials through the same backend-neutral
+modules: :mod:`.studies` (the study in its storage), :mod:`.trials` (what each trial records) and
+:mod:`.ledger` (the budget's rules). A backend whose module is missing is refused with a clear message.
+Importing this package imports neither Optuna nor Ray; a backend module is imported only when a study runs
+on it.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from ..errors import UserError
+from .backend import Backend
 
 __all__ = ["BACKENDS", "get_backend", "run_study", "load_config"]
 
-#: backend name -> module implementing ``run(config, storage_url, display)``
+#: backend name -> the module whose ``BACKEND`` is that :class:`~cellsearch.search.backend.Backend`
 BACKENDS: dict[str, str] = {
     "optuna": "cellsearch.search.optuna_backend",
     "ray": "cellsearch.search.ray_backend",
@@ -39,18 +42,19 @@ _RUN_OPTIONS = {
 }
 
 
-def get_backend(name: str) -> ModuleType:
-    """The backend module for ``name``."""
+def get_backend(name: str) -> Backend:
+    """The :class:`~cellsearch.search.backend.Backend` named ``name``."""
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
     try:
-        return importlib.import_module(BACKENDS[name])
+        module = importlib.import_module(BACKENDS[name])
     except ModuleNotFoundError as exc:
         if exc.name == BACKENDS[name]:
             raise UserError(
                 f"backend {name!r} is not available in this version of cellsearch; use backend: optuna"
             ) from None
         raise
+    return module.BACKEND
 
 
 def _overrides(options: Mapping[str, Any], sets: Iterable[str]) -> list[tuple[str, Any]] | list[str]:

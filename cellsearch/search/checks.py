@@ -116,7 +116,7 @@ def _optuna_accepts(r: Reader, key: str, name: str, args: Mapping[str, Any]) -> 
     """Optuna's own constructor check of a sampler's / pruner's arguments, reported as one line."""
     if not args:
         return
-    from .optuna_backend import construct
+    from .samplers import construct
 
     kind = key.rsplit(".", 1)[1]
     try:

@@ -30,7 +30,7 @@ class InfrastructureError(RunStopped):
 
 
 def preflight(config: Any, task: Any, storage_url: str | None = None) -> None:
-    """Everything :func:`~cellsearch.search.optuna_backend.run` needs, checked before anything is written."""
+    """Everything a backend's ``run`` needs, checked before anything is written."""
     check_storage(config, storage_url or config.storage_url)
     _check_search(config)
     check_task_data(config, task)
@@ -49,7 +49,7 @@ def check_storage(config: Any, url: str) -> None:
 
 def _check_search(config: Any) -> None:
     """The sampler and pruner build (validation checked their arguments; a missing package shows here)."""
-    from .optuna_backend import make_pruner, make_sampler
+    from .samplers import make_pruner, make_sampler
 
     for key, make in (("search.sampler", make_sampler), ("search.pruner", make_pruner)):
         try:

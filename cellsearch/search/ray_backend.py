@@ -78,29 +78,19 @@ from ray.tune.utils.util import unflatten_dict
 from .._env import env_var
 from ..config import StudyConfig
 from ..errors import UserError
+from .backend import Backend
 from .claims import BudgetTaken, claim_slots
 from .display import Display
-from .ledger import Ledger
-from .optuna_backend import (
-    DuplicateFailed,
-    Objective,
-    StudyResult,
-    _budget_taken,
-    _jsonable,
-    _key,
-    _seed_trials,
-    counted,
-    fail_stale,
-    n_running,
-    open_study,
-    requeue,
-    write_weights,
-)
+from .ledger import Ledger, counted
 from .space import build_space
-from .storage import fail_dead_trials, worker_id
+from .storage import fail_dead_trials
+from .studies import StudyResult, fail_stale, n_running, open_study, requeue, seed_trials
+from .trials import TrialBook, jsonable, write_weights
 
 __all__ = [
     "run",
+    "RayBackend",
+    "BACKEND",
     "scheduler_name",
     "make_scheduler",
     "planned_evaluations",
@@ -283,7 +273,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
 
     from ..spec import ModelSpec
     from ..train import DivergenceError, TrainConfig, resolve_device, train
-    from .optuna_backend import objective_value, weights_bytes
+    from .trials import objective_value, weights_bytes
 
     assert setup is not None
     cs = config["cellsearch"]
@@ -313,7 +303,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
         def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
             if epoch >= last:
                 return  # reported below, with the final result
-            entry = _jsonable(metrics)
+            entry = jsonable(metrics)
             value = {"objective": float(entry[setup.metrics[0]])} if prunable else nan
             tune.report({**_scalars(entry), **value, "cs": {"entry": json.dumps(entry), "node": node}})
 
@@ -327,14 +317,14 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
             tune.report({**nan, "cs": {**_failure(exc), "node": node}})
             return
         path = ray.get(setup.store.save.remote(number, weights_bytes(result.model)))
-    entry = _jsonable(result.history[-1])
+    entry = jsonable(result.history[-1])
     final = {
         "final": True,
         "entry": json.dumps(entry),
         "node": node,
         "values": json.dumps(values),
         "n_params": int(result.n_params),
-        "metrics": json.dumps(_jsonable(result.final)),
+        "metrics": json.dumps(jsonable(result.final)),
         "seconds": float(result.seconds),
         "weights": path,
     }
@@ -363,9 +353,8 @@ class _Driver:
         self.config, self.space, self.task, self.study, self.display = config, space, task, study, display
         self.budget = config.search.n_trials
         self.deadline = None if config.search.timeout is None else time.monotonic() + config.search.timeout
-        self.objective = Objective(config, space, task, display, self.budget)
+        self.book = TrialBook(config, space, task, self.budget)
         self.ledger = Ledger(space, config.search.seed, config.search.n_trials)
-        self.worker = worker_id()
         self.metrics = tuple(config.metrics)
         self.prunable = not config.multi_objective and self.metrics[0].startswith("val_")
         self.scheduler = scheduler_name(config)
@@ -401,8 +390,7 @@ class _Driver:
             self.open.clear()
             self.deferred.clear()
         for trial in left:
-            trial.set_user_attr("fail_reason", "interrupted: the Ray run stopped before the trial finished")
-            trial.set_user_attr("interrupted", True)
+            self.book.set_aside(trial, "interrupted: the Ray run stopped before the trial finished", requeue_now=False)
             self._tell(trial, None, TrialState.FAIL)
             requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: the Ray run stopped")
         return [t.number for t in training]
@@ -449,18 +437,10 @@ class _Driver:
 
     def prepare(self, trial: Trial) -> tuple[str, FrozenTrial | None, bool]:
         """Describe a new trial like the Optuna backend does; (key, finished twin, twin still running)."""
-        trial.set_user_attr("worker", self.worker)
-        candidate = self.space.candidate_for(self.candidate, trial.user_attrs.get("published"))
-        spec, train = self.objective._resolve(candidate)
-        key = _key(spec, train.to_dict(), self.objective.task_dict)
-        self.objective._describe(trial, candidate, spec, train, key)
+        _, _, key, candidate = self.book.describe(trial, self.candidate)
         self.display.trial_started(trial.number, candidate.summary())
-        earlier = self.objective._earlier(trial, key)
-        return key, earlier, earlier is None and self._twin_running(trial, key)
-
-    def _twin_running(self, trial: Trial, key: str) -> bool:
-        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return any(t.number < trial.number and t.user_attrs.get("key") == key for t in running)
+        earlier = self.book.earlier(trial, key)
+        return key, earlier, earlier is None and self.book.twin_running(trial, key)
 
     def launch(self, trial_id: str, trial: Trial) -> dict[str, Any]:
         """The Tune config of a trial that trains."""
@@ -482,11 +462,11 @@ class _Driver:
         fail_stale(self.study)  # a twin whose worker died
         for item in list(self.deferred):
             trial, key = item
-            if self._twin_running(trial, key):
+            if self.book.twin_running(trial, key):
                 continue
             with self._lock:
                 self.deferred.remove(item)
-            earlier = self.objective._earlier(trial, key)
+            earlier = self.book.earlier(trial, key)
             if earlier is None:
                 return trial
             self.reuse(trial, earlier)
@@ -498,12 +478,10 @@ class _Driver:
 
     def surplus(self, trial: Trial) -> bool:
         """True (and the trial failed, not counted) when other workers took the budget meanwhile."""
-        if not _budget_taken(trial, self.budget):
+        outcome = self.book.refuse_surplus(trial)
+        if outcome is None:
             return False
-        trial.set_user_attr("worker", self.worker)
-        trial.set_user_attr("interrupted", True)
-        trial.set_user_attr("fail_reason", f"not run: the budget of {self.budget} trials was taken by other workers")
-        self._tell(trial, None, TrialState.FAIL)
+        self._tell(trial, None, outcome.state)
         return True
 
     # -- results -------------------------------------------------------------------------------------
@@ -544,24 +522,19 @@ class _Driver:
         cs = _cs(result)
         history = self.history.get(trial.number, [])
         if cs.get("final"):
-            trial.set_user_attr("n_params", int(cs["n_params"]))
-            trial.set_user_attr("metrics", json.loads(cs["metrics"]))
-            trial.set_user_attr("seconds", float(cs["seconds"]))
-            trial.set_user_attr("weights", str(cs["weights"]))
-            values = [float(v) for v in json.loads(cs["values"])]
-            self._tell(trial, values, TrialState.COMPLETE)
+            outcome = self.book.complete(trial, json.loads(cs["values"]), cs["n_params"], json.loads(cs["metrics"]),
+                                         cs["seconds"], cs["weights"])
+            self._tell(trial, outcome.values, outcome.state)
         elif cs.get("infrastructure"):  # set aside as the Optuna backend does: not budget, re-queued, stop
             reason = f"infrastructure: {cs['infrastructure']}"
-            trial.set_user_attr("fail_reason", reason)
-            trial.set_user_attr("interrupted", True)
+            self.book.set_aside(trial, reason, requeue_now=False)
             self._tell(trial, None, TrialState.FAIL)
             requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {reason}")
             self.infrastructure = self.infrastructure or (
                 f"trial {trial.number}: {cs['infrastructure']}; the trial does not use the budget and its "
                 "parameters are re-queued")
         elif cs.get("fail_reason"):
-            trial.set_user_attr("fail_reason", str(cs["fail_reason"]))
-            self._tell(trial, None, TrialState.FAIL)
+            self._tell(trial, None, self.book.fail(trial, str(cs["fail_reason"])).state)
         elif trial_id in self.stopped and not error:
             last = history[-1] if history else {}
             metric = self.metrics[0]
@@ -572,39 +545,18 @@ class _Driver:
             self._tell(trial, None, TrialState.PRUNED)
         elif error and _WORKER_FAILED in str(trial.user_attrs.get("retry_reason", "")):
             # the retry of a trial whose worker failed failed the same way: a real failure, not re-run
-            trial.set_user_attr("fail_reason", f"{_WORKER_FAILED} twice (Ray's logs: {self.storage_path})")
+            self.book.fail(trial, f"{_WORKER_FAILED} twice (Ray's logs: {self.storage_path})")
             self._tell(trial, None, TrialState.FAIL)
         else:
             why = _WORKER_FAILED if error else "the Ray run stopped it"
-            trial.set_user_attr("fail_reason", f"interrupted: {why} (Ray's logs: {self.storage_path})")
-            trial.set_user_attr("interrupted", True)
+            self.book.set_aside(trial, f"interrupted: {why} (Ray's logs: {self.storage_path})", requeue_now=False)
             self._tell(trial, None, TrialState.FAIL)
             requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {why}")
 
     def reuse(self, trial: Trial, earlier: FrozenTrial) -> None:
-        """Finish ``trial`` with the result of ``earlier`` (same key), as the Optuna backend's reuse does:
-        a duplicate, outside the budget."""
-        trial.set_user_attr("reused_from", earlier.number)
-        for name in ("n_params", "history", "metrics", "weights", "seconds", "ray_node"):
-            if name in earlier.user_attrs:
-                trial.set_user_attr(name, earlier.user_attrs[name])
-        if earlier.state == TrialState.FAIL:
-            try:
-                self.objective._reuse(trial, earlier)
-            except DuplicateFailed:
-                self._tell(trial, None, TrialState.FAIL)
-            return
-        for step, value in earlier.intermediate_values.items():
-            trial.report(value, step)
-        if earlier.state == TrialState.PRUNED:
-            trial.set_user_attr(
-                "prune_reason",
-                f"same spec and training as trial {earlier.number}, which was "
-                f"pruned ({earlier.user_attrs.get('prune_reason', '')})",
-            )
-            self._tell(trial, None, TrialState.PRUNED)
-        else:
-            self._tell(trial, list(earlier.values), TrialState.COMPLETE)
+        """Finish ``trial`` with the result of ``earlier`` (same key): a duplicate, outside the budget."""
+        outcome = self.book.reuse(trial, earlier)
+        self._tell(trial, outcome.values, outcome.state)
 
     def _tell(self, trial: Trial, values: list[float] | None, state: TrialState) -> None:
         try:
@@ -770,7 +722,7 @@ def run(
     study = open_study(config, storage_url, force_continue=force_continue)
     failed = fail_dead_trials(study, requeue)
     fail_stale(study)
-    _seed_trials(study, space, config)
+    seed_trials(study, space, config)
     budget = config.search.n_trials
     free = None if budget is None else max(0, budget - counted(study) - n_running(study))
     display = display or Display(config, quiet=True)
@@ -895,6 +847,20 @@ def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) 
 
 
 def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
-    from .optuna_backend import make_sampler
+    from .samplers import make_sampler
 
     return make_sampler(config)
+
+
+class RayBackend(Backend):
+    """Trials run as Ray Tune trials (one machine or a cluster), sampled by OptunaSearch with the same
+    sampler and recorded in the same Optuna storage as the Optuna backend's."""
+
+    name = "ray"
+
+    def run(self, config: StudyConfig, storage_url: str | None = None, display: Display | None = None,
+            force_continue: bool = False) -> StudyResult:
+        return run(config, storage_url=storage_url, display=display, force_continue=force_continue)
+
+
+BACKEND = RayBackend()

@@ -160,7 +160,7 @@ def trial_model(trial: FrozenTrial, config: StudyConfig) -> Any:
 
 
 def load_study(path_or_config: Any, storage: str | None = None, **overrides: Any) -> Any:
-    """An existing study, ready to read: a :class:`~cellsearch.search.optuna_backend.StudyResult`.
+    """An existing study, ready to read: a :class:`~cellsearch.search.studies.StudyResult`.
 
     ``path_or_config`` is a study file (or a ``StudyConfig`` / mapping); ``storage`` an Optuna storage URL
     (default: the study's own, ``sqlite:///runs/<name>/study.db``); ``overrides`` as in
@@ -170,7 +170,7 @@ def load_study(path_or_config: Any, storage: str | None = None, **overrides: Any
     Raises a one-line error when the study was never run. Nothing is created or written.
     """
     from . import load_config
-    from .optuna_backend import StudyResult, open_study
+    from .studies import StudyResult, open_study
 
     config = load_config(path_or_config, storage=storage, **overrides)
     return StudyResult(config, open_study(config, storage, create=False), storage or config.storage_url)
@@ -187,7 +187,7 @@ def load_trial_model(study: Any, trial: int | FrozenTrial | None = None) -> Any:
         model = cs.load_trial_model("studies/quickstart.yaml")
         out, state = model(torch.randn(4, 50, 2))
     """
-    from .optuna_backend import StudyResult
+    from .studies import StudyResult
 
     if isinstance(study, Study):
         result_study, config = study, config_of(study)
