@@ -379,10 +379,52 @@ def test_sigkill_then_rerun_keeps_completed_trials_and_completes_budget(tmp_path
     assert len(finished) == 4 and len({t.user_attrs["key"] for t in finished}) == 4  # the budget is complete
 
 
+_TAKE_SLOTS_AND_DIE = """
+import os, signal, sys
+from cellsearch.search import claims, load_config
+from cellsearch.search.optuna_backend import open_study
+config = load_config(sys.argv[1])
+study = claims.claim_slots(open_study(config), config.search.n_trials)
+study.ask()  # a worker of this machine
+claims.worker_id = lambda: {"host": "another-machine", "pid": 1, "start": None}
+study.ask()  # a worker of another machine
+os.kill(os.getpid(), signal.SIGKILL)  # before Optuna's heartbeat thread or the objective ran
+"""
+
+
+def test_workers_killed_right_after_taking_a_slot_do_not_hold_the_budget(tmp_path: Path, monkeypatch) -> None:
+    """Found by scripts/kill_loop.py: a worker SIGKILLed between taking its budget slot and Optuna's first
+    heartbeat left a RUNNING trial that nothing failed (Optuna's stale check skips trials without a
+    heartbeat; the dead-process check needs the trial's worker), so every later run waited for it forever.
+    Now the trial names its worker from its creation and beats at once: the one from this machine is failed
+    when the next run starts, the one from another machine after the heartbeat's grace period; both are
+    re-queued and the budget completes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CELLSEARCH_HEARTBEAT_S", "1")
+    monkeypatch.setenv("CELLSEARCH_GRACE_S", "2")
+    raw = tiny("orphan", search={"n_trials": 3, "n_jobs": 1, "pruner": "none", "timeout": 60},
+               space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}})
+    path = tmp_path / "orphan.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    child = subprocess.run([sys.executable, "-c", _TAKE_SLOTS_AND_DIE, str(path)], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -9, child.stderr
+    orphans = load_sqlite(tmp_path / "runs" / "orphan" / "study.db", "orphan").trials
+    assert [t.state for t in orphans] == [TrialState.RUNNING] * 2
+    result = run_study(raw, display="quiet")  # search.timeout: without the fix it gives up waiting
+    trials = result.trials
+    assert result.n_counted == 3, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert [trials[0].state, trials[1].state] == [TrialState.FAIL] * 2
+    assert "interrupted: its process" in trials[0].user_attrs["fail_reason"]
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retried) == 1 and "stopped sending heartbeats" in retried[0].user_attrs["retry_reason"]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "nsga2", "cmaes"])
 @pytest.mark.parametrize("pruner", ["median", "successive_halving", "hyperband", "none"])
 def test_every_sampler_and_pruner_is_constructed(sampler: str, pruner: str) -> None:
-    from cellsearch.search.optuna_backend import make_pruner, make_sampler
+    from cellsearch.search.samplers import make_pruner, make_sampler
 
     config = study_from_mapping(tiny("s", search={"sampler": sampler, "pruner": pruner, "seed": 1}))
     try:

@@ -39,12 +39,15 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+
+from .storage import worker_id
 
 __all__ = ["study_lock", "lock_kind", "claim_slots", "BudgetTaken", "queue_order", "IDLE_TIMEOUT_S"]
 
@@ -145,14 +148,39 @@ def claim_slots(study: optuna.Study, budget: int | None) -> optuna.Study:
                 running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
                 if counted(study) + running >= budget:
                     raise BudgetTaken(f"the budget of {budget} trials is taken")
+            me = worker_id()
             waiting = storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,))
             for trial in queue_order(list(waiting)):
                 try:
+                    storage.set_trial_user_attr(trial._trial_id, "worker", me)  # before it runs: see below
                     if storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
-                        return trial._trial_id
+                        return _first_beat(storage, trial._trial_id)
                 except UpdateFinishedTrialError:  # a worker without the lock took it (other storages)
                     continue
-            return storage.create_new_trial(study_id)
+            return _first_beat(storage, storage.create_new_trial(study_id, template_trial=_running(me)))
 
     study._pop_waiting_trial_id = take_slot  # type: ignore[method-assign]
     return study
+
+
+# A worker killed between taking its slot and Optuna's first heartbeat (or the objective's ``worker``
+# attribute) left a RUNNING trial that nothing ever failed: Optuna's stale check skips trials without a
+# heartbeat and ``fail_dead_trials`` needs the worker, so every later run waited for it (kill_loop.py).
+# The trial is now created RUNNING with its ``worker`` in one write (a popped WAITING trial gets it before
+# it runs), and beats once at once.
+
+
+def _running(worker: dict[str, Any]) -> FrozenTrial:
+    """A template for a new RUNNING trial that names its worker from the start."""
+    return FrozenTrial(number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                       datetime_complete=None, params={}, distributions={}, user_attrs={"worker": worker},
+                       system_attrs={}, intermediate_values={}, trial_id=-1)
+
+
+def _first_beat(storage: Any, trial_id: int) -> int:
+    """Record the trial's first heartbeat (RDB storages with heartbeats); returns ``trial_id``."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if is_heartbeat_enabled(storage):
+        storage.record_heartbeat(trial_id)
+    return trial_id
