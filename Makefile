@@ -41,3 +41,12 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# the scripted kill checks (issues 12 and 19; not timed tests): SIGKILL at random moments of a SQLite and a
+# 2-worker PostgreSQL study (10 repetitions each; PostgreSQL from this machine's server binaries, as .ci/run),
+# then a Ray node killed mid-trial (3 repetitions); tables into docs/reliability/ (docs/RELIABILITY.md)
+.PHONY: chaos
+CHAOS_ARGS ?= --reps 10
+chaos: $(STAMP)
+	$(BIN)/python scripts/kill_loop.py --backend both $(CHAOS_ARGS) --out docs/reliability/kill_loop.md
+	$(BIN)/python scripts/ray_node_kill.py --reps 3 --out docs/reliability/ray_node_kill.md
