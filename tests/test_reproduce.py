@@ -13,6 +13,7 @@ import yaml
 from scipy import stats
 
 from cellsearch.cli import main
+from cellsearch.jobs import run_parallel
 from cellsearch.reproduce import (
     ConfigError,
     config_yaml,
@@ -22,7 +23,6 @@ from cellsearch.reproduce import (
     reproduce,
 )
 from cellsearch.reproduce.report import fmt
-from cellsearch.reproduce.runner import run_parallel
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import shlex
 from pathlib import Path
+from typing import Any
 
 HELP = "tokens/s forward+backward vs torch.nn.LSTM"
 
@@ -99,11 +100,9 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
-    from rich.console import Console
-
-    from .. import bench, registry
+def _cells(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The cells to measure and the one whose derived path's first use is timed; unknown names refused."""
+    from .. import registry
     from ..errors import UserError
 
     cells = list(args.cells)
@@ -114,6 +113,15 @@ def run(args: argparse.Namespace) -> int:
     first_use = args.first_use or ("ur_lstm" if args.all and "ur_lstm" in registry.list_cells() else None)
     for c in cells + ([first_use] if first_use else []):
         registry.get_cell_card(c)      # unknown names fail here with "did you mean"
+    return cells, first_use
+
+
+def _settle(args: argparse.Namespace) -> None:
+    """Check the numeric arguments and the device; set torch's threads and the allocator."""
+    import torch
+
+    from ..errors import UserError
+
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: CUDA is not available here")
     if min(args.repeats, args.batch, args.threads, args.patience) < 1:
@@ -123,23 +131,13 @@ def run(args: argparse.Namespace) -> int:
         from ..allocator import tune
 
         tune()
-    sizes, main, chart = _sizes(args)
-    info = bench.machine_info(args.device, build_time=args.all)
-    console = Console()
-    previous = bench.read_json(Path(args.out) / "bench.json") if args.resume and args.out else []
-    if first_use:
-        hidden, seq = sizes[-1] if not args.all else MAIN_SIZES[-1]
-        t = bench.derived_first_use(first_use, hidden, seq, args.batch, args.input_size)
-        info[f"derived path, first use ({first_use}, hidden {hidden}, seq {seq})"] = (
-            f"{t['cold']:.1f} s with an empty cache (once per machine: trace + Inductor compile), "
-            f"{t['warm']:.1f} s after (trace + compiled code from the private cache)")
-    console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
-    total = len(sizes) * len(cells)
+
+
+def _progress(console: Any, total: int, kept: set[int]) -> Any:
+    """``progress(result)``: one line per measured (or kept) cell and size."""
     done = [0]
 
-    kept = {id(r) for r in previous}
-
-    def progress(r: bench.BenchResult) -> None:
+    def progress(r: Any) -> None:
         done[0] += 1
         if id(r) in kept:
             console.print(f"[{done[0]}/{total}] {r.cell:<13} h={r.hidden:<4} T={r.seq:<4} kept (no load)")
@@ -154,10 +152,32 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[{done[0]}/{total}] {r.cell:<13} h={r.hidden:<4} T={r.seq:<4} {r.path:<9} "
                       f"{r.tokens_per_s:>10,.0f} tok/s  [bold]{r.ratio:.2f}×[/] nn.LSTM{ref}{mem}")
 
+    return progress
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .. import bench
+
+    cells, first_use = _cells(args)
+    _settle(args)
+    sizes, main, chart = _sizes(args)
+    info = bench.machine_info(args.device, build_time=args.all)
+    console = Console()
+    previous = bench.read_json(Path(args.out) / "bench.json") if args.resume and args.out else []
+    if first_use:
+        hidden, seq = sizes[-1] if not args.all else MAIN_SIZES[-1]
+        t = bench.derived_first_use(first_use, hidden, seq, args.batch, args.input_size)
+        info[f"derived path, first use ({first_use}, hidden {hidden}, seq {seq})"] = (
+            f"{t['cold']:.1f} s with an empty cache (once per machine: trace + Inductor compile), "
+            f"{t['warm']:.1f} s after (trace + compiled code from the private cache)")
+    console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
     results = bench.bench_cells(
         cells, sizes, batch=args.batch, input_size=args.input_size, layers=args.layers, device=args.device,
         repeats=args.repeats, warmup=args.warmup, memory_sizes=() if args.no_memory else main,
-        reference_sizes=main if (args.reference or args.all) else (), progress=progress,
+        reference_sizes=main if (args.reference or args.all) else (),
+        progress=_progress(console, len(sizes) * len(cells), {id(r) for r in previous}),
         max_load=args.max_load if args.max_load > 0 else None, patience=args.patience, previous=previous,
         derived_sizes=main if (args.derived or args.all) else ())
     if args.out:

@@ -88,9 +88,7 @@ def _annotate(rows: list[dict[str, Any]], trials: dict[int, Any], config: Any) -
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.table import Table
 
-    from ..config import metric_label
     from ..search import load_config
     from ..search.studies import StudyResult, open_study
 
@@ -109,18 +107,24 @@ def run(args: argparse.Namespace) -> int:
     metric_names = sorted({k for r in rows for k in r["metrics"]} - set(config.metrics))
     same = {m: o for m in metric_names if (o := _same_as_objective(rows, m, config.metrics))}
     metric_names = [m for m in metric_names if m not in same]
-    states = _states(result.trials)
+    console.print(_table(result, rows, metric_names))
+    for metric, objective in same.items():
+        console.print(f"{metric} equals {objective} in every row (not repeated)")
+    _footnotes(console, config, rows)
+    return 0
+
+
+def _table(result: Any, rows: list[dict[str, Any]], metric_names: list[str]) -> Any:
+    """The leaderboard as a rich table: one row per trial, the objectives then the other metrics."""
+    from rich.table import Table
+
+    from ..config import metric_label
+
+    config, states = result.config, _states(result.trials)
     table = Table(
-        "#",
-        "state",
-        "cell",
-        "proposed",
-        "params",
-        *(metric_label(m) for m in config.metrics),
-        *(metric_label(m) for m in metric_names),
-        "epochs",
-        "time (s)",
-        "note",
+        "#", "state", "cell", "proposed", "params",
+        *(metric_label(m) for m in config.metrics), *(metric_label(m) for m in metric_names),
+        "epochs", "time (s)", "note",
         title=f"{config.name}: {states['COMPLETE']} complete, {states['PRUNED']} pruned, {states['FAIL']} failed; "
         f"{result.n_distinct} distinct cell(s) in {result.n_counted} trial(s) of the budget, "
         f"{result.n_duplicates} duplicate proposal(s) answered from storage",
@@ -129,20 +133,17 @@ def run(args: argparse.Namespace) -> int:
         mark = (" *" if r["pareto"] else "") + (" †" if r["export"].startswith("no") else "")
         note = "; ".join(n for n in (r["note"], r["export"] if r["export"].startswith("retrains") else "") if n)
         table.add_row(
-            f"{r['number']}{mark}",
-            r["state"],
-            r["summary"],
-            str(r["proposed"]),
-            _fmt(r["params"]),
+            f"{r['number']}{mark}", r["state"], r["summary"], str(r["proposed"]), _fmt(r["params"]),
             *(_fmt(r["objectives"].get(m)) for m in config.metrics),
             *(_fmt(r["metrics"].get(m)) for m in metric_names),
             f"{r['epochs']}/{r['epochs_total']}" if r["epochs_total"] else str(r["epochs"]),
             _fmt(r["wall_seconds"] and round(r["wall_seconds"], 1)),
             note[:70],
         )
-    console.print(table)
-    for metric, objective in same.items():
-        console.print(f"{metric} equals {objective} in every row (not repeated)")
+    return table
+
+
+def _footnotes(console: Any, config: Any, rows: list[dict[str, Any]]) -> None:
     if config.multi_objective:
         console.print("* on the Pareto front")
     if any(r["export"].startswith("no") for r in rows):
@@ -150,4 +151,3 @@ def run(args: argparse.Namespace) -> int:
     firsts = [r["objectives"].get(config.metrics[0]) for r in rows if r["state"] == "COMPLETE"]
     if len(set(firsts)) < len(firsts) and config.metrics[0] != "val_loss":
         console.print(f"equal {config.metrics[0]}: ranked by the lower val_loss")
-    return 0

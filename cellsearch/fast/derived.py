@@ -276,6 +276,49 @@ def _ancestors(roots: Sequence[Any], stop: set[fx.Node] | None = None) -> set[fx
     return seen
 
 
+def _post_loop_grads(grads: list[Any], n_inv: int, dep_var: set[fx.Node]
+                     ) -> tuple[list[tuple[int, fx.Node, fx.Node, list[fx.Node]]], list[Any]]:
+    """Post-loop weight gradients: the gradient of an invariant that is views(mm(a, b)) with a, b per-step
+    tensors becomes one GEMM after the loop; returns those and the gradient roots left for the loop."""
+    post: list[tuple[int, fx.Node, fx.Node, list[fx.Node]]] = []
+    grad_roots: list[Any] = list(grads)
+    for i in range(n_inv):
+        g = grads[i]
+        if isinstance(g, fx.Node) and g.op == "call_function":
+            found = _post_loop(g)
+            if found is not None and found[0] in dep_var and found[1] in dep_var \
+                    and all(len(c.users) == 1 for c in found[2][:-1]):
+                post.append((i, *found))          # mm's operands are matrices
+                grad_roots[i] = None
+    return post, grad_roots
+
+
+def _recompute_cheap(bw_all: set[fx.Node], roots: list[Any], fw_set: set[fx.Node]) -> None:
+    """Add to the backward every cheap forward value it reads (recomputed there instead of saved)."""
+    frontier = [i for n in bw_all for i in _inputs_of(n) if i in fw_set]
+    frontier += [r for r in roots if isinstance(r, fx.Node) and r in fw_set]
+    while frontier:
+        n = frontier.pop()
+        if n in bw_all or not _recomputable(n):
+            continue
+        bw_all.add(n)
+        frontier.extend(i for i in _inputs_of(n) if i in fw_set)
+
+
+def _step_inputs(bw_step: list[fx.Node], roots: list[Any]) -> list[fx.Node]:
+    """What the per-step backward reads from outside itself, in first-use order."""
+    step_set = set(bw_step)
+    used: list[fx.Node] = []
+    for n in bw_step:
+        for i in _inputs_of(n):
+            if i not in step_set and i not in used:
+                used.append(i)
+    for r in roots:
+        if isinstance(r, fx.Node) and r not in step_set and r not in used:
+            used.append(r)
+    return used
+
+
 def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recompute: bool) -> dict[str, Any]:
     """Split the joint graph into forward, once-per-backward and per-step backward graphs.
 
@@ -298,39 +341,14 @@ def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recomp
     for n in nodes:
         if n.op == "call_function" and any(i in dep_var for i in _inputs_of(n)):
             dep_var.add(n)
-    # post-loop weight gradients: grad of an invariant = views(mm(a, b)) with a, b per-step tensors
-    post: list[tuple[int, fx.Node, fx.Node, list[fx.Node]]] = []
-    grad_roots: list[Any] = list(grads)
-    for i in range(n_inv):
-        g = grads[i]
-        if isinstance(g, fx.Node) and g.op == "call_function":
-            found = _post_loop(g)
-            if found is not None and found[0] in dep_var and found[1] in dep_var \
-                    and all(len(c.users) == 1 for c in found[2][:-1]):
-                post.append((i, *found))          # mm's operands are matrices
-                grad_roots[i] = None
+    post, grad_roots = _post_loop_grads(grads, n_inv, dep_var)
     roots = grad_roots + [x for _, a, b, _ in post for x in (a, b)]
     bw_need = _ancestors(roots)
     bw_all = {n for n in bw_need if n not in fw_set and n.op != "placeholder"}
     if recompute:
-        frontier = [i for n in bw_all for i in _inputs_of(n) if i in fw_set]
-        frontier += [r for r in roots if isinstance(r, fx.Node) and r in fw_set]
-        while frontier:
-            n = frontier.pop()
-            if n in bw_all or not _recomputable(n):
-                continue
-            bw_all.add(n)
-            frontier.extend(i for i in _inputs_of(n) if i in fw_set)
+        _recompute_cheap(bw_all, roots, fw_set)
     bw_step = sorted((n for n in bw_all if n in dep_var), key=order.__getitem__)
-    step_set = set(bw_step)
-    used: list[fx.Node] = []
-    for n in bw_step:
-        for i in _inputs_of(n):
-            if i not in step_set and i not in used:
-                used.append(i)
-    for r in roots:
-        if isinstance(r, fx.Node) and r not in step_set and r not in used:
-            used.append(r)
+    used = _step_inputs(bw_step, roots)
     pre_used = [n for n in used if n in bw_all and n not in inv_set]          # invariant: once per backward
     saved = [n for n in used if n not in bw_all and n not in inv_set and n not in tan_ph]
     for n in saved:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..jobs import run_parallel
 from .report import markdown_table, write_csv
-from .runner import run_parallel
 from .stats import CI, mean_ci
 
 __all__ = ["Candidate", "Confirmation", "confirm", "retrain", "SEED_BASE"]
@@ -82,20 +82,14 @@ class Confirmation:
 
 
 def retrain(job: RetrainJob) -> tuple[float, float]:
-    """(metric value of the final model, seconds) of one retraining; NaN when training diverged."""
-    from ..spec import ModelSpec
-    from ..train import DivergenceError, TrainConfig, train
+    """(metric value of the final model, seconds) of one retraining (:func:`cellsearch.jobs.run_job`); NaN
+    when training diverged."""
+    from ..jobs import Job, run_job
 
-    config = TrainConfig.from_dict({**dict(job.train), "seed": job.seed, "progress": False})
-    try:
-        result = train(ModelSpec.from_json(job.spec), dict(job.task), config)
-    except DivergenceError:
+    record = run_job(Job(job.spec, dict(job.task), dict(job.train), job.seed))
+    if record.diverged:
         return math.nan, math.nan
-    if job.metric == "params":
-        return float(result.n_params), result.seconds
-    if job.metric not in result.final:
-        raise UserError(f"metric {job.metric!r} is not among the trainer's metrics {sorted(result.final)}")
-    return float(result.final[job.metric]), result.seconds
+    return record.value(job.metric), record.seconds
 
 
 def _distinct_top(trials: Sequence[Any], top: int) -> list[tuple[int, Any]]:

@@ -1,27 +1,22 @@
 """Jobs of a reproduction: one (experiment, variant, seed) training run each, run in 1..N processes.
 
-A :class:`Job` is plain data (picklable, YAML-able pieces only); :func:`run_job` trains it with the one
-training loop (:func:`cellsearch.train.train`) and returns a :class:`Record` — the final and best
+A :class:`Job` is plain data (picklable, YAML-able pieces only) naming a card, its overrides and sizes;
+:func:`run_job` resolves it into a ModelSpec and trains it with the one job runner
+(:func:`cellsearch.jobs.run_job`) and returns a :class:`Record` — the final and best
 metrics, the test metrics of the final model, the parameter count, the wall time and the per-evaluation
 history — or a record marked ``diverged`` when the loss became NaN/inf. :func:`run_jobs` runs jobs in
-this process (``workers=1``) or in a pool of spawned processes, one torch thread each.
+this process (``workers=1``) or in a pool of spawned processes, one torch thread each
+(:func:`cellsearch.jobs.run_parallel`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-__all__ = ["Job", "Record", "run_job", "run_jobs", "run_parallel", "model_spec_for", "cell_spec"]
-
-T = TypeVar("T")
-R = TypeVar("R")
-
+__all__ = ["Job", "Record", "run_job", "run_jobs", "model_spec_for", "cell_spec"]
 
 @dataclass(frozen=True)
 class Job:
@@ -107,28 +102,27 @@ def model_spec_for(job: Job) -> tuple[Any, Any]:
 
 
 def run_job(job: Job) -> Record:
-    """Train one job and return its :class:`Record` (divergence is recorded, not raised)."""
-    from ..train import DivergenceError, TrainConfig, train
+    """Train one job with the one job runner (:func:`cellsearch.jobs.run_job`) and return its
+    :class:`Record` (divergence is recorded, not raised)."""
+    from .. import jobs
 
     ms, task = model_spec_for(job)
-    config = TrainConfig.from_dict({**dict(job.train), "seed": job.seed, "progress": False, "test": True})
     record = Record(job.experiment, job.variant, job.cell, job.layers, job.seed, task.metric,
                     task.metric_direction, hidden_size=ms.hidden_size, baseline=_baseline(task))
-    start = time.perf_counter()
-    try:
-        result = train(ms, task, config)
-    except DivergenceError as exc:
-        record.diverged, record.error, record.seconds = True, str(exc), time.perf_counter() - start
+    done = jobs.run_job(jobs.Job(ms, task, {**dict(job.train), "progress": False, "test": True}, job.seed))
+    record.seconds = done.seconds
+    if done.diverged:
+        record.diverged, record.error = True, done.error
         return record
     metric = task.metric
-    record.n_params, record.seconds = result.n_params, result.seconds
-    record.steps = int(result.final["step"])
-    record.val_loss, record.val_metric = result.final["val_loss"], result.final[f"val_{metric}"]
-    record.best_val_metric = result.best[f"val_{metric}"]
-    record.test_loss = result.final.get("test_loss", math.nan)
-    record.test_metric = result.final.get(f"test_{metric}", math.nan)
+    record.n_params = done.n_params
+    record.steps = int(done.final["step"])
+    record.val_loss, record.val_metric = done.final["val_loss"], done.final[f"val_{metric}"]
+    record.best_val_metric = done.best[f"val_{metric}"]
+    record.test_loss = done.final.get("test_loss", math.nan)
+    record.test_metric = done.final.get(f"test_{metric}", math.nan)
     record.history = [{"step": h["step"], "train_loss": h["train_loss"], "val_loss": h["val_loss"],
-                       "val_metric": h[f"val_{metric}"]} for h in result.history]
+                       "val_metric": h[f"val_{metric}"]} for h in done.history]
     return record
 
 
@@ -140,12 +134,6 @@ def _baseline(task: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _worker_init() -> None:
-    """One intra-op thread per worker process (read by torch when the first job imports it)."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
-
-
 def run_jobs(jobs: Sequence[Job], workers: int = 1,
              on_done: Callable[[Record], None] | None = None) -> list[Record]:
     """Run ``jobs`` in this process or in ``workers`` spawned processes; records in the order of ``jobs``.
@@ -153,37 +141,6 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1,
     A pool starts the deepest models first (a cheap proxy of the longest jobs), so that the last jobs
     to finish are short ones. ``on_done(record)`` is called as each job finishes (in completion order).
     """
+    from ..jobs import run_parallel
+
     return run_parallel(run_job, jobs, workers, on_done, priority=lambda job: -job.layers)
-
-
-def run_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
-                 on_done: Callable[[R], None] | None = None,
-                 priority: Callable[[T], float] | None = None) -> list[R]:
-    """``[fn(item) for item in items]``, in this process (``workers=1``) or a pool of spawned processes
-    (one torch thread each; ``fn`` must be importable). Items are submitted in ``priority`` order
-    (smallest first); results come back in the order of ``items``."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or len(items) <= 1:
-        out = []
-        for item in items:
-            out.append(fn(item))
-            if on_done is not None:
-                on_done(out[-1])
-        return out
-    import multiprocessing
-
-    results: dict[int, R] = {}
-    order = sorted(range(len(items)), key=lambda i: priority(items[i]) if priority else 0)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
-                             initializer=_worker_init) as pool:
-        pending = {pool.submit(fn, items[i]): i for i in order}
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = pending.pop(future)
-                results[i] = future.result()
-                if on_done is not None:
-                    on_done(results[i])
-    return [results[i] for i in range(len(items))]

@@ -61,7 +61,7 @@ from .studies import (
     seed_trials,
     wait_for_slots,
 )
-from .trials import DuplicateFailed, Outcome, TrialBook, objective_value, weights_bytes, write_weights
+from .trials import DuplicateFailed, Outcome, TrialBook, TrialFailed, objective_value, weights_bytes, write_weights
 
 __all__ = ["run", "Objective", "OptunaBackend", "BACKEND"]
 
@@ -127,20 +127,23 @@ class Objective:
         return self.book.earlier(trial, key)
 
     def _train(self, trial: Trial, spec: Any, train: Any) -> float | list[float]:
-        from ..train import train as run_training
+        from ..jobs import Job, run_job
 
         history: list[dict[str, Any]] = []
         try:
-            result = run_training(spec, self.book.task, train, callback=self._callback(trial, history))
+            record = run_job(Job(spec, self.book.task, train), callback=self._callback(trial, history),
+                             keep_model=True)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
             self.book.fail(trial, self.book.failure_reason(exc))
             raise
-        values = [objective_value(o.metric, result, spec) for o in self.config.objective]
-        path = write_weights(self.config.directory / "trials", trial.number, weights_bytes(result.model))
-        outcome = self.book.complete(trial, values, result.n_params, result.final, result.seconds, path,
-                                     history=result.history)
+        if record.diverged:
+            raise TrialFailed(self.book.fail(trial, f"diverged: {record.error}").reason)
+        values = [objective_value(o.metric, record, spec) for o in self.config.objective]
+        path = write_weights(self.config.directory / "trials", trial.number, weights_bytes(record.model))
+        outcome = self.book.complete(trial, values, record.n_params, record.final, record.seconds, path,
+                                     history=record.history)
         return self._end(outcome)
 
     def _callback(self, trial: Trial, history: list[dict[str, Any]]) -> Callable[[int, dict[str, Any]], None]:

@@ -266,69 +266,67 @@ def _failure(exc: Exception) -> dict[str, str]:
     return {"infrastructure": machine} if machine else {"fail_reason": f"{type(exc).__name__}: {exc}"}
 
 
+def _node(train_config: Any) -> str:
+    """Where this trial runs (stored as ``ray_node``): Ray node, host, process, device."""
+    from ..train import resolve_device
+
+    return json.dumps({"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                       "pid": os.getpid(), "device": str(resolve_device(train_config.device))})
+
+
 def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
-    """One Ray trial: train the spec the driver resolved, report every epoch, save the weights, report the
-    final result (the last epoch is reported once, with ``final``: a scheduler deciding on it sees it)."""
+    """One Ray trial: train the spec the driver resolved (:func:`cellsearch.jobs.run_job`), report every
+    epoch, save the weights, report the final result (the last epoch is reported once, with ``final``: a
+    scheduler deciding on it sees it)."""
     from dataclasses import replace
 
+    from ..jobs import Job, run_job
     from ..spec import ModelSpec
-    from ..train import DivergenceError, TrainConfig, resolve_device, train
+    from ..train import TrainConfig
     from .trials import objective_value, weights_bytes
 
     assert setup is not None
     cs = config["cellsearch"]
-    number = int(cs["number"])
     train_config = TrainConfig.from_dict(cs["train"])
     if train_config.device == "auto" and not setup.gpus:
         train_config = replace(train_config, device="cpu")
-    node = json.dumps(
-        {
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "device": str(resolve_device(train_config.device)),
-        }
-    )
+    node = _node(train_config)
     nan = _objectives(setup.metrics, [math.nan] * len(setup.metrics))
     with _in_directory(setup.cwd):
         try:
             task = _task(setup.task)  # its data may have vanished from this node since the preflight
-        except Exception as exc:
-            tune.report({**nan, "cs": {**_failure(exc), "node": node}})
-            return
-        spec = ModelSpec.from_json(cs["spec"])
-        last = planned_evaluations(train_config, task)
-        prunable = len(setup.metrics) == 1 and setup.metrics[0].startswith("val_")
-
-        def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
-            if epoch >= last:
-                return  # reported below, with the final result
-            entry = jsonable(metrics)
-            value = {"objective": float(entry[setup.metrics[0]])} if prunable else nan
-            tune.report({**_scalars(entry), **value, "cs": {"entry": json.dumps(entry), "node": node}})
-
-        try:
-            result = train(spec, task, train_config, callback=on_epoch)
-            values = [objective_value(m, result, spec) for m in setup.metrics]
-        except DivergenceError as exc:
-            tune.report({**nan, "cs": {"fail_reason": f"diverged: {exc}", "node": node}})
-            return
+            job = Job(ModelSpec.from_json(cs["spec"]), task, train_config)
+            record = run_job(job, callback=_epoch_reporter(setup, task, train_config, node), keep_model=True)
+            if record.diverged:
+                tune.report({**nan, "cs": {"fail_reason": f"diverged: {record.error}", "node": node}})
+                return
+            values = [objective_value(m, record, job.spec) for m in setup.metrics]
         except Exception as exc:  # the trial fails with its reason; Ray's actor stays usable
             tune.report({**nan, "cs": {**_failure(exc), "node": node}})
             return
-        path = ray.get(setup.store.save.remote(number, weights_bytes(result.model)))
-    entry = jsonable(result.history[-1])
-    final = {
-        "final": True,
-        "entry": json.dumps(entry),
-        "node": node,
-        "values": json.dumps(values),
-        "n_params": int(result.n_params),
-        "metrics": json.dumps(jsonable(result.final)),
-        "seconds": float(result.seconds),
-        "weights": path,
-    }
+        path = ray.get(setup.store.save.remote(int(cs["number"]), weights_bytes(record.model)))
+    entry = jsonable(record.history[-1])
+    final = {"final": True, "entry": json.dumps(entry), "node": node, "values": json.dumps(values),
+             "n_params": int(record.n_params), "metrics": json.dumps(jsonable(record.final)),
+             "seconds": float(record.seconds), "weights": path}
     tune.report({**_scalars(entry), **_objectives(setup.metrics, values), "cs": final})
+
+
+def _epoch_reporter(setup: TrialSetup, task: Any, train_config: Any, node: str) -> Any:
+    """``callback(epoch, metrics)`` reporting each epoch but the last to Tune (the objective when a
+    scheduler can stop the trial on it)."""
+    last = planned_evaluations(train_config, task)
+    prunable = len(setup.metrics) == 1 and setup.metrics[0].startswith("val_")
+    nan = _objectives(setup.metrics, [math.nan] * len(setup.metrics))
+
+    def on_epoch(epoch: int, metrics: dict[str, Any]) -> None:
+        if epoch >= last:
+            return  # reported by the trainable, with the final result
+        entry = jsonable(metrics)
+        value = {"objective": float(entry[setup.metrics[0]])} if prunable else nan
+        tune.report({**_scalars(entry), **value, "cs": {"entry": json.dumps(entry), "node": node}})
+
+    return on_epoch
 
 
 # ------------------------------------------------------------------------------------------------

@@ -208,10 +208,13 @@ def _weights_path(trial: FrozenTrial, config: StudyConfig) -> Path | None:
 
 
 def _retrain(trial: FrozenTrial, config: StudyConfig, spec: Any, task: Any) -> Any:
-    from ..train import TrainConfig, train
+    """The trial trained again from its spec and stored training settings (seed included)."""
+    from ..jobs import Job, run_job
 
-    cfg = TrainConfig.from_dict({**trial.user_attrs.get("train", config.train_dict()), "progress": False})
-    return train(spec, task, cfg).model.eval()
+    record = run_job(Job(spec, task, trial.user_attrs.get("train", config.train_dict())), keep_model=True)
+    if record.diverged:
+        raise UserError(f"trial {trial.number} has no saved weights and retraining it diverged ({record.error})")
+    return record.model.eval()
 
 
 def config_of(study: Study) -> StudyConfig:

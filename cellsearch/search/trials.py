@@ -36,8 +36,8 @@ from .space import Candidate
 from .storage import worker_id
 from .studies import requeue
 
-__all__ = ["TrialBook", "Outcome", "DuplicateFailed", "key_of", "jsonable", "budget_taken", "objective_value",
-           "weights_bytes", "write_weights"]
+__all__ = ["TrialBook", "Outcome", "TrialFailed", "DuplicateFailed", "key_of", "jsonable", "budget_taken",
+           "objective_value", "weights_bytes", "write_weights"]
 
 #: what a duplicate copies from the trial it duplicates
 COPIED = ("n_params", "history", "metrics", "weights", "seconds", "ray_node")
@@ -193,12 +193,17 @@ class TrialBook:
         return Outcome(TrialState.FAIL, reason=reason)
 
 
-class DuplicateFailed(RuntimeError):
+class TrialFailed(RuntimeError):
+    """A trial that failed with a reason already recorded (a diverged training)."""
+
+
+class DuplicateFailed(TrialFailed):
     """A duplicate of a trial whose training diverged: it fails the same way, without training."""
 
 
 def objective_value(metric: str, result: Any, spec: Any) -> float:
-    """The value of objective ``metric`` for a finished training ``result`` (a ``TrainResult``)."""
+    """The value of objective ``metric`` for a finished training ``result`` (a
+    :class:`~cellsearch.jobs.Record` with its model, or a ``TrainResult``)."""
     if metric == "params":
         return float(result.n_params)
     if metric == "speed":

@@ -1,0 +1,252 @@
+"""Comparisons: a cell against torch.nn.LSTM (interleaved, same process), its reference loop, its derived
+path, its GEMM floor; the first use of the derived path."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._env import env_var
+from ..timing import build_model, forward_backward, time_runs
+from .memory import peak_memory
+from .result import BenchResult
+
+__all__ = ["bench_cell", "bench_cells", "GemmFloor", "derived_first_use"]
+
+
+def _path(model: nn.Module) -> str:
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        return "torch"
+    from .. import fast
+
+    paths = {fast.plan(layer).path for layer in layers}
+    return "+".join(sorted(paths)) if fast.is_enabled() else "reference"
+
+
+def bench_cell(cell: str | Any, hidden: int = 128, seq: int = 100, batch: int = 64, input_size: int = 32,
+               layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
+               memory: bool = True, with_reference: bool = False, seed: int = 0,
+               max_load: float | None = 0.25, patience: int = 2, with_derived: bool = False) -> BenchResult:
+    """Time (and optionally measure the memory of) ``cell`` against torch.nn.LSTM, interleaved.
+
+    ``with_reference`` also times the cell with fast paths off (the reference loop), in the same rounds;
+    ``with_derived`` its derived path (:func:`cellsearch.fast.force_derived`), in the same rounds, and
+    the derived path's first call (tracing, and compiling or loading the compiled step graphs).
+    ``max_load``: discard rounds during which other processes used more CPUs than this (None: keep all),
+    running at most ``patience`` × ``repeats`` rounds.
+    """
+    with _derived_from_first_call():
+        return _bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup, memory,
+                           with_reference, seed, max_load, patience, with_derived)
+
+
+@contextmanager
+def _derived_from_first_call() -> Iterator[None]:
+    """A cell on the derived path takes it from its first call (no reference-loop warm-up calls): the
+    bench measures the steady state and reports the first call separately."""
+    with env_var("CELLSEARCH_DERIVED_AFTER", "0"):
+        yield
+
+
+def _bench_cell(cell: str | Any, hidden: int, seq: int, batch: int, input_size: int, layers: int,
+                device: str | torch.device, repeats: int, warmup: int, memory: bool, with_reference: bool,
+                seed: int, max_load: float | None, patience: int, with_derived: bool) -> BenchResult:
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_model(cell, input_size, hidden, layers, device)
+    ref = build_model("nn.LSTM", input_size, hidden, layers, device)
+    x = torch.randn(batch, seq, input_size, device=device)
+    path = _path(model)
+    t0 = time.perf_counter()
+    forward_backward(model, x.clone().requires_grad_(True))            # first call: plans, reorders, allocations
+    first = time.perf_counter() - t0
+    candidates: list[nn.Module] = [ref, model]
+    if with_reference:
+        candidates.append(_ReferenceOnly(model))
+    derived_first = None
+    if with_derived:
+        derived = _DerivedOnly(model)
+        t0 = time.perf_counter()
+        forward_backward(derived, x.clone().requires_grad_(True))
+        derived_first = time.perf_counter() - t0
+        candidates.append(derived)
+    floor = GemmFloor(model) if getattr(model, "layers", None) is not None else None
+    if floor is not None:
+        candidates.append(floor)
+    times, _, discarded, used = time_runs(candidates, x, repeats, warmup, max_load=max_load,
+                                          max_rounds=patience * repeats)
+    if floor is not None:
+        floor_ms = statistics.median(times.pop())
+    name = cell if isinstance(cell, str) else getattr(cell, "digest", lambda: "spec")()
+    result = BenchResult(name, hidden, seq, batch, input_size, layers, path, statistics.median(times[1]),
+                         statistics.median(times[0]), repeats, first)
+    result.floor_ms = floor_ms if floor is not None else None
+    result.extra["discarded_rounds"] = discarded
+    result.extra["loaded_rounds_used"] = used
+    if with_reference:
+        result.reference_ms = statistics.median(times[2])
+    if with_derived:
+        result.derived_ms = statistics.median(times[-1])
+        result.derived_first_s = derived_first
+    if memory:
+        result.peak_mb = peak_memory(model, x)
+        result.ref_peak_mb = peak_memory(ref, x)
+    return result
+
+
+class GemmFloor(nn.Module):
+    """The matrix products a recurrent network cannot avoid, alone: what its forward + backward would
+    cost with free pointwise work, dispatch and copies.
+
+    Per recurrent layer with an input projection W [G, d] (all blocks) and recurrent matrix U [R, n]
+    (the recurrent blocks; its parametrization is formed once per sequence and not counted), over x
+    [B, T, d]: forward, the hoisted input GEMM [T·B, d]·Wᵀ and T recurrent GEMMs [B, n]·Uᵀ; backward, T
+    GEMMs [B, R]·U for the state gradient, then the post-loop weight gradients dUᵀ = Σ_t dA_tᵀ h_t and
+    dW = dXPᵀ X and the input gradient dXP·W (one large GEMM each). Deep transitions, deep input/output
+    and saturation matrices are not counted. Run as a model by :func:`time_runs` (same rounds)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, int, int, int]] = []
+        for cell in getattr(model, "layers", []):
+            with torch.no_grad():
+                u = cell.recurrence.matrix()
+            g, d = cell.weight_ih.shape
+            self.shapes.append((g, d, int(u.shape[0]), int(u.shape[1])))
+        self._mats: dict[tuple[Any, ...], list[tuple[Tensor, ...]]] = {}
+
+    def _matrices(self, x: Tensor) -> list[tuple[Tensor, ...]]:
+        B, T = x.shape[0], x.shape[1]
+        key = (B, T, x.dtype, x.device)
+        if key not in self._mats:
+            def r(*shape: int) -> Tensor:
+                return torch.randn(*shape, dtype=x.dtype, device=x.device)
+
+            self._mats[key] = [(r(T * B, d), r(g, d), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g),
+                                r(T * B, g), r(B, r_), r(B, n), r(r_, n), r(g, d), r(T * B, d))
+                               for g, d, r_, n in self.shapes]
+        return self._mats[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            for X, W, U, H, DA, XP, DXP, A, DH, DU, DW, DX in self._matrices(x):
+                torch.mm(X, W.t(), out=XP)
+                for t in range(H.shape[0]):
+                    torch.mm(H[t], U.t(), out=A)
+                for t in range(H.shape[0] - 1, -1, -1):
+                    torch.mm(DA[t], U, out=DH)
+                torch.mm(DA.reshape(-1, DA.shape[-1]).t(), H.reshape(-1, H.shape[-1]), out=DU)
+                torch.mm(DXP.t(), X, out=DW)
+                torch.mm(DXP, W, out=DX)
+        return x.sum() * 0.0
+
+
+class _ReferenceOnly(nn.Module):
+    """Runs the wrapped model with fast paths off (the reference loop)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        from .. import fast
+
+        with fast.enabled(False):
+            return self.model(x)
+
+
+class _DerivedOnly(nn.Module):
+    """Runs the wrapped model on the derived path (:func:`cellsearch.fast.force_derived`)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Any:
+        from .. import fast
+
+        with fast.force_derived():
+            return self.model(x)
+
+
+def derived_first_use(cell: str, hidden: int = 256, seq: int = 200, batch: int = 64, input_size: int = 32,
+                      cache: str | Path | None = None, timeout: float = 600.0) -> dict[str, float]:
+    """First-use cost of ``cell``'s derived path in fresh processes: ``cold`` with an empty private cache
+    (the once-per-machine cost: tracing and Inductor compiling the step graphs) and ``warm`` with the
+    cache that run left (tracing, compiled code loaded from the cache). Each figure is the first
+    forward + backward minus the second one, in seconds. ``cache``: the cache directory to use (default
+    a fresh temporary one, removed afterwards)."""
+    import json
+    import subprocess
+    import tempfile
+
+    code = (
+        "import json, sys, time, torch\n"
+        "import cellsearch as cs\n"
+        "from cellsearch import fast\n"
+        "torch.set_num_threads(int(sys.argv[6]))\n"
+        "m = cs.create_rnn(sys.argv[1], int(sys.argv[5]), int(sys.argv[2]))\n"
+        "x = torch.randn(int(sys.argv[4]), int(sys.argv[3]), int(sys.argv[5]))\n"
+        "ts = []\n"
+        "with fast.force_derived():\n"
+        "    for _ in range(2):\n"
+        "        t0 = time.perf_counter(); m(x)[0].sum().backward(); ts.append(time.perf_counter() - t0)\n"
+        "    path = fast.explain(m.layers[0])\n"
+        "print(json.dumps({'first': ts[0], 'second': ts[1], 'path': path}))\n"
+    )
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cellsearch-bench-cache-") as tmp:
+        env = {**os.environ, "CELLSEARCH_CACHE": str(cache or tmp)}
+        for label in ("cold", "warm"):
+            args = [sys.executable, "-c", code, cell, str(hidden), str(seq), str(batch), str(input_size),
+                    str(torch.get_num_threads())]
+            res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+            if res.returncode != 0:
+                raise RuntimeError(f"derived first-use run failed: {res.stderr.strip()[-500:]}")
+            row = json.loads(res.stdout.strip().splitlines()[-1])
+            out[label] = row["first"] - row["second"]
+            out[label + "_step_s"] = row["second"]
+    return out
+
+
+def bench_cells(cells: Iterable[str], sizes: Iterable[tuple[int, int]], batch: int = 64, input_size: int = 32,
+                layers: int = 1, device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2,
+                memory_sizes: Iterable[tuple[int, int]] = (), reference_sizes: Iterable[tuple[int, int]] = (),
+                progress: Callable[[BenchResult], None] | None = None,
+                max_load: float | None = 0.25, patience: int = 2,
+                previous: Sequence[BenchResult] = (),
+                derived_sizes: Iterable[tuple[int, int]] = ()) -> list[BenchResult]:
+    """:func:`bench_cell` for every (hidden, seq) in ``sizes`` and every cell (sizes outermost).
+
+    ``previous``: results of an earlier run to keep instead of measuring again, when they were
+    measured the same way and no loaded round had to be used (see :func:`time_runs`).
+    """
+    memory_sizes, reference_sizes, derived_sizes = set(memory_sizes), set(reference_sizes), set(derived_sizes)
+    kept = {(r.cell, r.hidden, r.seq): r for r in previous
+            if r.batch == batch and r.input_size == input_size and r.layers == layers
+            and not r.extra.get("loaded_rounds_used", 0)}
+    out = []
+    for hidden, seq in sizes:
+        for cell in cells:
+            size = (hidden, seq)
+            r = kept.get((cell, hidden, seq))
+            if r is None or (size in memory_sizes and r.peak_mb is None) \
+                    or (size in reference_sizes and r.reference_ms is None) \
+                    or (size in derived_sizes and r.derived_ms is None):
+                r = bench_cell(cell, hidden, seq, batch, input_size, layers, device, repeats, warmup,
+                               memory=size in memory_sizes, with_reference=size in reference_sizes,
+                               max_load=max_load, patience=patience, with_derived=size in derived_sizes)
+            out.append(r)
+            if progress is not None:
+                progress(r)
+    return out

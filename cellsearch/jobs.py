@@ -1,0 +1,142 @@
+"""One runner of training jobs: (model spec, task, training config, seed) → :class:`Record`.
+
+Everything in cellsearch that trains a model goes through :func:`run_job`: a search's trials (both backends),
+a study's cells × seeds, the reproductions (:mod:`cellsearch.reproduce.runner` builds its jobs from cards),
+``cellsearch confirm``'s retrainings and the retraining of a trial whose weights were not saved.
+:func:`run_jobs` runs many in this process or in a pool of spawned processes (one torch thread each).
+
+A :class:`Job` is plain data (picklable: a ModelSpec or its JSON, a task mapping, a training mapping, a
+seed). A training that diverges (NaN/inf loss) is a record marked ``diverged`` with the reason, not an
+exception; anything else a training raises (a pruning signal from ``callback``, a real error) propagates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["Job", "Record", "run_job", "run_jobs", "run_parallel"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run. ``spec``: a :class:`~cellsearch.spec.ModelSpec` or its JSON; ``task``: a task
+    name or mapping (or a built task, in this process); ``train``: a training mapping or TrainConfig whose
+    ``seed`` is replaced by ``seed`` (None: keep it); ``label``: what the caller needs to find it again."""
+
+    spec: Any
+    task: Any
+    train: Any
+    seed: int | None = None
+    label: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Record:
+    """What a job produced: the trainer's ``final`` / ``best`` entries and ``history``, sizes and time;
+    ``diverged`` with the trainer's message in ``error`` when the loss became NaN/inf. ``model`` (the
+    trained module) only when asked for and only in the process that trained it."""
+
+    label: Mapping[str, Any]
+    n_params: int = 0
+    hidden_size: int = 0
+    seconds: float = 0.0
+    diverged: bool = False
+    error: str = ""
+    final: dict[str, Any] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: Any = None
+
+    def value(self, metric: str) -> float:
+        """A metric of the final evaluation (``params``: the parameter count); NaN when it diverged."""
+        if self.diverged:
+            return float("nan")
+        if metric == "params":
+            return float(self.n_params)
+        if metric not in self.final:
+            from .errors import UserError
+
+            raise UserError(f"metric {metric!r} is not among the trainer's metrics {sorted(self.final)}")
+        return float(self.final[metric])
+
+
+def run_job(job: Job, callback: Callable[[int, dict[str, Any]], None] | None = None,
+            keep_model: bool = False) -> Record:
+    """Train ``job`` (``callback(epoch, metrics)`` after every evaluation) and return its :class:`Record`."""
+    import time
+
+    from .spec import ModelSpec
+    from .train import DivergenceError, TrainConfig, train
+
+    spec = ModelSpec.from_json(job.spec) if isinstance(job.spec, str) else job.spec
+    config = TrainConfig.coerce(job.train)
+    overrides = {"progress": False} if config.progress is None else {}
+    if job.seed is not None:
+        overrides["seed"] = job.seed
+    if overrides:
+        config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+    record = Record(dict(job.label), hidden_size=spec.hidden_size)
+    start = time.perf_counter()
+    try:
+        result = train(spec, job.task, config, callback=callback)
+    except DivergenceError as exc:
+        record.diverged, record.error, record.seconds = True, str(exc), time.perf_counter() - start
+        return record
+    record.n_params, record.seconds = result.n_params, result.seconds
+    record.hidden_size = result.model_spec.hidden_size
+    record.final, record.best, record.history = dict(result.final), dict(result.best), list(result.history)
+    record.model = result.model if keep_model else None
+    return record
+
+
+def _worker_init() -> None:
+    """One intra-op thread per worker process (read by torch when the first job imports it)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 1, on_done: Callable[[Record], None] | None = None,
+             priority: Callable[[Job], float] | None = None) -> list[Record]:
+    """:func:`run_job` of every job, in this process or in ``workers`` spawned processes; records in the
+    order of ``jobs`` (``on_done(record)`` as each finishes; ``priority``: smallest submitted first)."""
+    return run_parallel(run_job, jobs, workers, on_done, priority)
+
+
+def run_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
+                 on_done: Callable[[R], None] | None = None,
+                 priority: Callable[[T], float] | None = None) -> list[R]:
+    """``[fn(item) for item in items]``, in this process (``workers=1``) or a pool of spawned processes
+    (one torch thread each; ``fn`` must be importable). Items are submitted in ``priority`` order
+    (smallest first); results come back in the order of ``items``."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(items) <= 1:
+        out = []
+        for item in items:
+            out.append(fn(item))
+            if on_done is not None:
+                on_done(out[-1])
+        return out
+    import multiprocessing
+
+    results: dict[int, R] = {}
+    order = sorted(range(len(items)), key=lambda i: priority(items[i]) if priority else 0)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx,
+                             initializer=_worker_init) as pool:
+        pending = {pool.submit(fn, items[i]): i for i in order}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                results[i] = future.result()
+                if on_done is not None:
+                    on_done(results[i])
+    return [results[i] for i in range(len(items))]
