@@ -73,11 +73,11 @@ def test_published_cells_take_the_expected_paths(backend: str) -> None:
              for name in cs.list_cells()}
     assert found["lstm"] == found["chrono_lstm"] == {"native"}
     assert found["gru"] == ({"fused"} if backend == "c" else {"native"})   # torch's CPU GRU is slower
-    # the first wave's cells run on the hand-written kernels their primitives own; every other card on a
-    # fast path (a kernel its primitives declare, e.g. the scan, or the derived path), never the loop
-    # (star's card follows the authors' code since issue 16: β = 1, which the STAR kernels do not take)
+    # the first wave's cells run on the hand-written kernels their primitives own (star's card, the
+    # authors' code form with β = 1, included); every other card on a fast path (a kernel its primitives
+    # declare, e.g. the scan, or the derived path), never the loop
     hand = {"mgu", "vanilla", "ur_lstm", "ur_gru", "u_lstm", "r_lstm", "refined_lstm", "refined_gru",
-            "refined_mgu", "asrnn", "dt_rnn", "dts_rnn", "dots_rnn"}
+            "refined_mgu", "asrnn", "dt_rnn", "dts_rnn", "dots_rnn", "star"}
     for name in hand:
         assert found[name] == {"fused"}, name
     for name in set(found) - hand - {"lstm", "chrono_lstm", "gru"}:
@@ -167,6 +167,17 @@ def test_deep_transition_fast_path_equals_reference(transition: str, layers: int
         assert_same(model, _x(3, 4, 5, dtype), _state(model, 3, dtype))
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0, -2.5])
+@pytest.mark.parametrize("sat", ["tanh", "identity"])
+def test_star_code_form_fast_path_equals_reference(beta: float, sat: str, backend: str) -> None:
+    """STAR's code form h = sat(σ(−a_k)h + σ(a_k + β)z) (the card's, β = 1) on the fused STAR kernels."""
+    spec = cs.CellSpec(update="star", saturation=sat, options={"update": {"beta": beta}})
+    for dtype in (torch.float64, torch.float32):
+        model = _model(spec, 5, 6, 2, dtype)
+        assert fast.plan(model.layers[0]).path == "fused"
+        assert_same(model, _x(3, 7, 5, dtype), _state(model, 3, dtype))
+
+
 @pytest.mark.parametrize("method", ["expm", "cayley"])
 @pytest.mark.parametrize("recurrence", ["orthogonal", "free"])
 def test_adaptive_saturation_fast_path_equals_reference(method: str, recurrence: str) -> None:
@@ -182,7 +193,6 @@ def test_adaptive_saturation_fast_path_equals_reference(method: str, recurrence:
 # what has no hand-written path takes the derived path (tests/test_derived.py), or the reference loop
 
 @pytest.mark.parametrize("spec,depth,why", [
-    (cs.CellSpec(update="star", options={"update": {"beta": 1.0}}), None, "beta"),
     (cs.CellSpec(update="gru", saturation="adaptive"), None, "adaptive"),
     (cs.CellSpec(update="lstm"), {"transition": "deep"}, "deep transition"),
 ])

@@ -13,6 +13,7 @@ input projection while applying the activations (one pass over the row instead o
 from __future__ import annotations
 
 import ctypes
+import math
 from typing import Any
 
 import torch
@@ -237,13 +238,18 @@ class CSTARKernel(CKernel):
 
     family = "star"
 
-    def __init__(self, lib: Any, n: int, gate: GateOps, sat: str) -> None:
+    def __init__(self, lib: Any, n: int, gate: GateOps, sat: str, beta: float | None = None) -> None:
         super().__init__(lib, n, gate, sat, gate.k)
+        if beta is not None and gate.kind != "sigmoid":
+            raise ValueError("STAR's beta needs the plain sigmoid gate")
+        self.beta = beta
 
     def forward(self, ws: Workspace) -> None:
         T, B = ws.T, ws.B
         kn = self.gate.k * self.n
         a = ws.cargs = self.args(ws)
+        if self.beta is not None:
+            a.beta_on, a.beta_c = 1, math.exp(float(self.beta))
         fwd, ref = self.fn("fwd", ws.dtype), ctypes.byref(a)
         rec, Gs, Ys, h = Mat(ws.w_hh_f, B), ws.G.unbind(0), ws.Y.unbind(0), ws.h0
         for t in range(T):

@@ -52,6 +52,8 @@ typedef struct {
     i64 ref_mask;         /* bit g: effective gate g is refined */
     i64 tied, tanh_sat;   /* LSTM input gate tied to 1 - f; saturation tanh (else identity) */
     i64 cand;             /* layout block of the candidate */
+    i64 beta_on;          /* STAR's code form: h = sat((1 - k) h + k_b z), k_b = sigma(a_k + beta) */
+    double beta_c;        /* e^beta: k_b = k c / (1 + k (c - 1)) */
     void *G, *dA, *dHP, *C, *TC, *c0, *h0, *Y, *XS, *dXS, *Q, *FH, *bhn, *dc, *dhd, *scratch;
 } cs_args;
 
@@ -381,7 +383,14 @@ void star_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
         const REAL *restrict k = E[0], *restrict z = row + c0;
         const REAL *restrict hprev = t ? ROW(a->Y, t - 1, b, n) : (REAL *)a->h0 + b * n;
         REAL *restrict y = ROW(a->Y, t, b, n);
-        if (a->tanh_sat)
+        if (a->beta_on) {
+            REAL c = (REAL)a->beta_c;
+            for (i64 j = 0; j < n; j++) {
+                REAL kb = k[j] * c / ((REAL)1 + k[j] * (c - (REAL)1));
+                REAL v = ((REAL)1 - k[j]) * hprev[j] + kb * z[j];
+                y[j] = a->tanh_sat ? th_SFX(v) : v;
+            }
+        } else if (a->tanh_sat)
             for (i64 j = 0; j < n; j++) y[j] = th_SFX(hprev[j] + k[j] * (z[j] - hprev[j]));
         else for (i64 j = 0; j < n; j++) y[j] = hprev[j] + k[j] * (z[j] - hprev[j]);
     }
@@ -399,6 +408,18 @@ void star_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
         const REAL *restrict y = ROW(a->Y, t, b, n);
         const REAL *restrict hprev = t ? ROW(a->Y, t - 1, b, n) : (REAL *)a->h0 + b * n;
         REAL *restrict dhd = (REAL *)a->dhd + b * n, *restrict dz = drow + c0, *restrict dk = dE;
+        if (a->beta_on) {   /* the plain sigmoid gate only: the gate's pre-activation gradient directly */
+            REAL c = (REAL)a->beta_c, *restrict da = drow + a->pos[0] * n;
+            for (i64 j = 0; j < n; j++) {
+                REAL dv = dh0[j] + dhd[j];
+                if (a->tanh_sat) dv *= (REAL)1 - y[j] * y[j];
+                REAL kj = k[j], kb = kj * c / ((REAL)1 + kj * (c - (REAL)1));
+                da[j] = dv * (kb * ((REAL)1 - kb) * z[j] - kj * ((REAL)1 - kj) * hprev[j]);
+                dz[j] = dv * kb * ((REAL)1 - z[j] * z[j]);
+                dhd[j] = dv * ((REAL)1 - kj);
+            }
+            continue;
+        }
         for (i64 j = 0; j < n; j++) {
             REAL dv = dh0[j] + dhd[j];
             if (a->tanh_sat) dv *= (REAL)1 - y[j] * y[j];
@@ -429,7 +450,7 @@ class Args(ctypes.Structure):
 
     _fields_ = [("T", _I), ("B", _I), ("n", _I), ("rs", _I), ("k", _I), ("ng", _I), ("pos", _I * 4),
                 ("ur", _I), ("ur_r", _I), ("ur_pol", _I), ("ref_mode", _I), ("ref_mask", _I),
-                ("tied", _I), ("tanh_sat", _I), ("cand", _I)] + [
+                ("tied", _I), ("tanh_sat", _I), ("cand", _I), ("beta_on", _I), ("beta_c", ctypes.c_double)] + [
         (name, _P) for name in ("G", "dA", "dHP", "C", "TC", "c0", "h0", "Y", "XS", "dXS", "Q", "FH", "bhn",
                                 "dc", "dhd", "scratch")]
 

@@ -114,13 +114,13 @@ def mgu(cell: Any) -> Plan | str:
 
 
 def star(cell: Any) -> Plan | str:
-    """STAR without ``beta``: the fused STAR kernels."""
+    """STAR, the paper form or the authors' code form (``beta``, plain sigmoid gate): the fused STAR kernels."""
     from . import ckernels
 
-    if cell.update.options.get("beta") is not None:
-        return "update 'star' with option beta: no fused path"
+    beta = cell.update.options.get("beta")      # the update requires the plain sigmoid gate with it
     n = cell.hidden_size
-    return _gated(cell, lambda g, s: tk.STARKernel(n, g, s), lambda lib, g, s: ckernels.CSTARKernel(lib, n, g, s))
+    return _gated(cell, lambda g, s: tk.STARKernel(n, g, s, beta),
+                  lambda lib, g, s: ckernels.CSTARKernel(lib, n, g, s, beta))
 
 
 def vanilla(cell: Any) -> Plan | str:

@@ -18,6 +18,8 @@ gradients to float rounding; tests/test_fast.py checks them in float32 and float
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -209,12 +211,21 @@ class STARKernel(Kernel):
     ∂h_{t−1} += 4·dv'⊙(1 − k) adds it back.
     """
 
-    def __init__(self, n: int, gate: GateOps, sat: str) -> None:
+    def __init__(self, n: int, gate: GateOps, sat: str, beta: float | None = None) -> None:
         self.tanh = sat == "tanh"
         f = 4.0 if self.tanh else 1.0
         k = gate.k
         super().__init__(n, k + 1, k, [1.0] * k + [-2.0], [f * s for s in gate.block_scale()] + [f])
         self.gate, self.k, self.factor = gate, k, f
+        if beta is not None and gate.kind != "sigmoid":
+            raise ValueError("STAR's beta needs the plain sigmoid gate")
+        #: the authors' code form (option ``beta``): h = sat((1 − k)⊙h + k_β⊙z), k_β = σ(a_k + β) written
+        #: from k = σ(a_k) as k·c / (1 + k·(c − 1)), c = e^β
+        self.c = None if beta is None else math.exp(float(beta))
+
+    def _k_beta(self, k: Tensor) -> Tensor:
+        c = self.c
+        return k * c / (k * (c - 1.0) + 1.0)
 
     def forward(self, ws: Workspace) -> None:
         T, B, n, k = ws.T, ws.B, self.n, self.k
@@ -230,13 +241,15 @@ class STARKernel(Kernel):
         for t in range(T):
             rec.add_to(GA[t], h).sigmoid_()
             (kt,) = gr.forward(t)
+            out = v if SVs is not None else Ys[t]
+            if self.c is None:
+                torch.lerp(h, Z[t], kt, out=out)
+            else:
+                torch.addcmul(torch.mul(self._k_beta(kt), Z[t]), h, 1.0 - kt, out=out)
             if SVs is not None:
-                torch.lerp(h, Z[t], kt, out=v)
                 sv = SVs[t]
                 torch.mul(v, m2, out=sv).sigmoid_()
                 torch.addcmul(one, sv, m2, out=Ys[t])           # tanh(v) = 1 − 2σ(−2v)
-            else:
-                torch.lerp(h, Z[t], kt, out=Ys[t])
             h = Ys[t]
 
     def backward(self, ws: Workspace, dY: Tensor, dc: Tensor | None) -> None:
@@ -263,12 +276,19 @@ class STARKernel(Kernel):
                 _sigmoid_backward(dh, SVs[t], grad_input=dv)    # dv / 4
             else:
                 dv.copy_(dh)
-            torch.sub(Z[t], hp, out=tmp)
-            torch.mul(dv, tmp, out=tk)                           # ∂k = dv⊙(z − h)
-            torch.mul(dv, kt, out=dZ[t])                          # ∂z = dv⊙k
-            torch.addcmul(dv, dv, kt, value=-1.0, out=dhd)        # direct: dv⊙(1 − k)
-            gr.backward(t)
-            _sigmoid_backward(dGA[t], GA[t], grad_input=dGA[t])
+            if self.c is None:
+                torch.sub(Z[t], hp, out=tmp)
+                torch.mul(dv, tmp, out=tk)                       # ∂k = dv⊙(z − h)
+                torch.mul(dv, kt, out=dZ[t])                      # ∂z = dv⊙k
+                torch.addcmul(dv, dv, kt, value=-1.0, out=dhd)    # direct: dv⊙(1 − k)
+                gr.backward(t)
+                _sigmoid_backward(dGA[t], GA[t], grad_input=dGA[t])
+            else:                                                 # plain gate: ∂a_k written directly
+                kb = self._k_beta(kt)
+                torch.mul(dv, kb, out=dZ[t])                      # ∂z = dv⊙k_β
+                torch.addcmul(dv, dv, kt, value=-1.0, out=dhd)    # direct: dv⊙(1 − k)
+                db = kb * (1.0 - kb) * Z[t] - kt * (1.0 - kt) * hp
+                torch.mul(dv, db, out=dGA[t])                     # ∂a = dv⊙(k_β(1−k_β) z − k(1−k) h)
         if ws.dxs is not None and self.factor != 1.0:
             ws.dxs.mul_(self.factor)                              # x̃'s gradient is a true one
         dz_all = ws.dA[:, :, k * n:]
