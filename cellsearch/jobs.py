@@ -35,6 +35,8 @@ class Job:
     train: Any
     seed: int | None = None
     label: Mapping[str, Any] = field(default_factory=dict)
+    #: a checkpoint file (:class:`cellsearch.train.Checkpoint`): written every epoch, resumed from
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -53,6 +55,8 @@ class Record:
     best: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
+    #: the epoch a checkpoint resumed the training after (0: trained from the start)
+    resumed_from_epoch: int = 0
 
     def value(self, metric: str) -> float:
         """A metric of the final evaluation (``params``: the parameter count); NaN when it diverged."""
@@ -85,7 +89,7 @@ def run_job(job: Job, callback: Callable[[int, dict[str, Any]], None] | None = N
     record = Record(dict(job.label), hidden_size=spec.hidden_size)
     start = time.perf_counter()
     try:
-        result = train(spec, job.task, config, callback=callback)
+        result = train(spec, job.task, config, callback=callback, checkpoint=job.checkpoint)
     except DivergenceError as exc:
         record.diverged, record.error, record.seconds = True, str(exc), time.perf_counter() - start
         return record
@@ -93,6 +97,7 @@ def run_job(job: Job, callback: Callable[[int, dict[str, Any]], None] | None = N
     record.hidden_size = result.model_spec.hidden_size
     record.final, record.best, record.history = dict(result.final), dict(result.best), list(result.history)
     record.model = result.model if keep_model else None
+    record.resumed_from_epoch = int(result.extra.get("resumed_from_epoch", 0))
     return record
 
 

@@ -18,7 +18,11 @@ loaders are deterministic given the seed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
 import random
 import sys
 import threading
@@ -26,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,7 +44,7 @@ from .model import build_model
 from .spec import CellSpec, DepthSpec, ModelSpec, SpecError
 from .tasks.base import Task, detach_state, make_task, to_device
 
-__all__ = ["TrainConfig", "TrainResult", "DivergenceError", "train", "resolve_model_spec",
+__all__ = ["TrainConfig", "TrainResult", "DivergenceError", "Checkpoint", "train", "resolve_model_spec",
            "hidden_size_for_budget", "resolve_device", "make_optimizer", "OPTIMIZERS"]
 
 
@@ -210,19 +215,25 @@ def _threads(n: int | None) -> Iterator[None]:
                 torch.set_num_threads(_THREADS_HELD[1])
 
 
-def _stream(loader: Any) -> Iterator[tuple[bool, Any]]:
-    """Batches forever: ``(starts_a_pass, batch)``; each pass is one ``iter()`` of the loader."""
-    passes = 0
+def _stream(loader: Any, position: list[int]) -> Iterator[tuple[bool, Any]]:
+    """Batches forever: ``(starts_a_pass, batch)``; each pass is one ``iter()`` of the loader.
+
+    ``position`` ([pass, next batch index]) is kept current as batches are taken, so a checkpoint can
+    store it; a stream started from a stored position skips the batches of that pass already used."""
+    passes, skip = position
     while True:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(passes)
         empty = True
         for i, batch in enumerate(loader):
             empty = False
+            if i < skip:
+                continue
+            position[0], position[1] = passes, i + 1
             yield i == 0, batch
         if empty:
             raise SpecError("task", loader, "a task whose training loader yields at least one batch")
-        passes += 1
+        passes, skip = passes + 1, 0
 
 
 class _Progress:
@@ -262,20 +273,42 @@ class _Run:
     step: int = 0
     last_finite: float | None = None
     state: Any = None
+    position: list[int] = field(default_factory=lambda: [0, 0])
+    scaler: Any = None
+
+    def __post_init__(self) -> None:
+        if self.config.precision == "fp16":
+            self.scaler = torch.amp.GradScaler(self.device.type)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.config.tf32
+
+    def autocast(self) -> Any:
+        """The forward passes' precision (``train.precision``): autocast to bf16 / fp16, or nothing."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def train_step(self, starts_pass: bool, batch: Any) -> float:
         x, y = to_device(batch[0], self.device), to_device(batch[1], self.device)
         carry = None if (starts_pass or not self.task.stateful) else detach_state(self.state)
-        out, self.state = self.model(x, carry)
-        loss = self.task.loss(out, y)
+        with self.autocast():
+            out, self.state = self.model(x, carry)
+            loss = self.task.loss(out, y)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise DivergenceError(self.step + 1, self.last_finite, value)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:     # fp16: a scaled loss; steps with inf/NaN gradients are skipped
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if self.config.clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step += 1
         self.last_finite = value
         self.progress.advance(value)
@@ -287,7 +320,8 @@ class _Run:
         return sum(losses) / max(len(losses), 1)
 
     def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:
-        values = self.task.evaluate(self.model, loader, self.device, self.config.eval_batches)
+        with self.autocast():
+            values = self.task.evaluate(self.model, loader, self.device, self.config.eval_batches)
         if not math.isfinite(values["loss"]):
             raise DivergenceError(self.step, self.last_finite, values["loss"])
         return {f"{prefix}_{k}": v for k, v in values.items()}
@@ -312,16 +346,21 @@ def _is_better(a: float, b: float, direction: str) -> bool:
 # --------------------------------------------------------------------------------------------------
 def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
           config: TrainConfig | Mapping[str, Any] | None = None,
-          callback: Callable[[int, dict[str, Any]], None] | None = None) -> TrainResult:
+          callback: Callable[[int, dict[str, Any]], None] | None = None,
+          checkpoint: str | Path | None = None) -> TrainResult:
     """Train the model ``model_spec`` describes on ``task``; see the module docstring.
 
     ``callback(epoch, metrics)`` runs after every evaluation with that epoch's history entry; whatever
     it raises (e.g. ``optuna.TrialPruned``) propagates. Raises :class:`DivergenceError` on a NaN/inf loss.
+    ``checkpoint``: a file the run's state is written to after every epoch (:class:`Checkpoint`); when it
+    holds an earlier run of the same spec and config, training resumes after its last epoch (the restored
+    epochs are passed to ``callback`` again) and ``extra["resumed_from_epoch"]`` says where.
     """
     start = time.perf_counter()
     tune_allocator()    # work buffers reused, not re-mapped (cellsearch.allocator; CELLSEARCH_ALLOCATOR=default: off)
     task, config = make_task(task), TrainConfig.coerce(config)
     spec = _complete_spec(model_spec, task, config)
+    ckpt = Checkpoint(checkpoint, spec, config) if checkpoint is not None else None
     with _threads(config.threads):
         _seed_everything(config.seed)
         device = resolve_device(config.device)
@@ -330,10 +369,11 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
         schedule = _schedule(config, len(loaders.train) if hasattr(loaders.train, "__len__") else None)
         show = config.progress if config.progress is not None else sys.stdout.isatty()
         progress = _Progress(show, sum(schedule), f"{task.name} {spec.cell.update}")
-        optimizer = make_optimizer(model, config)
-        run = _Run(model, task, config, device, optimizer, _stream(loaders.train), progress)
+        run = _Run(model, task, config, device, make_optimizer(model, config), iter(()), progress)
+        restored = ckpt.restore(run) if ckpt is not None else []
+        run.batches = _stream(loaders.train, run.position)
         try:
-            history = _loop(run, schedule, loaders.valid, callback)
+            history = _loop(run, schedule, loaders.valid, callback, ckpt, restored)
             final = dict(history[-1])
             if config.test and loaders.test is not None:
                 final.update(run.evaluate(loaders.test, "test"))
@@ -343,18 +383,90 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
     best = history[0]
     for entry in history[1:]:
         best = entry if _is_better(entry[key], best[key], task.metric_direction) else best
+    extra = {"resumed_from_epoch": len(restored)} if restored else {}
     return TrainResult(history, final, dict(best), count_parameters(model), model, spec,
-                       time.perf_counter() - start, task.metric, task.metric_direction)
+                       time.perf_counter() - start, task.metric, task.metric_direction, extra)
 
 
-def _loop(run: _Run, schedule: list[int], valid: Any,
-          callback: Callable[[int, dict[str, Any]], None] | None) -> list[dict[str, Any]]:
-    start, history = time.perf_counter(), []
-    for epoch, n_steps in enumerate(schedule, start=1):
+def _loop(run: _Run, schedule: list[int], valid: Any, callback: Callable[[int, dict[str, Any]], None] | None,
+          ckpt: Checkpoint | None = None, restored: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    history = list(restored or [])
+    start = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    if callback is not None:
+        for entry in history:  # a resumed run reports its restored epochs again (a search records them)
+            callback(entry["epoch"], dict(entry))
+    for epoch, n_steps in enumerate(schedule[len(history):], start=len(history) + 1):
         train_loss = run.train_epoch(n_steps)
         entry = {"epoch": epoch, "step": run.step, "train_loss": train_loss, **run.evaluate(valid, "val")}
         entry["seconds"] = time.perf_counter() - start
         history.append(entry)
         if callback is not None:
             callback(epoch, dict(entry))
+        if ckpt is not None and epoch < len(schedule):
+            ckpt.save(run, history)
     return history
+
+
+class Checkpoint:
+    """A training run's state after an epoch, in one file written atomically: model, optimizer, random
+    number generators (torch, CUDA, numpy, Python), step, the training stream's position, the carried
+    state of a stateful task and the history so far. :meth:`restore` puts a run exactly where the saved
+    one was, so the resumed run ends with the metrics of an uninterrupted one (bitwise on CPU, given the
+    seed, on the native and fused paths; the derived path takes its first calls of a new process on the
+    reference loop, which may differ in the last bits). A file of another spec or config is ignored.
+    Read with ``torch.load(weights_only=True)``: no pickled objects."""
+
+    def __init__(self, path: str | Path, spec: ModelSpec, config: TrainConfig) -> None:
+        self.path = Path(path)
+        same = {k: v for k, v in config.to_dict().items() if k not in ("progress", "threads", "device", "test")}
+        text = json.dumps({"spec": spec.to_dict(), "train": same}, sort_keys=True, default=str)
+        self.digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def save(self, run: _Run, history: list[dict[str, Any]]) -> None:
+        """Write the run's state after its latest epoch (``history[-1]``)."""
+        state = {
+            "digest": self.digest, "history": history, "step": run.step, "last_finite": run.last_finite,
+            "position": list(run.position), "carry": run.state, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": _numpy_state(), "python_rng": list(random.getstate()[1]),
+            "python_rng_version": random.getstate()[0], "python_rng_gauss": random.getstate()[2],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self, run: _Run) -> list[dict[str, Any]]:
+        """Put ``run`` where the saved run was; returns its history ([] when there is nothing to resume)."""
+        try:
+            state = torch.load(self.path, map_location=run.device, weights_only=True)
+        except (OSError, RuntimeError, EOFError, ValueError):  # none yet, or unreadable: start afresh
+            return []
+        if not isinstance(state, dict) or state.get("digest") != self.digest:
+            return []
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.step, run.last_finite, run.state = state["step"], state["last_finite"], state["carry"]
+        run.position[:] = state["position"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        _set_numpy_state(state["numpy_rng"])
+        random.setstate((state["python_rng_version"], tuple(state["python_rng"]), state["python_rng_gauss"]))
+        return list(state["history"])
+
+    def clear(self) -> None:
+        """Remove the file (the run finished, or will not be resumed)."""
+        self.path.unlink(missing_ok=True)
+
+
+def _numpy_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    keys = state["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], state["has_gauss"], state["gauss"]))

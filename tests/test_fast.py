@@ -277,15 +277,18 @@ def test_backward_twice_without_retain_graph_raises() -> None:
         out.sum().backward()
 
 
-def test_autocast_and_other_dtypes_take_the_reference_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autocast_keeps_the_fast_path_and_other_dtypes_take_the_reference_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     original = cs.create_cell("vanilla", 4, 4).__class__._reference_sequence
     monkeypatch.setattr(original.__globals__["ComposedCell"], "_reference_sequence",
                         lambda self, x, state=None: calls.append(x.dtype) or original(self, x, state))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        cs.create_rnn("vanilla", 4, 4)(torch.randn(2, 3, 4))   # a cell whose reference loop autocasts
-    assert calls
-    calls.clear()
+    for name in ("vanilla", "ur_lstm", "gru", "lstm"):   # fused, fused, fused/native, native
+        model, x = cs.create_rnn(name, 4, 4), torch.randn(2, 3, 4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, state = model(x)      # the cell in float32 with autocast off, on its fast path
+        assert out.dtype == torch.float32 and (out - model(x)[0]).abs().max() < 1e-6, name
+    assert not calls
     cs.create_rnn("ur_lstm", 4, 4).to(torch.bfloat16)(torch.randn(2, 3, 4, dtype=torch.bfloat16))
     assert calls == [torch.bfloat16]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -373,3 +374,47 @@ def test_both_backends_leave_the_same_trials_in_storage(tmp_path: Path, monkeypa
     assert states[0] == "FAIL" and attrs[0]["interrupted"] and attrs[1]["retry_of"] == 0  # re-queued, first
     assert any(a.get("fail_reason", "").startswith("diverged: ") for a in attrs)
     assert "COMPLETE" in states and any("reused_from" in a for a in attrs)
+
+
+def test_a_trial_of_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path: Path, local_ray: str) -> None:
+    """Issue 15: SIGKILL a Ray-backed ``cellsearch run`` once its trial wrote a checkpoint; the rerun's
+    retry resumes after the checkpoint's epoch (``resumed_from_epoch`` ≥ 1) and ends with the values and
+    metrics of the same trial trained without interruption."""
+    import time
+
+    from cellsearch.search import run_study
+
+    space = {"cell": {"update": ["lstm"]}}
+    train = {"epochs": 4, "steps_per_epoch": 80, "batch_size": 16, "threads": 1}
+    search = {"n_trials": 1, "max_concurrent_trials": 1, "pruner": "none", "ray_address": local_ray}
+    path = _write(tmp_path, tiny("ray_resume", space=space, train=train, search=search))
+    folder = tmp_path / "runs" / "ray_resume" / "checkpoints"
+    cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        start = time.time()
+        while not list(folder.glob("*.pt")):
+            assert proc.poll() is None, "the trial finished before it could be killed"
+            assert time.time() - start < 180, "no checkpoint within 180 s"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run_study(path, display="quiet")
+        whole = run_study(studies.tiny("whole", space=space, train=train, search={"n_trials": 1, "pruner": "none",
+                                                                                  "enqueue_published": False}),
+                          display="quiet").trials[0]
+    finally:
+        os.chdir(cwd)
+    trials = _load(tmp_path, "ray_resume").get_trials()
+    retry = trials[-1]
+    assert trials[0].state == TrialState.FAIL and retry.user_attrs["retry_of"] == 0
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["resumed_from_epoch"] >= 1
+    assert retry.values == whole.values
+    drop = ("seconds",)
+    assert {k: v for k, v in retry.user_attrs["metrics"].items() if k not in drop} == \
+        {k: v for k, v in whole.user_attrs["metrics"].items() if k not in drop}
+    assert not list(folder.glob("*.pt"))

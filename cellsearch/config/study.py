@@ -100,6 +100,8 @@ SEARCH_KEYS = (
     "max_concurrent_trials",
     "storage_path",
     "reuse_actors",
+    "checkpoints",
+    "checkpoint_dir",
 )
 PARAM_BUDGET_MAX = 1 << 30
 #: the most seeds a ``seeds: N`` count may ask for (each is a full training per cell)
@@ -172,6 +174,10 @@ class SearchConfig:
     max_concurrent_trials: int | None = None
     storage_path: str | None = None
     reuse_actors: bool = True
+    #: a checkpoint after every epoch of a trial, so a trial killed or preempted resumes where it was
+    checkpoints: bool = True
+    #: where (default ``<study directory>/checkpoints``; on a Ray cluster a folder every node shares)
+    checkpoint_dir: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
@@ -204,6 +210,13 @@ class StudyConfig:
     def directory(self) -> Path:
         """The study's home: ``output_dir`` or ``runs/<name>`` (relative to the working directory)."""
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where trials write their per-epoch checkpoints (None: ``search.checkpoints`` is off)."""
+        if not self.search.checkpoints:
+            return None
+        return Path(self.search.checkpoint_dir) if self.search.checkpoint_dir else self.directory / "checkpoints"
 
     @property
     def storage_url(self) -> str:
@@ -315,7 +328,23 @@ def study_from_mapping(
     )
     if space is not None and space.train:
         _check_space_train(space, train)
+    _check_devices(r, train, search)
     return cfg
+
+
+def _check_devices(r: Reader, train: Mapping[str, Any], search: SearchConfig) -> None:
+    """A trial's device must be one its backend can give it: on Ray, a CUDA device only with GPUs in
+    ``search.resources`` (Ray hides the GPUs from a trial that asked for none) and without an index (each
+    trial sees the GPU Ray assigned it as ``cuda``)."""
+    device, gpus = str(train.get("device", "auto")), search.resources.get("gpu", 0)
+    if search.backend != "ray" or not device.startswith("cuda"):
+        return
+    if not gpus:
+        raise r.fail("train.device", device, "auto or cpu, or search.resources.gpu > 0 (with backend ray a "
+                     "trial sees no GPU unless it asks for a share of one)")
+    if device != "cuda":
+        raise r.fail("train.device", device, "cuda (with backend ray each trial sees the GPU Ray assigned it "
+                     "as cuda; an index would name a GPU the trial does not hold)")
 
 
 def _storage(r: Reader, raw: Any) -> str | None:
@@ -505,6 +534,8 @@ def _search(r: Reader, raw: Any, n_objectives: int) -> SearchConfig:
         ),
         storage_path=r.string("search.storage_path", data.get("storage_path"), none=True),
         reuse_actors=r.boolean("search.reuse_actors", data.get("reuse_actors", True)),
+        checkpoints=r.boolean("search.checkpoints", data.get("checkpoints", True)),
+        checkpoint_dir=r.string("search.checkpoint_dir", data.get("checkpoint_dir"), none=True),
     )
 
 

@@ -15,9 +15,10 @@ from ..errors import did_you_mean
 from ..spec import SpecError
 from .options import Option
 
-__all__ = ["TrainConfig", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "OPTIMIZERS", "PRECISIONS"]
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 _RULES: dict[str, Option] = {
@@ -38,6 +39,8 @@ _RULES: dict[str, Option] = {
     "bptt": Option(None, "int", low=1, nullable=True),
     "eval_batches": Option(None, "int", low=1, nullable=True),
     "test": Option(False, "bool"),
+    "precision": Option("fp32", "str", choices=PRECISIONS),
+    "tf32": Option(True, "bool"),
 }
 
 
@@ -50,7 +53,10 @@ class TrainConfig:
     stacked layers; ``device`` is auto | cpu | cuda | cuda:N; ``threads`` sets torch's CPU threads for
     the run; ``progress`` None shows a bar only on a terminal; ``bptt`` overrides a stateful task's
     truncated-BPTT length; ``eval_batches`` caps validation batches per evaluation; ``test`` also
-    evaluates the test split at the end (``final["test_loss"]``, ``final["test_<metric>"]``).
+    evaluates the test split at the end (``final["test_loss"]``, ``final["test_<metric>"]``);
+    ``precision`` fp32 | bf16 | fp16 runs forward passes under autocast (fp16 with a gradient scaler; each
+    recurrent cell keeps its state in float32 on its fast path); ``tf32`` lets CUDA matrix products use
+    TF32 (on by default; no effect on the CPU).
     """
 
     epochs: int = 3
@@ -70,6 +76,8 @@ class TrainConfig:
     bptt: int | None = None
     eval_batches: int | None = None
     test: bool = False
+    precision: str = "fp32"
+    tf32: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):

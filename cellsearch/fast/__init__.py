@@ -15,9 +15,10 @@ without a hand-written path. ``with cellsearch.fast.force_derived():`` (or ``CEL
 force``) puts every cell on it, for tests and the bench; ``force_derived(None)`` / ``=0`` never uses it.
 
 Limits of the fused and derived paths: its backward is not itself differentiable (double backward raises); it runs
-float32 and float64 (other dtypes take the reference loop, exact LSTM/GRU still go native). Fast paths
-are bypassed under autocast, while ``torch.compile`` / ``torch.jit`` trace a model, under ``torch.func``
-transforms and forward-mode AD: those see the reference loop.
+float32 and float64 (other dtypes take the reference loop, exact LSTM/GRU still go native). Under
+autocast a cell runs on its fast path in its parameters' dtype with autocast off (the recurrent state in
+float32). Fast paths are bypassed while ``torch.compile`` / ``torch.jit`` trace a model, under
+``torch.func`` transforms and forward-mode AD: those see the reference loop.
 """
 
 from __future__ import annotations
@@ -122,10 +123,8 @@ def autocast_enabled(device_type: str) -> bool:
 
 
 def _transformed(x: Tensor) -> bool:
-    """Tracing, compiling, functorch transforms, forward-mode AD or autocast: the reference handles those."""
+    """Tracing, compiling, functorch transforms or forward-mode AD: the reference handles those."""
     if torch.jit.is_scripting() or torch.jit.is_tracing():
-        return True
-    if autocast_enabled(x.device.type):
         return True
     compiler = getattr(torch, "compiler", None)
     if compiler is not None and compiler.is_compiling():
@@ -143,8 +142,24 @@ def sequence(cell: Any, x: Tensor, state: State | None) -> tuple[Tensor, State] 
     p = plan(cell)
     if p.run is None or _transformed(x):
         return None
+    if autocast_enabled(x.device.type):
+        return _without_autocast(p.run, cell, x, state)
     if p.path in ("fused", "derived") and x.dtype not in (torch.float32, torch.float64):
         return None                       # the fused and derived paths are tested in float32 and float64
     if state is None:
         state = cell.initial_state(x.shape[1], x)
     return p.run(cell, x, tuple(state))
+
+
+def _without_autocast(run: Any, cell: Any, x: Tensor, state: State | None) -> tuple[Tensor, State] | None:
+    """Under autocast (``train.precision: bf16 | fp16``) the whole cell runs in its parameters' dtype
+    (float32 by default) with autocast off, on its fast path: a bf16/fp16 recurrent state loses its memory
+    to rounding over long sequences (the reference loop keeps the state in that dtype too). Outputs and
+    state come back in the parameters' dtype; the layers around the cell run under autocast."""
+    dt = cell.weight_ih.dtype
+    if dt not in (torch.float32, torch.float64):
+        return None
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.to(dt)
+        state = cell.initial_state(x.shape[1], x) if state is None else tuple(s.to(dt) for s in state)
+        return run(cell, x, tuple(state))

@@ -107,7 +107,7 @@ class Objective:
         earlier = self.book.earlier(trial, key) or self._twin(trial, key)
         if earlier is not None:
             return self._end(self.book.reuse(trial, earlier))
-        return self._train(trial, spec, train)
+        return self._train(trial, spec, train, key)
 
     def _end(self, outcome: Outcome) -> float | list[float]:
         """An outcome the Optuna way: values returned, a pruned or failed duplicate raised."""
@@ -126,24 +126,29 @@ class Objective:
             fail_stale(trial.study)  # a twin whose worker died is failed after the grace period
         return self.book.earlier(trial, key)
 
-    def _train(self, trial: Trial, spec: Any, train: Any) -> float | list[float]:
+    def _train(self, trial: Trial, spec: Any, train: Any, key: str) -> float | list[float]:
         from ..jobs import Job, run_job
 
         history: list[dict[str, Any]] = []
+        ckpt = self.book.checkpoint(key)    # a killed trial's retry resumes from it
         try:
-            record = run_job(Job(spec, self.book.task, train), callback=self._callback(trial, history),
-                             keep_model=True)
+            record = run_job(Job(spec, self.book.task, train, checkpoint=ckpt),
+                             callback=self._callback(trial, history), keep_model=True)
         except optuna.TrialPruned:
+            self.book.drop_checkpoint(ckpt)
             raise
         except Exception as exc:
+            if infrastructure_failure(exc) is None:  # the machine's failure keeps it for the retry
+                self.book.drop_checkpoint(ckpt)
             self.book.fail(trial, self.book.failure_reason(exc))
             raise
+        self.book.drop_checkpoint(ckpt)
         if record.diverged:
             raise TrialFailed(self.book.fail(trial, f"diverged: {record.error}").reason)
         values = [objective_value(o.metric, record, spec) for o in self.config.objective]
         path = write_weights(self.config.directory / "trials", trial.number, weights_bytes(record.model))
         outcome = self.book.complete(trial, values, record.n_params, record.final, record.seconds, path,
-                                     history=record.history)
+                                     history=record.history, resumed_from_epoch=record.resumed_from_epoch)
         return self._end(outcome)
 
     def _callback(self, trial: Trial, history: list[dict[str, Any]]) -> Callable[[int, dict[str, Any]], None]:

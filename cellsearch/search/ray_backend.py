@@ -295,7 +295,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
     with _in_directory(setup.cwd):
         try:
             task = _task(setup.task)  # its data may have vanished from this node since the preflight
-            job = Job(ModelSpec.from_json(cs["spec"]), task, train_config)
+            job = Job(ModelSpec.from_json(cs["spec"]), task, train_config, checkpoint=cs.get("checkpoint"))
             record = run_job(job, callback=_epoch_reporter(setup, task, train_config, node), keep_model=True)
             if record.diverged:
                 tune.report({**nan, "cs": {"fail_reason": f"diverged: {record.error}", "node": node}})
@@ -308,7 +308,7 @@ def _trainable(config: dict[str, Any], setup: TrialSetup | None = None) -> None:
     entry = jsonable(record.history[-1])
     final = {"final": True, "entry": json.dumps(entry), "node": node, "values": json.dumps(values),
              "n_params": int(record.n_params), "metrics": json.dumps(jsonable(record.final)),
-             "seconds": float(record.seconds), "weights": path}
+             "seconds": float(record.seconds), "weights": path, "resumed_from_epoch": record.resumed_from_epoch}
     tune.report({**_scalars(entry), **_objectives(setup.metrics, values), "cs": final})
 
 
@@ -449,6 +449,7 @@ class _Driver:
             "spec": trial.user_attrs["spec"],
             "train": trial.user_attrs["train"],
             "summary": trial.user_attrs.get("summary", ""),
+            "checkpoint": self.book.checkpoint(trial.user_attrs["key"]),
         }
         return {"params": unflatten_dict(dict(trial.params)), "cellsearch": cs}
 
@@ -519,9 +520,12 @@ class _Driver:
             self.record(trial, result)
         cs = _cs(result)
         history = self.history.get(trial.number, [])
+        if cs.get("final") or cs.get("fail_reason") or (trial_id in self.stopped and not error):
+            self.book.drop_checkpoint(self.book.checkpoint(trial.user_attrs["key"]))  # ended: not resumed
         if cs.get("final"):
             outcome = self.book.complete(trial, json.loads(cs["values"]), cs["n_params"], json.loads(cs["metrics"]),
-                                         cs["seconds"], cs["weights"])
+                                         cs["seconds"], cs["weights"],
+                                         resumed_from_epoch=int(cs.get("resumed_from_epoch", 0)))
             self._tell(trial, outcome.values, outcome.state)
         elif cs.get("infrastructure"):  # set aside as the Optuna backend does: not budget, re-queued, stop
             reason = f"infrastructure: {cs['infrastructure']}"

@@ -157,10 +157,26 @@ class TrialBook:
             return Outcome(TrialState.PRUNED, reason=reason)
         return Outcome(TrialState.COMPLETE, list(earlier.values))
 
+    def checkpoint(self, key: str) -> str | None:
+        """The checkpoint file of the evaluation ``key`` (a retry of a killed trial has the same key and
+        resumes from it); None when ``search.checkpoints`` is off."""
+        folder = self.config.checkpoint_dir
+        return None if folder is None else str((folder / f"{key}.pt").absolute())
+
+    @staticmethod
+    def drop_checkpoint(path: str | None) -> None:
+        """The evaluation ended (a result of the cell, not an interruption): its checkpoint goes."""
+        if path is not None:
+            Path(path).unlink(missing_ok=True)
+
     @staticmethod
     def complete(trial: Trial, values: list[float], n_params: int, metrics: dict[str, Any], seconds: float,
-                 weights: str | Path, history: list[dict[str, Any]] | None = None) -> Outcome:
-        """Record a finished training (its history may have been stored epoch by epoch already)."""
+                 weights: str | Path, history: list[dict[str, Any]] | None = None,
+                 resumed_from_epoch: int = 0) -> Outcome:
+        """Record a finished training (its history may have been stored epoch by epoch already);
+        ``resumed_from_epoch``: it continued from a checkpoint written after that epoch."""
+        if resumed_from_epoch:
+            trial.set_user_attr("resumed_from_epoch", int(resumed_from_epoch))
         trial.set_user_attr("n_params", int(n_params))
         if history is not None:
             trial.set_user_attr("history", jsonable(history))
