@@ -189,6 +189,10 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: device types whose per-step losses stay on the device until the epoch ends (reading a CUDA tensor's value
+#: waits for the GPU: one sync per step); on the CPU a loss is read at once (divergence stops that step)
+DEFERRED_DEVICES = ("cuda", "mps")
+
 _THREADS_LOCK = threading.Lock()
 _THREADS_HELD = [0, 0]  # runs inside _threads now, torch's thread count before the first of them
 
@@ -287,15 +291,23 @@ class _Run:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision)
         return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
-    def train_step(self, starts_pass: bool, batch: Any) -> float:
+    @property
+    def deferred(self) -> bool:
+        """Losses stay on the device and are read once per epoch (no host sync per step on a GPU)."""
+        return self.device.type in DEFERRED_DEVICES
+
+    def train_step(self, starts_pass: bool, batch: Any) -> Any:
         x, y = to_device(batch[0], self.device), to_device(batch[1], self.device)
         carry = None if (starts_pass or not self.task.stateful) else detach_state(self.state)
         with self.autocast():
             out, self.state = self.model(x, carry)
             loss = self.task.loss(out, y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise DivergenceError(self.step + 1, self.last_finite, value)
+        if self.deferred:
+            value: Any = loss.detach()
+        else:
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DivergenceError(self.step + 1, self.last_finite, value)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:     # fp16: a scaled loss; steps with inf/NaN gradients are skipped
             self.scaler.scale(loss).backward()
@@ -310,13 +322,22 @@ class _Run:
         else:
             self.optimizer.step()
         self.step += 1
-        self.last_finite = value
-        self.progress.advance(value)
+        if not self.deferred:
+            self.last_finite = value
+            self.progress.advance(value)
         return value
 
     def train_epoch(self, n_steps: int) -> float:
         self.model.train()
+        first = self.step
         losses = [self.train_step(*next(self.batches)) for _ in range(n_steps)]
+        if self.deferred:           # one read of the epoch's losses; a NaN / inf names its step
+            losses = torch.stack(losses).float().cpu().tolist()
+            for i, value in enumerate(losses):
+                if not math.isfinite(value):
+                    raise DivergenceError(first + i + 1, losses[i - 1] if i else self.last_finite, value)
+                self.progress.advance(value)
+            self.last_finite = losses[-1] if losses else self.last_finite
         return sum(losses) / max(len(losses), 1)
 
     def evaluate(self, loader: Any, prefix: str) -> dict[str, float]:

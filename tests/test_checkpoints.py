@@ -132,3 +132,26 @@ def test_devices_a_ray_trial_cannot_hold_are_refused(device: str, resources: dic
         study_from_mapping(raw)
     study_from_mapping(tiny("devices", backend="ray", train={"epochs": 1, "device": "cuda"},
                             search={"resources": {"gpu": 0.5}}))   # a share of a GPU: cuda is the one Ray gives
+
+
+def test_losses_read_once_per_epoch_give_the_same_run_and_still_catch_divergence(monkeypatch) -> None:
+    """On a GPU the per-step losses stay on the device and are read once an epoch (no host sync per step):
+    the same history as reading each step, and a diverging run still stops with the step that diverged."""
+    import cellsearch.train as train_module
+    from cellsearch.api import resolve
+    from cellsearch.tasks import make_task
+    from cellsearch.train import DivergenceError, resolve_model_spec, train
+
+    cell, depth = resolve("gru")
+    spec = resolve_model_spec(cell, depth, make_task(TASK), hidden_size=8)
+    config = {"epochs": 2, "steps_per_epoch": 4, "batch_size": 16, "threads": 1, "progress": False}
+    per_step = train(spec, TASK, config)
+    with pytest.raises(DivergenceError) as at_once:
+        train(spec, TASK, {**config, "lr": 1e30})
+    monkeypatch.setattr(train_module, "DEFERRED_DEVICES", ("cpu",))
+    deferred = train(spec, TASK, config)
+    assert [{k: v for k, v in e.items() if k != "seconds"} for e in deferred.history] == \
+        [{k: v for k, v in e.items() if k != "seconds"} for e in per_step.history]
+    with pytest.raises(DivergenceError) as later:
+        train(spec, TASK, {**config, "lr": 1e30})
+    assert later.value.step == at_once.value.step
