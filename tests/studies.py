@@ -91,6 +91,20 @@ def stop_mid_trial(proc: subprocess.Popen, db: Path, name: str, attr: str, limit
 
 
 
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], what: str, limit: float = 180) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` (polled every 20 ms); fails when ``proc`` ends first or
+    ``what`` does not happen within ``limit`` seconds."""
+    start = time.time()
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run finished before {what}"
+            assert time.time() - start < limit, f"no {what} within {limit:.0f} s"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
 def together_worker(paths: list[str], url: str, cwd: str, barrier: Any, results: Any) -> None:
     """One of several workers started at the same instant (a ``multiprocessing`` process): for each study
     file, wait at ``barrier`` with the others, then run the study on ``url`` as ``cellsearch run`` does;

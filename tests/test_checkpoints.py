@@ -9,10 +9,8 @@ training + task), so the retry of a killed trial finds it, resumes after its las
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ import yaml
 from optuna.trial import TrialState
 
 from cellsearch.search import run_study
-from studies import load_sqlite, tiny, trials_now
+from studies import kill_when, load_sqlite, tiny, trials_now
 
 pytestmark = pytest.mark.xdist_group("checkpoints")
 
@@ -79,15 +77,7 @@ def test_a_trial_killed_mid_training_resumes_from_its_checkpoint(tmp_path: Path)
     cmd = [sys.executable, "-m", "cellsearch.cli", "run", str(path), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env)
-    try:
-        start = time.time()
-        while not _running_with_epochs(db, "resumed", 2):
-            assert proc.poll() is None, "the trial finished before it could be killed"
-            assert time.time() - start < 180, "no epoch recorded within 180 s"
-            time.sleep(0.02)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_when(proc, lambda: _running_with_epochs(db, "resumed", 2), "a second epoch")
     rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     trials = load_sqlite(db, "resumed").get_trials()
