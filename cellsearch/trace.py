@@ -195,7 +195,8 @@ class _Init(nn.Module):
         self.generic = generic
 
     def forward(self) -> tuple[()]:
-        with _symbolic_hidden(self.cell, self.generic):
+        mode = _SymbolicInit() if self.generic else contextlib.nullcontext()
+        with _symbolic_hidden(self.cell, self.generic), mode:
             self.cell.reset_parameters()  # type: ignore[operator]
         return ()
 
@@ -215,8 +216,7 @@ def trace_init(cell: Any, generic: bool = False) -> TracedInit:
         return torch.func.functional_call(wrapper, dict(zip(paths, params)), ())
 
     try:
-        mode = _SymbolicInit() if generic else contextlib.nullcontext()
-        with torch.random.fork_rng(devices=[]), mode:
+        with torch.random.fork_rng(devices=[]):
             gm = make_fx(flat_init, tracing_mode="symbolic" if generic else "real")(
                 *[p.detach().clone() for _, p in wrapper.named_parameters()])
     except Exception as exc:  # e.g. an init that reads a tensor's value (.item()) to decide

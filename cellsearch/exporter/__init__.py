@@ -4,10 +4,15 @@
 
 - ``<cell>.py`` — imports torch only (never cellsearch): the cell's step as two functions derived from the
   registered primitives' own torch code (:mod:`cellsearch.trace`: ``_prepare`` once per sequence,
-  ``_step`` once per time step, in ATen ops), a ``Cell`` class (hoisted input GEMM and the time loop), a
-  ``Model`` class (deep input → stacked cells with residual / dropout → deep output → readout → linear
-  head) and ``load(weights_path=None) -> nn.Module`` that builds the model and loads the weights beside
-  the file (a small safetensors reader is included, so not even the ``safetensors`` package is needed);
+  ``_step`` once per time step, in ATen ops) and its initialization (``_init``), the time loop
+  (``_recurrence``: a plain loop, a scan under torch.export), a ``Cell`` class (hoisted input GEMM), a
+  ``Model(input_size, hidden_size, output_size)`` class (deep input → stacked cells with residual /
+  dropout → deep output → readout → linear head), ``param_groups(model, lr)`` (the primitives'
+  learning-rate scales) and ``load(weights_path=None) -> nn.Module`` that builds the model at the
+  exported sizes and loads the weights beside the file (a small safetensors reader is included, so not
+  even the ``safetensors`` package is needed). The step and init are traced with a symbolic hidden size
+  and checked at another size against cellsearch's cell there; where they hold, ``Model`` takes any
+  size, else it refuses other sizes and says why;
 - ``<cell>.safetensors`` — the weights (no pickle);
 - ``spec.yaml`` — the ModelSpec, readout, task, study, trial, metrics, versions, weights digest;
 - ``MODEL_CARD.md`` — what it is, how it was found, how to use it.
@@ -19,8 +24,8 @@ One job per module: :mod:`.codegen` (the source), :mod:`.weights` (names of the 
 No primitive is named here: any registered primitive, a plugin's included, exports through the trace of
 its step. The generated forward performs the same tensor operations, in the same order, as the
 framework's :class:`~cellsearch.model.SequenceModel`, so outputs agree to float rounding (|Δ| < 1e-6)
-and the module passes ``torch.export.export``. Generated source is the durable artefact: it stays
-loadable across cellsearch versions.
+and the module passes ``torch.export.export`` with dynamic batch and time (checked at export).
+Generated source is the durable artefact: it stays loadable across cellsearch versions.
 """
 
 
@@ -41,13 +46,13 @@ import yaml
 
 from .card import describe_task as _describe_task
 from .card import model_card as _model_card
-from .checks import CHECK_SHAPES, check_export
+from .checks import CHECK_SHAPES, EXPORT_SHAPE, check_export
 from .codegen import generate_source, module_name
 from .errors import ExportError
 from .weights import export_state_dict
 
 __all__ = ["ExportError", "export", "export_model", "export_state_dict", "generate_source", "module_name",
-           "check_export", "CHECK_SHAPES"]
+           "check_export", "CHECK_SHAPES", "EXPORT_SHAPE"]
 
 def _versions() -> dict[str, str]:
     import torch
@@ -79,7 +84,8 @@ def export_model(
     a failure (a full disk, an untraceable cell) leaves no partial export. A non-empty ``out_dir`` is
     refused unless ``force`` (then it is replaced whole). With ``check`` the written module is imported
     and checked before it is moved into place (:func:`check_export`: parity with ``model``, torch.export
-    with dynamic batch and time, TorchScript, torch.fx); the results go into spec.yaml and the card."""
+    with dynamic batch and time, torch.jit.trace and script, torch.fx); the results go into spec.yaml and
+    the card, with how the module's ``Model`` takes other sizes."""
     out = _check_target(Path(out_dir), force)
     name = name or module_name(model, published)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +115,9 @@ def _write_export(model: Any, folder: Path, name: str, published: str | None, me
     weights = folder / f"{name}.safetensors"
     save_file(export_state_dict(model), str(weights))
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    (folder / f"{name}.py").write_text(generate_source(model, name, published, digest), encoding="utf-8")
+    report: dict[str, Any] = {}
+    (folder / f"{name}.py").write_text(generate_source(model, name, published, digest, report), encoding="utf-8")
+    meta = {**meta, "sizes": report["sizes"]}
     if check:
         meta = {**meta, "checks": check_export(folder / f"{name}.py", model)}
     if isinstance(meta.get("task"), Mapping) and "task_description" not in meta:

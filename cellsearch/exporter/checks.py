@@ -1,5 +1,5 @@
 """Checks run on a written export: import it, compare it with the model, and try torch.export (dynamic
-batch and time), TorchScript and torch.fx; what ran and what came out is returned for the card."""
+batch and time), torch.jit.trace and script, and torch.fx; what ran and what came out is returned for the card."""
 
 from __future__ import annotations
 
@@ -9,54 +9,113 @@ from typing import Any
 
 from .errors import ExportError
 
-__all__ = ["CHECK_SHAPES", "check_export"]
+__all__ = ["CHECK_SHAPES", "EXPORT_SHAPE", "check_export"]
 
-CHECK_SHAPES = ((3, 7), (5, 33), (1, 1))  # (batch, time) the export is checked at; exported at (4, 20)
+CHECK_SHAPES = ((3, 7), (5, 33), (1, 1))  # (batch, time) the export is checked at
+EXPORT_SHAPE = (4, 20)  # (batch, time) of the example torch.export sees
+TRACE_SHAPE = (4, 8)  # (batch, time) torch.jit.trace records (its loop unrolled: kept short)
+TOLERANCE = 1e-5  # on max |Δ| / max(1, max |y|)
 
 
 def check_export(py: Path, model: Any) -> dict[str, Any]:
     """Import the written module and check it against ``model`` (a SequenceModel): eager outputs at
-    :data:`CHECK_SHAPES`, ``torch.export.export`` with dynamic batch and time (outputs at the same
-    shapes), ``torch.jit.script`` and ``torch.fx.symbolic_trace``. Returns what ran and what came out;
-    an eager mismatch is an :class:`ExportError` (the module would be wrong)."""
+    :data:`CHECK_SHAPES`; ``torch.export.export`` with dynamic batch and time (exported at
+    :data:`EXPORT_SHAPE`, outputs at the same shapes); ``torch.jit.trace`` (at the traced length and at
+    another); ``torch.jit.script``; ``torch.fx.symbolic_trace`` (outputs compared). Returns what ran and
+    what came out; an eager mismatch is an :class:`ExportError` (the module would be wrong)."""
     import torch
 
-    module, exported = _import_module(py), None
+    module = _import_module(py)
     try:
         exported = module.load()
-        inputs = [torch.randn(b, t, model.spec.input_size) for b, t in CHECK_SHAPES]
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            want = [model(x.to(device))[0].cpu() for x in inputs]
-            eager = max(float((exported(x)[0] - w).abs().max()) for x, w in zip(inputs, want))
-        model.train(was_training)
-        if not eager < 1e-5:
+        d = model.spec.input_size
+        gen = torch.Generator().manual_seed(0)
+        inputs = [torch.randn(b, t, d, generator=gen) for b, t in CHECK_SHAPES]
+        eager = _max_diff(exported, inputs, _reference(model, inputs))
+        if not eager < TOLERANCE:
             raise ExportError(f"export: the generated module differs from the model by {eager:.3g}")
-        shapes = [list(s) for s in CHECK_SHAPES]
-        return {"eager": {"shapes": shapes, "max_abs_diff": eager},
-                "torch.export": _check_torch_export(exported, inputs, want, model.spec.input_size),
+        example = torch.randn(*EXPORT_SHAPE, d, generator=gen)
+        return {"eager": {"shapes": [list(s) for s in CHECK_SHAPES], "max_abs_diff": eager},
+                "torch.export": _check_torch_export(exported, example, inputs),
+                "torch.jit.trace": _check_jit_trace(exported, d),
                 "torch.jit.script": _attempt(lambda: torch.jit.script(exported)),
-                "torch.fx.symbolic_trace": _attempt(lambda: torch.fx.symbolic_trace(exported))}
+                "torch.fx.symbolic_trace": _check_fx(exported, inputs)}
     finally:
         import sys
 
         sys.modules.pop(module.__name__, None)
 
 
-def _check_torch_export(exported: Any, inputs: list[Any], want: list[Any], d: int) -> dict[str, Any]:
+def _reference(model: Any, inputs: list[Any]) -> list[Any]:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            return [model(x.to(device))[0].cpu() for x in inputs]
+    finally:
+        model.train(was_training)
+
+
+def _max_diff(fn: Any, inputs: list[Any], want: list[Any]) -> float:
+    """max |Δ| over the inputs, each in units of max(1, max |y|): float rounding grows with the outputs
+    (a model whose outputs reach 1e5 differs from its export by more than 1e-5 while equal to rounding)."""
+    import torch
+
+    with torch.no_grad():
+        return max(float((fn(x)[0] - w).abs().max()) / max(1.0, float(w.abs().max())) for x, w in zip(inputs, want))
+
+
+def _check_torch_export(exported: Any, example: Any, inputs: list[Any]) -> dict[str, Any]:
+    """torch.export with batch and time dynamic; the program's outputs against the eager module's."""
     import torch
     from torch.export import Dim
 
     try:
-        program = torch.export.export(exported, (torch.randn(4, 20, d),),
-                                      dynamic_shapes=({0: Dim("batch"), 1: Dim("time")},))
-        with torch.no_grad():
-            diff = max(float((program.module()(x)[0] - w).abs().max()) for x, w in zip(inputs, want))
+        program = torch.export.export(exported, (example,), dynamic_shapes=({0: Dim("batch"), 1: Dim("time")},))
+        diff = _max_diff(program.module(), inputs, [exported(x)[0] for x in inputs])
     except Exception as exc:  # reported in the card, not fatal: the eager module is still right
         return {"ok": False, "error": _first_line(exc)}
-    return {"ok": diff < 1e-5, "dynamic": ["batch", "time"], "max_abs_diff": diff}
+    return {"ok": diff < TOLERANCE, "dynamic": ["batch", "time"], "exported_at": list(EXPORT_SHAPE),
+            "shapes": [list(s) for s in CHECK_SHAPES], "max_abs_diff": diff}
+
+
+def _check_jit_trace(exported: Any, d: int) -> dict[str, Any]:
+    """torch.jit.trace at :data:`TRACE_SHAPE`, run at another batch with the traced length and at
+    another length: the trace records the time loop unrolled, so only the traced length can hold."""
+    import torch
+
+    same, other = (3, TRACE_SHAPE[1]), (3, TRACE_SHAPE[1] - 3)
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(exported, (torch.randn(*TRACE_SHAPE, d),), check_trace=False)
+    except Exception as exc:
+        return {"ok": False, "error": _first_line(exc)}
+    out: dict[str, Any] = {"traced_at": list(TRACE_SHAPE)}
+    for key, (b, t) in (("same_length", same), ("other_length", other)):
+        x = torch.randn(b, t, d)
+        try:
+            diff = _max_diff(traced, [x], [exported(x)[0]])
+            out[key] = {"shape": [b, t], "ok": diff < TOLERANCE, "max_abs_diff": diff}
+        except Exception as exc:
+            out[key] = {"shape": [b, t], "ok": False, "error": _first_line(exc)}
+    out["ok"] = out["same_length"]["ok"]
+    return out
+
+
+def _check_fx(exported: Any, inputs: list[Any]) -> dict[str, Any]:
+    """torch.fx.symbolic_trace with ``state=None`` fixed (the zero initial state); outputs compared."""
+    import torch
+
+    try:
+        gm = torch.fx.symbolic_trace(exported, concrete_args={"state": None})
+        diff = _max_diff(gm, inputs, [exported(x)[0] for x in inputs])
+    except Exception as exc:
+        return {"ok": False, "error": _first_line(exc)}
+    return {"ok": diff < TOLERANCE, "concrete_args": {"state": None}, "shapes": [list(s) for s in CHECK_SHAPES],
+            "max_abs_diff": diff}
 
 
 def _attempt(fn: Any) -> dict[str, Any]:

@@ -3,13 +3,26 @@ reader, ``param_groups`` and ``load``."""
 
 from __future__ import annotations
 
-__all__ = ["SCAN", "LOADER"]
+__all__ = ["SCAN", "LOADER", "INPUT_CHECK"]
+
+INPUT_CHECK = '''
+
+@torch.fx.wrap
+def _check_input(x: Tensor, input_size: int) -> None:
+    """A wrong input is one line: the model takes [batch, time, input_size] with time >= 1."""
+    if x.dim() != 3 or x.shape[-1] != input_size:
+        raise ValueError(f"expected input [batch, time, {input_size}], got shape {tuple(x.shape)}"
+                         + (" (add the batch dimension: x.unsqueeze(0))" if x.dim() == 2 else ""))
+    if x.shape[1] == 0:
+        raise ValueError("expected at least one time step, got an input with T = 0")
+'''
 
 SCAN = '''
 
 def _scan(step, consts: tuple, inputs: tuple[Tensor, ...], state: tuple[Tensor, ...]
           ) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The time loop as torch's scan (used under torch.export; eager runs the plain loop, the same math)."""
+    """The time loop as torch's scan (used under torch.export, which keeps T symbolic in it; eager runs
+    the plain loop, the same math)."""
     from torch._higher_order_ops.scan import scan
 
     consts = tuple(c.clone() if isinstance(c, Tensor) else c for c in consts)  # scan refuses aliased inputs
