@@ -29,7 +29,11 @@ class RunStopped(Exception):
 class StudyError(UserError, ValueError):
     """A mistake in a study or space file: one line naming file, key, value and what is allowed."""
 
-    def __init__(self, source: str, key: str, value: Any, allowed: str, hint: str = "") -> None:
+    def __init__(self, source: str, key: str = "", value: Any = None, allowed: str = "", hint: str = "") -> None:
+        if not (key or allowed):  # one free-form line (as :meth:`plain` without a source)
+            self.source, self.key, self.value, self.allowed = "", "", None, ""
+            super().__init__(source)
+            return
         self.source, self.key, self.value, self.allowed = source, key, value, allowed
         shown = short(value)
         head = f"{source}: {key}: " if key else f"{source}: "

@@ -21,11 +21,12 @@ __all__ = ["Reader", "Param", "parse_param", "bounded", "read_only", "first_line
 class Reader:
     """Reads values out of a raw mapping, raising :class:`StudyError` with ``source`` and the key path."""
 
-    def __init__(self, source: str) -> None:
-        self.source = source
+    def __init__(self, source: str, error: type[StudyError] = StudyError) -> None:
+        self.source, self.error = source, error
 
     def fail(self, key: str, value: Any, allowed: str, hint: str = "") -> StudyError:
-        return StudyError(self.source, key, value, allowed, hint)
+        """The error naming ``source``, ``key``, the value and what is allowed (``error``: its class)."""
+        return self.error(self.source, key, value, allowed, hint)
 
     def mapping(self, key: str, value: Any, allowed_keys: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(value, Mapping):

@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import UserError
+from ..config.reader import Reader
+from ..errors import StudyError
 from .runner import Job
 
 __all__ = ["ConfigError", "Variant", "Experiment", "ReproConfig", "parse_config"]
@@ -43,8 +44,17 @@ _VARIANT = ("label", "cell", "layers", "spec", "options", "depth", "train", "mod
 _MODEL = ("hidden_size", "param_budget")
 
 
-class ConfigError(UserError, ValueError):
-    """A mistake in a reproduction config (printed as one line by the CLI)."""
+class ConfigError(StudyError):
+    """A mistake in a reproduction config (printed as one line by the CLI): ``ConfigError(message)``, or
+    raised by the study files' :class:`~cellsearch.config.reader.Reader` naming the key."""
+
+
+#: the reproduction configs are read by the study files' one validation system
+_READ = Reader("config", error=ConfigError)
+
+
+def _key(where: str) -> str:
+    return where[len("config."):] if where.startswith("config.") else ("" if where == "config" else where)
 
 
 @dataclass(frozen=True)
@@ -95,19 +105,11 @@ class ReproConfig:
 
 
 def _mapping(where: str, value: Any, keys: Sequence[str] | None = None) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-    if keys is not None:
-        for key in value:
-            if key not in keys:
-                raise ConfigError(f"{where}.{key}: unknown key; allowed: {', '.join(keys)}")
-    return dict(value)
+    return _READ.mapping(_key(where), value, keys)
 
 
 def _int(where: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{where}: expected an integer >= {low}, got {value!r}")
-    return value
+    return _READ.integer(_key(where), value, low)  # type: ignore[return-value]
 
 
 def _variant(where: str, raw: Any, layers: int) -> Variant:
