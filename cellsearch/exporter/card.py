@@ -259,7 +259,9 @@ def _card_citation(published: str | None, info: Mapping[str, Any]) -> list[str]:
         try:
             from ..registry import get_cell_card
 
-            lines += [f"The cell: {get_cell_card(published).citation}", ""]
+            cite = get_cell_card(published).citation
+            lines += [f"The cell: {cite}", "", "```bibtex", f"@misc{{{published}_cell,",
+                      f"  note = {{{cite.replace('{', '(').replace('}', ')')}}}", "}", "```", ""]
         except LookupError:
             pass
     version = info["versions"]["cellsearch"]

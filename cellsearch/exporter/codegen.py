@@ -299,10 +299,33 @@ def _param_doc(cell: Any, derived: _Derived) -> list[str]:
     lines = ["Parameters (d = input_size, n = hidden_size):", ""]
     for path, _ in _tensors(cell):
         lines.append(f"- {_flat(path)} [{derived.shapes[path].rstrip(',')}]")
-    lines += ["", f"Rows of weight_ih and bias, by gate block (n rows each): {blocks}."]
-    if cell.short == "project":
-        lines.append("weight_proj: P in the short input x̃ = P x.")
+    lines += ["", f"Rows of weight_ih and bias, by gate block (n rows each): {blocks}.", "", *_symbols(cell)]
     return lines
+
+
+def _symbols(cell: Any) -> list[str]:
+    """The formulas' symbols by the parameter names above."""
+    names = [_flat(p) for p, _ in cell.named_parameters()]
+    rec = [n for n in names if n.startswith("recurrence_")]
+    out = ["Symbols: W = weight_ih, b = bias"]
+    if rec:
+        out.append(f"U = the recurrent matrices formed from {', '.join(rec)} in _prepare (rows by block, as W)")
+    if cell.short == "project":
+        out.append("P = weight_proj (x̃ = P x)")
+    hidden = sorted({n.rsplit("_", 1)[0] for n in names if n.startswith("transition_layers_")})
+    if hidden:  # z_1 = φ(candidate pre-activation); z_j = φ(W_j z_{j-1} + b_j), j = 2..L
+        out.append("in the deep-transition formula, W_1 h + U x + b_1 is the candidate block of U h + W x + b "
+                   "as named here, and W_j, b_j (j = 2..L) = "
+                   + ", ".join(f"{base}_weight, {base}_bias" for base in hidden))
+    if "transition_shortcut_weight" in names:
+        out.append("W_s = transition_shortcut_weight")
+    return _wrap("; ".join(out) + ".")
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
 
 
 def _rows(i: int) -> str:
@@ -432,7 +455,11 @@ def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) ->
         f"output_size={spec.output_size}),\n"
         "    with the cell's own initialization; `load()` fills it with the trained weights. Other sizes give\n"
         "    a fresh model of the same cell to train from scratch (use `param_groups` for the optimizer).\n"
-        '    """\n\n'
+        + ("    Deep output: V_j, c_j = output_mlp[2(j - 1)].weight, .bias (Linear, then tanh).\n"
+           if depth.output_layers else "")
+        + ("    Deep input: input_mlp (Linear, then tanh, per layer) before the first cell.\n"
+           if depth.input_layers else "")
+        + '    """\n\n'
         f"    def __init__(self, input_size: int = {spec.input_size}, hidden_size: int = {spec.hidden_size}, "
         f"output_size: int = {spec.output_size}) -> None:\n" + _indent(init, 2) + "\n\n"
         "    def forward(self, x: Tensor, state: tuple[tuple[Tensor, ...], ...] | None = None\n"
@@ -451,7 +478,7 @@ def _cell_doc(spec: Any, published: str | None) -> list[str]:
         except LookupError:
             pass
     lines = []
-    for role in ("update", "gate", "init", "saturation", "recurrence"):
+    for role in CELL_ROLES:
         name = getattr(spec.cell, role)
         lines.append(f"{role} {name}: {formula_of(get_primitive(role, name))}")
     return lines
