@@ -135,8 +135,10 @@ def _first_line(exc: BaseException) -> str:
 
 def _other_size(cell: Any) -> tuple[int, int]:
     """A second (input, hidden) size that keeps the cell's short-input mode (x̃ = x needs d = n)."""
-    n2 = cell.hidden_size + 3
-    return (n2, n2) if cell.short == "identity" else (n2 + 2 if cell.input_size == n2 else cell.input_size + 2, n2)
+    n2, d2 = cell.hidden_size + 3, cell.input_size + 2
+    if cell.short == "identity":
+        return n2, n2
+    return (d2 + 1 if d2 == n2 else d2), n2
 
 
 def _tensors(cell: Any) -> list[tuple[str, Any]]:
