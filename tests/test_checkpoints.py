@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,36 @@ def test_losses_read_once_per_epoch_give_the_same_run_and_still_catch_divergence
     with pytest.raises(DivergenceError) as later:
         train(spec, TASK, {**config, "lr": 1e30})
     assert later.value.step == at_once.value.step
+
+
+def test_workers_run_a_study_in_processes_sharing_its_storage(tmp_path: Path, monkeypatch) -> None:
+    """``cellsearch run --workers 2``: two processes (this one and a child) split the budget of one study
+    exactly, each trial recorded with the process that ran it (one GPU each where there are GPUs)."""
+    from cellsearch.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    raw = tiny("workers", space={"cell": {"update": ["lstm", "gru", "star", "mgu"]}},
+               train={"epochs": 1, "steps_per_epoch": 40, "batch_size": 16, "threads": 1},
+               search={"n_trials": 4, "pruner": "none"})
+    (tmp_path / "workers.yaml").write_text(yaml.safe_dump(raw))
+    db = tmp_path / "runs" / "workers" / "study.db"
+    from cellsearch.commands import run as run_command
+
+    real = run_command._run
+
+    def after_the_child_started(args) -> int:   # this process has torch loaded already: let the child in
+        start = time.time()
+        while not any(t.user_attrs.get("worker", {}).get("pid") not in (None, os.getpid())
+                      for t in trials_now(db, "workers")):
+            assert time.time() - start < 180, "the second worker did not start a trial"
+            time.sleep(0.05)
+        return real(args)
+
+    monkeypatch.setattr(run_command, "_run", after_the_child_started)
+    assert main(["run", "workers.yaml", "--workers", "2", "--quiet"]) == 0
+    trials = load_sqlite(db, "workers").get_trials()
+    done = [t for t in trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    assert len(done) == 4 and len({t.user_attrs["key"] for t in done}) == 4
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert {t.user_attrs["worker"]["pid"] for t in trials} - {os.getpid()}   # the child process trained
+    assert main(["run", "workers.yaml", "--workers", "0"]) == 2
