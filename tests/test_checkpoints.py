@@ -179,3 +179,34 @@ def test_workers_run_a_study_in_processes_sharing_its_storage(tmp_path: Path, mo
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert {t.user_attrs["worker"]["pid"] for t in trials} - {os.getpid()}   # the child process trained
     assert main(["run", "workers.yaml", "--workers", "0"]) == 2
+
+
+@pytest.mark.parametrize("ooms", [1, 2])
+def test_out_of_memory_is_retried_once_then_fails_the_cell(ooms: int, tmp_path: Path, monkeypatch) -> None:
+    """A trial out of memory is set aside (outside the budget) and retried first while the run goes on; out
+    of memory again on the retry is the cell's failure ("does not fit"), in the budget, with the peak."""
+    import cellsearch.jobs
+
+    real, seen = cellsearch.jobs.run_job, []
+
+    def run_job(job, *args, **kwargs):
+        if job.spec.cell.update == "lstm" and len(seen) < ooms:
+            seen.append(1)
+            raise MemoryError("cannot allocate 8 GiB")
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(cellsearch.jobs, "run_job", run_job)
+    monkeypatch.chdir(tmp_path)
+    raw = tiny("oom", space={"cell": {"update": ["lstm", "gru"]}}, search={"n_trials": 2, "pruner": "none"})
+    result = run_study(raw, display="quiet")
+    trials = {t.number: t for t in result.trials}
+    first = next(t for t in result.trials if t.params["cell/update"] == "lstm")
+    assert first.user_attrs["interrupted"] and "out of memory" in first.user_attrs["fail_reason"]
+    assert "peak" in first.user_attrs["fail_reason"]
+    retry = next(t for t in trials.values() if t.user_attrs.get("retry_of") == first.number)
+    assert result.n_counted == 2
+    if ooms == 1:
+        assert retry.state == TrialState.COMPLETE
+    else:
+        assert retry.state == TrialState.FAIL and "again when retried" in retry.user_attrs["fail_reason"]
+        assert not retry.user_attrs.get("interrupted")

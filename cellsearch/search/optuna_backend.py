@@ -61,7 +61,16 @@ from .studies import (
     seed_trials,
     wait_for_slots,
 )
-from .trials import DuplicateFailed, Outcome, TrialBook, TrialFailed, objective_value, weights_bytes, write_weights
+from .trials import (
+    DuplicateFailed,
+    Outcome,
+    TrialBook,
+    TrialFailed,
+    objective_value,
+    oom_note,
+    weights_bytes,
+    write_weights,
+)
 
 __all__ = ["run", "Objective", "OptunaBackend", "BACKEND"]
 
@@ -86,15 +95,17 @@ class Objective:
             reason = infrastructure_failure(exc)
             if reason is None:
                 raise
-            # the machine failed, not the cell: recorded with the reason, outside the budget, re-queued,
-            # and the run stops (it would fail every trial the same way)
-            self.infrastructure = f"trial {trial.number}: {reason}"
+            # the machine failed, not the cell: recorded with the reason, outside the budget, re-queued;
+            # out of memory is retried, anything else stops the run (TrialBook.machine_failed)
+            reason = oom_note(reason)
             try:
-                self.book.set_aside(trial, f"infrastructure: {reason}")
-                self.infrastructure += "; the trial does not use the budget and its parameters are re-queued"
+                _, stop = self.book.machine_failed(trial, reason)
+                why = "; the trial does not use the budget and its parameters are re-queued"
             except Exception:  # noqa: BLE001 - the storage itself may be what failed (disk full)
-                self.infrastructure += "; the trial could not be recorded (it is re-run when the study continues)"
-            trial.study.stop()
+                stop, why = True, "; the trial could not be recorded (it is re-run when the study continues)"
+            if stop:
+                self.infrastructure = f"trial {trial.number}: {reason}{why}"
+                trial.study.stop()
             raise
 
     def _run(self, trial: Trial) -> float | list[float]:

@@ -261,9 +261,10 @@ def _failure(exc: Exception) -> dict[str, str]:
     """How a trial's exception is reported: ``infrastructure`` (disk full, out of memory, data gone: the
     machine's failure, set aside and re-queued by the driver) or ``fail_reason`` (the cell's)."""
     from .preflight import infrastructure_failure
+    from .trials import oom_note
 
     machine = infrastructure_failure(exc)
-    return {"infrastructure": machine} if machine else {"fail_reason": f"{type(exc).__name__}: {exc}"}
+    return {"infrastructure": oom_note(machine)} if machine else {"fail_reason": f"{type(exc).__name__}: {exc}"}
 
 
 def _node(train_config: Any) -> str:
@@ -527,14 +528,15 @@ class _Driver:
                                          cs["seconds"], cs["weights"],
                                          resumed_from_epoch=int(cs.get("resumed_from_epoch", 0)))
             self._tell(trial, outcome.values, outcome.state)
-        elif cs.get("infrastructure"):  # set aside as the Optuna backend does: not budget, re-queued, stop
-            reason = f"infrastructure: {cs['infrastructure']}"
-            self.book.set_aside(trial, reason, requeue_now=False)
+        elif cs.get("infrastructure"):  # as the Optuna backend: set aside and re-queued, or (OOM twice) FAIL
+            outcome, stop = self.book.machine_failed(trial, str(cs["infrastructure"]), requeue_now=False)
             self._tell(trial, None, TrialState.FAIL)
-            requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {reason}")
-            self.infrastructure = self.infrastructure or (
-                f"trial {trial.number}: {cs['infrastructure']}; the trial does not use the budget and its "
-                "parameters are re-queued")
+            if trial.user_attrs.get("interrupted"):
+                requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {outcome.reason}")
+            if stop:
+                self.infrastructure = self.infrastructure or (
+                    f"trial {trial.number}: {cs['infrastructure']}; the trial does not use the budget and its "
+                    "parameters are re-queued")
         elif cs.get("fail_reason"):
             self._tell(trial, None, self.book.fail(trial, str(cs["fail_reason"])).state)
         elif trial_id in self.stopped and not error:

@@ -39,6 +39,8 @@ from .studies import requeue
 __all__ = ["TrialBook", "Outcome", "TrialFailed", "DuplicateFailed", "key_of", "jsonable", "budget_taken",
            "objective_value", "weights_bytes", "write_weights"]
 
+OUT_OF_MEMORY = "out of memory"
+
 #: what a duplicate copies from the trial it duplicates
 COPIED = ("n_params", "history", "metrics", "weights", "seconds", "ray_node")
 
@@ -198,6 +200,20 @@ class TrialBook:
 
         return f"diverged: {exc}" if isinstance(exc, DivergenceError) else f"{type(exc).__name__}: {exc}"
 
+    @classmethod
+    def machine_failed(cls, trial: Trial, reason: str, requeue_now: bool = True) -> tuple[Outcome, bool]:
+        """A failure of the machine, not of the cell (:func:`~cellsearch.search.preflight.infrastructure_failure`):
+        (outcome, whether the run stops). Out of memory the first time: set aside (outside the budget) and
+        re-queued first, the run goes on (the retry runs when the other trials may have freed memory); out
+        of memory again on that retry: FAIL with the reason, in the budget (the cell does not fit here).
+        Anything else (disk full, data gone): set aside, re-queued, and the run stops (it would fail every
+        trial the same way)."""
+        if reason.startswith(OUT_OF_MEMORY):
+            if OUT_OF_MEMORY in str(trial.user_attrs.get("retry_reason", "")):
+                return cls.fail(trial, f"{reason}, again when retried: the cell does not fit in memory here"), False
+            return cls.set_aside(trial, f"infrastructure: {reason}", requeue_now), False
+        return cls.set_aside(trial, f"infrastructure: {reason}", requeue_now), True
+
     @staticmethod
     def set_aside(trial: Trial, reason: str, requeue_now: bool = True) -> Outcome:
         """The machine (or the run) stopped ``trial``, not the cell: recorded with ``reason``, outside the
@@ -215,6 +231,24 @@ class TrialFailed(RuntimeError):
 
 class DuplicateFailed(TrialFailed):
     """A duplicate of a trial whose training diverged: it fails the same way, without training."""
+
+
+def peak_mib() -> float:
+    """This process's peak memory in MiB: CUDA's peak allocation where CUDA is in use, else the resident
+    set's high-water mark (Linux)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def oom_note(reason: str) -> str:
+    """``reason`` with the peak memory when it is an out-of-memory failure."""
+    return f"{reason}; peak {peak_mib():.0f} MiB" if reason.startswith(OUT_OF_MEMORY) else reason
 
 
 def objective_value(metric: str, result: Any, spec: Any) -> float:
