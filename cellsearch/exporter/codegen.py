@@ -109,16 +109,20 @@ def _derive_inner(cell: Any, factory: Any, try_generic: bool) -> _Derived:
     reason = "not tried: an earlier layer of the same cell holds at its own size only"
     if try_generic:
         try:
-            step, init = _trace(cell, generic=True), trace_init(cell, generic=True)
-            reason = _check_at(step, init, factory(d2, n2), d2, n2)
+            step, other = _trace(cell, generic=True), factory(d2, n2)
+            reason = _check_step_at(step, other, d2, n2)  # before the init's trace: a fixed step skips it
+            if not reason:
+                init = trace_init(cell, generic=True)
+                reason = _check_init_at(init, other, n2)
             if not reason:
                 return _Derived(step, init, True, _shape_exprs(cell, factory),
                                 {"generic": True, "checked_at": {"input_size": d2, "hidden_size": n2},
                                  "input_equals_hidden": cell.short == "identity"})
         except (TraceError, ExportError, RuntimeError, ValueError, TypeError, IndexError) as exc:
             reason = _first_line(exc)
-    if step is None or init is None:
+    if step is None:
         step = _trace(cell)
+    if init is None:
         try:
             init = trace_init(cell)
         except TraceError:
@@ -149,9 +153,9 @@ def _literal(t: Any) -> str:
     return ", ".join(str(s) for s in t.shape) + ("," if t.dim() == 1 else "")
 
 
-def _check_at(step: Any, init: Any, cell: Any, d: int, n: int) -> str:
-    """'' if the generic graphs equal ``cell`` (built at input size d, hidden size n) — one step on random
-    input and state, and the initialization from the same seed — else what differed."""
+def _check_step_at(step: Any, cell: Any, d: int, n: int) -> str:
+    """'' if the generic step graphs equal ``cell`` (built at input size d, hidden size n) on one step with
+    random input and state, else what differed."""
     import torch
 
     params = dict(cell.named_parameters())
@@ -167,10 +171,18 @@ def _check_at(step: Any, init: Any, cell: Any, d: int, n: int) -> str:
         diff = max(float((a - b).abs().max()) for a, b in zip(got, (h, *new)))
     if not diff < 1e-5:
         return f"the step traced with a symbolic size differs at hidden size {n} by {diff:.3g}"
+    return ""
+
+
+def _check_init_at(init: Any, cell: Any, n: int) -> str:
+    """'' if the generic init graph draws what ``cell.reset_parameters()`` draws from the same seed."""
+    import torch
+
+    ref = cell.weight_ih
     mine = [p.detach().clone() for _, p in cell.named_parameters()]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        init.init(*mine, *([xp.device] if init.device else []), *([xp.dtype] if init.dtype else []))
+        init.init(*mine, *([ref.device] if init.device else []), *([ref.dtype] if init.dtype else []))
         torch.manual_seed(0)
         cell.reset_parameters()
     diff = max(float((a - b.detach()).abs().max()) for a, (_, b) in zip(mine, cell.named_parameters()))
