@@ -224,6 +224,21 @@ def test_exported_source_imports_torch_only(exported: dict, case: str) -> None:
     assert modules <= {"__future__", "hashlib", "json", "struct", "pathlib", "typing", "torch"}
 
 
+@pytest.mark.parametrize("case", ["ur_lstm", "asrnn", "dots_rnn", "refined_lstm", "deep_io_refined_add"])
+def test_exported_docstrings_name_the_parameters_and_nothing_is_left_unused(exported: dict, case: str) -> None:
+    """Each cell class's docstring lists exactly its parameters by their attribute names (with the rows of
+    every gate block), and the module carries no unused constants (INPUT_SIZE, READOUT, ``0 * n``)."""
+    source = (exported["root"] / case / f"{case}.py").read_text()
+    module = _load_module(exported["root"] / case / f"{case}.py")
+    for layer in module.load().layers:
+        doc = type(layer).__doc__
+        listed = re.findall(r"^\s*- (\w+) \[", doc, flags=re.M)
+        assert listed == [name for name, _ in layer.named_parameters()], (listed, doc)
+        assert "Rows of weight_ih and bias, by gate block" in doc
+    for clutter in ("INPUT_SIZE", "HIDDEN_SIZE", "READOUT", "NUM_LAYERS", "0 * n", "readout all"):
+        assert clutter not in source, clutter
+
+
 def test_export_folder_has_spec_and_model_card(exported: dict) -> None:
     import yaml
 
