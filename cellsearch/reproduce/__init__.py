@@ -12,6 +12,7 @@ mean ± 95 % Student-t CI over seeds), ``<name>.png``, ``<name>.csv`` (one row p
 | gu2020 | Gu et al. 2020 (UGI, UR) | lstm / chrono / u / r / ur LSTM on copy (Gu) and adding |
 | asrnn | Nguyen-Duy et al. 2023 | asrnn vs lstm vs vanilla on copy (Arjovsky) at equal parameters |
 | refined | Cheng et al. 2020 | refined_{lstm,gru,mgu} vs lstm / gru / mgu on adding |
+| refined_ablation | (issue 16) | GRU / MGU refined gate sets and forms, memory at init, keep-bias controls |
 | pascanu2014 | Pascanu et al. 2014 | RNN / sRNN / DT / DT(S) / DOT(S) on Bach chorales, NLL per step |
 
 Sizes: ``tiny`` runs end to end in seconds (CI), ``cpu`` in minutes on a laptop (the committed
@@ -41,6 +42,7 @@ REPRODUCTIONS: dict[str, str] = {
     "gu2020": "cellsearch.reproduce.gu2020:Gu2020",
     "asrnn": "cellsearch.reproduce.asrnn:ASRNN",
     "refined": "cellsearch.reproduce.refined:Refined",
+    "refined_ablation": "cellsearch.reproduce.refined_ablation:RefinedAblation",
     "pascanu2014": "cellsearch.reproduce.pascanu2014:Pascanu2014",
 }
 

@@ -45,8 +45,9 @@ class Refined(Reproduction):
     claim = ("Short-connecting the input features into the gates (\"refined gates\") fixes gate undertraining: "
              "refined LSTM / GRU / MGU learn the adding problem faster and to a lower error than the plain "
              "cells. PRIMITIVES.md quotes no number for adding; the exact refined form in the paper (mul or "
-             "add, which gates, projection of x) is uncertain — the plugins use \"mul\" with a learned "
-             "projection when d ≠ n.")
+             "add, which gates, projection of x) is uncertain — each card states its form, with a learned "
+             "projection when d ≠ n (since issue 16 refined_gru uses \"add\", chosen by the refined_ablation "
+             "reproduction).")
 
     def figure(self, config: Any, records: Any, extra: Any) -> Any:
         """Validation MSE curves, each plain cell dashed beside its refined version (solid)."""
@@ -98,8 +99,10 @@ class Refined(Reproduction):
             "fixes gate undertraining: refined LSTM, GRU and MGU learn faster and reach deeper minima than the "
             "plain cells, shown on adding, counting, language modelling and scene-text recognition. Published: "
             "no adding number (the `refined_*` cards report none; PRIMITIVES.md §4 quotes none). The exact form "
-            "is uncertain (mul or add; which gates; whether x̃ is projected): the plugins use \"mul\" on LSTM "
-            "(i, o), GRU (z, r) and MGU (f), with a learned projection x̃ = P x since d = 2 ≠ n.", "",
+            f"is uncertain (mul or add; which gates; whether x̃ is projected): the cards use {_forms()}, with a "
+            "learned projection x̃ = P x since d = 2 ≠ n (refined_gru's form since issue 16; the mul form it "
+            "had before carried nothing over 50 steps at init and stayed at the baseline: see the ablation "
+            "below).", "",
             f"**This run.** Adding T = {exp.task['seq_len']}, n = {exp.model['hidden_size']}, Adam "
             f"{train['lr']:g}, clip {train['clip']:g}, {train['steps']} steps of batch {train['batch_size']}; "
             f"solved: validation MSE < {threshold:g}. Refined is better when it solves more seeds while leaving "
@@ -109,14 +112,25 @@ class Refined(Reproduction):
             f"**Verdict: {verdict}.** " + " ".join(sentences)]
         if verdicts.get("GRU") == "no":
             section[-1] += (" Whether the refined GRU's result is the paper's or an artefact of our reading of the "
-                            "uncertain refined form (multiplying GRU's reset and update gates by a projection of a "
-                            "2-dimensional input) we cannot tell from here; the mode and gate set are options of "
+                            "uncertain refined form we cannot tell from here; the mode and gate set are options of "
                             "the `refined` gate primitive, so a search can test the alternatives.")
         summary = "; ".join(
             f"{r[0]}: refined {r[7]} solved ({r[8]}; MSE {r[5]}), plain {r[3]} ({r[4]}; MSE {r[1]})" for r in rows)
         return Overview("Refined gates (Cheng et al.)", "refined LSTM / GRU / MGU learn adding faster / better "
                         "than the plain cells", "no adding number in the cards", summary, verdict,
                         "Refined gates (Cheng et al. 2020) on adding", section)
+
+
+def _forms() -> str:
+    """The refined form of each card: "mul on LSTM (i, o), add on GRU (z, r), mul on MGU (f)"."""
+    from ..api import get_cell
+
+    parts = []
+    for name in ("refined_lstm", "refined_gru", "refined_mgu"):
+        opts = get_cell(name).spec.options_for("gate")
+        form = opts.get("mode", "mul") + (" centred" if opts.get("center") else "")
+        parts.append(f"\"{form}\" on {name.removeprefix('refined_').upper()} ({', '.join(opts.get('gates') or [])})")
+    return ", ".join(parts)
 
 
 def _family_verdict(plain: tuple, refined: tuple) -> str:

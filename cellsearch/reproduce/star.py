@@ -9,9 +9,11 @@ Two parts:
    mean ± 95 % CI over seeds. 0 means "preserved"; −3 means the bottom layer gets 1000× less gradient.
 2. Accuracy vs depth: vanilla, lstm, gru and star stacked 1, 2, 4, 8 layers deep on ``seq_digits``.
 
-Besides the paper-form cards, both parts include STAR with orthogonal weight init (what the authors' code
-uses: W_z, W_k, U_k orthogonal), and the maps the tanh RNN with orthogonal init, because the init changes
-the outcome.
+The ``star`` card follows the authors' code since issue 16 (orthogonal W_z, W_k, U_k, b_z = 0, chrono-style
+keep-gate bias with T_max = the task's length, β = 1). Both parts also run STAR in the paper form with
+PyTorch's init (the card before issue 16); the maps add the paper form with orthogonal weights and all
+biases 0 (the "authors' init" variant before issue 16, which is neither) and the tanh RNN with orthogonal
+init, because the init changes the outcome.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ from .stats import mean_ci
 __all__ = ["STAR", "depth_ratio", "time_ratio"]
 
 CELLS = ("vanilla", "lstm", "gru", "star")
-STAR_ORTHOGONAL = {"label": "star (orthogonal init)", "cell": "star", "spec": {"init": "orthogonal"}}
+#: the paper's equations with PyTorch's init: the star card before issue 16
+STAR_PAPER = {"label": "star (paper form)", "cell": "star", "spec": {"init": "default", "bias": "default"},
+              "options": {"update": {"beta": None}}}
+#: the paper's equations, orthogonal weights, every bias 0 (the "authors' init" variant before issue 16)
+STAR_PAPER_ORTHOGONAL = {"label": "star (paper form, orthogonal init, zero biases)", "cell": "star",
+                         "spec": {"bias": "default"}, "options": {"update": {"beta": None}}}
 MAP_CELLS: tuple[Any, ...] = (
     *CELLS,
-    STAR_ORTHOGONAL,
+    STAR_PAPER,
+    STAR_PAPER_ORTHOGONAL,
     {"label": "vanilla (orthogonal init)", "cell": "vanilla", "spec": {"init": "orthogonal"}},
 )
 _MAP_KEYS = ("cells", "layers", "steps", "hidden_size", "batch", "losses")
@@ -61,7 +69,7 @@ def _size(hidden: int, steps: int, every: int, batch: int, lr: float, task: dict
           maps: dict[str, Any], depths: Sequence[int] = (1, 2, 4, 8)) -> dict[str, Any]:
     return {"seeds": 3, "gradient_maps": maps, "experiments": [
         {"name": "depth", "title": f"{task['name']}: test accuracy vs depth", "task": task,
-         "model": {"hidden_size": hidden}, "layers": list(depths), "cells": [*CELLS, STAR_ORTHOGONAL],
+         "model": {"hidden_size": hidden}, "layers": list(depths), "cells": [*CELLS, STAR_PAPER],
          "train": {"steps": steps, "steps_per_epoch": every, "batch_size": batch, "lr": lr, "clip": 1.0}}]}
 
 
@@ -194,16 +202,18 @@ class STAR(Reproduction):
         acc = {cell: {d: mean_ci([r.test_metric for r in runs]) for d, runs in sorted(per.items())}
                for cell, per in _by_cell_depth(run.records, exp.name).items()}
         depths = sorted({d for per in acc.values() for d in per})
-        top, star_o, star_d = depths[-1], STAR_ORTHOGONAL["label"], "star"
+        top, star, paper, paper_o = depths[-1], "star", STAR_PAPER["label"], STAR_PAPER_ORTHOGONAL["label"]
         lstm_peak = max(acc["lstm"], key=lambda d: acc["lstm"][d].mean)
-        least = all(min(acc, key=lambda c: acc[c][d].mean) in (star_d, star_o) for d in depths)
+        lowest = {d: min(acc, key=lambda c: acc[c][d].mean) for d in depths}
+        least = all(lowest[d] == star for d in depths)
+        paper_least = all(lowest[d] == paper for d in depths)
         parts = {
             "LSTM attenuates": flow["lstm"] == "attenuated",
             "vanilla explodes": flow["vanilla"] == "amplified" or flow["vanilla (orthogonal init)"] == "amplified",
-            "STAR preserves the gradient": flow[star_d] == "preserved" or flow[star_o] == "preserved",
-            "deep STAR trains": acc[star_o][top].mean > acc[star_o][depths[0]].mean,
+            "STAR (authors' code) preserves the gradient": flow[star] == "preserved",
+            "deep STAR trains": acc[star][top].mean > acc[star][depths[0]].mean,
             "deep LSTM degrades": acc["lstm"][top].mean < acc["lstm"][lstm_peak].mean,
-            "STAR is competitive": not least,
+            "STAR (authors' code) is competitive": not least,
         }
         held = [k for k, v in parts.items() if v]
         verdict = "yes" if len(held) == len(parts) else "no" if not held else "partly"
@@ -214,16 +224,21 @@ class STAR(Reproduction):
         def a(cell: str, d: int) -> str:
             return f"{100 * acc[cell][d].mean:.0f}"
 
-        rising = " → ".join(a(star_o, d) for d in depths)
-        result = (f"log10 gradient ratio layer 1 / layer {layers}: STAR {r(star_d)} (paper form, default init), "
-                  f"{r(star_o)} (orthogonal init); LSTM {r('lstm')}; GRU {r('gru')}; vanilla {r('vanilla')} "
-                  f"(default init), {r('vanilla (orthogonal init)')} (orthogonal); test accuracy at "
-                  f"{' / '.join(map(str, depths))} layers: STAR (orthogonal) {rising} %, LSTM "
-                  + " → ".join(a("lstm", d) for d in depths) + " %"
-                  + ("; STAR is the least accurate cell at every depth" if least else ""))
+        def arrow(cell: str) -> str:
+            return " → ".join(a(cell, d) for d in depths)
+
+        result = (f"log10 gradient ratio layer 1 / layer {layers}: STAR {r(star)} (authors' code: orthogonal, "
+                  f"chrono keep bias, β = 1), {r(paper)} (paper form, default init), {r(paper_o)} (paper form, "
+                  f"orthogonal, zero biases); LSTM {r('lstm')}; GRU {r('gru')}; vanilla {r('vanilla')} (default "
+                  f"init), {r('vanilla (orthogonal init)')} (orthogonal); test accuracy at "
+                  f"{' / '.join(map(str, depths))} layers: STAR (authors' code) {arrow(star)} %, STAR (paper form) "
+                  f"{arrow(paper)} %, LSTM {arrow('lstm')} %"
+                  + ("; STAR (authors' code) is the least accurate cell at every depth" if least else "")
+                  + ("; STAR (paper form) is the least accurate cell at every depth" if paper_least else ""))
         grad_rows = [[label] + [ratio_l.format(2) for ratio_l in
                                 (mean_ci([_log10(depth_ratio(g)) for g in maps[label, lo]]) for lo in spec["losses"])]
                      for label, _ in spec["cells"]]
+        t_max = exp.task.get("seq_len", "the task's length")
         section = [
             "**Claim.** Turkoglu et al. (\"Gating Revisited\", TPAMI 2021) show that the mean gradient magnitude "
             f"per (layer, time step) of a ~{layers}-layer stack stays roughly constant for STAR, while it "
@@ -231,33 +246,47 @@ class STAR(Reproduction):
             f"STAR stacks train where deep LSTM / vanilla stacks degrade. Published (`star` card): "
             f"{quotes('star')}. The project's references quote no accuracy-vs-depth numbers.", "",
             card_sources(self.cards, self.reference), "",
+            "The `star` card follows the authors' code (issue 16): orthogonal W_z, W_k, U_k, b_z = 0, keep-gate "
+            "bias chrono-style (σ(−b_k) = τ/(1 + τ), τ ~ U[1, T_max − 1], T_max = the task's sequence length) and "
+            "β = 1; \"star (paper form)\" is the paper's equations with PyTorch's uniform init (the card before "
+            "issue 16); \"paper form, orthogonal init, zero biases\" is the variant this page called the authors' "
+            "init before issue 16 (it is neither).", "",
             f"**This run.** (a) Gradient maps of untrained {layers}-layer × {spec['steps']}-step stacks, "
             f"n = {spec['hidden_size']}, batch {spec['batch']}, inputs N(0, 1), a fixed random linear readout, "
             f"loss on the last step and on every step, {len(run.config.seeds)} seeds "
-            "(`cellsearch.diagnostics.gradient_map`). log10 of Ḡ(layer 1) / Ḡ(layer "
-            f"{layers}), each averaged over steps (0 = preserved; below, |mean| < 0.5 counts as preserved, "
-            "≤ −0.5 as attenuated, ≥ 0.5 as amplified):", "",
+            "(`cellsearch.diagnostics.gradient_map`; no task, so chrono's T_max is its fallback 784). log10 of "
+            f"Ḡ(layer 1) / Ḡ(layer {layers}), each averaged over steps (0 = preserved; below, |mean| < 0.5 "
+            "counts as preserved, ≤ −0.5 as attenuated, ≥ 0.5 as amplified):", "",
             *markdown_table(["cell"] + [f"loss on {lo} step{'s' * (lo == 'all')}" for lo in spec["losses"]],
                             grad_rows), "",
-            f"(b) Accuracy vs depth on `{exp.task['name']}`, n = {exp.model['hidden_size']} per layer, Adam "
-            f"{exp.train['lr']:g}, {exp.train['steps']} steps of batch {exp.train['batch_size']}, test "
-            "accuracy %:", "",
+            f"(b) Accuracy vs depth on `{exp.task['name']}` (T_max {t_max}), n = {exp.model['hidden_size']} per "
+            f"layer, Adam {exp.train['lr']:g}, {exp.train['steps']} steps of batch {exp.train['batch_size']}, "
+            "test accuracy %:", "",
             *self.depth_table(exp.name, run.records), "",
             f"**Verdict: {verdict}.** "
             + " ".join(f"{k}: {'holds' if v else 'does not hold'}." for k, v in parts.items())
             + f" LSTM's bottom layer receives 10^({ratio['lstm'].mean:.1f}) of the top layer's gradient, and its "
             f"accuracy goes from {a('lstm', lstm_peak)} % ({lstm_peak} layer{'s' * (lstm_peak > 1)}, its best) to "
-            f"{a('lstm', top)} % ({top} layers). STAR in the paper form with the default (PyTorch-style uniform) "
-            f"init gives 10^({ratio[star_d].mean:.1f}) ({flow[star_d]}; GRU 10^({ratio['gru'].mean:.1f})); with "
-            f"the orthogonal weight init of the authors' code 10^({ratio[star_o].mean:.2f}) ({flow[star_o]}), "
-            f"and its accuracy goes {rising} % from 1 to {top} layers. The vanilla RNN is {flow['vanilla']} "
-            f"with the default init and {flow['vanilla (orthogonal init)']} with orthogonal init "
-            f"(10^({ratio['vanilla (orthogonal init)'].mean:.2f})). The init dependence is a finding worth "
-            "keeping: the STAR card's default init is not what the authors ran."]
-        if least:
-            section[-1] += (f" STAR is the least accurate cell at every depth after {exp.train['steps']} steps (a "
+            f"{a('lstm', top)} % ({top} layers). STAR as the authors' code initialises it gives "
+            f"10^({ratio[star].mean:.2f}) ({flow[star]}); in the paper form with PyTorch's init "
+            f"10^({ratio[paper].mean:.1f}) ({flow[paper]}; GRU 10^({ratio['gru'].mean:.1f})); the paper form with "
+            f"orthogonal weights and every bias at 0 gives 10^({ratio[paper_o].mean:.2f}) ({flow[paper_o]})"
+            + (", so \"preserved with orthogonal init\" holds for that variant only, not for the authors' code "
+               "(orthogonal weights with the chrono keep bias and β = 1). " if flow[paper_o] == "preserved"
+               and flow[star] != "preserved" else ". ")
+            + f"Accuracy from 1 to {top} layers: STAR (authors' code) {arrow(star)} %, STAR (paper form) "
+            f"{arrow(paper)} %. The vanilla RNN is {flow['vanilla']} with the default init and "
+            f"{flow['vanilla (orthogonal init)']} with orthogonal init "
+            f"(10^({ratio['vanilla (orthogonal init)'].mean:.2f}))."]
+        if least or paper_least:
+            which = "STAR (authors' code)" if least else "STAR in the paper form"
+            section[-1] += (f" {which} is the least accurate cell at every depth after {exp.train['steps']} steps (a "
                             "1-layer STAR with a 1-dimensional input can only write z = tanh(W_z x + b), a function "
                             "of the current pixel, into its state; the paper trains far longer).")
+        section[-1] += (" The gradient maps run without a task, so the authors' STAR there has chrono's fallback "
+                        f"T_max = 784 (the value their code hard-codes) on {spec['steps']} steps: its keep gate starts "
+                        "near 1 and its write coefficient σ(a_k + 1) near 0, so little of each layer's input — and of "
+                        "the gradient to the layers below — passes at init; on seq_digits T_max is the task's 64.")
         return Overview("STAR (Turkoglu et al.)", "STAR keeps gradient magnitude across depth; LSTM attenuates, "
                         "vanilla explodes; deep STAR stacks train", f"`star`: {quotes('star')}", result, verdict,
                         "STAR — gradient flow in deep stacks", section)
