@@ -127,8 +127,14 @@ def _attempt(fn: Any) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    """The error in one line; for TorchScript's interpreter, its last line (the first is boilerplate)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("The following operation failed in the TorchScript"):
+        return lines[-1].strip()[:200]
+    text = lines[0][:200] if lines else ""
+    if "Expression of type dots" in text:
+        text += " (TorchScript has no variable-length tuple type: the state is typed tuple[Tensor, ...])"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _import_module(py: Path) -> Any:
