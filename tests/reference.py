@@ -28,6 +28,7 @@ The modern cells (issue 14), each from its paper's equations:
                (c, n) = (C, N) e^(−m), m' = max(log f + m, ĩ)                              Beck et al. 2024
     relu       sat(v) = max(v, 0);   g: sat(v) = v + ½ (v ≥ 0), 1/(1 + e^(−v)) (v < 0)
     none       U = 0;   diagonal: U_b = diag(u_b) (clamped to ±bound when set)
+    heads      U_b = blockdiag(U_b^1, …, U_b^H) (xLSTM's sLSTM heads)
 
 and the network: deep input MLP → stacked layers (residual: out += in between equal widths) → deep output.
 """
@@ -115,6 +116,13 @@ def _recurrent_matrices(cell: Any, names: list[str], n: int) -> dict[str, Tensor
         if bound is not None:
             u = torch.clamp(u, -bound, bound)
         stacked = torch.cat([torch.diag(row) for row in u])
+    elif spec.recurrence == "heads":   # U_b = blockdiag(U_b^1, ..., U_b^H), each head d × d
+        w = _f64(cell.recurrence.weight)
+        stacked = torch.zeros(len(names) * n, n, dtype=torch.float64)
+        d = n // w.shape[1]
+        for b in range(w.shape[0]):
+            for k in range(w.shape[1]):
+                stacked[b * n + k * d:b * n + (k + 1) * d, k * d:(k + 1) * d] = w[b, k]
     elif spec.recurrence == "orthogonal":
         method = spec.options_for("recurrence").get("method", "expm")
         skew = cell.recurrence.skew

@@ -55,6 +55,8 @@ CASES: dict[str, dict[str, Any]] = {
     "indrnn+bound": dict(update="vanilla", saturation="relu", recurrence="diagonal",
                          **_opts(recurrence={"low": -1.5, "high": 1.5, "bound": 1.0})),
     "lstm+diagonal+relu": dict(update="lstm", saturation="relu", recurrence="diagonal"),
+    "slstm+heads": dict(update="slstm", saturation="identity", recurrence="heads", **_opts(recurrence={"heads": 4})),
+    "lstm+heads": dict(update="lstm", recurrence="heads", **_opts(recurrence={"heads": 2})),
     "gru+g": dict(update="gru", saturation="g"),
 }
 
@@ -376,3 +378,19 @@ def test_matches_torchrecurrent(kind: str) -> None:
                 h = theirs(x, h)
             out, mine = ours(x, mine)
             assert (out - h).abs().max() < 1e-10
+
+
+def test_heads_recurrence_is_block_diagonal_and_needs_a_divisible_size() -> None:
+    """xLSTM's heads: each recurrent block is block diagonal (no mixing across heads), R·n²/heads weights;
+    a head count that does not divide the hidden size is refused naming the option."""
+    spec = CellSpec(update="slstm", saturation="identity", recurrence="heads", options={"recurrence": {"heads": 4}})
+    cell = cs.create_cell(spec, 5, N)
+    U = cell.recurrence.matrix().detach()
+    d = N // 4
+    for b in range(4):
+        block = U[b * N:(b + 1) * N]
+        mask = torch.block_diag(*[torch.ones(d, d)] * 4).bool()
+        assert (block[~mask] == 0).all() and (block[mask] != 0).all()
+    assert cell.recurrence.weight.numel() == 4 * N * N // 4
+    with pytest.raises(cs.SpecError, match="recurrence.heads"):
+        cs.create_cell(CellSpec(update="lstm", recurrence="heads", options={"recurrence": {"heads": 3}}), 5, N)
