@@ -290,9 +290,26 @@ def test_plugin_primitive_exports_without_exporter_code(plugin_gate: object, tmp
     model = SequenceModel(spec).eval()
     py = export_model(model, tmp_path, name="softsign_lstm", check=False)
     x = torch.randn(4, 5, 3)
+    module = _load_module(py)
     with torch.no_grad():
-        assert (_load_module(py).load()(x)[0] - model(x)[0]).abs().max() < 1e-6
+        assert (module.load()(x)[0] - model(x)[0]).abs().max() < 1e-6
     assert "softsign" in py.read_text()  # the traced ATen op, not a template
+    # the plugin's cell trains from scratch at another size (adding: input 2, output 1; hidden 10)
+    from cellsearch.tasks import make_task
+
+    task = make_task({"name": "adding", "seq_len": 10})
+    torch.manual_seed(0)
+    fresh = module.Model(task.input_size, 10, task.output_size)
+    opt = torch.optim.Adam(module.param_groups(fresh, lr=1e-2))
+    xs, ys = next(iter(task.make_loaders(32, seed=0).train))
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.mse_loss(fresh(xs)[0], ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
 
 
 def test_exporter_names_no_primitive() -> None:
