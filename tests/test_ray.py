@@ -322,7 +322,7 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
 
 #: what a trial records that must not depend on the backend (timing, paths, node and process differ)
 _SAME = ("key", "digest", "summary", "readout", "train", "reused_from", "fail_reason", "retry_of", "retry_reason",
-         "interrupted", "n_params")
+         "interrupted", "n_params", "prune_reason")
 
 
 def _storage_contents(study: optuna.Study) -> list[tuple[Any, ...]]:
@@ -353,18 +353,20 @@ def test_both_backends_leave_the_same_trials_in_storage(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     dead = subprocess.Popen(["true"])
     dead.wait()  # a process that has exited: the planted trial's worker
-    space = {"cell": {"update": ["lstm", "gru"]}, "train": {"lr": [0.01, 1.0e30]}}  # lr 1e30 diverges
+    # lr 1e30 diverges; lr 1e-5 barely learns: the median pruner stops it after its first epoch
+    space = {"cell": {"update": ["lstm", "gru"]}, "train": {"lr": [0.01, 1.0e30, 1.0e-5]}}
+    search = {"pruner": {"name": "median", "n_startup_trials": 1}, "scheduler": "optuna", "n_trials": 5,
+              "n_jobs": 1, "max_concurrent_trials": 1}
     contents = {}
     for backend in ("optuna", "ray"):
-        raw = studies.tiny(f"same_{backend}", backend=backend, space=space,
-                           search={"pruner": "none", "n_trials": 4, "n_jobs": 1, "max_concurrent_trials": 1})
+        raw = studies.tiny(f"same_{backend}", backend=backend, space=space, epochs=2, search=search)
         config = load_config(raw)
         study = open_study(config)
         planted = study.ask()  # a trial whose worker died mid-training
         build_space(config).sample(planted)
         planted.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "start": 0})
         result = run_study(raw, display="quiet")
-        assert result.n_counted == 4
+        assert result.n_counted == 5
         contents[backend] = _storage_contents(result.study)
     optuna_trials, ray_trials = contents["optuna"], contents["ray"]
     assert optuna_trials == ray_trials
@@ -372,7 +374,7 @@ def test_both_backends_leave_the_same_trials_in_storage(tmp_path: Path, monkeypa
     attrs = [t[4] for t in optuna_trials]
     assert states[0] == "FAIL" and attrs[0]["interrupted"] and attrs[1]["retry_of"] == 0  # re-queued, first
     assert any(a.get("fail_reason", "").startswith("diverged: ") for a in attrs)
-    assert "COMPLETE" in states and any("reused_from" in a for a in attrs)
+    assert "COMPLETE" in states and "PRUNED" in states and any("reused_from" in a for a in attrs)
 
 
 def test_a_trial_of_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path: Path, local_ray: str) -> None:

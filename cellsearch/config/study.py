@@ -67,6 +67,7 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {
     "hyperband": ("grace_period", "reduction_factor", "max_t", "brackets"),
     "median": ("grace_period", "min_samples_required"),
     "fifo": (),
+    "optuna": (),   # the study's Optuna pruner (search.pruner) decides, as on the Optuna backend
 }
 BACKENDS = ("optuna", "ray")
 DIRECTIONS = ("minimize", "maximize")

@@ -17,7 +17,9 @@ Search settings (``search:`` in the study file):
 - ``resources``: per trial, e.g. ``{cpu: 2, gpu: 0.5}`` (``tune.with_resources``; default one CPU). Ray
   gives a trial with GPUs its own ``CUDA_VISIBLE_DEVICES`` and ``train.device: auto`` picks CUDA; a trial
   without GPUs trains on the CPU (Ray leaves every GPU visible to it);
-- ``scheduler``: ``asha``, ``hyperband`` (asynchronous, no pausing), ``median`` (median stopping rule; never pauses) or
+- ``scheduler``: ``asha``, ``hyperband`` (asynchronous, no pausing), ``median`` (median stopping rule; never pauses),
+  ``optuna`` (the study's Optuna pruner, ``search.pruner``, decides after every epoch: the same trials
+  pruned, with the same reasons, as on the Optuna backend) or
   ``fifo``, with arguments (``{name: asha, grace_period: 1, reduction_factor: 3}``); null follows
   ``search.pruner`` (median → median, successive_halving → asha, hyperband → hyperband, none → fifo).
   A multi-objective study, or an objective that is not a validation metric, runs FIFO (nothing to stop
@@ -82,6 +84,7 @@ from .backend import Backend
 from .claims import BudgetTaken, claim_slots
 from .display import Display
 from .ledger import Ledger, counted
+from .samplers import make_pruner
 from .space import build_space
 from .storage import fail_dead_trials
 from .studies import StudyResult, fail_stale, n_running, open_study, requeue, seed_trials
@@ -161,6 +164,20 @@ class _MedianStopping(_RecordStops, MedianStoppingRule):
     """Ray's median stopping rule, recording its stops."""
 
 
+class _OptunaPruning(FIFOScheduler):
+    """``scheduler: optuna``: every epoch's value goes to the study's Optuna pruner (``search.pruner``),
+    which stops the trial exactly when it would stop it on the Optuna backend (same decision, same
+    ``prune_reason``)."""
+
+    _driver_key: str = ""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> str:
+        driver = _LIVE.get(self._driver_key)
+        if driver is not None and driver.should_prune(trial.trial_id, result):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+
 def make_scheduler(config: StudyConfig, max_t: int, driver_key: str = "") -> TrialScheduler:
     """The configured Tune scheduler; the time unit is ``training_iteration`` (one per evaluation)."""
     name = scheduler_name(config)
@@ -188,6 +205,8 @@ def make_scheduler(config: StudyConfig, max_t: int, driver_key: str = "") -> Tri
             min_time_slice=math.inf,  # never pause a trial to give others time: trials are not checkpointed
             hard_stop=True,
         )
+    elif name == "optuna":
+        scheduler = _OptunaPruning()
     else:
         return FIFOScheduler()
     scheduler._driver_key = driver_key  # type: ignore[attr-defined]
@@ -358,6 +377,7 @@ class _Driver:
         self.prunable = not config.multi_objective and self.metrics[0].startswith("val_")
         self.scheduler = scheduler_name(config)
         self.stopped: set[str] = set()  # Tune trial ids a scheduler stopped
+        self.pruned: set[str] = set()  # those the study's Optuna pruner stopped (scheduler: optuna)
         self.open: dict[str, Trial] = {}  # Tune trial id -> Optuna trial (launched, not told yet)
         self.deferred: list[tuple[Trial, str]] = []  # (trial, key) waiting for a twin with the same key
         self.history: dict[int, list[dict[str, Any]]] = {}
@@ -510,6 +530,28 @@ class _Driver:
                 reported.add(epoch)
                 trial.report(value, epoch)
 
+    def should_prune(self, trial_id: str, result: Mapping[str, Any]) -> bool:
+        """``scheduler: optuna``: record the result, then ask the study's pruner, as the Optuna backend's
+        objective does after every epoch (the reason written the same way)."""
+        with self._lock:
+            trial = self.open.get(trial_id)
+        if trial is None or not self.prunable:
+            return False
+        self.record(trial, result)
+        return self._pruned_now(trial_id, trial, result)
+
+    def _pruned_now(self, trial_id: str, trial: Trial, result: Mapping[str, Any]) -> bool:
+        entry = json.loads(_cs(result).get("entry", "{}"))
+        metric = self.metrics[0]
+        if metric not in entry or not trial.should_prune():
+            return False
+        epoch, value = int(entry.get("epoch", 0)), float(entry[metric])
+        trial.set_user_attr("prune_reason", f"{self.config.search.pruner} pruner at epoch {epoch}: "
+                                            f"{metric} = {value:.4g}")
+        self.stopped.add(trial_id)
+        self.pruned.add(trial_id)
+        return True
+
     def finish(self, trial_id: str, result: Mapping[str, Any] | None, error: bool) -> None:
         """Tell Optuna how the trial ended: COMPLETE (full budget), PRUNED (stopped by the scheduler),
         FAIL (training failed; or its worker failed / the run stopped: then re-queued)."""
@@ -520,10 +562,14 @@ class _Driver:
         if result:
             self.record(trial, result)
         cs = _cs(result)
+        if self.scheduler == "optuna" and self.prunable and cs.get("final") and trial_id not in self.pruned:
+            self._pruned_now(trial_id, trial, result or {})   # the last epoch arrives with the trial's end
         history = self.history.get(trial.number, [])
         if cs.get("final") or cs.get("fail_reason") or (trial_id in self.stopped and not error):
             self.book.drop_checkpoint(self.book.checkpoint(trial.user_attrs["key"]))  # ended: not resumed
-        if cs.get("final"):
+        if trial_id in self.pruned:  # the Optuna pruner's decision (even on the final epoch, as Optuna's)
+            self._tell(trial, None, TrialState.PRUNED)
+        elif cs.get("final"):
             outcome = self.book.complete(trial, json.loads(cs["values"]), cs["n_params"], json.loads(cs["metrics"]),
                                          cs["seconds"], cs["weights"],
                                          resumed_from_epoch=int(cs.get("resumed_from_epoch", 0)))
@@ -816,6 +862,7 @@ def _tuner(config: StudyConfig, driver: _Driver, task: Any, storage_path: Path) 
         storage=driver.study._storage,
     )
     driver.searcher = searcher
+    searcher._ot_study.pruner = make_pruner(config)  # scheduler optuna: the study's own pruner decides
     claim_slots(searcher._ot_study, driver.budget)  # slots taken atomically; re-queued trials first
     driver.study = searcher._ot_study  # tell through the searcher's study: its sampler sees every result
     max_t = _max_t(config, task)
