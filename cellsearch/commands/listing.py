@@ -18,6 +18,7 @@ from rich.table import Table
 
 from .. import registry
 from ..config import builtin_spaces_dir
+from ..spec import CELL_ROLES
 
 HELP = "list cells, primitives, tasks or spaces (all kinds, or one; a wildcard pattern filters)"
 WHAT = ("cells", "primitives", "tasks", "spaces")
@@ -61,7 +62,7 @@ def _cells(match: Callable[[Iterable[str]], bool], role: str | None) -> Table:
             continue
         card = registry.get_cell_card(name)
         spec = card.spec
-        brief = f"{spec.update}/{spec.gate}/{spec.init}/{spec.saturation}/{spec.recurrence}"
+        brief = "/".join(str(getattr(spec, role)) for role in CELL_ROLES)
         if card.depth.transition != "none":
             brief += f" +{card.depth.transition}"
         table.add_row(name, card.formula, brief, registry.origin_of("cell", name))
