@@ -194,49 +194,17 @@ class STAR(Reproduction):
 
     def overview(self, run: Loaded) -> Overview:
         """Gradient ratios across depth (preserved / attenuated / amplified) and accuracy vs depth."""
-        spec, maps = run.extra["map_spec"], run.extra["maps"]
-        layers, loss = spec["layers"], spec["losses"][0]
-        ratio = {label: mean_ci([_log10(depth_ratio(g)) for g in maps[label, loss]]) for label, _ in spec["cells"]}
-        flow = {label: _flow(ci.mean) for label, ci in ratio.items()}
-        exp = run.config.experiments[0]
-        acc = {cell: {d: mean_ci([r.test_metric for r in runs]) for d, runs in sorted(per.items())}
-               for cell, per in _by_cell_depth(run.records, exp.name).items()}
-        depths = sorted({d for per in acc.values() for d in per})
-        top, star, paper, paper_o = depths[-1], "star", STAR_PAPER["label"], STAR_PAPER_ORTHOGONAL["label"]
-        lstm_peak = max(acc["lstm"], key=lambda d: acc["lstm"][d].mean)
-        lowest = {d: min(acc, key=lambda c: acc[c][d].mean) for d in depths}
-        least = all(lowest[d] == star for d in depths)
-        paper_least = all(lowest[d] == paper for d in depths)
-        parts = {
-            "LSTM attenuates": flow["lstm"] == "attenuated",
-            "vanilla explodes": flow["vanilla"] == "amplified" or flow["vanilla (orthogonal init)"] == "amplified",
-            "STAR (authors' code) preserves the gradient": flow[star] == "preserved",
-            "deep STAR trains": acc[star][top].mean > acc[star][depths[0]].mean,
-            "deep LSTM degrades": acc["lstm"][top].mean < acc["lstm"][lstm_peak].mean,
-            "STAR (authors' code) is competitive": not least,
-        }
-        held = [k for k, v in parts.items() if v]
-        verdict = "yes" if len(held) == len(parts) else "no" if not held else "partly"
+        f = _Facts(run)
+        return Overview("STAR (Turkoglu et al.)", "STAR keeps gradient magnitude across depth; LSTM attenuates, "
+                        "vanilla explodes; deep STAR stacks train", f"`star`: {quotes('star')}", f.result(),
+                        f.verdict, "STAR — gradient flow in deep stacks", self._section(f))
 
-        def r(label: str) -> str:
-            return f"{ratio[label].format(2)}"
-
-        def a(cell: str, d: int) -> str:
-            return f"{100 * acc[cell][d].mean:.0f}"
-
-        def arrow(cell: str) -> str:
-            return " → ".join(a(cell, d) for d in depths)
-
-        result = (f"log10 gradient ratio layer 1 / layer {layers}: STAR {r(star)} (authors' code: orthogonal, "
-                  f"chrono keep bias, β = 1), {r(paper)} (paper form, default init), {r(paper_o)} (paper form, "
-                  f"orthogonal, zero biases); LSTM {r('lstm')}; GRU {r('gru')}; vanilla {r('vanilla')} (default "
-                  f"init), {r('vanilla (orthogonal init)')} (orthogonal); test accuracy at "
-                  f"{' / '.join(map(str, depths))} layers: STAR (authors' code) {arrow(star)} %, STAR (paper form) "
-                  f"{arrow(paper)} %, LSTM {arrow('lstm')} %"
-                  + ("; STAR (authors' code) is the least accurate cell at every depth" if least else "")
-                  + ("; STAR (paper form) is the least accurate cell at every depth" if paper_least else ""))
+    def _section(self, f: _Facts) -> list[str]:
+        """The page's text: the claim, the cards' sources, the run's settings and tables, the verdict."""
+        spec, exp, layers, ratio = f.spec, f.exp, f.layers, f.ratio
+        star, paper, paper_o, flow, top, lstm_peak = f.star, f.paper, f.paper_o, f.flow, f.top, f.lstm_peak
         grad_rows = [[label] + [ratio_l.format(2) for ratio_l in
-                                (mean_ci([_log10(depth_ratio(g)) for g in maps[label, lo]]) for lo in spec["losses"])]
+                                (mean_ci([_log10(depth_ratio(g)) for g in f.maps[label, lo]]) for lo in spec["losses"])]
                      for label, _ in spec["cells"]]
         t_max = exp.task.get("seq_len", "the task's length")
         section = [
@@ -253,7 +221,7 @@ class STAR(Reproduction):
             "init before issue 16 (it is neither).", "",
             f"**This run.** (a) Gradient maps of untrained {layers}-layer × {spec['steps']}-step stacks, "
             f"n = {spec['hidden_size']}, batch {spec['batch']}, inputs N(0, 1), a fixed random linear readout, "
-            f"loss on the last step and on every step, {len(run.config.seeds)} seeds "
+            f"loss on the last step and on every step, {len(f.run.config.seeds)} seeds "
             "(`cellsearch.diagnostics.gradient_map`; no task, so chrono's T_max is its fallback 784). log10 of "
             f"Ḡ(layer 1) / Ḡ(layer {layers}), each averaged over steps (0 = preserved; below, |mean| < 0.5 "
             "counts as preserved, ≤ −0.5 as attenuated, ≥ 0.5 as amplified):", "",
@@ -262,34 +230,25 @@ class STAR(Reproduction):
             f"(b) Accuracy vs depth on `{exp.task['name']}` (T_max {t_max}), n = {exp.model['hidden_size']} per "
             f"layer, Adam {exp.train['lr']:g}, {exp.train['steps']} steps of batch {exp.train['batch_size']}, "
             "test accuracy %:", "",
-            *self.depth_table(exp.name, run.records), "",
-            f"**Verdict: {verdict}.** "
-            + " ".join(f"{k}: {'holds' if v else 'does not hold'}." for k, v in parts.items())
+            *self.depth_table(exp.name, f.run.records), "",
+            f"**Verdict: {f.verdict}.** "
+            + " ".join(f"{k}: {'holds' if v else 'does not hold'}." for k, v in f.parts.items())
             + f" LSTM's bottom layer receives 10^({ratio['lstm'].mean:.1f}) of the top layer's gradient, and its "
-            f"accuracy goes from {a('lstm', lstm_peak)} % ({lstm_peak} layer{'s' * (lstm_peak > 1)}, its best) to "
-            f"{a('lstm', top)} % ({top} layers). STAR as the authors' code initialises it gives "
+            f"accuracy goes from {f.a('lstm', lstm_peak)} % ({lstm_peak} layer{'s' * (lstm_peak > 1)}, its best) to "
+            f"{f.a('lstm', top)} % ({top} layers). STAR as the authors' code initialises it gives "
             f"10^({ratio[star].mean:.2f}) ({flow[star]}); in the paper form with PyTorch's init "
             f"10^({ratio[paper].mean:.1f}) ({flow[paper]}; GRU 10^({ratio['gru'].mean:.1f})); the paper form with "
             f"orthogonal weights and every bias at 0 gives 10^({ratio[paper_o].mean:.2f}) ({flow[paper_o]})"
             + (", so \"preserved with orthogonal init\" holds for that variant only, not for the authors' code "
                "(orthogonal weights with the chrono keep bias and β = 1). " if flow[paper_o] == "preserved"
                and flow[star] != "preserved" else ". ")
-            + f"Accuracy from 1 to {top} layers: STAR (authors' code) {arrow(star)} %, STAR (paper form) "
-            f"{arrow(paper)} %. The vanilla RNN is {flow['vanilla']} with the default init and "
+            + f"Accuracy from 1 to {top} layers: STAR (authors' code) {f.arrow(star)} %, STAR (paper form) "
+            f"{f.arrow(paper)} %. The vanilla RNN is {flow['vanilla']} with the default init and "
             f"{flow['vanilla (orthogonal init)']} with orthogonal init "
             f"(10^({ratio['vanilla (orthogonal init)'].mean:.2f}))."]
-        if least or paper_least:
-            which = "STAR (authors' code)" if least else "STAR in the paper form"
-            section[-1] += (f" {which} is the least accurate cell at every depth after {exp.train['steps']} steps (a "
-                            "1-layer STAR with a 1-dimensional input can only write z = tanh(W_z x + b), a function "
-                            "of the current pixel, into its state; the paper trains far longer).")
-        section[-1] += (" The gradient maps run without a task, so the authors' STAR there has chrono's fallback "
-                        f"T_max = 784 (the value their code hard-codes) on {spec['steps']} steps: its keep gate starts "
-                        "near 1 and its write coefficient σ(a_k + 1) near 0, so little of each layer's input — and of "
-                        "the gradient to the layers below — passes at init; on seq_digits T_max is the task's 64.")
-        return Overview("STAR (Turkoglu et al.)", "STAR keeps gradient magnitude across depth; LSTM attenuates, "
-                        "vanilla explodes; deep STAR stacks train", f"`star`: {quotes('star')}", result, verdict,
-                        "STAR — gradient flow in deep stacks", section)
+        section[-1] += _notes(f)
+        return section
+
 
     # ---------------------------------------------------------------- plot
     def figure(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> Any:
@@ -380,4 +339,74 @@ def _map_config(raw: Any) -> dict[str, Any]:
     for loss in out["losses"]:
         if loss not in ("last", "all"):
             raise ConfigError(f"config.gradient_maps.losses: {loss!r} is not one of last, all")
+    return out
+
+
+class _Facts:
+    """What the STAR page says, computed once from a loaded run: gradient ratios and their flow, accuracy
+    per cell and depth, the parts of the claim and the verdict."""
+
+    def __init__(self, run: Loaded) -> None:
+        self.run = run
+        self.spec, self.maps = run.extra["map_spec"], run.extra["maps"]
+        self.layers, loss = self.spec["layers"], self.spec["losses"][0]
+        self.ratio = {label: mean_ci([_log10(depth_ratio(g)) for g in self.maps[label, loss]])
+                      for label, _ in self.spec["cells"]}
+        self.flow = {label: _flow(ci.mean) for label, ci in self.ratio.items()}
+        self.exp = exp = run.config.experiments[0]
+        self.acc = acc = {cell: {d: mean_ci([r.test_metric for r in runs]) for d, runs in sorted(per.items())}
+                          for cell, per in _by_cell_depth(run.records, exp.name).items()}
+        self.depths = depths = sorted({d for per in acc.values() for d in per})
+        self.top, self.star, self.paper = depths[-1], "star", STAR_PAPER["label"]
+        self.paper_o = STAR_PAPER_ORTHOGONAL["label"]
+        self.lstm_peak = max(acc["lstm"], key=lambda d: acc["lstm"][d].mean)
+        lowest = {d: min(acc, key=lambda c: acc[c][d].mean) for d in depths}
+        self.least = all(lowest[d] == self.star for d in depths)
+        self.paper_least = all(lowest[d] == self.paper for d in depths)
+        flow, star, top = self.flow, self.star, self.top
+        self.parts = {
+            "LSTM attenuates": flow["lstm"] == "attenuated",
+            "vanilla explodes": flow["vanilla"] == "amplified" or flow["vanilla (orthogonal init)"] == "amplified",
+            "STAR (authors' code) preserves the gradient": flow[star] == "preserved",
+            "deep STAR trains": acc[star][top].mean > acc[star][depths[0]].mean,
+            "deep LSTM degrades": acc["lstm"][top].mean < acc["lstm"][self.lstm_peak].mean,
+            "STAR (authors' code) is competitive": not self.least,
+        }
+        held = [k for k, v in self.parts.items() if v]
+        self.verdict = "yes" if len(held) == len(self.parts) else "no" if not held else "partly"
+
+    def r(self, label: str) -> str:
+        return f"{self.ratio[label].format(2)}"
+
+    def a(self, cell: str, d: int) -> str:
+        return f"{100 * self.acc[cell][d].mean:.0f}"
+
+    def arrow(self, cell: str) -> str:
+        return " → ".join(self.a(cell, d) for d in self.depths)
+
+    def result(self) -> str:
+        """The overview's one-line result."""
+        r, star, paper, paper_o = self.r, self.star, self.paper, self.paper_o
+        return (f"log10 gradient ratio layer 1 / layer {self.layers}: STAR {r(star)} (authors' code: orthogonal, "
+                f"chrono keep bias, β = 1), {r(paper)} (paper form, default init), {r(paper_o)} (paper form, "
+                f"orthogonal, zero biases); LSTM {r('lstm')}; GRU {r('gru')}; vanilla {r('vanilla')} (default "
+                f"init), {r('vanilla (orthogonal init)')} (orthogonal); test accuracy at "
+                f"{' / '.join(map(str, self.depths))} layers: STAR (authors' code) {self.arrow(star)} %, STAR (paper "
+                f"form) {self.arrow(paper)} %, LSTM {self.arrow('lstm')} %"
+                + ("; STAR (authors' code) is the least accurate cell at every depth" if self.least else "")
+                + ("; STAR (paper form) is the least accurate cell at every depth" if self.paper_least else ""))
+
+
+def _notes(f: _Facts) -> str:
+    """The verdict's closing remarks: a least-accurate STAR, and chrono's fallback T_max in the maps."""
+    out = ""
+    if f.least or f.paper_least:
+        which = "STAR (authors' code)" if f.least else "STAR in the paper form"
+        out += (f" {which} is the least accurate cell at every depth after {f.exp.train['steps']} steps (a "
+                "1-layer STAR with a 1-dimensional input can only write z = tanh(W_z x + b), a function "
+                "of the current pixel, into its state; the paper trains far longer).")
+    out += (" The gradient maps run without a task, so the authors' STAR there has chrono's fallback "
+            f"T_max = 784 (the value their code hard-codes) on {f.spec['steps']} steps: its keep gate starts "
+            "near 1 and its write coefficient σ(a_k + 1) near 0, so little of each layer's input — and of "
+            "the gradient to the layers below — passes at init; on seq_digits T_max is the task's 64.")
     return out
