@@ -43,6 +43,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from kill_loop import cellsearch_cmd  # noqa: E402
 from pgserver import postgres  # noqa: E402
 
 
@@ -64,11 +65,6 @@ def study_file(folder: Path, name: str, trials: int, epochs: int, steps: int) ->
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def cellsearch_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("cellsearch")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cellsearch.cli"]
 
 
 def load1() -> float:

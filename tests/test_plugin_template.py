@@ -27,7 +27,7 @@ report = {"errors": [str(e) for e in cs.plugin_errors()], "cells": cs.list_cells
           "formula": registry.get_primitive("gate", "hard_sigmoid").formula(), "steps": {}}
 torch.manual_seed(0)
 for label, model in [("ur_star", cs.create_rnn("ur_star", 3, 8, num_layers=2)),
-                     ("star+hard_sigmoid", cs.create_rnn("star", 3, 8, gate="hard_sigmoid")),
+                     ("star+hard_sigmoid", cs.create_rnn(cs.CellSpec(update="star", gate="hard_sigmoid"), 3, 8)),
                      ("lstm+hard_sigmoid", cs.create_rnn("lstm", 3, 8, gate="hard_sigmoid")),
                      ("janet_softsign", cs.create_rnn("janet_softsign", 3, 8, num_layers=2)),
                      ("janet+ur", cs.create_rnn("janet_softsign", 3, 8, gate="ur", saturation="identity"))]:

@@ -9,15 +9,10 @@ Real processes and a real server throughout; tiny studies (adding, T = 10, hidde
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -37,80 +32,26 @@ pytestmark = pytest.mark.xdist_group("postgres")
 
 
 # ------------------------------------------------------------------------------------------------
-# The server
-
-
-def _bindir() -> str | None:
-    """The folder of ``initdb`` / ``pg_ctl`` (Debian puts them in /usr/lib/postgresql/<version>/bin)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    if found:
-        return str(Path(found[-1]).parent)
-    initdb = shutil.which("initdb")
-    return str(Path(initdb).parent) if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Throwaway:
-    """A PostgreSQL cluster in a temporary folder, on a free port, trusted on 127.0.0.1 only."""
-
-    def __init__(self, bindir: str) -> None:
-        self.bindir = bindir
-        # under /tmp: the postgres user must be able to reach the folder
-        self.root = Path(tempfile.mkdtemp(prefix="cs-pg-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        self.port = _free_port()
-        self.as_user: list[str] = []
-        if os.geteuid() == 0:  # the server refuses to run as root
-            try:
-                user = pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.skip("PostgreSQL tests need a 'postgres' user to run the server as (running as root)")
-            os.chown(self.root, user.pw_uid, user.pw_gid)
-            self.as_user = ["runuser", "-u", "postgres", "--"]
-
-    def _run(self, *args: str) -> None:
-        cmd = [*self.as_user, os.path.join(self.bindir, args[0]), *args[1:]]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
-
-    def start(self) -> str:
-        data = str(self.root / "data")
-        self._run("initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", data, "-o", options, "-l", str(self.root / "log"), "-w", "-t", "60", "start")
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "cellsearch_test")
-        return f"postgresql://postgres@127.0.0.1:{self.port}/cellsearch_test"
-
-    def stop(self) -> None:
-        try:
-            self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+# The server (started as scripts/pgserver.py starts it for `make chaos`: one implementation)
 
 
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database URL for the tests (see the module docstring)."""
-    url = os.environ.get("CELLSEARCH_TEST_POSTGRES")
-    if url:
-        yield url
-        return
-    bindir = _bindir()
-    if bindir is None:
-        pytest.skip(
-            "PostgreSQL is not available: no initdb on this machine (install Debian's 'postgresql' "
-            "package, or set CELLSEARCH_TEST_POSTGRES=postgresql://USER@HOST:PORT/DB)"
-        )
-    server = _Throwaway(bindir)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     try:
-        yield server.start()
+        from pgserver import Unavailable, postgres
     finally:
-        server.stop()
+        sys.path.pop(0)
+    server = postgres("cellsearch_test")
+    try:
+        url = server.__enter__()
+    except Unavailable as exc:
+        pytest.skip(f"PostgreSQL is not available: {exc}")
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------
