@@ -69,9 +69,9 @@ def _spawn_workers(args: argparse.Namespace) -> list[Any]:
 
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected an integer >= 1")
-    config = load_config(args.study, args.sets, backend=args.backend, storage=args.storage)
-    if args.workers == 1:
+    if args.workers == 1:   # the study is validated once, by run_study
         return []
+    config = load_config(args.study, args.sets, backend=args.backend, storage=args.storage)
     if config.search.backend != "optuna":
         raise UserError("--workers runs Optuna workers; with backend ray, Ray places the trials (search.resources)")
     cores = max(1, available_cores() // args.workers)

@@ -30,7 +30,6 @@ from typing import Any
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ..config import StudyConfig
-from ..errors import UserError
 from .ledger import evaluation_of, retried, uses_budget
 from .space import Candidate
 from .storage import worker_id
@@ -251,17 +250,10 @@ def oom_note(reason: str) -> str:
     return f"{reason}; peak {peak_mib():.0f} MiB" if reason.startswith(OUT_OF_MEMORY) else reason
 
 
-def objective_value(metric: str, result: Any, spec: Any) -> float:
-    """The value of objective ``metric`` for a finished training ``result`` (a
-    :class:`~cellsearch.jobs.Record` with its model, or a ``TrainResult``)."""
-    if metric == "params":
-        return float(result.n_params)
-    if metric == "speed":
-        return _speed(spec, result.model)
-    value = result.final.get(metric)
-    if value is None:
-        raise UserError(f"objective metric {metric!r} is not among the trainer's metrics {sorted(result.final)}")
-    return float(value)
+def objective_value(metric: str, record: Any, spec: Any) -> float:
+    """The value of objective ``metric`` for a finished training (a :class:`~cellsearch.jobs.Record` with
+    its model): ``speed`` timed here, every other metric read by :meth:`~cellsearch.jobs.Record.value`."""
+    return _speed(spec, record.model) if metric == "speed" else record.value(metric)
 
 
 def weights_bytes(model: Any) -> bytes:
