@@ -31,7 +31,7 @@ from ..config import StudyConfig, study_from_mapping
 from ..spec import CELL_ROLES
 from .space import SearchSpace, enumerate_points
 
-__all__ = ["TableDefinition", "TablePoint", "table_points", "build_table", "read_table", "scores",
+__all__ = ["TableDefinition", "TablePoint", "Replay", "table_points", "build_table", "read_table", "scores",
            "top_keys", "trials_to_top", "replay", "compare_samplers", "summarize", "code_version"]
 
 COLUMNS = ["key", "seed", *CELL_ROLES, "published", "n_params", "metric", "value", "best_value",
@@ -131,6 +131,16 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _drop_torn_row(path: Path) -> None:
+    """Cut a last line that a crash left without its newline, so the next row starts on its own line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def _check_meta(meta_path: Path, definition: TableDefinition, version: str) -> None:
     """Write the side file, or refuse a definition other than the one the table was built with."""
     import torch
@@ -176,6 +186,7 @@ def build_table(definition: TableDefinition, path: str | Path, workers: int = 1,
         jobs += [Job(spec.to_json(), task, train, seed, {"key": p.key, "seed": seed, "published": p.published})
                  for seed in definition.seeds if (p.key, seed) not in done]
     jobs = jobs[:limit] if limit is not None else jobs
+    _drop_torn_row(path)
     fresh = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
@@ -209,3 +220,95 @@ def top_keys(table: Mapping[str, float], fraction: float, direction: str = "mini
     cut = ordered[n - 1]
     better = (lambda v: v <= cut) if direction == "minimize" else (lambda v: v >= cut)
     return {k for k, v in table.items() if better(v)}
+
+
+@dataclass(frozen=True)
+class Replay:
+    """One sampler run against the table: distinct cells evaluated up to and including the first one in
+    the top set (None: not reached within the cap), and Optuna trials used (duplicates included)."""
+
+    sampler: str
+    seed: int
+    distinct: int | None
+    trials: int
+
+
+def trials_to_top(keys: Sequence[str], top: set[str]) -> int | None:
+    """How many distinct cells of ``keys`` (in order) are evaluated up to the first one in ``top``."""
+    seen: set[str] = set()
+    for key in keys:
+        seen.add(key)
+        if key in top:
+            return len(seen)
+    return None
+
+
+def replay(config: StudyConfig, table: Mapping[str, float], top: set[str], sampler: str, seed: int,
+           enqueue_published: bool = False, max_trials: int | None = None) -> Replay:
+    """Run ``sampler`` (built by :func:`cellsearch.search.samplers.make_sampler`, seeded ``seed``) on the
+    study's space with the table as the objective, until a top cell is proposed or ``max_trials``
+    Optuna trials (default: 10 × the table's cells) have run."""
+    import warnings
+
+    import optuna
+
+    from .samplers import make_sampler
+
+    config = replace(config, search=replace(config.search, sampler=sampler, seed=seed, sampler_args={}))
+    space = _space(config)
+    study = optuna.create_study(direction=config.objective[0].direction or "minimize",
+                                sampler=make_sampler(config))
+    if enqueue_published:
+        for s in space.seed_trials():
+            study.enqueue_trial(dict(s.params))
+    keys: list[str] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        key = cell_key(space.sample(trial).cell)
+        keys.append(key)
+        if key in top:
+            trial.study.stop()
+        return table[key]
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CMA-ES / GP: "falls back to independent sampling" per parameter
+        study.optimize(objective, n_trials=max_trials or 10 * len(table))
+    return Replay(sampler, seed, trials_to_top(keys, top), len(keys))
+
+
+def compare_samplers(definition: TableDefinition, rows: Sequence[Mapping[str, Any]],
+                     samplers: Sequence[str] = ("tpe", "cmaes", "random", "gp"), repetitions: int = 20,
+                     fraction: float = 0.01, enqueue_published: bool = False,
+                     on_replay: Callable[[Replay], None] | None = None) -> dict[str, list[Replay]]:
+    """:func:`replay` of every sampler with seeds 0 .. ``repetitions`` - 1 against the table ``rows``."""
+    config = definition.config()
+    direction = config.objective[0].direction or "minimize"
+    worst_default = math.inf if direction == "minimize" else -math.inf
+    table = scores(rows, worst=worst_default)
+    finite = [v for v in table.values() if math.isfinite(v)]
+    worst = max(finite) if direction == "minimize" else min(finite)
+    table = {k: v if math.isfinite(v) else worst for k, v in table.items()}
+    missing = {p.key for p in table_points(config)} - set(table)
+    if missing:
+        raise ValueError(f"the table lacks {len(missing)} cell(s) of the space, e.g. {sorted(missing)[0]}")
+    top = top_keys(table, fraction, direction)
+    out: dict[str, list[Replay]] = {}
+    for name in samplers:
+        for seed in range(repetitions):
+            result = replay(config, table, top, name, seed, enqueue_published)
+            out.setdefault(name, []).append(result)
+            if on_replay is not None:
+                on_replay(result)
+    return out
+
+
+def summarize(replays: Sequence[Replay]) -> dict[str, Any]:
+    """Median, quartiles and range of the distinct cells needed (reps that never reached: ``missed``)."""
+    hits = sorted(r.distinct for r in replays if r.distinct is not None)
+    out: dict[str, Any] = {"repetitions": len(replays), "missed": len(replays) - len(hits)}
+    if hits:
+        q = statistics.quantiles(hits, n=4, method="inclusive") if len(hits) > 1 else [hits[0]] * 3
+        out.update(median=statistics.median(hits), q1=q[0], q3=q[2], min=hits[0], max=hits[-1],
+                   mean_trials=statistics.fmean(r.trials for r in replays))
+    return out
