@@ -256,6 +256,7 @@ def replay(config: StudyConfig, table: Mapping[str, float], top: set[str], sampl
 
     config = replace(config, search=replace(config.search, sampler=sampler, seed=seed, sampler_args={}))
     space = _space(config)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.create_study(direction=config.objective[0].direction or "minimize",
                                 sampler=make_sampler(config))
     if enqueue_published:
@@ -270,7 +271,6 @@ def replay(config: StudyConfig, table: Mapping[str, float], top: set[str], sampl
             trial.study.stop()
         return table[key]
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CMA-ES / GP: "falls back to independent sampling" per parameter
         study.optimize(objective, n_trials=max_trials or 10 * len(table))
