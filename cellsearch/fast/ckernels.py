@@ -26,6 +26,10 @@ from .kernels import _recurrent_grad
 
 __all__ = ["CKernel", "CLSTMKernel", "CGRUKernel", "CMGUKernel", "CSTARKernel", "DTYPES"]
 
+#: a step's pointwise call splits its batch rows over torch's threads from this many elements of the
+#: pre-activation rows (B · blocks · n) on (below it a parallel region costs more than it saves)
+PARALLEL_MIN = 1 << 14
+
 #: dtypes the C library is built for, and the suffix of their functions
 DTYPES = {torch.float32: "_f", torch.float64: "_d"}
 
@@ -67,7 +71,9 @@ class CKernel(Kernel):
         a.tanh_sat = int(self.tanh)
         a.cand = g.k
         ws.xs_c, ws.h0_c = _contig(ws.xs), ws.h0.contiguous()
-        ws.scratch = ws.h0.new_empty(2 * len(g.names) * n + n)
+        a.nthreads = torch.get_num_threads() if ws.B * a.rs >= PARALLEL_MIN else 1
+        a.scr_stride = 2 * len(g.names) * n + n
+        ws.scratch = ws.h0.new_empty(a.nthreads * a.scr_stride)
         a.G, a.Y, a.XS, a.h0, a.scratch = (_ptr(ws.G), _ptr(ws.Y), _ptr(ws.xs_c), _ptr(ws.h0_c),
                                            _ptr(ws.scratch))
         return a

@@ -36,7 +36,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-__all__ = ["SOURCE", "Args", "library", "build_error", "library_path", "time_build"]
+__all__ = ["SOURCE", "Args", "library", "build_error", "library_path", "time_build", "threaded"]
 
 _HEADER = r"""
 #include <stdint.h>
@@ -55,6 +55,8 @@ typedef struct {
     i64 beta_on;          /* STAR's code form: h = sat((1 - k) h + k_b z), k_b = sigma(a_k + beta) */
     double beta_c;        /* e^beta: k_b = k c / (1 + k (c - 1)) */
     void *G, *dA, *dHP, *C, *TC, *c0, *h0, *Y, *XS, *dXS, *Q, *FH, *bhn, *dc, *dhd, *scratch;
+    i64 nthreads;         /* threads over the batch rows of a step (built with OpenMP; 1: serial) */
+    i64 scr_stride;       /* elements of scratch per thread */
 } cs_args;
 
 static inline float cs_exp_f(float x) {
@@ -93,6 +95,20 @@ static inline double cs_exp_d(double x) {
     memcpy(&s, &bits, 8);
     return e * s;
 }
+"""
+
+#: Batch rows of a step split over threads when the library is built with OpenMP (torch's own runtime:
+#: the library's libgomp dependency resolves to the copy torch has loaded, so the GEMMs and these loops
+#: share one thread pool); each thread has its own scratch.
+_PAR = r"""
+#ifdef _OPENMP
+#include <omp.h>
+#define CS_PAR _Pragma("omp parallel for schedule(static) num_threads(a->nthreads) if(a->nthreads > 1)")
+#define CS_TID ((i64)omp_get_thread_num())
+#else
+#define CS_PAR
+#define CS_TID ((i64)0)
+#endif
 """
 
 _BODY = r"""
@@ -271,8 +287,9 @@ static inline void star_fwd_beta_SFX(i64 n, int ts, REAL c, const REAL *restrict
 /* ---- LSTM: blocks [gates..., u]; c = f c' + i u (tied: u + f (c' - u)); h = o sat(c) ---- */
 void lstm_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
     i64 n = a->n, kn = a->k * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs);
         const REAL *hrow = hp ? hp + b * hp_rs : 0;
         act_SFX(row, hrow, kn, 0);
@@ -301,8 +318,9 @@ void lstm_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
 
 void lstm_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
     i64 n = a->n, kn = a->k * n, ng = a->ng;
-    REAL *scr = (REAL *)a->scratch, *dE = scr + ng * n;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride, *dE = scr + ng * n;
         REAL *row = ROW(a->G, t, b, a->rs), *drow = ROW(a->dA, t, b, a->rs);
         const REAL *xs = a->XS ? ROW(a->XS, t, b, n) : 0;
         REAL *E[4];
@@ -333,8 +351,9 @@ void lstm_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 /* ---- GRU: blocks [gates (r, z, ...), h]; q = U_h h + b_hn; hh = sat(x_h + r q); h = hh + z (h'-hh) */
 void gru_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
     i64 n = a->n, kn = a->k * n, c0 = a->cand * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs);
         const REAL *hrow = hp + b * hp_rs;
         act_SFX(row, hrow, kn, 0);
@@ -350,8 +369,9 @@ void gru_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
 
 void gru_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
     i64 n = a->n, c0 = a->cand * n, ng = a->ng, kn = a->k * n;
-    REAL *scr = (REAL *)a->scratch, *dE = scr + ng * n;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride, *dE = scr + ng * n;
         REAL *row = ROW(a->G, t, b, a->rs), *drow = ROW(a->dA, t, b, a->rs);
         REAL *dhrow = ROW(a->dHP, t, b, a->rs);
         const REAL *xs = a->XS ? ROW(a->XS, t, b, n) : 0;
@@ -371,8 +391,9 @@ void gru_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 /* ---- MGU: blocks [gates (f, ...), h]; two phases around the second GEMM ---- */
 void mgu_fwd1_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
     i64 n = a->n, kn = a->k * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs);
         act_SFX(row, hp ? hp + b * hp_rs : 0, kn, 0);
         REAL *E[4];
@@ -386,8 +407,9 @@ void mgu_fwd1_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
 
 void mgu_fwd2_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
     i64 n = a->n, c0 = a->cand * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs);
         act_SFX(row + c0, hp ? hp + b * hp_rs : 0, n, a->tanh_sat ? 1 : 2);
         REAL *E[4];
@@ -402,8 +424,9 @@ void mgu_fwd2_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
 /* phase A: dh = dh_all + dhd (kept in dc); dpre of the candidate */
 void mgu_bwd1_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
     i64 n = a->n, c0 = a->cand * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs), *drow = ROW(a->dA, t, b, a->rs);
         REAL *E[4];
         gates_fwd_SFX(a, row, a->XS ? ROW(a->XS, t, b, n) : 0, scr, E);
@@ -421,8 +444,9 @@ void mgu_bwd1_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 /* phase B: dfh = dpre U_h (from torch); gate gradient and the direct path to h_{t-1} */
 void mgu_bwd2_SFX(const cs_args *a, i64 t, const REAL *dfh_all) {
     i64 n = a->n, c0 = a->cand * n, ng = a->ng;
-    REAL *scr = (REAL *)a->scratch, *dE = scr + ng * n;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride, *dE = scr + ng * n;
         REAL *row = ROW(a->G, t, b, a->rs), *drow = ROW(a->dA, t, b, a->rs);
         const REAL *xs = a->XS ? ROW(a->XS, t, b, n) : 0;
         REAL *E[4];
@@ -439,8 +463,9 @@ void mgu_bwd2_SFX(const cs_args *a, i64 t, const REAL *dfh_all) {
 /* ---- STAR: blocks [gates (k, ...), z]; z = tanh(W_z x + b_z); h = sat(h' + k (z - h')) ---- */
 void star_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
     i64 n = a->n, kn = a->k * n, c0 = a->cand * n;
-    REAL *scr = (REAL *)a->scratch;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride;
         REAL *row = ROW(a->G, t, b, a->rs);
         act_SFX(row, hp ? hp + b * hp_rs : 0, kn, 0);
         act_SFX(row + c0, 0, n, 1);
@@ -459,8 +484,9 @@ void star_fwd_SFX(const cs_args *a, i64 t, const REAL *hp, i64 hp_rs) {
 
 void star_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
     i64 n = a->n, c0 = a->cand * n, ng = a->ng;
-    REAL *scr = (REAL *)a->scratch, *dE = scr + ng * n;
+    CS_PAR
     for (i64 b = 0; b < a->B; b++) {
+        REAL *scr = (REAL *)a->scratch + CS_TID * a->scr_stride, *dE = scr + ng * n;
         REAL *row = ROW(a->G, t, b, a->rs), *drow = ROW(a->dA, t, b, a->rs);
         const REAL *xs = a->XS ? ROW(a->XS, t, b, n) : 0;
         REAL *E[4];
@@ -483,7 +509,7 @@ void star_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 """
 
 #: The whole C source: the header, then the body for float (``_f``) and for double (``_d``).
-SOURCE = (_HEADER + _BODY.replace("REAL", "float").replace("_SFX", "_f")
+SOURCE = (_HEADER + _PAR + _BODY.replace("REAL", "float").replace("_SFX", "_f")
           + _BODY.replace("REAL", "double").replace("_SFX", "_d"))
 
 FUNCTIONS = ("lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "mgu_fwd1", "mgu_fwd2", "mgu_bwd1", "mgu_bwd2",
@@ -500,7 +526,7 @@ class Args(ctypes.Structure):
                 ("ur", _I), ("ur_r", _I), ("ur_pol", _I), ("ref_mode", _I), ("ref_mask", _I),
                 ("tied", _I), ("tanh_sat", _I), ("cand", _I), ("beta_on", _I), ("beta_c", ctypes.c_double)] + [
         (name, _P) for name in ("G", "dA", "dHP", "C", "TC", "c0", "h0", "Y", "XS", "dXS", "Q", "FH", "bhn",
-                                "dc", "dhd", "scratch")]
+                                "dc", "dhd", "scratch")] + [("nthreads", _I), ("scr_stride", _I)]
 
 
 _FLAGS = ["-O3", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-fno-trapping-math"]
@@ -508,6 +534,13 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None | bool = False     # False: not tried yet
 _error: str | None = None
 _path: Path | None = None
+_threaded = False
+
+
+def threaded() -> bool:
+    """Whether the loaded library splits a step's batch rows over torch's OpenMP threads (built with
+    ``-fopenmp``; without it every call runs on one thread)."""
+    return _threaded
 
 
 def library_path() -> Path | None:
@@ -522,7 +555,7 @@ def time_build() -> float | None:
     for cc in _compilers():
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            if _compile(cc, _FLAGS + ["-march=native"], Path(tmp) / "probe.so") is None:
+            if _compile(cc, _FLAGS + ["-march=native", "-fopenmp"], Path(tmp) / "probe.so") is None:
                 return time.perf_counter() - t0
     return None
 
@@ -602,7 +635,7 @@ def _load(path: Path) -> ctypes.CDLL:
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first use, then cached on disk), or None if unavailable."""
-    global _lib, _error, _path
+    global _lib, _error, _path, _threaded
     if _lib is not False:
         return _lib  # type: ignore[return-value]
     with _lock:
@@ -621,7 +654,7 @@ def library() -> ctypes.CDLL | None:
             return None
         errors = []
         for cc in compilers:
-            for extra in (["-march=native"], []):
+            for extra in (["-march=native", "-fopenmp"], ["-march=native"], []):
                 flags = _FLAGS + extra
                 digest = hashlib.sha256("\0".join([SOURCE, cc, *flags, _cpu_signature()]).encode())
                 key = digest.hexdigest()[:16]
@@ -638,7 +671,7 @@ def library() -> ctypes.CDLL | None:
                         errors.append(f"{path}: not a private file of this user (not loaded)")
                         continue
                     _lib = _load(path)
-                    _error, _path = None, path
+                    _error, _path, _threaded = None, path, "-fopenmp" in extra
                     return _lib
                 except OSError as exc:
                     errors.append(f"{cc}: {exc}")

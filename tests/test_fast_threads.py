@@ -1,0 +1,81 @@
+"""The compiled C pointwise kernels split a step's batch rows over torch's threads (each thread with its own
+scratch): the threaded calls give bit-for-bit the serial results, and both match the reference loop."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from fast_paths import assert_same, forced, run_both_ways
+
+import cellsearch as cs
+from cellsearch import fast
+from cellsearch.fast import ckernels, csrc, paths
+
+#: one spec per C family and gate form: plain, UR (r block), refined (short connection), tied, β form
+CASES = ["lstm", "ur_lstm", "refined_lstm", "u_lstm", "gru", "ur_gru", "refined_gru", "mgu", "refined_mgu",
+         "star", "r_lstm"]
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    if csrc.library() is None:
+        pytest.skip(f"C kernels unavailable: {csrc.build_error()}")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def _model(name: str, dtype: torch.dtype) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = cs.create_rnn(name, 6, 24, num_layers=2).to(dtype)
+    return model, torch.randn(9, 7, 6, dtype=dtype)     # batch 9: the rows do not split evenly
+
+
+def _state(model: torch.nn.Module, batch: int, dtype: torch.dtype) -> tuple:
+    g = torch.Generator().manual_seed(1)
+    return tuple(tuple(0.5 * torch.randn(batch, layer.hidden_size, generator=g, dtype=dtype)
+                       for _ in range(layer.update.n_states)) for layer in model.layers)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_threaded_rows_equal_serial_rows_bit_for_bit(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _model(name, torch.float32)
+    with forced("fused-c", model, monkeypatch):
+        monkeypatch.setattr(ckernels, "PARALLEL_MIN", 1 << 40)        # every call serial
+        serial = run_both_ways(model, x, None, True)
+        monkeypatch.setattr(ckernels, "PARALLEL_MIN", 0)              # every call threaded
+        threaded = run_both_ways(model, x, None, True)
+    assert torch.equal(serial[0], threaded[0])
+    for a, b in zip(serial[1], threaded[1]):
+        assert torch.equal(a, b)
+    assert serial[2].keys() == threaded[2].keys()
+    for key in serial[2]:
+        assert torch.equal(serial[2][key], threaded[2][key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["ur_lstm", "gru", "star", "refined_mgu"])
+def test_threaded_rows_match_the_reference_loop(name: str, dtype: torch.dtype,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _model(name, dtype)
+    monkeypatch.setattr(ckernels, "PARALLEL_MIN", 0)
+    monkeypatch.setitem(paths.NATIVE, "lstm", "cuda")
+    old = paths.use_c(True)
+    try:
+        reasons = [fast.plan(layer).reason for layer in model.layers]
+        assert all("C pointwise kernels" in r for r in reasons), reasons
+        assert_same(model, x)
+        assert_same(model, x, _state(model, x.shape[0], dtype))
+    finally:
+        paths.use_c(old)
+
+
+def test_library_reports_whether_it_is_threaded() -> None:
+    assert isinstance(csrc.threaded(), bool)
+    if csrc.threaded():
+        maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
+        gomp = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line}
+        assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {gomp}"
