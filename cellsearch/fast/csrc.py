@@ -599,6 +599,16 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
+def _gnu_openmp_loaded() -> bool:
+    """Whether torch runs on GNU OpenMP here (its libgomp is mapped): only then is the library built with
+    ``-fopenmp``, so that its libgomp dependency resolves to that same runtime (one thread pool)."""
+    try:
+        with open("/proc/self/maps") as fh:
+            return any("libgomp" in line for line in fh)
+    except OSError:
+        return False
+
+
 def _compilers() -> list[str]:
     names = [os.environ["CC"]] if os.environ.get("CC") else []
     names += ["cc", "gcc", "clang"]
@@ -654,7 +664,7 @@ def library() -> ctypes.CDLL | None:
             return None
         errors = []
         for cc in compilers:
-            for extra in (["-march=native", "-fopenmp"], ["-march=native"], []):
+            for extra in ([["-march=native", "-fopenmp"]] if _gnu_openmp_loaded() else []) + [["-march=native"], []]:
                 flags = _FLAGS + extra
                 digest = hashlib.sha256("\0".join([SOURCE, cc, *flags, _cpu_signature()]).encode())
                 key = digest.hexdigest()[:16]
