@@ -30,13 +30,13 @@ from . import fast as _fast
 from . import registry
 from .primitives.base import Block
 from .primitives.bias import Bias
-from .primitives.depth import Transition
+from .primitives.depth import depth_parts
 from .primitives.gate import Gate
 from .primitives.init import Init
 from .primitives.recurrence import Recurrence
 from .primitives.saturation import Saturation
 from .primitives.update import Update
-from .spec import CELL_ROLES, CellSpec, SpecError
+from .spec import CELL_ROLES, CellSpec, DepthSpec, SpecError
 
 __all__ = ["ComposedCell", "IncompatibleSpecError", "check_spec", "build_primitives", "StepContext", "for_task"]
 
@@ -141,7 +141,8 @@ class ComposedCell(nn.Module):
     ``forward(x_t [B, d], state)`` does one step and returns ``(h_t [B, n], state)``;
     :meth:`forward_sequence` runs a whole time-major sequence with the input projection hoisted.
     ``transition`` is ``none``, ``deep`` or ``deep_shortcut`` (Pascanu et al. DT / DT(S), applied to the
-    candidate path) with ``transition_layers`` extra layers.
+    candidate path) with ``transition_layers`` extra layers: the part the ``cell``-stage depth primitive
+    adds (:func:`cellsearch.primitives.depth.depth_parts`), a module with ``candidate(pre, h, act)``.
     """
 
     def __init__(self, spec: CellSpec, input_size: int, hidden_size: int, transition: str = "none",
@@ -168,8 +169,7 @@ class ComposedCell(nn.Module):
                                        for k, s in self.update.extra_parameters(n).items()})
         self.short = self.gate.short_input(input_size, hidden_size)
         self.weight_proj = nn.Parameter(torch.empty(n, input_size)) if self.short == "project" else None
-        self.transition = (Transition(n, transition_layers, shortcut=transition == "deep_shortcut")
-                           if transition != "none" else None)
+        self.transition = _transition(DepthSpec(transition=transition, transition_layers=transition_layers), n)
         self.reset_parameters()
 
     # ----------------------------------------------------------------------------------------------
@@ -283,3 +283,12 @@ def _steps(xs: Tensor | None) -> Iterator[Tensor | None]:
 
 def _plain_candidate(pre: Tensor, h: Tensor, act: Callable[[Tensor], Tensor]) -> Tensor:
     return act(pre)
+
+
+def _transition(depth: DepthSpec, n: int) -> nn.Module | None:
+    """The candidate-path module of the ``cell``-stage depth primitive that applies to ``depth`` (deep
+    transition), or None; a cell takes at most one."""
+    parts = depth_parts(depth, n, n, "cell")
+    if len(parts) > 1:
+        raise SpecError("depth", [p.attribute for p in parts], "at most one cell-stage depth primitive per cell")
+    return parts[0].build() if parts else None

@@ -119,13 +119,17 @@ def _train(rules: dict[str, Any]) -> dict[str, Any]:
 
 
 def _depth_params() -> dict[str, Any]:
-    from .spec import TRANSITIONS, DepthSpec
+    from .spec import DepthSpec
 
     out = {}
     for f in fields(DepthSpec):
-        item = {"type": _JSON_TYPES.get(str(f.type), "number")}
-        if f.name == "transition":
-            item = {"enum": list(TRANSITIONS)}
+        if f.name == "extra":  # a spec's plugin depth primitives; a space does not search them
+            continue
+        item: dict[str, Any] = {"type": _JSON_TYPES.get(str(f.type), "number")}
+        if "choices" in f.metadata:
+            item = {"enum": list(f.metadata["choices"])}
+        elif "low" in f.metadata:
+            item["minimum"] = f.metadata["low"]
         out[f.name] = _param(item)
     return out
 

@@ -167,8 +167,8 @@ def unroll(model: StackedRNN, x: Tensor, params: Sequence[Sequence[Mapping[str, 
     without dropout.
     """
     seq = x.transpose(0, 1)
-    if model.input_mlp is not None:
-        seq = model.input_mlp(seq)
+    for module in model.stage("input"):
+        seq = module(seq)
     states: list[tuple[Tensor, ...] | None] = [None] * model.num_layers
     if record is not None:
         record[:] = [[] for _ in range(model.num_layers)]
@@ -182,13 +182,13 @@ def unroll(model: StackedRNN, x: Tensor, params: Sequence[Sequence[Mapping[str, 
             states[i] = tuple(state)
             if record is not None:
                 record[i].append(states[i])
-            if model.depth.residual and out.shape == inp.shape:
-                out = out + inp
+            for join in model.stage("join"):
+                out = join(out, inp, i == model.num_layers - 1)
             inp = out
         outs.append(inp)
     y = torch.stack(outs)
-    if model.output_mlp is not None:
-        y = model.output_mlp(y)
+    for module in model.stage("output"):
+        y = module(y)
     return y.transpose(0, 1)
 
 
@@ -463,8 +463,8 @@ def saturation_stats(cell: CellLike, layers: int | None = None, steps: int = 200
     high = torch.zeros_like(low)
     norms = torch.zeros(num, steps, dtype=torch.float64)
     seq = x.transpose(0, 1)
-    if model.input_mlp is not None:
-        seq = model.input_mlp(seq)
+    for module in model.stage("input"):
+        seq = module(seq)
     states: list[tuple[Tensor, ...] | None] = [None] * num
     for t, inp in enumerate(seq.unbind(0)):
         for i, layer in enumerate(model.layers):
@@ -474,7 +474,7 @@ def saturation_stats(cell: CellLike, layers: int | None = None, steps: int = 200
                 high[i, j] += (g > HIGH).double().mean()
             out, states[i] = layer(inp, prev)
             norms[i, t] = states[i][0].double().norm(dim=-1).mean()
-            if model.depth.residual and out.shape == inp.shape:
-                out = out + inp
+            for join in model.stage("join"):
+                out = join(out, inp, i == model.num_layers - 1)
             inp = out
     return SaturationStats(names, (low / steps).numpy(), (high / steps).numpy(), norms.numpy())

@@ -246,33 +246,78 @@ class DepthSpec(_SpecMixin):
     - ``input_layers``: deep input — an MLP of this many layers from x_t into the first cell.
     - ``residual``: h^(ℓ) += h^(ℓ−1) between equal-width layers.
     - ``dropout``: dropout between stacked layers (not inside the recurrence).
+    - ``extra``: other registered depth primitives (a plugin's) switched on, ``{name: {options}}``.
     """
 
-    layers: int = 1
-    transition: str = "none"
-    transition_layers: int = 1
-    output_layers: int = 0
-    input_layers: int = 0
-    residual: bool = False
-    dropout: float = 0.0
+    # metadata: ``primitive`` — the depth primitive that reads the field; ``low`` — the least integer;
+    # ``when`` — the field it matters under (only when that one is off its default: the sampler asks for it
+    # conditionally); ``card`` — a published cell's card fixes it (the others are the study's stacking).
+    # The config layer, the sampler and the JSON schema read these rules from here.
+    layers: int = field(default=1, metadata={"primitive": "stacked", "low": 1})
+    transition: str = field(default="none", metadata={"primitive": "deep_transition", "choices": TRANSITIONS,
+                                                                 "card": True})
+    transition_layers: int = field(default=1, metadata={"primitive": "deep_transition", "low": 1,
+                                                        "when": "transition", "card": True})
+    output_layers: int = field(default=0, metadata={"primitive": "deep_output", "low": 0, "card": True})
+    input_layers: int = field(default=0, metadata={"primitive": "deep_input", "low": 0, "card": True})
+    residual: bool = field(default=False, metadata={"primitive": "residual"})
+    dropout: float = field(default=0.0, metadata={"primitive": "stacked"})
+    #: other registered depth primitives (a plugin's) switched on, by name, with their options
+    extra: Mapping[str, Mapping[str, Any]] = field(default_factory=FrozenDict)
 
     def __post_init__(self) -> None:
-        _check_type("depth.layers", self.layers, int, "an integer >= 1")
-        if self.layers < 1:
-            raise SpecError("depth.layers", self.layers, "an integer >= 1")
-        if self.transition not in TRANSITIONS:
-            raise SpecError("depth.transition", self.transition, f"one of {list(TRANSITIONS)}")
-        for name in ("transition_layers", "output_layers", "input_layers"):
-            value = getattr(self, name)
-            low = 1 if name == "transition_layers" else 0
-            _check_type(f"depth.{name}", value, int, f"an integer >= {low}")
-            if value < low:
-                raise SpecError(f"depth.{name}", value, f"an integer >= {low}")
+        self._check_extra()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "low" in f.metadata:
+                _check_type(f"depth.{f.name}", value, int, f"an integer >= {f.metadata['low']}")
+                if value < f.metadata["low"]:
+                    raise SpecError(f"depth.{f.name}", value, f"an integer >= {f.metadata['low']}")
+            elif "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise SpecError(f"depth.{f.name}", value, f"one of {list(f.metadata['choices'])}")
         _check_type("depth.residual", self.residual, bool, "true or false")
         _check_type("depth.dropout", self.dropout, (int, float), "a number in [0, 1)")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise SpecError("depth.dropout", self.dropout, "a number in [0, 1)")
         object.__setattr__(self, "dropout", float(self.dropout))
+
+    def _check_extra(self) -> None:
+        if not isinstance(self.extra, Mapping):
+            raise SpecError("depth.extra", self.extra, "a mapping from a depth primitive's name to its options")
+        for name, opts in self.extra.items():
+            if not isinstance(name, str) or not isinstance(opts, Mapping):
+                raise SpecError(f"depth.extra.{name}", opts, "a mapping of option names to values ({} for none)")
+        object.__setattr__(self, "extra", FrozenDict(self.extra))
+
+    def to_dict(self, *, _digest: bool = False) -> dict[str, Any]:
+        out = super().to_dict()
+        if not out["extra"]:
+            del out["extra"]  # depths from before plugin depth primitives keep their canonical JSON and digest
+        return out
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        """The options ``extra`` gives depth primitive ``name``, as a plain dict (empty when none)."""
+        return _thaw(self.extra.get(name, {}))
+
+    @staticmethod
+    def int_fields() -> dict[str, int]:
+        """The integer fields and their least values."""
+        return {f.name: f.metadata["low"] for f in dataclasses.fields(DepthSpec) if "low" in f.metadata}
+
+    @staticmethod
+    def card_fields() -> tuple[str, ...]:
+        """The fields a published cell's card fixes (the others are the study's stacking)."""
+        return tuple(f.name for f in dataclasses.fields(DepthSpec) if f.metadata.get("card"))
+
+    @staticmethod
+    def conditions() -> dict[str, str]:
+        """Field → the field it matters under (it applies only when that one is off its default)."""
+        return {f.name: f.metadata["when"] for f in dataclasses.fields(DepthSpec) if "when" in f.metadata}
+
+    def applies(self, name: str) -> bool:
+        """Whether field ``name`` matters for this depth (see :meth:`conditions`)."""
+        when = self.conditions().get(name)
+        return when is None or getattr(self, when) != getattr(DepthSpec(), when)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DepthSpec:

@@ -341,7 +341,7 @@ def reference_rnn(rnn: Any, x: Tensor, state: tuple[tuple[Tensor, ...], ...] | N
                   saturation: str | None = None) -> tuple[Tensor, tuple[tuple[Tensor, ...], ...]]:
     """A StackedRNN on batch-first x [B, T, d]: deep input → layers (+ residual) → deep output."""
     seq = x.detach().double().transpose(0, 1)
-    if rnn.input_mlp is not None:
+    if rnn.depth.input_layers:  # the deep input's weights, under the name cellsearch gives them
         seq = _mlp(rnn.input_mlp, seq)
     finals = []
     for i, layer in enumerate(rnn.layers):
@@ -350,7 +350,7 @@ def reference_rnn(rnn: Any, x: Tensor, state: tuple[tuple[Tensor, ...], ...] | N
             out = out + seq
         finals.append(final)
         seq = out
-    if rnn.output_mlp is not None:
+    if rnn.depth.output_layers:
         seq = _mlp(rnn.output_mlp, seq)
     return seq.transpose(0, 1), tuple(finals)
 

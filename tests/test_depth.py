@@ -3,12 +3,19 @@ transition with and without shortcut on every update, deep input, deep output, r
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 from reference import assert_matches_reference, perturb_, reference_rnn
 
 import cellsearch as cs
-from cellsearch import CellSpec, DepthSpec
+from cellsearch import CellSpec, DepthSpec, registry
+from cellsearch.exporter import export_model
+from cellsearch.model import SequenceModel
+from cellsearch.primitives.depth import DepthPrimitive, Part
+from cellsearch.spec import ModelSpec, SpecError
 
 N = 8
 
@@ -49,8 +56,8 @@ def test_depth_configuration_matches_reference(update: str, depth: DepthSpec, d:
     torch.manual_seed(depth.layers + d)
     rnn = perturb_(cs.create_rnn(CellSpec(update=update), d, N, depth=depth).double())
     assert rnn.num_layers == depth.layers
-    assert (rnn.input_mlp is not None) == (depth.input_layers > 0)
-    assert (rnn.output_mlp is not None) == (depth.output_layers > 0)
+    assert rnn.stages["input"] == (("input_mlp",) if depth.input_layers else ())
+    assert rnn.stages["output"] == (("output_mlp",) if depth.output_layers else ())
     assert_matches_reference(rnn, d)
 
 
@@ -64,3 +71,81 @@ def test_residual_changes_the_output() -> None:
     with torch.no_grad():
         assert (rnn(x)[0] - plain(x)[0]).abs().max() > 1e-3
         assert (plain(x)[0] - reference_rnn(plain, x)[0]).abs().max() < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------
+# A depth primitive of a plugin's own: registered like any primitive, switched on by ``depth.extra``,
+# it takes part in the stack, the weights and the export without a line elsewhere naming it.
+class LayerScale(torch.nn.Module):
+    """A join: each layer's output scaled by a learned per-channel gain (started at ``gain``)."""
+
+    def __init__(self, width: int, gain: float) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.full((width,), float(gain)))
+
+    def forward(self, out: torch.Tensor, inp: torch.Tensor, top: bool) -> torch.Tensor:
+        return out * self.gain
+
+
+class LayerScaleDepth(DepthPrimitive):
+    """h^(ℓ)_t ← g ⊙ h^(ℓ)_t (test plugin)"""
+
+    name = "layer_scale_test"
+    stage = "join"
+    order = 50
+    defaults = {"gain": 0.5}
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        return Part("layer_scale", LayerScale, (width, self.options["gain"]))
+
+
+@pytest.fixture()
+def layer_scale():
+    registry.register_primitive(LayerScaleDepth, origin="package test_depth")
+    yield
+    registry.unregister("primitive", LayerScaleDepth.name, "depth")
+
+
+def test_plugin_depth_primitive_takes_part_in_stack_and_export(layer_scale: None, tmp_path: Path) -> None:
+    """A join-stage plugin primitive named in ``depth.extra`` with an option: its module sits between the
+    residual and the dropout, its gain is a weight of the model, the output equals the arrangement
+    computed by hand, and the standalone export writes its class and reproduces the model."""
+    torch.manual_seed(0)
+    depth = DepthSpec(layers=2, residual=True, extra={"layer_scale_test": {"gain": 0.25}})
+    spec = ModelSpec(cell=CellSpec(update="gru"), depth=depth, hidden_size=N, input_size=N, output_size=3)
+    model = SequenceModel(spec, "last").eval()
+    rnn = model.rnn
+    assert rnn.stages["join"] == ("residual", "layer_scale")
+    assert torch.equal(rnn.layer_scale.gain, torch.full((N,), 0.25))
+    with torch.no_grad():
+        rnn.layer_scale.gain.uniform_(0.5, 1.5)
+        x = torch.randn(2, 5, N)
+        seq = x.transpose(0, 1)
+        for layer in rnn.layers:  # by hand: residual, then the gain
+            seq = (layer.forward_sequence(seq, None)[0] + seq) * rnn.layer_scale.gain
+        assert (rnn(x)[0] - seq.transpose(0, 1)).abs().max() < 1e-6
+        path = export_model(model, tmp_path / "out", check=False)
+        assert "class LayerScale(" in path.read_text()
+        mod = _import(path)
+        exported = mod.load()
+        assert (exported(x)[0] - model(x)[0]).abs().max() < 1e-6
+
+
+def test_depth_extra_is_checked(layer_scale: None) -> None:
+    """``depth.extra`` takes only registered depth primitives that no field switches on, with their own
+    options; its digest and canonical form are unchanged when empty."""
+    with pytest.raises(SpecError, match=r"depth\.extra\.residual.*layer_scale_test"):
+        cs.create_rnn("lstm", 3, N, depth={"extra": {"residual": {}}})
+    with pytest.raises(ValueError, match=r"depth\.extra\.layer_scale_test"):
+        cs.create_rnn("lstm", 3, N, depth={"extra": {"layer_scale_test": {"gian": 2.0}}})
+    assert "extra" not in DepthSpec(layers=2).to_dict()
+    assert DepthSpec.from_dict(DepthSpec(extra={"layer_scale_test": {}}).to_dict()).extra == {"layer_scale_test": {}}
+
+
+def _import(path: Path) -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

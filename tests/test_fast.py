@@ -431,7 +431,7 @@ def test_no_module_outside_the_primitives_names_a_primitive_class() -> None:
     from cellsearch.spec import ROLES
 
     allowed = {"Primitive", "Block", "StepContext", "formula_of", "check_options", "DepthPrimitive",
-               "Transition", "DeepMLP", "arrange", *(r.capitalize() for r in ROLES)}
+               "Transition", "DeepMLP", "arrange", "Part", "depth_parts", *(r.capitalize() for r in ROLES)}
     assert set(base_mod.__all__) <= allowed
     root = Path(cs.__file__).parent
     offenders = []

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..spec import CELL_ROLES, TRANSITIONS, CellSpec, DepthSpec
+from ..spec import CELL_ROLES, CellSpec, DepthSpec
 from .reader import Param, Reader, bounded, parse_param, read_only
 from .train import TrainConfig
 from .yamlio import read_yaml
@@ -20,7 +20,8 @@ __all__ = ["SpaceConfig", "load_space", "space_from_mapping", "default_space_fro
            "DEPTH_INT_FIELDS", "DEPTH_MAX", "HIDDEN_MAX"]
 
 SPACE_KEYS = ("cell", "depth", "hidden_size", "train", "published")
-DEPTH_INT_FIELDS = {"layers": 1, "transition_layers": 1, "output_layers": 0, "input_layers": 0}
+DEPTH_INT_FIELDS = DepthSpec.int_fields()
+_DEPTH_FIELDS = {f.name: f for f in fields(DepthSpec)}
 #: the largest value of each depth field and model size a study may ask for (larger ones would hang or
 #: exhaust memory building the model, long after the study was created)
 DEPTH_MAX = 64
@@ -118,7 +119,7 @@ def _space_cell(r: Reader, raw: Any) -> tuple[dict[str, Param], dict[str, dict[s
 
 
 def _space_depth(r: Reader, raw: Any) -> dict[str, Param]:
-    names = tuple(f.name for f in fields(DepthSpec))
+    names = tuple(f.name for f in fields(DepthSpec) if f.name != "extra")  # extra: in a spec, not searched
     data = r.mapping("depth", raw, names)
     out = {}
     for k, v in data.items():
@@ -127,8 +128,8 @@ def _space_depth(r: Reader, raw: Any) -> dict[str, Param]:
         for value in param.values:
             if k in DEPTH_INT_FIELDS:
                 bounded(r, key, value, DEPTH_INT_FIELDS[k], DEPTH_MAX)
-            elif k == "transition":
-                r.string(key, value, TRANSITIONS)
+            elif "choices" in (meta := _DEPTH_FIELDS[k].metadata):
+                r.string(key, value, meta["choices"])
             elif k == "residual":
                 r.boolean(key, value)
             elif k == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):

@@ -414,37 +414,54 @@ def _indent(lines: list[str], level: int) -> str:
     return "\n".join(pad + line if line else "" for line in lines)
 
 
-def _depth_source() -> str:
-    """The depth arrangement and its modules, as cellsearch defines them (their source, written once in
-    :mod:`cellsearch.primitives.depth`: torch only)."""
+class _Size(int):
+    """A size that the export writes by its name (``input_size``, ``n``), so the generated ``Model`` takes
+    other sizes; a part computed from sizes by arithmetic is written as the number it came to."""
+
+    def __new__(cls, value: int, name: str) -> _Size:
+        obj = super().__new__(cls, value)
+        obj.label = name
+        return obj
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+def _stack_parts(spec: Any) -> dict[str, list[Any]]:
+    """The depth primitives' parts around the exported layers, their sizes written by name."""
+    from ..depth import stack_parts
+
+    return stack_parts(spec.depth, _Size(spec.input_size, "input_size"), _Size(spec.hidden_size, "n"))
+
+
+def _depth_source(parts: dict[str, list[Any]]) -> str:
+    """The depth arrangement and the classes of the parts it runs, as cellsearch defines them (their
+    source, written once beside their primitives: torch only)."""
     import inspect
 
-    from ..primitives.depth import DeepMLP, arrange
+    from ..primitives.depth import arrange
 
-    return "\n\n" + inspect.getsource(DeepMLP) + "\n\n" + inspect.getsource(arrange)
+    classes = list(dict.fromkeys(p.cls for ps in parts.values() for p in ps))
+    return "".join("\n\n" + inspect.getsource(obj) for obj in [*classes, arrange])
 
 
 def _layer_calls(classes: list[str]) -> list[str]:
     return [f"{c}(first, n)" if i == 0 else f"{c}(n, n)" for i, c in enumerate(classes)]
 
 
-def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) -> str:
+def _model_source(spec: Any, readout: str, classes: list[str], n_states: int, parts: dict[str, list[Any]]) -> str:
     depth = spec.depth
     init = [
         "super().__init__()",
         "self.input_size, self.hidden_size, self.output_size = input_size, hidden_size, output_size",
         "n = hidden_size",
-        f"self.input_mlp = DeepMLP(input_size, n, {depth.input_layers})" if depth.input_layers
-        else "self.input_mlp = None",
-        f"first = {'n' if depth.input_layers else 'input_size'}",
+        *[f"self.{p.attribute} = {p.call_source()}" for p in parts["input"]],
+        f"first = {'n' if parts['input'] else 'input_size'}",
         f"self.layers = nn.ModuleList([{', '.join(_layer_calls(classes))}])",
-        f"self.dropout = nn.Dropout({depth.dropout!r})" if depth.dropout > 0 and depth.layers > 1
-        else "self.dropout = None",
-        f"self.output_mlp = DeepMLP(n, n, {depth.output_layers})" if depth.output_layers
-        else "self.output_mlp = None",
-        f"self.residual = {bool(depth.residual)!r}",
+        *[f"self.{p.attribute} = {p.call_source()}" for p in parts["join"] + parts["output"]],
         "self.head = nn.Linear(n, output_size)",
     ]
+    stages = {k: "[" + ", ".join(f"self.{p.attribute}" for p in ps) + "]" for k, ps in parts.items()}
     zeros = ", ".join(["x.new_zeros(batch, self.hidden_size)"] * n_states)
     shape = "[batch, output_size]" if readout == "last" else "[batch, time, output_size]"
     fwd = [
@@ -454,8 +471,8 @@ def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) ->
         "batch = x.shape[0]",
         "if state is None:",
         f"    state = tuple(({zeros},) for _ in self.layers)",
-        "seq, finals = arrange(x.transpose(0, 1), state, list(self.layers), self.input_mlp, self.output_mlp,",
-        "                      self.dropout, self.residual)",
+        f"seq, finals = arrange(x.transpose(0, 1), state, list(self.layers), {stages['input']},",
+        f"                      {stages['join']}, {stages['output']})",
         "out = seq.transpose(0, 1)",
     ]
     if readout == "last":
@@ -469,16 +486,17 @@ def _model_source(spec: Any, readout: str, classes: list[str], n_states: int) ->
         f"output_size={spec.output_size}),\n"
         "    with the cell's own initialization; `load()` fills it with the trained weights. Other sizes give\n"
         "    a fresh model of the same cell to train from scratch (use `param_groups` for the optimizer).\n"
-        + ("    Deep output: V_j, c_j = output_mlp[2(j - 1)].weight, .bias (Linear, then tanh).\n"
-           if depth.output_layers else "")
-        + ("    Deep input: input_mlp (Linear, then tanh, per layer) before the first cell.\n"
-           if depth.input_layers else "")
+        + "".join(f"    {p.attribute}: {_first_line(p.cls)}\n" for ps in parts.values() for p in ps)
         + '    """\n\n'
         f"    def __init__(self, input_size: int = {spec.input_size}, hidden_size: int = {spec.hidden_size}, "
         f"output_size: int = {spec.output_size}) -> None:\n" + _indent(init, 2) + "\n\n"
         "    def forward(self, x: Tensor, state: tuple[tuple[Tensor, ...], ...] | None = None\n"
         "                ) -> tuple[Tensor, tuple[tuple[Tensor, ...], ...]]:\n" + _indent(fwd, 2) + "\n"
     )
+
+
+def _first_line(obj: Any) -> str:
+    return (obj.__doc__ or obj.__name__).strip().splitlines()[0]
 
 
 def _cell_doc(spec: Any, published: str | None) -> list[str]:
@@ -558,7 +576,9 @@ def generate_source(model: Any, name: str | None = None, published: str | None =
     for code in codes:
         parts += ["\n\n" + f for f in (code.functions, code.init_function) if f] + ["\n\n" + code.source]
     n_states = model.rnn.layers[0].update.n_states
-    parts += [SCAN, _depth_source(), "\n\n" + _model_source(spec, model.readout, classes, n_states), "\n" + LOADER]
+    stack = _stack_parts(spec)
+    parts += [SCAN, _depth_source(stack), "\n\n" + _model_source(spec, model.readout, classes, n_states, stack),
+              "\n" + LOADER]
     return "".join(parts)
 
 

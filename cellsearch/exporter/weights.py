@@ -10,9 +10,10 @@ from .errors import ExportError
 __all__ = ["export_state_dict", "exported_name"]
 
 
-# weights outside the cells keep their names; a cell's weights become layers.<i>.<path with _ for .>
+# weights outside the cells keep their names (a depth part's attribute, the head); a cell's weights become
+# layers.<i>.<path with _ for .>
 _MODEL_RENAMES = [
-    (r"^rnn\.(input_mlp|output_mlp)\.(.+)$", r"\1.\2"),
+    (r"^rnn\.(?!layers\.)(\w+)\.(.+)$", r"\1.\2"),
     (r"^head\.(weight|bias)$", r"head.\1"),
 ]
 

@@ -136,7 +136,12 @@ class Primitive:
     kernels: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **options: Any) -> None:
-        self.options = check_options(f"cell.options.{self.role}", self.defaults, options)
+        self.options = check_options(self.options_key(), self.defaults, options)
+
+    @classmethod
+    def options_key(cls) -> str:
+        """Where a spec gives this primitive's options (named in errors)."""
+        return f"cell.options.{cls.role}"
 
     @classmethod
     def formula(cls) -> str:

@@ -1,39 +1,82 @@
 """Depth primitives (Pascanu et al., "How to Construct Deep RNNs", 2014; PRIMITIVES.md §6).
 
-The depth primitives, registered under role ``depth``, and the modules they add (:class:`Transition`
-inside a cell's candidate path, :class:`DeepMLP` before or after the stack). The stack itself is
-:class:`cellsearch.depth.StackedRNN`, one floor up (it composes cells).
+The depth primitives, registered under role ``depth``: each one reads its fields of a
+:class:`~cellsearch.spec.DepthSpec`, says where it acts (its ``stage``) and which module it adds there
+(a :class:`Part`: a torch-only module class and its arguments). :func:`arrange` runs the stages, written
+once; :class:`cellsearch.depth.StackedRNN` (one floor up: it composes cells) builds the parts of every
+registered depth primitive, and the standalone export writes the parts' classes and ``arrange`` into the
+generated module. A plugin's depth primitive takes part the same way.
 
-| name | where | equations |
-|---|---|---|
-| stacked | between cells | h^(ℓ)_t = cell_ℓ(h^(ℓ−1)_t, h^(ℓ)_{t−1}), h^(0) = x |
-| deep_transition | candidate path | z_1 = φ(a); z_j = φ(W_j z_{j−1} + b_j); pre = W_L z_{L−1} + b_L [+ W_s h] |
-| deep_output | after the top layer | y_t = φ(V_L … φ(V_1 h_t)) before the task's readout |
-| deep_input | before the first layer | x_t → φ(W_L … φ(W_1 x_t)) |
-| residual | between equal-width layers | h^(ℓ)_t += h^(ℓ−1)_t |
+| name | stage | field(s) | equations |
+|---|---|---|---|
+| stacked | join | layers, dropout | h^(ℓ)_t = cell_ℓ(h^(ℓ−1)_t, h^(ℓ)_{t−1}), h^(0) = x; dropout between layers |
+| deep_transition | cell | transition, transition_layers | z_j = φ(W_j z_{j−1} + b_j); pre=W_L z_{L−1} + b_L [+W_s h] |
+| deep_output | output | output_layers | y_t = φ(V_L … φ(V_1 h_t)) before the task's readout |
+| deep_input | input | input_layers | x_t → φ(W_L … φ(W_1 x_t)) |
+| residual | join | residual | h^(ℓ)_t += h^(ℓ−1)_t between equal-width layers |
 
-φ = tanh. A :class:`~cellsearch.spec.DepthSpec` says which apply.
+φ = tanh. Stages: ``input`` (on the sequence before the first layer, to the hidden width), ``cell`` (inside
+every cell's candidate path: a module with ``candidate(pre, h, act)``), ``join`` (on each layer's output
+sequence, given the layer's input and whether it is the top layer), ``output`` (after the top layer).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..registry import register_primitive
+from ..registry import get_primitive, list_primitives, register_primitive
+from ..spec import DepthSpec, SpecError
 from .base import Primitive
 
-__all__ = ["Transition", "DeepMLP", "DepthPrimitive", "arrange"]
+__all__ = ["Transition", "DeepMLP", "Residual", "LayerDropout", "DepthPrimitive", "Part", "STAGES",
+           "arrange", "depth_parts"]
+
+#: where a depth primitive acts, in the order :func:`arrange` runs them
+STAGES: tuple[str, ...] = ("input", "cell", "join", "output")
+
+
+@dataclass(frozen=True)
+class Part:
+    """A module a depth primitive adds: ``attribute`` (its name in the model, hence in the weights' names),
+    its class (torch only, so the export can write its source) and its constructor arguments."""
+
+    attribute: str
+    cls: type[nn.Module]
+    args: tuple[Any, ...] = ()
+
+    def build(self) -> nn.Module:
+        return self.cls(*self.args)
+
+    def call_source(self) -> str:
+        """The constructor call, as the exported module writes it."""
+        return f"{self.cls.__name__}({', '.join(repr(a) for a in self.args)})"
 
 
 class DepthPrimitive(Primitive):
-    """Base of depth primitives: a registered description of one way to add depth."""
+    """Base of depth primitives: one way to add depth, read from a :class:`~cellsearch.spec.DepthSpec`.
+
+    Subclasses set ``stage`` (one of :data:`STAGES`) and ``order`` (among primitives of the same stage,
+    lower first) and override :meth:`part`."""
 
     role = "depth"
+    stage: ClassVar[str] = "join"
+    order: ClassVar[int] = 0
+
+    @classmethod
+    def options_key(cls) -> str:
+        return f"depth.extra.{cls.name}"
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        """The module this primitive adds for ``depth`` (None: it does not apply). ``input_size``: the
+        width of what the stage receives (the data for ``input``, the hidden width elsewhere); ``width``:
+        the hidden width."""
+        return None
 
 
 @register_primitive
@@ -41,25 +84,35 @@ class Stacked(DepthPrimitive):
     """h^(ℓ)_t = cell_ℓ(h^(ℓ−1)_t, h^(ℓ)_{t−1})
 
     Stacked RNN (sRNN): layer ℓ reads layer ℓ−1's output at the same step; h^(0) = x; the output comes
-    from the top layer. ``depth.layers`` layers, optional dropout between them (``depth.dropout``).
+    from the top layer. ``depth.layers`` layers, dropout between them (``depth.dropout``; its part).
     """
 
     name = "stacked"
+    stage = "join"
+    order = 100  # after residual: dropout acts on the layer's output as the next layer reads it
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        return Part("dropout", LayerDropout, (depth.dropout,)) if depth.dropout > 0 and depth.layers > 1 else None
 
 
 @register_primitive
 class DeepTransition(DepthPrimitive):
     """pre = W_L φ(… φ(W_1 h + U x + b_1) …) + b_L [+ W_s h]
 
-    Deep transition DT (and DT(S) with ``shortcut``): the cell's candidate path gets L − 1 =
-    ``depth.transition_layers`` extra nonlinear layers per step:
+    Deep transition DT (``depth.transition: deep``) and DT(S) (``deep_shortcut``): the cell's candidate
+    path gets L − 1 = ``depth.transition_layers`` extra nonlinear layers per step:
     z_1 = φ(a) with a the candidate block's pre-activation (W_1 h_{t−1} + U x_t + b_1 for a vanilla cell);
     z_j = φ(W_j z_{j−1} + b_j); the candidate is act(W_L z_{L−1} + b_L [+ W_s h_{t−1}]), act being the
     cell's own candidate nonlinearity. The shortcut W_s h_{t−1} gives back a one-nonlinearity path.
     """
 
     name = "deep_transition"
-    defaults: ClassVar[dict[str, Any]] = {"shortcut": False}
+    stage = "cell"
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        if depth.transition == "none":
+            return None
+        return Part("transition", Transition, (width, depth.transition_layers, depth.transition == "deep_shortcut"))
 
 
 @register_primitive
@@ -71,6 +124,10 @@ class DeepOutput(DepthPrimitive):
     """
 
     name = "deep_output"
+    stage = "output"
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        return Part("output_mlp", DeepMLP, (input_size, width, depth.output_layers)) if depth.output_layers else None
 
 
 @register_primitive
@@ -81,10 +138,14 @@ class DeepInput(DepthPrimitive):
     """
 
     name = "deep_input"
+    stage = "input"
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        return Part("input_mlp", DeepMLP, (input_size, width, depth.input_layers)) if depth.input_layers else None
 
 
 @register_primitive
-class Residual(DepthPrimitive):
+class ResidualStacking(DepthPrimitive):
     """h^(ℓ)_t ← h^(ℓ)_t + h^(ℓ−1)_t
 
     Residual stacking (an extension to Pascanu et al.): between layers of equal width the layer's input
@@ -92,8 +153,40 @@ class Residual(DepthPrimitive):
     """
 
     name = "residual"
+    stage = "join"
+    order = 0
+
+    def part(self, depth: DepthSpec, input_size: int, width: int) -> Part | None:
+        return Part("residual", Residual) if depth.residual else None
 
 
+def depth_parts(depth: DepthSpec, input_size: int, width: int, stage: str) -> list[Part]:
+    """The parts every registered depth primitive (plugins' included) adds at ``stage`` for ``depth``,
+    in the stage's order. ``input_size``: what the stage receives (see :meth:`DepthPrimitive.part`)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown depth stage {stage!r}; expected one of {list(STAGES)}")
+    _check_extra(depth)
+    prims = [get_primitive("depth", name) for name in list_primitives("depth")]
+    prims = sorted((p for p in prims if p.stage == stage), key=lambda p: (p.order, p.name))
+    parts = [part for p in prims
+             if (part := p(**depth.options_for(p.name)).part(depth, input_size, width)) is not None]
+    seen = [p.attribute for p in parts]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"depth primitives at stage {stage!r} add modules of the same name: {seen}")
+    return parts
+
+
+def _check_extra(depth: DepthSpec) -> None:
+    """``depth.extra`` names registered depth primitives that no field of the spec switches on."""
+    fielded = {f.metadata.get("primitive") for f in fields(DepthSpec)}
+    allowed = [n for n in list_primitives("depth") if n not in fielded]
+    for name in depth.extra:
+        if name not in allowed:
+            raise SpecError(f"depth.extra.{name}", name,
+                            f"a registered depth primitive that no depth field switches on: {allowed or 'none'}")
+
+
+# -- the modules the parts build: torch only (the export writes their source) -------------------------
 class Transition(nn.Module):
     """The deep-transition MLP applied to a candidate pre-activation (see :class:`DeepTransition`)."""
 
@@ -137,25 +230,40 @@ class DeepMLP(nn.Sequential):
         super().__init__(*mods)
 
 
-def arrange(seq: Tensor, state: Any, layers: Any, input_mlp: Any = None, output_mlp: Any = None,
-            dropout: Any = None, residual: bool = False) -> tuple[Tensor, tuple[Any, ...]]:
-    """The depth arrangement of a stack, written once: deep input → the layers in order (each
-    ``layer(seq, state_i) -> (out, final_i)`` over a time-major sequence; residual where a layer keeps
-    the width; dropout between layers, not after the last) → deep output. Returns the top sequence and
-    every layer's final state.
+class Residual(nn.Module):
+    """A join: the layer's input added to its output sequence where the widths agree."""
+
+    def forward(self, out: Tensor, inp: Tensor, top: bool) -> Tensor:
+        return out + inp if out.shape == inp.shape else out
+
+
+class LayerDropout(nn.Dropout):
+    """A join: dropout on a layer's output sequence, except the top layer's (an ``nn.Dropout``, so code
+    that finds a model's dropout modules finds it)."""
+
+    def forward(self, out: Tensor, inp: Tensor, top: bool) -> Tensor:  # type: ignore[override]
+        return out if top else F.dropout(out, self.p, self.training)
+
+
+def arrange(seq: Tensor, state: Any, layers: Sequence[Any], before: Sequence[Any] = (),
+            joins: Sequence[Any] = (), after: Sequence[Any] = ()) -> tuple[Tensor, tuple[Any, ...]]:
+    """The depth arrangement of a stack, written once: the ``before`` modules on the time-major
+    sequence → the layers in order (each ``layer(seq, state_i) -> (out, final_i)``), every layer's output
+    passed through the ``joins`` (``join(out, inp, top)``) → the ``after`` modules. Returns the top
+    sequence and every layer's final state.
 
     :class:`cellsearch.depth.StackedRNN` runs it, and the standalone export writes this very function
     into the generated module (so it uses torch only and names nothing from cellsearch)."""
-    if input_mlp is not None:
-        seq = input_mlp(seq)
+    for module in before:
+        seq = module(seq)
     finals = []
-    last = len(layers) - 1
+    top = len(layers) - 1
     for i, layer in enumerate(layers):
         out, final = layer(seq, state[i] if state is not None else None)
-        if residual and out.shape == seq.shape:
-            out = out + seq
+        for join in joins:
+            out = join(out, seq, i == top)
         finals.append(final)
-        seq = dropout(out) if dropout is not None and i < last else out
-    if output_mlp is not None:
-        seq = output_mlp(seq)
+        seq = out
+    for module in after:
+        seq = module(seq)
     return seq, tuple(finals)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 from ..config import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError
@@ -42,7 +42,7 @@ __all__ = [
 #: at most this many points are enumerated; a larger space is treated as unbounded (never exhausted)
 POINT_LIMIT = 20_000
 
-_DEPTH_CELL_FIELDS = ("transition", "transition_layers", "output_layers", "input_layers")
+_DEPTH_CELL_FIELDS = DepthSpec.card_fields()
 
 
 class TrialLike(Protocol):
@@ -233,13 +233,10 @@ class SearchSpace:
     def _sample_depth(self, trial: TrialLike) -> DepthSpec:
         space = self.config.depth
         values: dict[str, Any] = {"layers": self.model.num_layers}
-        for key in ("layers", "transition", "output_layers", "input_layers", "residual", "dropout"):
-            if key in space:
+        conditional = DepthSpec.conditions()  # asked after the fields they depend on, and only when these apply
+        for key in [f.name for f in fields(DepthSpec) if f.name not in conditional] + list(conditional):
+            if key in space and DepthSpec(**values).applies(key):
                 values[key] = suggest(trial, f"depth/{key}", space[key])
-        if values.get("transition", "none") != "none" and "transition_layers" in space:
-            values["transition_layers"] = suggest(
-                trial, "depth/transition_layers", space["transition_layers"]
-            )
         return DepthSpec(**values)
 
     def _sample_hidden(self, trial: TrialLike) -> int | None:
