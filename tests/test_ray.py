@@ -320,6 +320,50 @@ def test_an_infrastructure_failure_on_a_ray_node_is_set_aside_and_requeued_first
     assert retry.user_attrs["retry_of"] == failed.number and retry.params == failed.params
 
 
+@pytest.mark.parametrize("max_failures", [2, 0])
+def test_a_trial_whose_worker_is_lost_is_rerun_max_failures_times_then_failed(tmp_path: Path,
+                                                                              max_failures: int) -> None:
+    """Issue 15: a trial whose Ray worker or node is lost is set aside (outside the budget) and re-queued
+    to resume from its checkpoint, at most ``search.max_failures`` times (default 2); the next loss
+    records it FAIL with the count."""
+    from cellsearch.search.checks import study_from_mapping
+    from cellsearch.search.claims import claim_slots
+    from cellsearch.search.display import Display
+    from cellsearch.search.ledger import counted
+    from cellsearch.search.ray_backend import _Driver
+    from cellsearch.search.space import build_space
+    from cellsearch.search.studies import open_study
+    from cellsearch.tasks import make_task
+
+    search = {"n_trials": 1, "enqueue_published": False}
+    if max_failures != 2:
+        search["max_failures"] = max_failures
+    config = study_from_mapping(tiny("lost", search=search))
+    assert config.search.max_failures == max_failures
+    study = open_study(config, f"sqlite:///{tmp_path / 'lost.db'}")
+    driver = _Driver(config, build_space(config), make_task(config.task.to_dict()), study, Display(config, quiet=True))
+    claim_slots(study, 1)
+    first = None
+    for loss in range(1, max_failures + 2):
+        trial = study.ask()
+        driver.sample(trial)
+        driver.prepare(trial)
+        first = first or trial
+        driver.launch(f"t{loss}", trial)
+        driver.finish(f"t{loss}", None, error=True)
+        lost = study.get_trials()[trial.number]
+        assert lost.state == TrialState.FAIL and lost.params == first.params
+        if loss <= max_failures:
+            assert lost.user_attrs["interrupted"] and counted(study) == 0
+            assert "its Ray worker failed" in lost.user_attrs["fail_reason"]
+            assert len(study.get_trials(states=[TrialState.WAITING])) == 1  # its retry, first in line
+        else:
+            assert not lost.user_attrs.get("interrupted")
+            assert f"its Ray worker failed {loss} times (search.max_failures = {max_failures}" \
+                in lost.user_attrs["fail_reason"]
+    assert len(study.get_trials()) == max_failures + 1 and not study.get_trials(states=[TrialState.WAITING])
+
+
 #: what a trial records that must not depend on the backend (timing, paths, node and process differ)
 _SAME = ("key", "digest", "summary", "readout", "train", "reused_from", "fail_reason", "retry_of", "retry_reason",
          "interrupted", "n_params", "prune_reason")

@@ -103,6 +103,7 @@ SEARCH_KEYS = (
     "reuse_actors",
     "checkpoints",
     "checkpoint_dir",
+    "max_failures",
 )
 PARAM_BUDGET_MAX = 1 << 30
 #: the most seeds a ``seeds: N`` count may ask for (each is a full training per cell)
@@ -179,6 +180,9 @@ class SearchConfig:
     checkpoints: bool = True
     #: where (default ``<study directory>/checkpoints``; on a Ray cluster a folder every node shares)
     checkpoint_dir: str | None = None
+    #: backend ray: how many times a trial whose Ray worker or node was lost is re-run (from its last
+    #: checkpoint) before it is recorded FAIL; the lost runs never use the budget
+    max_failures: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: plain(getattr(self, f.name)) for f in fields(self)}
@@ -537,6 +541,7 @@ def _search(r: Reader, raw: Any, n_objectives: int) -> SearchConfig:
         reuse_actors=r.boolean("search.reuse_actors", data.get("reuse_actors", True)),
         checkpoints=r.boolean("search.checkpoints", data.get("checkpoints", True)),
         checkpoint_dir=r.string("search.checkpoint_dir", data.get("checkpoint_dir"), none=True),
+        max_failures=r.integer("search.max_failures", data.get("max_failures", 2), 0),
     )
 
 

@@ -376,6 +376,7 @@ class _Driver:
         self.metrics = tuple(config.metrics)
         self.prunable = not config.multi_objective and self.metrics[0].startswith("val_")
         self.scheduler = scheduler_name(config)
+        self.max_failures = config.search.max_failures  # re-runs of a trial whose worker or node was lost
         self.stopped: set[str] = set()  # Tune trial ids a scheduler stopped
         self.pruned: set[str] = set()  # those the study's Optuna pruner stopped (scheduler: optuna)
         self.open: dict[str, Trial] = {}  # Tune trial id -> Optuna trial (launched, not told yet)
@@ -593,15 +594,23 @@ class _Driver:
                 "prune_reason", f"{self.scheduler} scheduler stopped it after epoch {last.get('epoch', 0)}: {shown}"
             )
             self._tell(trial, None, TrialState.PRUNED)
-        elif error and _WORKER_FAILED in str(trial.user_attrs.get("retry_reason", "")):
-            # the retry of a trial whose worker failed failed the same way: a real failure, not re-run
-            self.book.fail(trial, f"{_WORKER_FAILED} twice (Ray's logs: {self.storage_path})")
-            self._tell(trial, None, TrialState.FAIL)
         else:
-            why = _WORKER_FAILED if error else "the Ray run stopped it"
-            self.book.set_aside(trial, f"interrupted: {why} (Ray's logs: {self.storage_path})", requeue_now=False)
+            self._lost(trial, error)
+
+    def _lost(self, trial: Trial, error: bool) -> None:
+        """A trial Ray did not finish: its worker or node was lost (``error``), or the run stopped it. It is
+        set aside (outside the budget) and re-queued to resume from its checkpoint; a trial whose worker
+        was lost more than ``search.max_failures`` times is recorded FAIL instead."""
+        failures = int(trial.user_attrs.get("worker_failures", 0)) + (1 if error else 0)
+        if error and failures > self.max_failures:
+            self.book.fail(trial, f"{_WORKER_FAILED} {failures} times (search.max_failures = {self.max_failures}; "
+                                  f"Ray's logs: {self.storage_path})")
             self._tell(trial, None, TrialState.FAIL)
-            requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {why}")
+            return
+        why = _WORKER_FAILED if error else "the Ray run stopped it"
+        self.book.set_aside(trial, f"interrupted: {why} (Ray's logs: {self.storage_path})", requeue_now=False)
+        self._tell(trial, None, TrialState.FAIL)
+        requeue(self.study, self._frozen(trial), reason=f"trial {trial.number}: {why}", worker_failures=failures)
 
     def reuse(self, trial: Trial, earlier: FrozenTrial) -> None:
         """Finish ``trial`` with the result of ``earlier`` (same key): a duplicate, outside the budget."""

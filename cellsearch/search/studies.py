@@ -29,13 +29,14 @@ __all__ = ["open_study", "set_metric_names", "stored_config", "seed_trials", "re
 POLL_S = 1.0
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial | Trial, reason: str | None = None) -> None:
+def requeue(study: optuna.Study, trial: FrozenTrial | Trial, reason: str | None = None,
+            **extra: Any) -> None:
     """Enqueue the parameters of a trial killed with its process (a fresh trial redoes it).
 
     The new trial stores ``retry_of`` (the killed trial's number, which no longer counts towards the
-    budget) and, when given, ``retry_reason``.
+    budget), when given ``retry_reason``, and the ``extra`` user attributes.
     """
-    attrs: dict[str, Any] = {"retry_of": trial.number}
+    attrs: dict[str, Any] = {"retry_of": trial.number, **extra}
     if reason:
         attrs["retry_reason"] = reason
     if "published" in trial.user_attrs:
