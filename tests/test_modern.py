@@ -138,15 +138,18 @@ def _value_and_grads(fn: Any, a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor
     return [out.detach(), *(t.grad for t in leaves)]
 
 
-@pytest.mark.parametrize("log", [False, True], ids=["chunked", "log"])
+@pytest.mark.parametrize("form", ["chunked", "log", "compiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 16, 17, 64, 100, 999, 1024, 4096])
-def test_scan_equals_sequential_loop(steps: int, dtype: torch.dtype, log: bool) -> None:
+def test_scan_equals_sequential_loop(steps: int, dtype: torch.dtype, form: str) -> None:
     """h, ∂/∂a, ∂/∂b and ∂/∂h0 of the scan equal the sequential loop's to |Δ| < 1e-5 (float32 and float64),
-    at lengths that are and are not powers of two (and chunk sizes that do not divide T)."""
+    at lengths that are and are not powers of two (and chunk sizes that do not divide T), in each form
+    (the compiled one where the C library builds: tests/test_scan.py checks that it does)."""
+    log = form == "log"
     case = _scan_case(steps, dtype, positive=log)
     want = _value_and_grads(_sequential, *case)
-    got = _value_and_grads(lambda a, b, h0: scan.linear_scan(a, b, h0, log=log), *case)
+    got = _value_and_grads(lambda a, b, h0: scan.linear_scan(a, b, h0, log=log, compiled=form == "compiled"),
+                           *case)
     for name, x, y in zip(("h", "da", "db", "dh0"), want, got):
         assert (x - y).abs().max().item() < 1e-5, name
 

@@ -8,7 +8,19 @@ at once (one batched call of the same function: every gate and saturation is row
 
     h_t = A_t⊙h_0 + Σ_{s≤t} (Π_{s<r≤t} a_r)⊙b_s,      A_t = Π_{r≤t} a_r
 
-without a loop over T. Two forms of the forward solve, both over chunks of C ≈ √T steps (a loop of C
+without a loop over T in Python. Three forms of the solve:
+
+- ``compiled`` (default on the CPU in float32 / float64, when the C library builds): the recurrence
+  itself in one forward pass and one reverse pass over the sequence, vectorised over the units and
+  split over threads by rows (:mod:`cellsearch.fast.scan_c`). The scan is memory-bound on a CPU, so
+  reading a and b once beats any re-association; it is exactly the sequential loop's arithmetic.
+  For minGRU and minLSTM with sigmoid gates and the identity or g candidate (the published cards) the
+  gate math is fused into the same passes (:func:`mingru`, :func:`minlstm`, declared in those updates'
+  ``kernels`` before :func:`linear`): forward reads the input projection and writes only h, backward
+  recomputes the gates and writes only ∂(W x + b); the input GEMM is hoisted over all steps.
+
+The torch-op forms (any device and dtype; on the CPU only when the library is unavailable or
+:func:`use_compiled` is off, ``CELLSEARCH_SCAN=chunked``), both over chunks of C ≈ √T steps (a loop of C
 steps over all chunks at once, then a loop of T/C steps carrying the state across chunks, then one
 vectorised fix-up; O(T) work, O(√T) sequential steps):
 
@@ -21,15 +33,16 @@ vectorised fix-up; O(T) work, O(√T) sequential steps):
   or b is not positive runs ``chunked``. Its float32 error grows with |L| inside a chunk (a log of size
   |L| carries an absolute error ≈ |L|·2⁻²⁴), which is why its chunks are short (:data:`LOG_CHUNK`)
   and it is not the default.
-  Select it with :func:`use_log` or ``CELLSEARCH_SCAN=log``.
+  Select it with :func:`use_log` or ``CELLSEARCH_SCAN=log`` (it then replaces the compiled form too).
 
 The backward is the same kind of recurrence run in reverse (:class:`LinearScan`): with g_t = ∂L/∂h_t
 accumulated from the future, g_t = ∂ℓ/∂h_t + a_{t+1}⊙g_{t+1}; then ∂L/∂b_t = g_t,
-∂L/∂a_t = g_t⊙h_{t−1}, ∂L/∂h_0 = a_1⊙g_1 — solved by the chunked scan, so only a and h are kept.
+∂L/∂a_t = g_t⊙h_{t−1}, ∂L/∂h_0 = a_1⊙g_1 — one reverse pass in the compiled form, the chunked scan
+otherwise, so only a and h are kept.
 Autograd carries the gradients of a and b back into the gates and the input GEMM. Like the other fast
 paths, the backward is not itself differentiable (double backward raises). Works on any device
-(torch ops only). Tested against the sequential loop (tests/test_modern.py: |Δ| < 1e-5 in float32 and
-float64, T from 1 to 4096).
+(torch ops; the compiled form on the CPU). Tested against the sequential loop (tests/test_modern.py,
+tests/test_scan.py: |Δ| < 1e-5 in float32 and float64, T from 1 to 4096, every form).
 """
 
 from __future__ import annotations
@@ -43,13 +56,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import scan_c
 from .paths import Plan
 
-__all__ = ["linear", "linear_scan", "LinearScan", "use_log", "chunk_size", "LOG_CHUNK"]
+__all__ = ["linear", "mingru", "minlstm", "linear_scan", "LinearScan", "FusedScan", "use_log", "use_compiled",
+           "chunk_size", "LOG_CHUNK"]
 
 State = tuple[Tensor, ...]
 
-_LOG = os.environ.get("CELLSEARCH_SCAN", "chunked").strip().lower() == "log"
+_FORM = os.environ.get("CELLSEARCH_SCAN", "compiled").strip().lower()
+_LOG = _FORM == "log"
+_COMPILED = _FORM not in ("chunked", "log")
+
+
+def use_compiled(flag: bool | None = None) -> bool:
+    """Whether the scan uses the compiled kernels where they apply (set with ``flag``; tests compare)."""
+    global _COMPILED
+    if flag is not None:
+        _COMPILED = bool(flag)
+    return _COMPILED
 
 
 def use_log(flag: bool | None = None) -> bool:
@@ -121,29 +146,42 @@ class LinearScan(torch.autograd.Function):
     """h = scan(a, b, h0) with the reverse scan as its backward (see the module docstring)."""
 
     @staticmethod
-    def forward(ctx: Any, a: Tensor, b: Tensor, h0: Tensor, log: bool) -> Tensor:  # type: ignore[override]
-        h = _solve(a, b, h0, log)
+    def forward(ctx: Any, a: Tensor, b: Tensor, h0: Tensor, log: bool,  # type: ignore[override]
+                compiled: bool) -> Tensor:
+        h = scan_c.scan_forward(a, b, h0) if compiled else _solve(a, b, h0, log)
         ctx.save_for_backward(a, h, h0)
+        ctx.compiled = compiled
         return h
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor, Tensor, Tensor, None, None]:  # type: ignore[override]
         a, h, h0 = ctx.saved_tensors
+        if ctx.compiled:
+            return (*scan_c.scan_backward(a, h, h0, grad_h), None, None)
         a_next = torch.cat([a[1:], torch.zeros_like(a[:1])])          # g_t = ∂ℓ/∂h_t + a_{t+1} g_{t+1}
         g = _solve(a_next.flip(0), grad_h.flip(0), torch.zeros_like(h0), False).flip(0)
         h_prev = torch.cat([h0.unsqueeze(0), h[:-1]])
-        return g * h_prev, g, a[0] * g[0], None
+        return g * h_prev, g, a[0] * g[0], None, None
 
 
-def linear_scan(a: Tensor, b: Tensor, h0: Tensor, log: bool | None = None) -> Tensor:
+def linear_scan(a: Tensor, b: Tensor, h0: Tensor, log: bool | None = None,
+                compiled: bool | None = None) -> Tensor:
     """h_t = a_t⊙h_{t−1} + b_t over the leading axis of ``a``, ``b`` ([T, ...]) from ``h0`` ([...]),
     differentiable in all three. ``log``: the log-space forward (default :func:`use_log`), used only
-    when every a and b is positive."""
+    when every a and b is positive. ``compiled``: the C kernels where they serve (CPU, float32/float64;
+    default :func:`use_compiled`), unless the log-space form was asked for."""
     log = use_log() if log is None else log
+    compiled = (use_compiled() if compiled is None else compiled) and not log and a.dim() >= 1 \
+        and scan_c.available(a, b, h0)
     if log:
         log = bool((a > 0).all()) and bool((b > 0).all())
-    return LinearScan.apply(a, b, h0, log)
+    if compiled:
+        shape = a.shape
+        rows = (shape[0], 1, max(1, a[0].numel()))
+        h = LinearScan.apply(a.reshape(rows), b.reshape(rows), h0.reshape(rows[1:]), False, True)
+        return h.reshape(shape)
+    return LinearScan.apply(a, b, h0, log, False)
 
 
 def _run(cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -157,9 +195,8 @@ def _run(cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
     return h, (h[-1],)
 
 
-def linear(cell: Any) -> Plan | str:
-    """The parallel scan, for a cell whose update declares ``coefficients`` (h' = a(x)⊙h + b(x)) and whose
-    candidate cannot read h (no deep transition)."""
+def _scannable(cell: Any) -> str | None:
+    """Why the cell's recurrence is not a linear one with input-only coefficients (None: it is)."""
     update = cell.update
     if not callable(getattr(update, "coefficients", None)) or update.n_states != 1:
         return f"update {update.name!r}: no linear recurrence with input-only coefficients"
@@ -167,5 +204,98 @@ def linear(cell: Any) -> Plan | str:
         return "deep transition: the candidate may read h, no parallel scan"
     if "no_recurrence" not in cell.recurrence.provides:
         return f"recurrence {cell.recurrence.name!r}: the gates see h, no parallel scan"
-    form = "log-space or chunked" if use_log() else "chunked"
-    return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t ({form}, O(√T) sequential steps)", _run)
+    return None
+
+
+def _form() -> str:
+    if use_log():
+        return "log-space or chunked"
+    if use_compiled() and scan_c.library() is not None:
+        return "compiled: one pass each way on the CPU in float32/float64, chunked elsewhere"
+    return "chunked, O(√T) sequential steps"
+
+
+def linear(cell: Any) -> Plan | str:
+    """The parallel scan, for a cell whose update declares ``coefficients`` (h' = a(x)⊙h + b(x)) and whose
+    candidate cannot read h (no deep transition)."""
+    why = _scannable(cell)
+    if why is not None:
+        return why
+    return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t ({_form()})", _run)
+
+
+class FusedScan(torch.autograd.Function):
+    """h = the minGRU / minLSTM recurrence from the input projection x [T, B, (k + 1)·n], gate math fused
+    into the compiled scan (:mod:`cellsearch.fast.scan_c`); backward gives ∂x and ∂h0."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, h0: Tensor, kind: str, sat: str) -> Tensor:  # type: ignore[override]
+        h = scan_c.fused_forward(kind, sat, x, h0)
+        ctx.save_for_backward(x, h, h0)
+        ctx.form = kind, sat
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_h: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
+        x, h, h0 = ctx.saved_tensors
+        gx, gh0 = scan_c.fused_backward(*ctx.form, x, h, h0, grad_h)
+        return gx, gh0, None, None
+
+
+def _projection(cell: Any, x: Tensor) -> Tensor:
+    """W x + b for every step at once ([T, B, G·n]); for x that is a batch-first tensor seen time-major
+    (how the stack passes it) the GEMM runs on the batch-first storage and the result is seen time-major
+    too, so neither x nor the projection is copied."""
+    xb = x.transpose(0, 1)
+    if xb.is_contiguous():
+        return F.linear(xb, cell.weight_ih, cell.bias).transpose(0, 1)
+    return F.linear(x, cell.weight_ih, cell.bias)
+
+
+def _fused_runner(kind: str, sat: str) -> Any:
+    def run(cell: Any, x: Tensor, state: State) -> tuple[Tensor, State]:
+        (h0,) = state
+        if use_log() or not use_compiled() or not scan_c.available(x, h0, cell.weight_ih):
+            return _run(cell, x, state)
+        h = FusedScan.apply(_projection(cell, x), h0, kind, sat)
+        return h, (h[-1].contiguous(),)
+
+    return run
+
+
+def _sat_form(cell: Any) -> str | None:
+    """The candidate's saturation as the fused kernels know it: ``identity`` (declared ``fused``) or
+    minGRU's ``g`` (the same function), else None."""
+    from ..primitives.saturation_g import g
+
+    if getattr(cell.saturation, "fused", None) == "identity":
+        return "identity"
+    return "g" if cell.saturation.function() is g else None
+
+
+def _fused(cell: Any, kind: str) -> Plan | str:
+    why = _scannable(cell)
+    if why is not None:
+        return why
+    if cell.k != scan_c.KINDS[kind] or (cell.gate.fused_ops() or {}).get("kind") != "sigmoid" \
+            or getattr(cell, "short", None) in ("identity", "project"):
+        return f"gate {cell.gate.name!r}: the fused {kind} scan runs the plain sigmoid gate only"
+    sat = _sat_form(cell)
+    if sat is None:
+        return f"saturation {cell.saturation.name!r}: the fused {kind} scan runs identity or g only"
+    if scan_c.library() is None:
+        return f"fused {kind} scan: the C kernels are unavailable ({scan_c.build_error()})"
+    return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t (compiled, {kind} gates/{sat} fused "
+                "into one pass each way on the CPU in float32/float64; the generic scan elsewhere)",
+                _fused_runner(kind, sat))
+
+
+def mingru(cell: Any) -> Plan | str:
+    """The compiled scan with minGRU's gate math fused (sigmoid z, identity or g candidate)."""
+    return _fused(cell, "mingru")
+
+
+def minlstm(cell: Any) -> Plan | str:
+    """The compiled scan with minLSTM's normalized gates fused (sigmoid f, i; identity or g candidate)."""
+    return _fused(cell, "minlstm")

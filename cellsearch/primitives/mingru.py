@@ -44,6 +44,8 @@ class MinGRU(LinearUpdate):
     cand_blocks = (Block("h", "cand", recurrent=False),)
     keep = "z"
     keep_polarity = -1
+    #: the compiled scan with this update's gate math fused, then the generic scan (PRIMITIVES.md, issue 14)
+    kernels = ("cellsearch.fast.scan:mingru", "cellsearch.fast.scan:linear")
     provides = frozenset({"keep_gate", "single_state", "input_only"})
     refined_default = ("z",)
 

@@ -40,6 +40,8 @@ class MinLSTM(LinearUpdate):
     cand_blocks = (Block("h", "cand", recurrent=False),)
     keep = "f"
     input_gate = "i"
+    #: the compiled scan with this update's gate math fused, then the generic scan (PRIMITIVES.md, issue 14)
+    kernels = ("cellsearch.fast.scan:minlstm", "cellsearch.fast.scan:linear")
     provides = frozenset({"keep_gate", "input_gate", "single_state", "input_only"})
     requires = frozenset({"sigmoid_gate"})
 
