@@ -12,13 +12,15 @@ exception; anything else a training raises (a pruning signal from ``callback``, 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Job", "Record", "run_job", "run_jobs", "run_parallel"]
+__all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -145,3 +147,32 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
                 if on_done is not None:
                     on_done(results[i])
     return [results[i] for i in range(len(items))]
+
+
+class Journal:
+    """Results of finished jobs, one JSON line each (``{"key": ..., "result": ...}``), appended and fsynced as
+    each job finishes, so that a run killed or crashed half-way takes them on its rerun instead of training
+    them again. A last line torn by a kill is ignored. ``done`` maps a key to its result."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.done: dict[str, Any] = {}
+        self._torn = False  # the file ends in a line a kill cut short: the next entry starts a new line
+        if self.path.is_file():
+            text = self.path.read_text()
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                    self.done[entry["key"]] = entry["result"]
+                except (ValueError, KeyError, TypeError):  # torn by a kill mid-write: that job runs again
+                    continue
+
+    def add(self, key: str, result: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(("\n" if self._torn else "") + json.dumps({"key": key, "result": result}) + "\n")
+            self._torn = False
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[key] = result

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,7 @@ import yaml
 from scipy import stats
 
 from cellsearch.cli import main
-from cellsearch.jobs import run_parallel
+from cellsearch.jobs import Journal, run_parallel
 from cellsearch.reproduce import (
     ConfigError,
     config_yaml,
@@ -134,6 +139,51 @@ def test_parallel_runs_return_results_in_job_order() -> None:
     assert run_parallel(math.sqrt, [16.0, 1.0, 9.0], workers=2, on_done=done.append,
                         priority=lambda x: -x) == [4.0, 1.0, 3.0]
     assert sorted(done) == [1.0, 3.0, 4.0]
+
+
+def test_a_killed_reproduction_resumes_from_its_journal(tmp_path: Path) -> None:
+    """kill -9 of `cellsearch reproduce` half-way, then the same command: the finished runs come from the
+    journal (not trained again, counted in the report), the rest are trained, the results equal an
+    uninterrupted run's (same processes' settings), and the resume folder is gone once the report is
+    written. (An interrupted run also resumes from its last evaluation: the trainer's checkpoints,
+    tests/test_checkpoints.py.)"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("cellsearch")), "reproduce", "refined", "--size", "tiny", "--out"]
+    whole = subprocess.run([*cmd, str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    journal = out / ".resume" / "refined" / "journal.jsonl"
+    proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (journal.is_file() and journal.read_text().count("\n") >= 3):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    kept = len(Journal(journal).done)
+    assert 3 <= kept < 18 and not (out / "refined.md").exists()
+    again = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count(" seed ") == 18 - kept  # only the unfinished runs were trained
+    assert json.loads((out / "refined.json").read_text())["resumed_runs"] == kept
+    assert "taken from its journal" in (out / "refined.md").read_text()
+    assert not (out / ".resume").exists()
+    same = [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(tmp_path / "whole" / "refined.csv")]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in _rows(out / "refined.csv")] == same
+
+
+def test_journal_ignores_a_line_torn_by_a_kill(tmp_path: Path) -> None:
+    """A journal whose last line a kill cut short keeps every whole entry, and the next entry starts on a
+    line of its own."""
+    path = tmp_path / "journal.jsonl"
+    Journal(path).add("a", {"x": 1.0})
+    with open(path, "a") as f:
+        f.write('{"key": "b", "res')
+    torn = Journal(path)
+    assert torn.done == {"a": {"x": 1.0}}
+    torn.add("c", {"x": float("nan")})
+    again = Journal(path)
+    assert set(again.done) == {"a", "c"} and math.isnan(again.done["c"]["x"])
 
 
 def test_config_mistakes_name_the_key() -> None:

@@ -8,7 +8,9 @@ config of ``--size`` as YAML and exits; ``--replot`` rebuilds the markdown and p
 earlier run in ``--out`` (``<name>.json``, the CSVs) without training. ``all`` (trained or replotted) also
 renders the overview, ``REPRODUCTION.md`` beside the output folder (``docs/reproduction`` →
 ``docs/REPRODUCTION.md``; ``--overview FILE`` elsewhere), from the files of all five
-(:mod:`cellsearch.reproduce.overview`).
+(:mod:`cellsearch.reproduce.overview`). A run killed or crashed half-way resumes when the same command runs
+again: finished runs come from its journal and interrupted ones from their last evaluation (both under
+``--out``/.resume/, removed once the report is written); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training processes in parallel, one torch thread each (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="a YAML reproduction config to run instead")
     parser.add_argument("--dump-config", action="store_true", help="print the --size config as YAML and exit")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: discard what an interrupted run of the same reproduction left to resume")
     parser.add_argument("--replot", action="store_true",
                         help="rebuild the markdown and plot from the files already in --out (no training)")
     parser.add_argument("--overview", type=Path, default=None,
@@ -156,7 +160,7 @@ def _run_one(name: str, args: argparse.Namespace, config: dict[str, Any] | None,
             print(f"[{name} {done[0]}/{total}] {line}", flush=True)
 
     try:
-        return reproduce(name, args.size, args.seeds, args.out, args.workers, config, on_done, command)
+        return reproduce(name, args.size, args.seeds, args.out, args.workers, config, on_done, command, args.fresh)
     finally:
         if progress is not None:
             progress.stop()

@@ -65,17 +65,20 @@ def get_reproduction(name: str) -> Reproduction:
 
 def reproduce(name: str, size: str = "cpu", seeds: int | None = None, out: str | Path = "docs/reproduction",
               workers: int = 1, config: Mapping[str, Any] | None = None,
-              on_done: Callable[[Record], None] | None = None, command: str | None = None) -> Report:
+              on_done: Callable[[Record], None] | None = None, command: str | None = None,
+              fresh: bool = False) -> Report:
     """Run reproduction ``name`` at ``size`` (or from ``config``, a mapping) and write its files to ``out``.
 
     ``seeds`` overrides the number of seeds (≥ 3 for the committed results); ``workers`` > 1 runs the
-    training jobs in that many processes (one torch thread each).
+    training jobs in that many processes (one torch thread each). A run killed or crashed half-way resumes
+    when the same command runs again (:meth:`Reproduction.run`); ``fresh`` starts it over.
     """
     repro = get_reproduction(name)
     if size not in SIZES and config is None:
         raise ConfigError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
     raw = dict(config) if config is not None else repro.config(size)
-    return repro.run(raw, out, size if config is None else "custom config", seeds, workers, on_done, command)
+    return repro.run(raw, out, size if config is None else "custom config", seeds, workers, on_done, command,
+                     fresh)
 
 
 def config_yaml(name: str, size: str = "full") -> str:

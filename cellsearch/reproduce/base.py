@@ -25,6 +25,7 @@ import copy
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -98,16 +99,24 @@ class Reproduction:
     # ------------------------------------------------------------------ running
     def run(self, raw: Mapping[str, Any], out: str | Path, size: str = "custom", seeds: int | None = None,
             workers: int = 1, on_done: Callable[[Record], None] | None = None,
-            command: str | None = None) -> Report:
-        """Run the reproduction the config ``raw`` describes and write its files into ``out``."""
+            command: str | None = None, fresh: bool = False) -> Report:
+        """Run the reproduction the config ``raw`` describes and write its files into ``out``.
+
+        Resumable: until the report is written, finished runs are journaled and each run checkpoints
+        every evaluation under ``out/.resume/<name>/``, so the same command after a crash or kill trains
+        only what was not finished (the interrupted runs from their last evaluation); ``fresh`` discards an
+        earlier run's journal. The folder is removed once the report is written."""
         import torch
 
         config = self.parse(raw, seeds)
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
+        work = out / ".resume" / self.name
+        if fresh:
+            shutil.rmtree(work, ignore_errors=True)
         start = time.perf_counter()
         extra = self.extra(config, out)
-        records = run_jobs(config.jobs(), workers, on_done)
+        records, resumed = run_jobs(config.jobs(), workers, on_done, work=work)
         wall = time.perf_counter() - start
         stored = {k: v for k, v in config.raw.items() if k not in ("name", "seeds", "first_seed")}
         meta = {"name": self.name, "size": size,
@@ -116,10 +125,15 @@ class Reproduction:
                 "run_seconds": round(sum(r.seconds for r in records), 1),
                 "machine": f"{platform.machine()} with {os.cpu_count()} CPUs", "torch": torch.__version__,
                 "config": {"seeds": len(config.seeds), "first_seed": config.seeds[0], **stored}}
+        if resumed:
+            meta["resumed_runs"] = resumed  # finished by an earlier, interrupted run of the same config
         files = [*extra.pop("files", []), *write_records(out, self.name, records)]
         path = out / f"{self.name}.json"
         path.write_text(json.dumps(meta, indent=1) + "\n")
-        return self.render(config, records, extra, meta, out, [*files, path])
+        report = self.render(config, records, extra, meta, out, [*files, path])
+        shutil.rmtree(work, ignore_errors=True)
+        _drop_if_empty(out / ".resume")
+        return report
 
     def load(self, out: str | Path) -> Loaded:
         """What a run left in ``out``: ``<name>.json`` (command, timing and the exact config), the CSVs and
@@ -204,7 +218,10 @@ class Reproduction:
                 if changes:
                     lines.append(f"  - {v.label}: `{_inline(changes)}`")
         lines += ["", f"Wall time {meta['wall_seconds']:.0f} s with {meta['workers']} worker process(es) (sum over "
-                  f"runs {meta['run_seconds']:.0f} s) on {meta['machine']}, torch {meta['torch']}.", ""]
+                  f"runs {meta['run_seconds']:.0f} s) on {meta['machine']}, torch {meta['torch']}."
+                  + (f" {meta['resumed_runs']} run(s) were finished by an earlier, interrupted run of the same "
+                     "command and taken from its journal (the wall time is the last run's)."
+                     if meta.get("resumed_runs") else ""), ""]
         return lines
 
     def sections(self, config: ReproConfig, records: Sequence[Record], extra: Mapping[str, Any]) -> list[str]:
@@ -230,6 +247,13 @@ class Reproduction:
         for ax, exp in zip(axes, config.experiments):
             plot_curves(ax, exp, records, log=self.log_curves)
         return fig
+
+
+def _drop_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # absent, or another reproduction's work is still there
+        pass
 
 
 def _inline(value: Any) -> str:

@@ -11,12 +11,15 @@ this process (``workers=1``) or in a pool of spawned processes, one torch thread
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "Record", "run_job", "run_jobs", "model_spec_for", "cell_spec"]
+__all__ = ["Job", "Record", "run_job", "run_jobs", "job_key", "model_spec_for", "cell_spec"]
 
 @dataclass(frozen=True)
 class Job:
@@ -101,15 +104,17 @@ def model_spec_for(job: Job) -> tuple[Any, Any]:
     return ms, task
 
 
-def run_job(job: Job) -> Record:
+def run_job(job: Job, checkpoint: str | None = None) -> Record:
     """Train one job with the one job runner (:func:`cellsearch.jobs.run_job`) and return its
-    :class:`Record` (divergence is recorded, not raised)."""
+    :class:`Record` (divergence is recorded, not raised); ``checkpoint``: a file to checkpoint to after
+    every evaluation and to resume from."""
     from .. import jobs
 
     ms, task = model_spec_for(job)
     record = Record(job.experiment, job.variant, job.cell, job.layers, job.seed, task.metric,
                     task.metric_direction, hidden_size=ms.hidden_size, baseline=_baseline(task))
-    done = jobs.run_job(jobs.Job(ms, task, {**dict(job.train), "progress": False, "test": True}, job.seed))
+    train = {**dict(job.train), "progress": False, "test": True}
+    done = jobs.run_job(jobs.Job(ms, task, train, job.seed, checkpoint=checkpoint))
     record.seconds = done.seconds
     if done.diverged:
         record.diverged, record.error = True, done.error
@@ -134,13 +139,50 @@ def _baseline(task: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def run_jobs(jobs: Sequence[Job], workers: int = 1,
-             on_done: Callable[[Record], None] | None = None) -> list[Record]:
-    """Run ``jobs`` in this process or in ``workers`` spawned processes; records in the order of ``jobs``.
+def job_key(job: Job) -> str:
+    """A job's identity: sha256 of its canonical JSON (card, overrides, task, sizes, training, seed)."""
+    return hashlib.sha256(json.dumps(_plain(asdict(job)), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _run_keyed(item: tuple[str, Job, str | None]) -> tuple[str, Record]:
+    key, job, checkpoint = item
+    return key, run_job(job, checkpoint)
+
+
+def run_jobs(jobs: Sequence[Job], workers: int = 1, on_done: Callable[[Record], None] | None = None,
+             work: str | Path | None = None) -> tuple[list[Record], int]:
+    """Run ``jobs`` in this process or in ``workers`` spawned processes; returns the records in the order of
+    ``jobs`` and how many came from an earlier, interrupted run.
 
     A pool starts the deepest models first (a cheap proxy of the longest jobs), so that the last jobs
     to finish are short ones. ``on_done(record)`` is called as each job finishes (in completion order).
+    ``work``: a folder for resuming — each finished record goes to its journal (``journal.jsonl``) at once,
+    and each job checkpoints every evaluation (``checkpoints/<key>.pt``), so a rerun after a crash or
+    kill takes the finished records and resumes the interrupted jobs from their last evaluation.
     """
-    from ..jobs import run_parallel
+    from ..jobs import Journal, run_parallel
 
-    return run_parallel(run_job, jobs, workers, on_done, priority=lambda job: -job.layers)
+    journal = Journal(Path(work) / "journal.jsonl") if work is not None else None
+    keys = [job_key(job) for job in jobs]
+    done = {k: Record(**journal.done[k]) for k in keys if journal is not None and k in journal.done}
+    todo = [(k, job, str(Path(work) / "checkpoints" / f"{k}.pt") if work is not None else None)
+            for k, job in zip(keys, jobs) if k not in done]
+
+    def finished(result: tuple[str, Record]) -> None:
+        key, record = result
+        if journal is not None:
+            journal.add(key, asdict(record))
+            Path(work, "checkpoints", f"{key}.pt").unlink(missing_ok=True)
+        if on_done is not None:
+            on_done(record)
+
+    ran = dict(run_parallel(_run_keyed, todo, workers, finished, priority=lambda item: -item[1].layers))
+    return [done[k] if k in done else ran[k] for k in keys], len(done)
