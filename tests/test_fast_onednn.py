@@ -52,3 +52,11 @@ def test_packed_product_equals_plain_product_on_strided_rows(rows: int) -> None:
     torch.testing.assert_close(mat.mm(x), x @ w.t(), rtol=1e-5, atol=1e-5)
     acc = torch.randn(rows, 48, generator=g)
     torch.testing.assert_close(mat.addmm(acc, x, torch.empty_like(acc)), acc + x @ w.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_input_projection_equals_addmm() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1000, 7, generator=g), torch.randn(8192, 7, generator=g), torch.randn(8192, generator=g)
+    out = torch.full((1000, 8192), float("nan"))
+    fused.project(x, w, b, out)                            # 256-row chunks (the last one short)
+    torch.testing.assert_close(out, torch.addmm(b, x, w.t()), rtol=1e-5, atol=1e-5)
