@@ -183,7 +183,7 @@ def unroll(model: StackedRNN, x: Tensor, params: Sequence[Sequence[Mapping[str, 
             if record is not None:
                 record[i].append(states[i])
             for join in model.stage("join"):
-                out = join(out, inp, i == model.num_layers - 1)
+                out = join(out, inp, i, i == model.num_layers - 1)
             inp = out
         outs.append(inp)
     y = torch.stack(outs)
@@ -475,6 +475,6 @@ def saturation_stats(cell: CellLike, layers: int | None = None, steps: int = 200
             out, states[i] = layer(inp, prev)
             norms[i, t] = states[i][0].double().norm(dim=-1).mean()
             for join in model.stage("join"):
-                out = join(out, inp, i == model.num_layers - 1)
+                out = join(out, inp, i, i == model.num_layers - 1)
             inp = out
     return SaturationStats(names, (low / steps).numpy(), (high / steps).numpy(), norms.numpy())

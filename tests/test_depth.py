@@ -83,7 +83,7 @@ class LayerScale(torch.nn.Module):
         super().__init__()
         self.gain = torch.nn.Parameter(torch.full((width,), float(gain)))
 
-    def forward(self, out: torch.Tensor, inp: torch.Tensor, top: bool) -> torch.Tensor:
+    def forward(self, out: torch.Tensor, inp: torch.Tensor, layer: int, top: bool) -> torch.Tensor:
         return out * self.gain
 
 
@@ -134,6 +134,7 @@ def test_plugin_depth_primitive_takes_part_in_stack_and_export(layer_scale: None
 def test_depth_extra_is_checked(layer_scale: None) -> None:
     """``depth.extra`` takes only registered depth primitives that no field switches on, with their own
     options; its digest and canonical form are unchanged when empty."""
+    assert "layer_scale" not in cs.create_rnn("lstm", 3, N, depth={"layers": 2}).stages["join"]  # only when named
     with pytest.raises(SpecError, match=r"depth\.extra\.residual.*layer_scale_test"):
         cs.create_rnn("lstm", 3, N, depth={"extra": {"residual": {}}})
     with pytest.raises(ValueError, match=r"depth\.extra\.layer_scale_test"):

@@ -1,6 +1,7 @@
 """The template third-party plugin (plugins/template), pip-installed for real into a temporary target (the
 project venv is untouched): its cells and its gate, update and saturation primitives register through
-entry points, train, and export to a standalone module that runs where cellsearch cannot be imported."""
+entry points, train, and export to a standalone module that runs where cellsearch cannot be imported (the
+exported cell with the plugin's depth primitive switched on)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _SCRIPT = """
 import json, sys, torch, cellsearch as cs
 from cellsearch import registry
 report = {"errors": [str(e) for e in cs.plugin_errors()], "cells": cs.list_cells(),
+          "depth": cs.list_primitives("depth"),
           "gates": cs.list_primitives("gate"), "origin_cell": registry.origin_of("cell", "ur_star"),
           "origin_gate": registry.origin_of("primitive", "hard_sigmoid", "gate"),
           "formula": registry.get_primitive("gate", "hard_sigmoid").formula(), "steps": {}}
@@ -30,7 +32,9 @@ for label, model in [("ur_star", cs.create_rnn("ur_star", 3, 8, num_layers=2)),
                      ("star+hard_sigmoid", cs.create_rnn(cs.CellSpec(update="star", gate="hard_sigmoid"), 3, 8)),
                      ("lstm+hard_sigmoid", cs.create_rnn("lstm", 3, 8, gate="hard_sigmoid")),
                      ("janet_softsign", cs.create_rnn("janet_softsign", 3, 8, num_layers=2)),
-                     ("janet+ur", cs.create_rnn("janet_softsign", 3, 8, gate="ur", saturation="identity"))]:
+                     ("janet+ur", cs.create_rnn("janet_softsign", 3, 8, gate="ur", saturation="identity")),
+                     ("lstm+layer_scale", cs.create_rnn("lstm", 3, 8, num_layers=2,
+                                                        depth={"extra": {"layer_scale": {"gain": 0.5}}}))]:
     head = torch.nn.Linear(8, 1)
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-2)
@@ -44,6 +48,7 @@ from cellsearch.exporter import export_model
 from cellsearch.model import SequenceModel
 from safetensors.torch import save_file
 spec = cs.get_cell("janet_softsign").model_spec(8, 2, input_size=3, output_size=2)
+spec = spec.replace(depth=spec.depth.replace(extra={"layer_scale": {}}))  # the plugin's depth primitive too
 model = SequenceModel(spec, "all").eval()
 with torch.no_grad():
     for p in model.parameters():
@@ -98,6 +103,8 @@ def test_template_plugin_installs_registers_and_trains(tmp_path: Path) -> None:
     assert report["formula"].startswith("g = clip(")
     assert report["steps"]["ur_star"]["params"] == _ur_star_params(3, 8) + _ur_star_params(8, 8)
     assert report["steps"]["janet_softsign"]["params"] == 2 * 8 * (3 + 8 + 1) + 2 * 8 * (8 + 8 + 1)
+    assert "layer_scale" in report["depth"]  # a gain per layer and channel: 2 layers × 8
+    assert report["steps"]["lstm+layer_scale"]["params"] == 4 * 8 * (3 + 8 + 1) + 4 * 8 * (8 + 8 + 1) + 2 * 8
     for label, step in report["steps"].items():
         assert step["moved"], f"{label}: a parameter did not move after one step"
         assert math.isfinite(step["loss"]), label

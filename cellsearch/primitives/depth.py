@@ -17,7 +17,8 @@ generated module. A plugin's depth primitive takes part the same way.
 
 φ = tanh. Stages: ``input`` (on the sequence before the first layer, to the hidden width), ``cell`` (inside
 every cell's candidate path: a module with ``candidate(pre, h, act)``), ``join`` (on each layer's output
-sequence, given the layer's input and whether it is the top layer), ``output`` (after the top layer).
+sequence, given the layer's input, its index and whether it is the top layer), ``output`` (after the top
+layer).
 """
 
 from __future__ import annotations
@@ -161,12 +162,14 @@ class ResidualStacking(DepthPrimitive):
 
 
 def depth_parts(depth: DepthSpec, input_size: int, width: int, stage: str) -> list[Part]:
-    """The parts every registered depth primitive (plugins' included) adds at ``stage`` for ``depth``,
-    in the stage's order. ``input_size``: what the stage receives (see :meth:`DepthPrimitive.part`)."""
+    """The parts the depth primitives add at ``stage`` for ``depth``, in the stage's order: the built-in ones
+    (switched on by the spec's fields) and those ``depth.extra`` names (a plugin's). ``input_size``: what
+    the stage receives (see :meth:`DepthPrimitive.part`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown depth stage {stage!r}; expected one of {list(STAGES)}")
-    _check_extra(depth)
-    prims = [get_primitive("depth", name) for name in list_primitives("depth")]
+    fielded = _check_extra(depth)
+    names = [n for n in list_primitives("depth") if n in fielded or n in depth.extra]  # a plugin's: when named
+    prims = [get_primitive("depth", name) for name in names]
     prims = sorted((p for p in prims if p.stage == stage), key=lambda p: (p.order, p.name))
     parts = [part for p in prims
              if (part := p(**depth.options_for(p.name)).part(depth, input_size, width)) is not None]
@@ -176,14 +179,16 @@ def depth_parts(depth: DepthSpec, input_size: int, width: int, stage: str) -> li
     return parts
 
 
-def _check_extra(depth: DepthSpec) -> None:
-    """``depth.extra`` names registered depth primitives that no field of the spec switches on."""
-    fielded = {f.metadata.get("primitive") for f in fields(DepthSpec)}
+def _check_extra(depth: DepthSpec) -> set[str]:
+    """``depth.extra`` names registered depth primitives that no field of the spec switches on; returns the
+    names of those the fields switch on."""
+    fielded = {f.metadata["primitive"] for f in fields(DepthSpec) if "primitive" in f.metadata}
     allowed = [n for n in list_primitives("depth") if n not in fielded]
     for name in depth.extra:
         if name not in allowed:
             raise SpecError(f"depth.extra.{name}", name,
                             f"a registered depth primitive that no depth field switches on: {allowed or 'none'}")
+    return fielded
 
 
 # -- the modules the parts build: torch only (the export writes their source) -------------------------
@@ -233,7 +238,7 @@ class DeepMLP(nn.Sequential):
 class Residual(nn.Module):
     """A join: the layer's input added to its output sequence where the widths agree."""
 
-    def forward(self, out: Tensor, inp: Tensor, top: bool) -> Tensor:
+    def forward(self, out: Tensor, inp: Tensor, layer: int, top: bool) -> Tensor:
         return out + inp if out.shape == inp.shape else out
 
 
@@ -241,7 +246,7 @@ class LayerDropout(nn.Dropout):
     """A join: dropout on a layer's output sequence, except the top layer's (an ``nn.Dropout``, so code
     that finds a model's dropout modules finds it)."""
 
-    def forward(self, out: Tensor, inp: Tensor, top: bool) -> Tensor:  # type: ignore[override]
+    def forward(self, out: Tensor, inp: Tensor, layer: int, top: bool) -> Tensor:  # type: ignore[override]
         return out if top else F.dropout(out, self.p, self.training)
 
 
@@ -249,8 +254,8 @@ def arrange(seq: Tensor, state: Any, layers: Sequence[Any], before: Sequence[Any
             joins: Sequence[Any] = (), after: Sequence[Any] = ()) -> tuple[Tensor, tuple[Any, ...]]:
     """The depth arrangement of a stack, written once: the ``before`` modules on the time-major
     sequence → the layers in order (each ``layer(seq, state_i) -> (out, final_i)``), every layer's output
-    passed through the ``joins`` (``join(out, inp, top)``) → the ``after`` modules. Returns the top
-    sequence and every layer's final state.
+    passed through the ``joins`` (``join(out, inp, i, top)``: the layer's input, its index, whether it is
+    the top one) → the ``after`` modules. Returns the top sequence and every layer's final state.
 
     :class:`cellsearch.depth.StackedRNN` runs it, and the standalone export writes this very function
     into the generated module (so it uses torch only and names nothing from cellsearch)."""
@@ -261,7 +266,7 @@ def arrange(seq: Tensor, state: Any, layers: Sequence[Any], before: Sequence[Any
     for i, layer in enumerate(layers):
         out, final = layer(seq, state[i] if state is not None else None)
         for join in joins:
-            out = join(out, seq, i == top)
+            out = join(out, seq, i, i == top)
         finals.append(final)
         seq = out
     for module in after:
