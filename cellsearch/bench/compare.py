@@ -112,8 +112,11 @@ class GemmFloor(nn.Module):
     (the recurrent blocks; its parametrization is formed once per sequence and not counted), over x
     [B, T, d]: forward, the hoisted input GEMM [T·B, d]·Wᵀ and T recurrent GEMMs [B, n]·Uᵀ; backward, T
     GEMMs [B, R]·U for the state gradient, then the post-loop weight gradients dUᵀ = Σ_t dA_tᵀ h_t and
-    dW = dXPᵀ X and the input gradient dXP·W (one large GEMM each). Deep transitions, deep input/output
-    and saturation matrices are not counted. Run as a model by :func:`time_runs` (same rounds)."""
+    [dW; db] = [X 1]ᵀ dXP and the input gradient dXP·W (one large GEMM each). Deep transitions, deep
+    input/output and saturation matrices are not counted. Each product runs on the engine the fused paths
+    use (:class:`cellsearch.fast.fused.Mat`, ``project`` and ``matmul``: oneDNN with packed weights for
+    float32 on the CPU where it is faster, else ``torch.mm``), so the floor is what those paths could
+    reach with free pointwise work. Run as a model by :func:`time_runs` (same rounds)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -132,22 +135,29 @@ class GemmFloor(nn.Module):
             def r(*shape: int) -> Tensor:
                 return torch.randn(*shape, dtype=x.dtype, device=x.device)
 
-            self._mats[key] = [(r(T * B, d), r(g, d), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g),
-                                r(T * B, g), r(B, r_), r(B, n), r(r_, n), r(g, d), r(T * B, d))
-                               for g, d, r_, n in self.shapes]
+            mats = []
+            for g, d, r_, n in self.shapes:
+                X = r(T * B, d)
+                mats.append((X, r(g, d), r(g), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g), r(T * B, g),
+                             torch.cat([X.t(), X.new_ones(1, T * B)])))
+            self._mats[key] = mats
         return self._mats[key]
 
     def forward(self, x: Tensor) -> Tensor:
+        from ..fast.fused import Mat, matmul, project
+
+        B = x.shape[0]
         with torch.no_grad():
-            for X, W, U, H, DA, XP, DXP, A, DH, DU, DW, DX in self._matrices(x):
-                torch.mm(X, W.t(), out=XP)
+            for X, W, b, U, H, DA, XP, DXP, X1t in self._matrices(x):
+                project(X, W, b, XP)
+                fwd, back = Mat(U, B), Mat(U.t(), B)
                 for t in range(H.shape[0]):
-                    torch.mm(H[t], U.t(), out=A)
+                    fwd.mm(H[t])
                 for t in range(H.shape[0] - 1, -1, -1):
-                    torch.mm(DA[t], U, out=DH)
-                torch.mm(DA.reshape(-1, DA.shape[-1]).t(), H.reshape(-1, H.shape[-1]), out=DU)
-                torch.mm(DXP.t(), X, out=DW)
-                torch.mm(DXP, W, out=DX)
+                    back.mm(DA[t])
+                matmul(H.reshape(-1, H.shape[-1]).t(), DA.reshape(-1, DA.shape[-1]))
+                matmul(X1t, DXP)
+                matmul(DXP, W)
         return x.sum() * 0.0
 
 
