@@ -12,15 +12,17 @@ exception; anything else a training raises (a pruning signal from ``callback``, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel"]
+__all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel", "run_journaled", "digest"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -176,3 +178,49 @@ class Journal:
             f.flush()
             os.fsync(f.fileno())
         self.done[key] = result
+
+
+def digest(value: Any) -> str:
+    """A job's identity: sha256 of the canonical JSON of ``value`` (a dataclass, mappings, sequences)."""
+    return hashlib.sha256(json.dumps(_plain(value), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _call_keyed(fn: Callable[[T], R], pair: tuple[str, T]) -> tuple[str, R]:
+    return pair[0], fn(pair[1])
+
+
+def run_journaled(fn: Callable[[T], R], items: Sequence[T], journal: Journal | None, workers: int = 1,
+                  on_done: Callable[[R], None] | None = None, priority: Callable[[T], float] | None = None,
+                  encode: Callable[[R], Any] = lambda r: r, decode: Callable[[Any], R] = lambda d: d,
+                  key: Callable[[T], str] = digest,
+                  finished: Callable[[str], None] | None = None) -> tuple[list[R], int]:
+    """:func:`run_parallel` of the items whose ``key`` (default :func:`digest`) ``journal`` does not hold
+    yet, each result journaled (``encode``) as it finishes; the others are read back (``decode``). Returns
+    the results in the order of ``items`` and how many came from the journal. ``finished(key)`` after each
+    is journaled."""
+    keys = [key(item) for item in items]
+    done = {k: decode(journal.done[k]) for k in keys if journal is not None and k in journal.done}
+    todo = [(k, item) for k, item in zip(keys, items) if k not in done]
+
+    def record(result: tuple[str, R]) -> None:
+        k, value = result
+        if journal is not None:
+            journal.add(k, encode(value))
+        if finished is not None:
+            finished(k)
+        if on_done is not None:
+            on_done(value)
+
+    order = (lambda pair: priority(pair[1])) if priority is not None else None
+    ran = dict(run_parallel(partial(_call_keyed, fn), todo, workers, record, order))
+    return [done[k] if k in done else ran[k] for k in keys], len(done)

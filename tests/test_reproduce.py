@@ -262,6 +262,21 @@ def test_confirm_retrains_the_top_trials_with_new_seeds_and_ranks_by_mean(tmp_pa
     assert "± " in (tmp_path / "runs" / "confirm_tiny" / "confirm" / "confirm.md").read_text()
     assert main(["confirm", str(path), "--top", "1", "--seeds", "2", "--out", str(tmp_path / "c")]) == 0
     assert len(_rows(tmp_path / "c" / "confirm.csv")) == 2
+    # interrupted after two retrainings, the same call retrains only the other seven, to the same results
+    calls: list[Any] = []
+
+    def interrupt(value: Any) -> None:
+        calls.append(value)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        confirm(path, top=3, seeds=3, out=tmp_path / "r", on_done=interrupt)
+    assert (tmp_path / "r" / ".resume" / "journal.jsonl").read_text().count("\n") == 2
+    again: list[Any] = []
+    resumed = confirm(path, top=3, seeds=3, out=tmp_path / "r", on_done=again.append)
+    assert len(again) == 7 and not (tmp_path / "r" / ".resume").exists()
+    assert [(c.trial, c.values) for c in resumed.ranked] == [(c.trial, c.values) for c in result.ranked]
 
 
 def test_confirm_refuses_a_seed_independent_metric_and_a_missing_study(tmp_path: Path,

@@ -2,7 +2,8 @@
 
 Ranks the top-K distinct completed trials of the study by the mean of the objective metric over S new
 seeds, with 95 % Student-t confidence intervals, so that a winner is not a lucky seed. Prints the ranked
-table and writes ``confirm.csv`` / ``confirm.md`` (default folder ``runs/<study>/confirm/``). See
+table and writes ``confirm.csv`` / ``confirm.md`` (default folder ``runs/<study>/confirm/``). Killed or
+crashed half-way, the same command retrains only what was not finished (``--fresh`` starts over). See
 :mod:`cellsearch.reproduce.confirm`.
 """
 
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first new seed (default 1000, or past the largest seed the trials used)")
     parser.add_argument("--workers", type=int, default=1, help="retraining processes in parallel (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/<study>/confirm)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start over: discard what an interrupted run of the same command left to resume")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     with console.status(f"retraining the top {args.top} trials with {args.seeds} new seeds"):
         result = confirm(args.study, args.top, args.seeds, args.metric, args.storage, args.first_seed,
-                         args.workers, args.out, on_done)
+                         args.workers, args.out, on_done, args.fresh)
     header, rows = table(result)
     out = Table(title=f"{result.study}: top {len(result.ranked)} trials, {len(result.seeds)} new seeds "
                 f"({result.metric}, {result.direction})")

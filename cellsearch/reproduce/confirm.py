@@ -14,13 +14,14 @@ trials' user attributes it needs are ``spec`` (ModelSpec JSON) and ``train`` (th
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..jobs import run_parallel
+from ..jobs import Journal, run_journaled
 from .report import markdown_table, write_csv
 from .stats import CI, mean_ci
 
@@ -110,13 +111,15 @@ def _distinct_top(trials: Sequence[Any], top: int) -> list[tuple[int, Any]]:
 
 def confirm(study: str | Path | Any, top: int = 3, seeds: int = 3, metric: str | None = None,
             storage: str | None = None, first_seed: int | None = None, workers: int = 1,
-            out: str | Path | None = None, on_done: Callable[[tuple[float, float]], None] | None = None
-            ) -> Confirmation:
+            out: str | Path | None = None, on_done: Callable[[tuple[float, float]], None] | None = None,
+            fresh: bool = False) -> Confirmation:
     """Retrain the top-``top`` trials of ``study`` (a study file or StudyConfig) with ``seeds`` new seeds.
 
     ``metric`` defaults to the study's first objective (it must depend on the seed: not ``params`` or
     ``speed``); ``storage`` overrides the study's storage URL; ``first_seed`` the first new seed (default
-    :data:`SEED_BASE`, moved past the largest seed the trials used).
+    :data:`SEED_BASE`, moved past the largest seed the trials used). Resumable: each finished retraining is
+    journaled at once (``<out>/.resume/``, removed when the report is written), so the same command after a
+    crash or kill retrains only what was not finished; ``fresh`` discards that journal.
     """
     from ..search import load_config
     from ..search.results import ranked
@@ -148,7 +151,11 @@ def confirm(study: str | Path | Any, top: int = 3, seeds: int = 3, metric: str |
                                     float(trial.values[0]), rank, attrs.get("n_params")))
         train = {**(attrs.get("train") or config.train_dict())}
         jobs += [RetrainJob(trial.number, attrs["spec"], task, train, s, metric) for s in new_seeds]
-    results = run_parallel(retrain, jobs, workers, on_done)
+    folder = Path(out) if out is not None else config.directory / "confirm"
+    if fresh:
+        shutil.rmtree(folder / ".resume", ignore_errors=True)
+    journal = Journal(folder / ".resume" / "journal.jsonl")
+    results, _ = run_journaled(retrain, jobs, journal, workers, on_done, encode=list, decode=tuple)
     by_trial = {c.trial: c for c in candidates}
     for job, (value, seconds) in zip(jobs, results):
         c = by_trial[job.trial]
@@ -158,9 +165,9 @@ def confirm(study: str | Path | Any, top: int = 3, seeds: int = 3, metric: str |
     for c in candidates:
         c.ci = mean_ci(c.values)
     order = sorted(candidates, key=lambda c: _rank_key(c, direction))
-    folder = Path(out) if out is not None else config.directory / "confirm"
     result = Confirmation(config.name, metric, direction, new_seeds, order, [])
     result.files = _write(folder, result)
+    shutil.rmtree(folder / ".resume", ignore_errors=True)
     return result
 
 

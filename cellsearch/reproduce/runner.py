@@ -11,15 +11,13 @@ this process (``workers=1``) or in a pool of spawned processes, one torch thread
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "Record", "run_job", "run_jobs", "job_key", "model_spec_for", "cell_spec"]
+__all__ = ["Job", "Record", "run_job", "run_jobs", "model_spec_for", "cell_spec"]
 
 @dataclass(frozen=True)
 class Job:
@@ -139,22 +137,8 @@ def _baseline(task: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def job_key(job: Job) -> str:
-    """A job's identity: sha256 of its canonical JSON (card, overrides, task, sizes, training, seed)."""
-    return hashlib.sha256(json.dumps(_plain(asdict(job)), sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _run_keyed(item: tuple[str, Job, str | None]) -> tuple[str, Record]:
-    key, job, checkpoint = item
-    return key, run_job(job, checkpoint)
+def _run_resumable(item: tuple[Job, str | None]) -> Record:
+    return run_job(*item)
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, on_done: Callable[[Record], None] | None = None,
@@ -165,24 +149,20 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, on_done: Callable[[Record], 
     A pool starts the deepest models first (a cheap proxy of the longest jobs), so that the last jobs
     to finish are short ones. ``on_done(record)`` is called as each job finishes (in completion order).
     ``work``: a folder for resuming — each finished record goes to its journal (``journal.jsonl``) at once,
-    and each job checkpoints every evaluation (``checkpoints/<key>.pt``), so a rerun after a crash or
+    and each job checkpoints every evaluation (``checkpoints/<job digest>.pt``), so a rerun after a crash or
     kill takes the finished records and resumes the interrupted jobs from their last evaluation.
     """
-    from ..jobs import Journal, run_parallel
+    from ..jobs import Journal, digest, run_journaled
 
-    journal = Journal(Path(work) / "journal.jsonl") if work is not None else None
-    keys = [job_key(job) for job in jobs]
-    done = {k: Record(**journal.done[k]) for k in keys if journal is not None and k in journal.done}
-    todo = [(k, job, str(Path(work) / "checkpoints" / f"{k}.pt") if work is not None else None)
-            for k, job in zip(keys, jobs) if k not in done]
+    folder = Path(work) if work is not None else None
+    journal = Journal(folder / "journal.jsonl") if folder is not None else None
+    checkpoints = {digest(job): folder / "checkpoints" / f"{digest(job)}.pt" for job in jobs} if folder else {}
+    items = [(job, str(checkpoints[digest(job)]) if folder is not None else None) for job in jobs]
 
-    def finished(result: tuple[str, Record]) -> None:
-        key, record = result
-        if journal is not None:
-            journal.add(key, asdict(record))
-            Path(work, "checkpoints", f"{key}.pt").unlink(missing_ok=True)
-        if on_done is not None:
-            on_done(record)
+    def finished(key: str) -> None:  # journaled: its checkpoint is no longer needed
+        if key in checkpoints:
+            checkpoints[key].unlink(missing_ok=True)
 
-    ran = dict(run_parallel(_run_keyed, todo, workers, finished, priority=lambda item: -item[1].layers))
-    return [done[k] if k in done else ran[k] for k in keys], len(done)
+    return run_journaled(_run_resumable, items, journal, workers, on_done, priority=lambda item: -item[0].layers,
+                         encode=asdict, decode=lambda d: Record(**d), key=lambda item: digest(item[0]),
+                         finished=finished)
