@@ -8,7 +8,8 @@ Reads what ``cellsearch confirm`` wrote (runs/<study>/confirm/confirm.csv: the t
 retrained with 5 new seeds), retrains the best published cells of the same study (same parameter budget,
 same training, ranked by their study value) with the same new seeds where confirm did not already, and
 compares each confirmed candidate with the best published cell: mean ± 95 % Student-t CI per cell, and the
-paired (same seed) difference with its CI. Writes benchmarks/discovery_perm_digits_confirm.{json,md}.
+paired (same seed) difference with its CI. Writes benchmarks/discovery_perm_digits_confirm.{json,md} and
+every trial of the search to benchmarks/discovery_perm_digits_trials.csv.
 """
 
 from __future__ import annotations
@@ -83,6 +84,23 @@ def markdown(rows: list[dict], reference: str, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def export_trials(config, path: Path) -> None:
+    """Every trial of the study, one CSV row each: state, cell, parameters, value, published name."""
+    from cellsearch.search.studies import open_study
+
+    trials = open_study(config, create=False).get_trials(deepcopy=False)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "state", "cell", "published", "n_params", config.objective[0].metric,
+                         "epochs", "reused_from"])
+        for t in trials:
+            a = t.user_attrs
+            value = t.values[0] if t.values else (max(t.intermediate_values.items())[1]
+                                                  if t.intermediate_values else "")
+            writer.writerow([t.number, t.state.name, a.get("summary", ""), a.get("published", ""),
+                             a.get("n_params", ""), value, len(t.intermediate_values), a.get("reused_from", "")])
+
+
 def main(argv: list[str] | None = None) -> int:
     from cellsearch.search import load_config
 
@@ -92,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(str(STUDY))
     metric = config.objective[0].metric
+    export_trials(config, OUT.with_name("discovery_perm_digits_trials.csv"))
     cells = confirmed(config.directory / "confirm" / "confirm.csv", metric)
     seeds = sorted(next(iter(cells.values()))["values"])
     pub = published_trials(config, args.published)

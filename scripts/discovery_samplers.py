@@ -98,12 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     summary = table_summary(rows, scores(rows))
     for enqueue in {"no": (False,), "yes": (True,), "both": (False, True)}[args.enqueue]:
         for name in args.samplers.split(","):
-            label, start = name + ("+published" if enqueue else ""), time.perf_counter()
-            runs = compare_samplers(definition, rows, [name], args.repetitions, enqueue_published=enqueue)[name]
-            result = {"summary": summarize(runs), "seconds": round(time.perf_counter() - start, 1),
-                      "replays": [{"seed": r.seed, "distinct": r.distinct, "trials": r.trials} for r in runs]}
-            print(f"[{result['seconds']:6.0f} s] {label}: {result['summary']}", flush=True)
-            summaries = _save(args.out, args.table, summary, label, result)
+            label, start, done = name + ("+published" if enqueue else ""), time.perf_counter(), []
+
+            def save(replay, label=label, start=start, done=done) -> dict:
+                """Save after every repetition, so a stopped comparison keeps what it measured."""
+                done.append(replay)
+                result = {"summary": summarize(done), "seconds": round(time.perf_counter() - start, 1),
+                          "complete": len(done) == args.repetitions,
+                          "replays": [{"seed": r.seed, "distinct": r.distinct, "trials": r.trials} for r in done]}
+                print(f"[{result['seconds']:6.0f} s] {label} seed {replay.seed}: {replay.distinct} distinct cells "
+                      f"({replay.trials} trials)", flush=True)
+                return _save(args.out, args.table, summary, label, result)
+
+            compare_samplers(definition, rows, [name], args.repetitions, enqueue_published=enqueue, on_replay=save)
+    summaries = {k: v["summary"] for k, v in json.loads(args.out.read_text())["samplers"].items()}
     print(_markdown(summary, summaries))  # every sampler the file holds
     print(f"wrote {args.out}")
     return 0
