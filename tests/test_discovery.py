@@ -9,6 +9,7 @@ import pytest
 
 from cellsearch.search.tabular import (
     TableDefinition,
+    beat_published,
     build_table,
     compare_samplers,
     read_table,
@@ -56,6 +57,22 @@ def test_scores_top_and_trials_to_top():
     assert len(top_keys(table, 0.25)) == 3
     assert trials_to_top(["a", "b", "a", "c", "d"], {"c"}) == 3
     assert trials_to_top(["a", "b"], {"c"}) is None
+
+
+def test_beat_published_is_the_cells_better_than_every_published_one():
+    definition = _definition()
+    points = table_points(definition.config())
+    rows = [{"key": p.key, "seed": 0, "value": float(i + (100 if p.published else 0)), "diverged": False,
+             "published": p.published} for i, p in enumerate(points)]
+    table = scores(rows)
+    assert beat_published(rows, table) == {p.key for p in points if not p.published}
+    assert beat_published(rows, table, "maximize") == set()
+    got = compare_samplers(definition, rows, ("random",), 2, target="beat_published")["random"]
+    assert all(r.distinct is not None and r.distinct <= 12 for r in got)
+    for r in rows:
+        r["value"] = -r["value"] if r["published"] else r["value"]  # now a published cell is the best
+    with pytest.raises(ValueError, match="meets the target"):
+        compare_samplers(definition, rows, ("random",), 1, target="beat_published")
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])

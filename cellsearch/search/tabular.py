@@ -32,7 +32,7 @@ from ..spec import CELL_ROLES
 from .space import SearchSpace, enumerate_points
 
 __all__ = ["TableDefinition", "TablePoint", "Replay", "table_points", "build_table", "read_table", "scores",
-           "top_keys", "trials_to_top", "replay", "compare_samplers", "summarize", "code_version"]
+           "top_keys", "beat_published", "trials_to_top", "replay", "compare_samplers", "summarize", "code_version"]
 
 COLUMNS = ["key", "seed", *CELL_ROLES, "published", "n_params", "metric", "value", "best_value",
            "train_loss", "seconds", "diverged", "code"]
@@ -280,8 +280,11 @@ def replay(config: StudyConfig, table: Mapping[str, float], top: set[str], sampl
 def compare_samplers(definition: TableDefinition, rows: Sequence[Mapping[str, Any]],
                      samplers: Sequence[str] = ("tpe", "cmaes", "random", "gp"), repetitions: int = 20,
                      fraction: float = 0.01, enqueue_published: bool = False,
-                     on_replay: Callable[[Replay], None] | None = None) -> dict[str, list[Replay]]:
-    """:func:`replay` of every sampler with seeds 0 .. ``repetitions`` - 1 against the table ``rows``."""
+                     on_replay: Callable[[Replay], None] | None = None,
+                     target: str = "fraction") -> dict[str, list[Replay]]:
+    """:func:`replay` of every sampler with seeds 0 .. ``repetitions`` - 1 against the table ``rows``.
+    ``target``: ``fraction`` (the top ``fraction`` of the cells) or ``beat_published`` (the cells strictly
+    better than every published cell of the table)."""
     config = definition.config()
     direction = config.objective[0].direction or "minimize"
     worst_default = math.inf if direction == "minimize" else -math.inf
@@ -292,7 +295,9 @@ def compare_samplers(definition: TableDefinition, rows: Sequence[Mapping[str, An
     missing = {p.key for p in table_points(config)} - set(table)
     if missing:
         raise ValueError(f"the table lacks {len(missing)} cell(s) of the space, e.g. {sorted(missing)[0]}")
-    top = top_keys(table, fraction, direction)
+    top = top_keys(table, fraction, direction) if target == "fraction" else beat_published(rows, table, direction)
+    if not top:
+        raise ValueError(f"no cell of the table meets the target {target!r}")
     out: dict[str, list[Replay]] = {}
     for name in samplers:
         for seed in range(repetitions):
@@ -301,6 +306,17 @@ def compare_samplers(definition: TableDefinition, rows: Sequence[Mapping[str, An
             if on_replay is not None:
                 on_replay(result)
     return out
+
+
+def beat_published(rows: Sequence[Mapping[str, Any]], table: Mapping[str, float],
+                   direction: str = "minimize") -> set[str]:
+    """The cells whose mean is strictly better than every published cell's."""
+    published = [table[r["key"]] for r in rows if r.get("published")]
+    if not published:
+        raise ValueError("the table has no published cell to beat")
+    if direction == "minimize":
+        return {k for k, v in table.items() if v < min(published)}
+    return {k for k, v in table.items() if v > max(published)}
 
 
 def summarize(replays: Sequence[Replay]) -> dict[str, Any]:
