@@ -5,7 +5,7 @@ Why: the torch-op forms of the scan (chunked, log-space) make 10–20 passes ove
 hundreds of small ops per call; on a CPU h_t = a_t⊙h_{t−1} + b_t is memory-bound, so the fastest solve
 is the recurrence itself, read once and written once, vectorised over the n units of a row and split
 over threads by rows (or by columns when B is smaller than the thread count). Profiled at T = 2000,
-B = 16, n = 256 (docs/bench/MODERN.md), the torch-op scan spent ~70 % of its time in ``mul`` /
+B = 16, n = 256 (docs/bench/MODERN.md), the torch-op scan spent ~65 % of its time in ``mul`` /
 ``addcmul`` of the chunk loops; these kernels replace all of them.
 
 Kernels (``REAL`` float or double; ``x`` stands for the rows of the input projection W x + b):
@@ -176,36 +176,54 @@ static inline void brow_SFX(i64 kind, i64 sat, i64 n, i64 j0, i64 j1, const REAL
     if (c->kind == 1 && c->sat) call(1, 1); else if (c->kind == 1) call(1, 0); \
     else if (c->sat) call(2, 1); else call(2, 0)
 
-static void *fused_fwd_w_SFX(void *arg) {
-    const sc_args *c = (const sc_args *)arg;
+/* one (t, b) row of each fused pass */
+static inline void fwd_at_SFX(const sc_args *c, i64 t, i64 b) {
     const REAL *X = (const REAL *)c->x, *H0 = (const REAL *)c->h0;
     REAL *H = (REAL *)c->h;
-    for (i64 t = 0; t < c->T; t++)
-        for (i64 b = c->b0; b < c->b1; b++) {
-            const REAL *x = XT(X, t, b), *hp = t ? HT(H, t - 1, b) : H0 + b * c->n;
-            REAL *h = HT(H, t, b);
+    const REAL *x = XT(X, t, b), *hp = t ? HT(H, t - 1, b) : H0 + b * c->n;
+    REAL *h = HT(H, t, b);
 #define F(k, s) frow_SFX(k, s, c->n, c->j0, c->j1, x, hp, h)
-            FORMS(F);
+    FORMS(F);
 #undef F
-        }
+}
+
+static inline void bwd_at_SFX(const sc_args *c, i64 t, i64 b) {
+    const REAL *X = (const REAL *)c->x, *H = (const REAL *)c->h, *H0 = (const REAL *)c->h0;
+    const REAL *GH = (const REAL *)c->gh;
+    REAL *GX = (REAL *)c->gx, *CAR = (REAL *)c->gh0;
+    const REAL *x = XT(X, t, b), *gh = GT(GH, t, b), *hp = t ? HT(H, t - 1, b) : H0 + b * c->n;
+    REAL *gx = XT(GX, t, b), *car = CAR + b * c->n;
+#define F(k, s) brow_SFX(k, s, c->n, c->j0, c->j1, x, hp, gh, car, gx)
+    FORMS(F);
+#undef F
+}
+
+/* batch-major storage (x seen time-major over a batch-first buffer): each row's sequence is contiguous,
+   so b outer, t inner streams through memory; time-major storage: t outer, b inner */
+static void *fused_fwd_w_SFX(void *arg) {
+    const sc_args *c = (const sc_args *)arg;
+    if (c->sxb > c->sxt) {
+        for (i64 b = c->b0; b < c->b1; b++)
+            for (i64 t = 0; t < c->T; t++) fwd_at_SFX(c, t, b);
+    } else {
+        for (i64 t = 0; t < c->T; t++)
+            for (i64 b = c->b0; b < c->b1; b++) fwd_at_SFX(c, t, b);
+    }
     return 0;
 }
 
 static void *fused_bwd_w_SFX(void *arg) {
     const sc_args *c = (const sc_args *)arg;
-    const REAL *X = (const REAL *)c->x, *H = (const REAL *)c->h, *H0 = (const REAL *)c->h0;
-    const REAL *GH = (const REAL *)c->gh;
-    REAL *GX = (REAL *)c->gx, *CAR = (REAL *)c->gh0;
+    REAL *CAR = (REAL *)c->gh0;
     for (i64 b = c->b0; b < c->b1; b++)
         for (i64 j = c->j0; j < c->j1; j++) CAR[b * c->n + j] = 0;
-    for (i64 t = c->T - 1; t >= 0; t--)
-        for (i64 b = c->b0; b < c->b1; b++) {
-            const REAL *x = XT(X, t, b), *gh = GT(GH, t, b), *hp = t ? HT(H, t - 1, b) : H0 + b * c->n;
-            REAL *gx = XT(GX, t, b), *car = CAR + b * c->n;
-#define F(k, s) brow_SFX(k, s, c->n, c->j0, c->j1, x, hp, gh, car, gx)
-            FORMS(F);
-#undef F
-        }
+    if (c->sxb > c->sxt) {
+        for (i64 b = c->b0; b < c->b1; b++)
+            for (i64 t = c->T - 1; t >= 0; t--) bwd_at_SFX(c, t, b);
+    } else {
+        for (i64 t = c->T - 1; t >= 0; t--)
+            for (i64 b = c->b0; b < c->b1; b++) bwd_at_SFX(c, t, b);
+    }
     return 0;
 }
 
