@@ -79,10 +79,12 @@ static inline REAL gs_SFX(REAL v, i64 sat) {
     REAL s = sg_SFX(v);
     return v >= (REAL)0 ? v + (REAL)0.5 : s;
 }
-static inline REAL gd_SFX(REAL v, i64 sat) {
-    if (!sat) return (REAL)1;
-    REAL s = sg_SFX(v);
-    return v >= (REAL)0 ? (REAL)1 : s * ((REAL)1 - s);
+/* g and its derivative from one sigmoid */
+static inline void gsd_SFX(REAL v, i64 sat, REAL *cand, REAL *dcand) {
+    if (!sat) { *cand = v; *dcand = (REAL)1; return; }
+    REAL s = sg_SFX(v), pos = v >= (REAL)0;
+    *cand = pos ? v + (REAL)0.5 : s;
+    *dcand = pos ? (REAL)1 : s * ((REAL)1 - s);
 }
 
 #define AT(p, t, b) ((p) + ((t) * c->B + (b)) * c->n)
@@ -155,18 +157,20 @@ static inline void brow_SFX(i64 kind, i64 sat, i64 n, i64 j0, i64 j1, const REAL
                             REAL *restrict gx) {
     if (kind == 1) {
         for (i64 j = j0; j < j1; j++) {
-            REAL g = gh[j] + car[j], z = sg_SFX(x[j]), v = x[n + j];
-            gx[j] = g * (gs_SFX(v, sat) - hp[j]) * z * ((REAL)1 - z);   /* db/dz = cand, da/dz = -1 */
-            gx[n + j] = g * z * gd_SFX(v, sat);
+            REAL g = gh[j] + car[j], z = sg_SFX(x[j]), cand, dcand;
+            gsd_SFX(x[n + j], sat, &cand, &dcand);
+            gx[j] = g * (cand - hp[j]) * z * ((REAL)1 - z);   /* db/dz = cand, da/dz = -1 */
+            gx[n + j] = g * z * dcand;
             car[j] = g * ((REAL)1 - z);
         }
     } else {
         for (i64 j = j0; j < j1; j++) {
-            REAL g = gh[j] + car[j], f = sg_SFX(x[j]), i = sg_SFX(x[n + j]), v = x[2 * n + j];
-            REAL q = (REAL)1 / (f + i), r = g * (hp[j] - gs_SFX(v, sat)) * q * q;  /* da = g hp, db = g */
+            REAL g = gh[j] + car[j], f = sg_SFX(x[j]), i = sg_SFX(x[n + j]), cand, dcand;
+            gsd_SFX(x[2 * n + j], sat, &cand, &dcand);
+            REAL q = (REAL)1 / (f + i), r = g * (hp[j] - cand) * q * q;  /* da = g hp, db = g */
             gx[j] = r * i * f * ((REAL)1 - f);          /* d(f/s)/df = i/s^2, d(i c/s)/df = -i c/s^2 */
             gx[n + j] = -r * f * i * ((REAL)1 - i);
-            gx[2 * n + j] = g * i * q * gd_SFX(v, sat);
+            gx[2 * n + j] = g * i * q * dcand;
             car[j] = g * f * q;
         }
     }
