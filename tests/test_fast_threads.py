@@ -79,3 +79,26 @@ def test_library_reports_whether_it_is_threaded() -> None:
         maps = open("/proc/self/maps").read() if os.path.exists("/proc/self/maps") else ""
         gomp = {line.split()[-1] for line in maps.splitlines() if "libgomp" in line}
         assert len(gomp) <= 1, f"two OpenMP runtimes loaded: {gomp}"
+
+
+def test_without_gnu_openmp_the_library_is_built_serial_and_still_serves(tmp_path, monkeypatch) -> None:
+    """Where torch does not run on GNU OpenMP the library is built without -fopenmp (never a second OpenMP
+    runtime in the process): it reports itself serial and the C kernels still match the reference loop."""
+    if not csrc._compilers():
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "cache"))
+    for name, value in (("_lib", False), ("_path", None), ("_error", None), ("_threaded", False)):
+        monkeypatch.setattr(csrc, name, value)
+    monkeypatch.setattr(csrc, "_gnu_openmp_loaded", lambda: False)
+    assert csrc.library() is not None, csrc.build_error()
+    assert not csrc.threaded()
+    monkeypatch.setattr(ckernels, "PARALLEL_MIN", 0)      # asks for threads; the serial build ignores it
+    monkeypatch.setitem(paths.NATIVE, "lstm", "cuda")
+    old = paths.use_c(True)
+    try:
+        for name in ("ur_lstm", "gru"):
+            model, x = _model(name, torch.float64)
+            assert all("C pointwise kernels" in fast.plan(layer).reason for layer in model.layers)
+            assert_same(model, x)
+    finally:
+        paths.use_c(old)
