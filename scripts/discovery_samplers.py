@@ -60,15 +60,31 @@ def _top(table: dict[str, float]) -> set[str]:
     return top_keys(table, 0.01)
 
 
+def _against_random(samplers: dict, label: str) -> str:
+    """Two-sided Mann-Whitney U p-value of ``label``'s distinct counts against random's (same target)."""
+    from scipy.stats import mannwhitneyu
+
+    name, _, rest = label.partition("+") if "+" in label else label.partition("@")
+    other = "random" + label[len(name):]
+    if name == "random" or other not in samplers:
+        return "—"
+    a, b = ([r["distinct"] for r in samplers[k]["replays"] if r["distinct"] is not None] for k in (label, other))
+    if len(set(a) | set(b)) < 2:
+        return "—"
+    return f"{mannwhitneyu(a, b, alternative='two-sided').pvalue:.2g}"
+
+
 def _markdown(summary: dict, samplers: dict) -> str:
-    lines = ["| sampler | target | published enqueued | median | IQR | range | missed | mean Optuna trials |",
-             "|---|---|---|---|---|---|---|---|"]
-    for label, s in samplers.items():
-        label, _, target = label.partition("@")
-        name, _, enq = label.partition("+")
+    lines = ["| sampler | target | published enqueued | median | IQR | range | missed | mean Optuna trials "
+             "| p vs random |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, result in samplers.items():
+        s = result["summary"]
+        head, _, target = label.partition("@")
+        name, _, enq = head.partition("+")
         lines.append(f"| {name} | {target or 'top 1 %'} | {'yes' if enq else 'no'} | {s.get('median', '—')} | "
                      f"{s.get('q1', '—')}–{s.get('q3', '—')} | {s.get('min', '—')}–{s.get('max', '—')} | "
-                     f"{s['missed']}/{s['repetitions']} | {s.get('mean_trials', math.nan):.1f} |")
+                     f"{s['missed']}/{s['repetitions']} | {s.get('mean_trials', math.nan):.1f} | "
+                     f"{_against_random(samplers, label)} |")
     return json.dumps({k: v for k, v in summary.items() if k != "top"}, indent=1) + "\n\n" + "\n".join(lines)
 
 
@@ -80,7 +96,7 @@ def _save(out: Path, table: Path, summary: dict, label: str, result: dict) -> di
                  "fraction": 0.01, "summary": summary})
     data.setdefault("samplers", {})[label] = result
     out.write_text(json.dumps(data, indent=1) + "\n")
-    return {k: v["summary"] for k, v in data["samplers"].items()}
+    return data["samplers"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=("fraction", "beat_published"), default="fraction",
                         help="the table's top 1 %% (default), or the cells better than every published one")
     parser.add_argument("--out", type=Path, default=TABLE.with_name(TABLE.stem + "_samplers.json"))
+    parser.add_argument("--report-only", action="store_true", help="print what --out holds, run nothing")
     args = parser.parse_args(argv)
     definition = TableDefinition(STUDY, SEEDS, str(ROOT))
     rows = read_table(args.table)
     summary = table_summary(rows, scores(rows))
-    for enqueue in {"no": (False,), "yes": (True,), "both": (False, True)}[args.enqueue]:
+    for enqueue in () if args.report_only else {"no": (False,), "yes": (True,), "both": (False, True)}[args.enqueue]:
         for name in args.samplers.split(","):
             label = name + ("+published" if enqueue else "") + ("" if args.target == "fraction" else "@beat_published")
             start, done = time.perf_counter(), []
@@ -116,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
 
             compare_samplers(definition, rows, [name], args.repetitions, enqueue_published=enqueue, on_replay=save,
                              target=args.target)
-    summaries = {k: v["summary"] for k, v in json.loads(args.out.read_text())["samplers"].items()}
+    summaries = json.loads(args.out.read_text())["samplers"]
     print(_markdown(summary, summaries))  # every sampler the file holds
-    print(f"wrote {args.out}")
+    if not args.report_only:
+        print(f"wrote {args.out}")
     return 0
 
 
