@@ -243,14 +243,62 @@ class FusedScan(torch.autograd.Function):
         return gx, gh0, None, None
 
 
+_ONEDNN: list[bool] = []     # [whether oneDNN's linear runs here], decided on first use
+
+
+def _onednn(x: Tensor, weight: Tensor) -> bool:
+    """oneDNN's fp32 linear (``torch.ops.mkldnn._linear_pointwise``) for the projection: measured 2.1× the
+    GEMM torch's ``addmm`` calls (MKL) on this project's AMD CPU at [32000, 256] × [256, 512]
+    (docs/bench/MODERN.md). Float32 on the CPU only; probed once (a torch without it uses F.linear)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return False
+    if not _ONEDNN:
+        try:
+            probe = torch.ones(2, 3)
+            ok = bool(torch.backends.mkldnn.is_available()) and torch.allclose(
+                torch.ops.mkldnn._linear_pointwise(probe, probe[:1], None, "none", [], ""), torch.full((2, 1), 3.0))
+        except (AttributeError, RuntimeError):
+            ok = False
+        _ONEDNN.append(ok)
+    return _ONEDNN[0]
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """y = x Wᵀ + b on 2-D x with oneDNN's forward; backward: ∂W = ∂yᵀ x, ∂b = Σ ∂y, ∂x = ∂y W."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        gx = torch.ops.mkldnn._linear_pointwise(grad, weight.t().contiguous(), None, "none", [], "") \
+            if ctx.needs_input_grad[0] else None
+        gw = grad.t().mm(x) if ctx.needs_input_grad[1] else None
+        gb = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+
+def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear on the last axis of a contiguous x, through oneDNN where :func:`_onednn` says so."""
+    if not _onednn(x, weight):
+        return F.linear(x, weight, bias)
+    y = OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), weight, bias)
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 def _projection(cell: Any, x: Tensor) -> Tensor:
     """W x + b for every step at once ([T, B, G·n]); for x that is a batch-first tensor seen time-major
     (how the stack passes it) the GEMM runs on the batch-first storage and the result is seen time-major
     too, so neither x nor the projection is copied."""
     xb = x.transpose(0, 1)
     if xb.is_contiguous():
-        return F.linear(xb, cell.weight_ih, cell.bias).transpose(0, 1)
-    return F.linear(x, cell.weight_ih, cell.bias)
+        return _linear(xb, cell.weight_ih, cell.bias).transpose(0, 1)
+    return _linear(x.contiguous(), cell.weight_ih, cell.bias)
 
 
 def _fused_runner(kind: str, sat: str) -> Any:
