@@ -44,6 +44,7 @@ REPRODUCTIONS: dict[str, str] = {
     "refined": "cellsearch.reproduce.refined:Refined",
     "refined_ablation": "cellsearch.reproduce.refined_ablation:RefinedAblation",
     "pascanu2014": "cellsearch.reproduce.pascanu2014:Pascanu2014",
+    "mingru": "cellsearch.reproduce.mingru:MinGRU",
 }
 
 
