@@ -615,12 +615,14 @@ def _compilers() -> list[str]:
     return [p for p in dict.fromkeys(shutil.which(n) or "" for n in names) if p]
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> str | None:
-    """Compile SOURCE into ``out`` atomically; the error text, or None on success."""
+def _compile(cc: str, flags: list[str], out: Path, source: str | None = None,
+             name: str = "cellsearch_fast.c") -> str | None:
+    """Compile ``source`` (default :data:`SOURCE`) into ``out`` atomically; the error text, or None on
+    success. The compiled scan (:mod:`cellsearch.fast.scan_c`) builds its own source through it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src, lib = Path(tmp) / "cellsearch_fast.c", Path(tmp) / out.name
-        src.write_text(SOURCE)
+        src, lib = Path(tmp) / name, Path(tmp) / out.name
+        src.write_text(SOURCE if source is None else source)
         try:
             res = subprocess.run([cc, *flags, "-o", str(lib), str(src)], capture_output=True, text=True,
                                  timeout=120)

@@ -36,12 +36,9 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -309,24 +306,6 @@ def build_error() -> str | None:
     return _error
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> str | None:
-    """Compile :data:`SOURCE` into ``out`` atomically (private mode); the error text, or None."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src, lib = Path(tmp) / "cellsearch_scan.c", Path(tmp) / out.name
-        src.write_text(SOURCE)
-        try:
-            res = subprocess.run([cc, *flags, "-o", str(lib), str(src)], capture_output=True, text=True,
-                                 timeout=120)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return str(exc)
-        if res.returncode != 0:
-            return (res.stderr or res.stdout).strip()[-2000:]
-        os.chmod(lib, 0o700)
-        os.replace(lib, out)
-    return None
-
-
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     for name in FUNCTIONS:
@@ -344,7 +323,7 @@ def _try_build(cc: str, extra: list[str], errors: list[str]) -> tuple[ctypes.CDL
     path = csrc._loadable(csrc._cache_dir() / f"cellsearch_scan_{key}.so")
     try:
         if not path.exists():
-            err = _compile(cc, flags, path)
+            err = csrc._compile(cc, flags, path, SOURCE, "cellsearch_scan.c")
             if err is not None:
                 errors.append(f"{cc} {' '.join(extra)}: {err.splitlines()[-1] if err else err}")
                 return None
