@@ -313,13 +313,10 @@ def _fused_runner(kind: str, sat: str) -> Any:
 
 
 def _sat_form(cell: Any) -> str | None:
-    """The candidate's saturation as the fused kernels know it: ``identity`` (declared ``fused``) or
-    minGRU's ``g`` (the same function), else None."""
-    from ..primitives.saturation_g import g
-
-    if getattr(cell.saturation, "fused", None) == "identity":
-        return "identity"
-    return "g" if cell.saturation.function() is g else None
+    """The candidate's saturation as the fused scan kernels know it (its declared ``scan_form``:
+    ``identity`` or minGRU's ``g``), else None."""
+    form = getattr(cell.saturation, "scan_form", None)
+    return form if form in ("identity", "g") else None
 
 
 def _fused(cell: Any, kind: str) -> Plan | str:

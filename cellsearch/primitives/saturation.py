@@ -29,6 +29,9 @@ class Saturation(Primitive, nn.Module):
     #: The element-wise function the hand-written fused loops apply for it (``tanh`` or ``identity``),
     #: or None: those loops cannot run it, and a cell with it takes a kernel it owns or the derived path.
     fused: ClassVar[str | None] = None
+    #: The candidate function the compiled minGRU / minLSTM scans apply for it (``identity`` or ``g``), or
+    #: None: those scans cannot run it (:mod:`cellsearch.fast.scan`).
+    scan_form: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         nn.Module.__init__(self)
@@ -67,6 +70,7 @@ class IdentitySaturation(Saturation):
 
     name = "identity"
     fused = "identity"
+    scan_form = "identity"
 
     def function(self) -> Callable[[Tensor], Tensor]:
         return _identity

@@ -31,6 +31,7 @@ class GSaturation(Saturation):
 
     name = "g"
     provides = frozenset({"positive"})
+    scan_form = "g"  # the compiled scans compute it in their fused passes
 
     def function(self) -> Callable[[Tensor], Tensor]:
         return g
