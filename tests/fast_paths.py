@@ -133,3 +133,12 @@ def assert_same(model: torch.nn.Module, x: torch.Tensor, state: tuple | None = N
     assert set(ref_grads) == set(grads), set(ref_grads) ^ set(grads)
     for name in ref_grads:
         close(ref_grads[name], grads[name], tol, f"gradient of {name}")
+
+
+def sequential_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t ⊙ h_{t−1} + b_t one step at a time (time-major): what every scan is checked against."""
+    h, out = h0, []
+    for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
+        h = a_t * h + b_t
+        out.append(h)
+    return torch.stack(out)

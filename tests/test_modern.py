@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from fast_paths import assert_same, reference_loop
+from fast_paths import assert_same, reference_loop, sequential_scan
 from reference import assert_matches_reference, perturb_, reference_rnn
 from scipy.stats import kstest
 
@@ -113,14 +113,6 @@ def test_reference_notices_a_wrong_equation() -> None:
 # ------------------------------------------------------------------------------------------------
 # The parallel scan against the sequential loop
 
-def _sequential(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    h, out = h0, []
-    for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
-        h = a_t * h + b_t
-        out.append(h)
-    return torch.stack(out)
-
-
 def _scan_case(steps: int, dtype: torch.dtype, positive: bool) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(steps)
     a = torch.rand(steps, 3, 5, generator=g, dtype=dtype)          # decays from 0 to 1: the hard case
@@ -147,7 +139,7 @@ def test_scan_equals_sequential_loop(steps: int, dtype: torch.dtype, form: str) 
     (the compiled one where the C library builds: tests/test_scan.py checks that it does)."""
     log = form == "log"
     case = _scan_case(steps, dtype, positive=log)
-    want = _value_and_grads(_sequential, *case)
+    want = _value_and_grads(sequential_scan, *case)
     got = _value_and_grads(lambda a, b, h0: scan.linear_scan(a, b, h0, log=log, compiled=form == "compiled"),
                            *case)
     for name, x, y in zip(("h", "da", "db", "dh0"), want, got):
@@ -159,7 +151,7 @@ def test_log_scan_falls_back_where_a_value_is_not_positive() -> None:
     the result is still the loop's."""
     a, b, h0, _ = _scan_case(50, torch.float64, positive=False)
     a[3] = 0.0
-    assert torch.allclose(scan.linear_scan(a, b, h0, log=True), _sequential(a, b, h0), atol=1e-12)
+    assert torch.allclose(scan.linear_scan(a, b, h0, log=True), sequential_scan(a, b, h0), atol=1e-12)
 
 
 def test_scan_chunks_are_about_sqrt_t() -> None:

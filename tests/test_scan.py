@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from fast_paths import assert_same, close, run_both_ways
+from fast_paths import assert_same, close, run_both_ways, sequential_scan
 
 import cellsearch as cs
 from cellsearch import CellSpec, fast
@@ -41,14 +41,6 @@ def test_library_builds_here() -> None:
     assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
 
 
-def _sequential(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    h, out = h0, []
-    for a_t, b_t in zip(a.unbind(0), b.unbind(0)):
-        h = a_t * h + b_t
-        out.append(h)
-    return torch.stack(out)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("steps,batch,n", [(1, 3, 5), (5, 2, 3), (999, 16, 17), (4096, 1, 20), (4096, 4, 20)])
 def test_plain_kernel_equals_sequential_loop(steps: int, batch: int, n: int, dtype: torch.dtype,
@@ -61,10 +53,10 @@ def test_plain_kernel_equals_sequential_loop(steps: int, batch: int, n: int, dty
     h0 = torch.randn(batch, n, generator=g, dtype=dtype)
     w = torch.randn(steps, batch, n, generator=g, dtype=dtype)
     leaves = [t.clone().requires_grad_(True) for t in (a, b, h0)]
-    (_sequential(*leaves) * w).sum().backward()
+    (sequential_scan(*leaves) * w).sum().backward()
     h = scan_c.scan_forward(a, b, h0)
     ga, gb, gh0 = scan_c.scan_backward(a, h, h0, w)
-    assert (h - _sequential(a, b, h0)).abs().max().item() < 1e-5
+    assert (h - sequential_scan(a, b, h0)).abs().max().item() < 1e-5
     for name, want, got in zip(("da", "db", "dh0"), [t.grad for t in leaves], (ga, gb, gh0)):
         assert (want - got).abs().max().item() < 1e-5, name
 

@@ -34,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["SOURCE", "Args", "library", "build_error", "library_path", "time_build", "threaded"]
+__all__ = ["SOURCE", "Args", "library", "build", "disabled", "build_error", "library_path", "time_build", "threaded"]
 
 _HEADER = r"""
 #include <stdint.h>
@@ -645,6 +647,43 @@ def _load(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def disabled() -> str | None:
+    """Why no compiled library is built in this process (``CELLSEARCH_FAST_C=0``, Windows), or None."""
+    if os.environ.get("CELLSEARCH_FAST_C", "1").strip().lower() in ("0", "false", "no", "off"):
+        return "disabled by CELLSEARCH_FAST_C=0"
+    if sys.platform == "win32":
+        return "not built on Windows"
+    return None
+
+
+def build(source: str, prefix: str, flags: list[str], variants: list[list[str]], load: Callable[[Path], Any],
+          errors: list[str]) -> tuple[Any, Path, list[str]] | None:
+    """``source`` built into the private cache (``<prefix>_<key>.so``, the key from the source, compiler,
+    flags and CPU) by the first compiler and flag variant that works, or the cached build reused; a file
+    that is not a private file of this user is never loaded. Returns (``load(path)``, path, the variant),
+    or None with the reasons appended to ``errors``. Used by these kernels and the compiled scan."""
+    from .cache import trusted
+
+    for cc in _compilers():
+        for extra in variants:
+            every = flags + extra
+            key = hashlib.sha256("\0".join([source, cc, *every, _cpu_signature()]).encode()).hexdigest()[:16]
+            path = _loadable(_cache_dir() / f"{prefix}_{key}.so")
+            try:
+                if not path.exists():
+                    err = _compile(cc, every, path, source, f"{prefix}.c")
+                    if err is not None:
+                        errors.append(f"{cc} {' '.join(extra)}: {err.splitlines()[-1] if err else err}")
+                        continue
+                if not trusted(path):
+                    errors.append(f"{path}: not a private file of this user (not loaded)")
+                    continue
+                return load(path), path, extra
+            except OSError as exc:
+                errors.append(f"{cc}: {exc}")
+    return None
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernels (built on first use, then cached on disk), or None if unavailable."""
     global _lib, _error, _path, _threaded
@@ -653,39 +692,18 @@ def library() -> ctypes.CDLL | None:
     with _lock:
         if _lib is not False:
             return _lib  # type: ignore[return-value]
-        _lib = None
-        if os.environ.get("CELLSEARCH_FAST_C", "1").strip().lower() in ("0", "false", "no", "off"):
-            _error = "disabled by CELLSEARCH_FAST_C=0"
+        _lib, _error = None, disabled()
+        if _error is not None:
             return None
-        if sys.platform == "win32":
-            _error = "not built on Windows"
-            return None
-        compilers = _compilers()
-        if not compilers:
+        if not _compilers():
             _error = "no C compiler found (set CC)"
             return None
-        errors = []
-        for cc in compilers:
-            for extra in ([["-march=native", "-fopenmp"]] if _gnu_openmp_loaded() else []) + [["-march=native"], []]:
-                flags = _FLAGS + extra
-                digest = hashlib.sha256("\0".join([SOURCE, cc, *flags, _cpu_signature()]).encode())
-                key = digest.hexdigest()[:16]
-                path = _loadable(_cache_dir() / f"cellsearch_fast_{key}.so")
-                try:
-                    if not path.exists():
-                        err = _compile(cc, flags, path)
-                        if err is not None:
-                            errors.append(f"{cc} {' '.join(extra)}: {err.splitlines()[-1] if err else err}")
-                            continue
-                    from .cache import trusted
-
-                    if not trusted(path):
-                        errors.append(f"{path}: not a private file of this user (not loaded)")
-                        continue
-                    _lib = _load(path)
-                    _error, _path, _threaded = None, path, "-fopenmp" in extra
-                    return _lib
-                except OSError as exc:
-                    errors.append(f"{cc}: {exc}")
-        _error = "; ".join(errors) or "build failed"
-        return None
+        errors: list[str] = []
+        variants = ([["-march=native", "-fopenmp"]] if _gnu_openmp_loaded() else []) + [["-march=native"], []]
+        built = build(SOURCE, "cellsearch_fast", _FLAGS, variants, _load, errors)
+        if built is None:
+            _error = "; ".join(errors) or "build failed"
+            return None
+        _lib, _path, extra = built
+        _threaded = "-fopenmp" in extra
+        return _lib

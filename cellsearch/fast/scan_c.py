@@ -34,9 +34,6 @@ returns None and the scan runs on torch ops.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import sys
 import threading
 from pathlib import Path
 
@@ -315,27 +312,6 @@ def _load(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def _try_build(cc: str, extra: list[str], errors: list[str]) -> tuple[ctypes.CDLL, Path] | None:
-    from .cache import trusted
-
-    flags = _FLAGS + extra
-    key = hashlib.sha256("\0".join([SOURCE, cc, *flags, csrc._cpu_signature()]).encode()).hexdigest()[:16]
-    path = csrc._loadable(csrc._cache_dir() / f"cellsearch_scan_{key}.so")
-    try:
-        if not path.exists():
-            err = csrc._compile(cc, flags, path, SOURCE, "cellsearch_scan.c")
-            if err is not None:
-                errors.append(f"{cc} {' '.join(extra)}: {err.splitlines()[-1] if err else err}")
-                return None
-        if not trusted(path):
-            errors.append(f"{path}: not a private file of this user (not loaded)")
-            return None
-        return _load(path), path
-    except OSError as exc:
-        errors.append(f"{cc}: {exc}")
-        return None
-
-
 def library() -> ctypes.CDLL | None:
     """The compiled scan kernels (built on first use, then cached on disk), or None if unavailable."""
     global _lib, _error, _path
@@ -344,22 +320,16 @@ def library() -> ctypes.CDLL | None:
     with _lock:
         if _lib is not False:
             return _lib  # type: ignore[return-value]
-        _lib = None
-        if os.environ.get("CELLSEARCH_FAST_C", "1").strip().lower() in ("0", "false", "no", "off"):
-            _error = "disabled by CELLSEARCH_FAST_C=0"
-            return None
-        if sys.platform == "win32":
-            _error = "not built on Windows"
+        _lib, _error = None, csrc.disabled()
+        if _error is not None:
             return None
         errors: list[str] = []
-        for cc in csrc._compilers():
-            for extra in (["-march=native"], []):
-                built = _try_build(cc, extra, errors)
-                if built is not None:
-                    (_lib, _path), _error = built, None
-                    return _lib
-        _error = "; ".join(errors) or "no C compiler found (set CC)"
-        return None
+        built = csrc.build(SOURCE, "cellsearch_scan", _FLAGS, [["-march=native"], []], _load, errors)
+        if built is None:
+            _error = "; ".join(errors) or "no C compiler found (set CC)"
+            return None
+        _lib, _path, _ = built
+        return _lib
 
 
 _SFX = {torch.float32: "_f", torch.float64: "_d"}
