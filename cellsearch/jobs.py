@@ -22,7 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel", "run_journaled", "digest"]
+__all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel", "run_journaled", "digest",
+           "drop_torn_tail"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -151,6 +152,17 @@ def run_parallel(fn: Callable[[T], R], items: Sequence[T], workers: int = 1,
     return [results[i] for i in range(len(items))]
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that a crash or kill left without its newline (every whole line ends in one), so the
+    file holds whole lines only and the next one appended starts on its own line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 class Journal:
     """Results of finished jobs, one JSON line each (``{"key": ..., "result": ...}``), appended and fsynced as
     each job finishes, so that a run killed or crashed half-way takes them on its rerun instead of training
@@ -159,22 +171,16 @@ class Journal:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.done: dict[str, Any] = {}
-        self._torn = False  # the file ends in a line a kill cut short: the next entry starts a new line
+        drop_torn_tail(self.path)  # a line a kill cut short: that job runs again
         if self.path.is_file():
-            text = self.path.read_text()
-            self._torn = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
-                try:
-                    entry = json.loads(line)
-                    self.done[entry["key"]] = entry["result"]
-                except (ValueError, KeyError, TypeError):  # torn by a kill mid-write: that job runs again
-                    continue
+            for line in self.path.read_text().splitlines():
+                entry = json.loads(line)
+                self.done[entry["key"]] = entry["result"]
 
     def add(self, key: str, result: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(("\n" if self._torn else "") + json.dumps({"key": key, "result": result}) + "\n")
-            self._torn = False
+            f.write(json.dumps({"key": key, "result": result}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.done[key] = result
@@ -182,17 +188,10 @@ class Journal:
 
 def digest(value: Any) -> str:
     """A job's identity: sha256 of the canonical JSON of ``value`` (a dataclass, mappings, sequences)."""
-    return hashlib.sha256(json.dumps(_plain(value), sort_keys=True).encode()).hexdigest()[:24]
+    from .config.yamlio import plain
 
-
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        value = asdict(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    data = asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+    return hashlib.sha256(json.dumps(plain(data), sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _call_keyed(fn: Callable[[T], R], pair: tuple[str, T]) -> tuple[str, R]:

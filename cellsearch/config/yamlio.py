@@ -22,9 +22,10 @@ __all__ = ["read_yaml", "parse_yaml", "parse_set", "apply_overrides", "builtin_s
 
 
 def plain(value: Any) -> Any:
+    """Frozen mappings and tuples (at any depth, lists included) as plain dicts and lists."""
     if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [plain(v) for v in value]
     return value
 

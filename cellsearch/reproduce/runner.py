@@ -156,13 +156,14 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, on_done: Callable[[Record], 
 
     folder = Path(work) if work is not None else None
     journal = Journal(folder / "journal.jsonl") if folder is not None else None
-    checkpoints = {digest(job): folder / "checkpoints" / f"{digest(job)}.pt" for job in jobs} if folder else {}
-    items = [(job, str(checkpoints[digest(job)]) if folder is not None else None) for job in jobs]
+    keys = {id(job): digest(job) for job in jobs}
+    checkpoint = {k: folder / "checkpoints" / f"{k}.pt" for k in keys.values()} if folder is not None else {}
+    items = [(job, str(checkpoint[keys[id(job)]]) if folder is not None else None) for job in jobs]
 
     def finished(key: str) -> None:  # journaled: its checkpoint is no longer needed
-        if key in checkpoints:
-            checkpoints[key].unlink(missing_ok=True)
+        if key in checkpoint:
+            checkpoint[key].unlink(missing_ok=True)
 
     return run_journaled(_run_resumable, items, journal, workers, on_done, priority=lambda item: -item[0].layers,
-                         encode=asdict, decode=lambda d: Record(**d), key=lambda item: digest(item[0]),
+                         encode=asdict, decode=lambda d: Record(**d), key=lambda item: keys[id(item[0])],
                          finished=finished)

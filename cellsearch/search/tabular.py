@@ -131,16 +131,6 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _drop_torn_row(path: Path) -> None:
-    """Cut a last line that a crash left without its newline, so the next row starts on its own line."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def _check_meta(meta_path: Path, definition: TableDefinition, version: str) -> None:
     """Write the side file, or refuse a definition other than the one the table was built with."""
     import torch
@@ -169,7 +159,7 @@ def build_table(definition: TableDefinition, path: str | Path, workers: int = 1,
                 on_row: Callable[[dict[str, Any]], None] | None = None, limit: int | None = None) -> int:
     """Train every (point, seed) missing from the CSV at ``path`` and append its row; returns how many
     rows were added. ``limit``: at most this many jobs this time."""
-    from ..jobs import Job, run_jobs
+    from ..jobs import Job, drop_torn_tail, run_jobs
     from ..train import resolve_model_spec
 
     config = definition.config()
@@ -186,7 +176,7 @@ def build_table(definition: TableDefinition, path: str | Path, workers: int = 1,
         jobs += [Job(spec.to_json(), task, train, seed, {"key": p.key, "seed": seed, "published": p.published})
                  for seed in definition.seeds if (p.key, seed) not in done]
     jobs = jobs[:limit] if limit is not None else jobs
-    _drop_torn_row(path)
+    drop_torn_tail(path)
     fresh = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
