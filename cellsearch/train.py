@@ -43,6 +43,7 @@ from .config.train import OPTIMIZERS, TrainConfig
 from .model import build_model
 from .spec import CellSpec, DepthSpec, ModelSpec, SpecError
 from .tasks.base import Task, detach_state, make_task, to_device
+from .tasks.prefetch import Prefetcher, prefetching
 
 __all__ = ["TrainConfig", "TrainResult", "DivergenceError", "Checkpoint", "train", "resolve_model_spec",
            "hidden_size_for_budget", "resolve_device", "make_optimizer", "OPTIMIZERS"]
@@ -240,6 +241,15 @@ def _stream(loader: Any, position: list[int]) -> Iterator[tuple[bool, Any]]:
         passes, skip = passes + 1, 0
 
 
+def _batches(loader: Any, position: list[int], device: torch.device) -> Iterator[tuple[bool, Any]]:
+    """The training stream, made ahead in a thread and pinned for a CUDA copy where that pays
+    (:mod:`cellsearch.tasks.prefetch`: GPUs by default, ``CELLSEARCH_PREFETCH``)."""
+    if not prefetching(device):
+        return _stream(loader, position)
+    pin = device.type == "cuda" and torch.cuda.is_available()
+    return Prefetcher(lambda own: _stream(loader, own), position, pin=pin)
+
+
 class _Progress:
     """A rich progress bar over optimizer steps (a no-op when disabled)."""
 
@@ -392,7 +402,7 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
         progress = _Progress(show, sum(schedule), f"{task.name} {spec.cell.update}")
         run = _Run(model, task, config, device, make_optimizer(model, config), iter(()), progress)
         restored = ckpt.restore(run) if ckpt is not None else []
-        run.batches = _stream(loaders.train, run.position)
+        run.batches = _batches(loaders.train, run.position, device)
         try:
             history = _loop(run, schedule, loaders.valid, callback, ckpt, restored)
             final = dict(history[-1])
@@ -400,6 +410,8 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
                 final.update(run.evaluate(loaders.test, "test"))
         finally:
             progress.close()
+            if isinstance(run.batches, Prefetcher):
+                run.batches.close()
     key = f"val_{task.metric}"
     best = history[0]
     for entry in history[1:]:

@@ -37,7 +37,7 @@ from ..spec import SpecError
 
 __all__ = [
     "Task", "Option", "Loaders", "ArrayLoader", "make_task", "cache_dir", "ClassificationTask",
-    "to_device", "detach_state",
+    "to_device", "map_tensors", "detach_state",
 ]
 
 Batch = tuple[Tensor, Any]
@@ -239,14 +239,19 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(base).expanduser()
 
 
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """Move a tensor, or the tensors of a tuple/list, to ``device``."""
+def map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """``fn`` applied to a tensor, or to the tensors of a (named) tuple/list; anything else unchanged."""
     if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        items = [to_device(o, device) for o in obj]
+        items = [map_tensors(o, fn) for o in obj]
         return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)
     return obj
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move a tensor, or the tensors of a tuple/list, to ``device`` (asynchronously from pinned memory)."""
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 def detach_state(state: Any) -> Any:
