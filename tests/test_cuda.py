@@ -1,0 +1,151 @@
+"""What only a GPU can show (issues 10 and 15), marked ``cuda``: skipped where torch sees no CUDA device.
+
+``CELLSEARCH_TEST_DEVICE=cpu`` runs the same tests on the CPU, which checks their logic on machines
+without a GPU (this project has had none so far); ``CELLSEARCH_TEST_DEVICE=cuda:1`` picks a device.
+``scripts/gpu_check.sh`` runs these and the GPU benchmarks in one go when a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import cellsearch as cs
+from cellsearch import fast
+
+DEVICE = os.environ.get("CELLSEARCH_TEST_DEVICE", "cuda")
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.xdist_group("cuda"),
+    pytest.mark.skipif(DEVICE.startswith("cuda") and not torch.cuda.is_available(), reason="no CUDA device"),
+]
+
+TASK = {"name": "adding", "seq_len": 10, "n_train": 64, "n_valid": 32, "n_test": 32}
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls() -> Any:
+    """Full float32 products (TF32 off) while comparing against the float64 reference."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out, _ = model(x)
+    (out * torch.linspace(-1, 1, out.shape[-1], device=out.device, dtype=out.dtype)).sum().backward()
+    return out.detach(), [p.grad.detach() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_on_the_device_equals_the_float64_reference(name: str) -> None:
+    """Whatever path a cell takes on the device (cuDNN, fused, derived, reference), its output and weight
+    gradients in float32 equal the float64 reference loop on the CPU."""
+    torch.manual_seed(0)
+    ref = cs.create_rnn(name, 5, 16, num_layers=2).double()
+    dev = cs.create_rnn(name, 5, 16, num_layers=2)
+    dev.load_state_dict(ref.state_dict())
+    dev = dev.float().to(DEVICE)
+    x = torch.randn(12, 4, 5, dtype=torch.float64)
+    with fast.enabled(False):
+        out_ref, g_ref = _grads(ref, x)
+    with fast.force_derived():
+        out_dev, g_dev = _grads(dev, x.float().to(DEVICE))
+    scale = out_ref.abs().max().item() + 1e-12
+    assert (out_dev.double().cpu() - out_ref).abs().max().item() < 1e-4 * scale, fast.explain(dev.layers[0])
+    assert len(g_dev) == len(g_ref)
+    for a, b in zip(g_dev, g_ref):
+        assert (a.double().cpu() - b).abs().max().item() < 1e-3 * (b.abs().max().item() + 1e-6)
+
+
+def _study(tmp_path: Path, name: str, train: dict[str, Any], cells: list[str]) -> Any:
+    from cellsearch.search import run_study
+
+    raw = {
+        "name": name, "task": dict(TASK), "cells": cells, "model": {"hidden_size": 8}, "objective": "val_mse",
+        "train": {"epochs": 2, "steps_per_epoch": 5, "batch_size": 16, "threads": 1, "device": DEVICE, **train},
+        "search": {"backend": "optuna", "sampler": "random", "n_trials": len(cells), "seed": 0, "pruner": "none"},
+        "storage": f"sqlite:///{tmp_path / (name + '.db')}",
+    }
+    return run_study(raw, display="quiet")
+
+
+def test_precision_bf16_and_fp16_studies_run_on_the_device_near_fp32(tmp_path: Path) -> None:
+    """``train.precision`` on the device: the same parity with fp32 as the CPU test
+    (tests/test_checkpoints.py::test_precision_bf16_and_fp16_train_on_the_cpu_near_fp32)."""
+    values = {}
+    for precision in ("fp32", "bf16", "fp16"):
+        result = _study(tmp_path, f"p_{precision}", {"precision": precision}, ["ur_lstm"])
+        assert result.n_complete == 1
+        values[precision] = result.trials[0].values[0]
+    assert abs(values["bf16"] - values["fp32"]) < 0.02 and abs(values["fp16"] - values["fp32"]) < 0.05
+
+
+def test_prefetched_pinned_batches_give_the_same_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches made ahead, page-locked and copied asynchronously: the run of plain synchronous copies."""
+    from cellsearch.api import resolve
+    from cellsearch.tasks import make_task
+    from cellsearch.tasks.prefetch import ENV
+    from cellsearch.train import resolve_model_spec, train
+
+    cell, depth = resolve("gru")
+    spec = resolve_model_spec(cell, depth, make_task(TASK), hidden_size=8)
+    config = {"epochs": 2, "steps_per_epoch": 4, "batch_size": 16, "threads": 1, "progress": False,
+              "device": DEVICE}
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv(ENV, flag)
+        runs.append(train(spec, TASK, config).history)
+    plain = [[{k: v for k, v in e.items() if k != "seconds"} for e in h] for h in runs]
+    assert plain[0] == pytest.approx(plain[1]) if DEVICE.startswith("cuda") else plain[0] == plain[1]
+
+
+def test_a_resumed_run_on_the_device_ends_near_the_uninterrupted_one(tmp_path: Path) -> None:
+    """Checkpoints on the device: stopped after epoch 2, resumed from epoch 3 (GPU kernels need not be
+    bitwise reproducible, so the end is compared to a tolerance)."""
+    from cellsearch.api import resolve
+    from cellsearch.tasks import make_task
+    from cellsearch.train import resolve_model_spec, train
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(epoch: int, metrics: dict) -> None:
+        if epoch == 3:
+            raise Stop
+
+    cell, depth = resolve("ur_lstm")
+    spec = resolve_model_spec(cell, depth, make_task(TASK), hidden_size=8)
+    config = {"epochs": 4, "steps_per_epoch": 3, "batch_size": 16, "threads": 1, "progress": False,
+              "device": DEVICE}
+    whole = train(spec, TASK, config)
+    with pytest.raises(Stop):
+        train(spec, TASK, config, callback=stop_at_3, checkpoint=tmp_path / "run.pt")
+    resumed = train(spec, TASK, config, checkpoint=tmp_path / "run.pt")
+    assert resumed.extra == {"resumed_from_epoch": 2}
+    assert resumed.final["val_loss"] == pytest.approx(whole.final["val_loss"], rel=1e-3)
+
+
+def test_bench_runs_on_the_device_against_nn_lstm(tmp_path: Path) -> None:
+    """``cellsearch bench --device``: synchronized timing of a composed cell against nn.LSTM (cuDNN)."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "cellsearch.cli", "bench", "ur_lstm", "gru", "--device", DEVICE, "--hidden", "32",
+           "--seq", "20", "--repeats", "2", "--warmup", "1", "--max-load", "0", "--no-memory", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["machine"]["device"].startswith(DEVICE.split(":")[0])
+    assert {r["cell"] for r in report["results"]} == {"ur_lstm", "gru"}
+    assert all(r["tokens_per_s"] > 0 and r["ratio"] > 0 for r in report["results"])
