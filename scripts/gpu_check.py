@@ -1,0 +1,137 @@
+"""The GPU checks of issues 10 and 15 in one run, for a session whose task is lent a GPU machine.
+
+No GPU has been lent to this project yet; this is the prepared script docs/bench/GPU.md points to, so that
+a lease (15 minutes of device time in all) goes to measuring, not to setting up.
+
+Here, before asking for the machine (its image has torch, triton, numpy, pyyaml, rich, scikit-learn,
+matplotlib and safetensors, but not optuna and its needs, nor cellsearch itself)::
+
+    .venv/bin/python scripts/gpu_check.py prepare      # wheels into .whl/ (ignored by git), ~3 MB
+
+Then one device call, carrying ``.whl``, with a timeout that leaves room for a second try::
+
+    python3 scripts/gpu_check.py run                   # results into $OUT (or --out DIR)
+
+``run`` installs the wheels into /tmp/site, then, each step's output kept in ``$OUT/gpu_check.log``:
+
+1. ``pytest tests/test_cuda.py`` — every registered cell on the GPU against the float64 reference,
+   precision, pinned prefetching, checkpoints, ``bench --device`` (``$OUT/test_cuda.xml``);
+2. ``cellsearch bench`` on the GPU at H = 256, T = 784, batch 128 against cuDNN ``nn.LSTM``
+   (target: composed ``ur_lstm`` >= 0.5x; ``$OUT/bench.json``, ``$OUT/BENCH.md``);
+3. trials per hour of a small study with 1 and with 4 worker processes sharing the one GPU (target:
+   >= 3x; ``$OUT/trials.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: what cellsearch needs at import and for the optuna backend that the GPU image lacks (pure Python wheels
+#: and greenlet/sqlalchemy for CPython 3.12, the image's Python)
+WHEELS = ["optuna==5.1.0", "alembic==1.20.1", "sqlalchemy==2.1.9", "greenlet==3.2.4", "colorlog==6.12.0",
+          "mako==1.4.3", "cmaes==0.13.1"]
+PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+SITE = Path("/tmp/site")
+
+
+def prepare() -> None:
+    """Download the wheels for the GPU image's Python (3.12) and build cellsearch's own wheel, into .whl/."""
+    exclude = ROOT / ".git" / "info" / "exclude"
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    if "/.whl/" not in (exclude.read_text().split() if exclude.exists() else []):
+        with exclude.open("a") as f:
+            f.write("/.whl/\n")
+    out = ROOT / ".whl"
+    out.mkdir(exist_ok=True)
+    platforms = [a for p in PLATFORMS for a in ("--platform", p)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
+                    "3.12", "--implementation", "cp", *platforms, "-d", str(out), *WHEELS], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(out),
+                    str(ROOT)], check=True)
+    print(f"wheels in {out}: carry '.whl' in the device call")
+
+
+def _step(log: Path, title: str, cmd: list[str], env: dict[str, str], timeout: float) -> int:
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"\n## {title}\n$ {' '.join(cmd)}\n")
+        f.flush()
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = 124
+        f.write(f"-> exit {rc} in {time.perf_counter() - t0:.1f} s\n")
+    print(f"{title}: exit {rc} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return rc
+
+
+def _trials_per_hour(env: dict[str, str], device: str, workers: int, trials: int) -> float:
+    """A fresh small study (adding T = 100, hidden 64, 2 x 50 steps, no pruning) with ``workers`` processes."""
+    import yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        study = {
+            "name": f"gpu_share_{workers}", "task": {"name": "adding", "seq_len": 100, "n_valid": 256},
+            "cells": ["ur_lstm", "gru", "star", "lstm"], "seeds": trials // 4,
+            "model": {"hidden_size": 64}, "objective": "val_mse",
+            "train": {"epochs": 2, "steps_per_epoch": 50, "batch_size": 64, "device": device, "threads": 1},
+            "search": {"backend": "optuna", "n_trials": trials, "n_jobs": 1, "pruner": "none"},
+            "storage": f"sqlite:///{tmp}/study.db",
+        }
+        path = Path(tmp) / "study.yaml"
+        path.write_text(yaml.safe_dump(study))
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "cellsearch.cli", "run", str(path), "--workers", str(workers),
+                        "--quiet"], env=env, cwd=ROOT, check=True, timeout=300)
+        return trials / ((time.perf_counter() - t0) / 3600)
+
+
+def run(out: Path, device: str, install: bool, seq: int) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CELLSEARCH_TEST_DEVICE": device}
+    if install:
+        wheels = sorted(str(p) for p in (ROOT / ".whl").glob("*.whl"))
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--upgrade", "--target", str(SITE), *wheels], check=True)
+        env["PYTHONPATH"] = f"{SITE}:{os.environ.get('PYTHONPATH', '')}"
+    log = out / "gpu_check.log"
+    bench = [sys.executable, "-m", "cellsearch.cli", "bench", "ur_lstm", "gru", "star", "lstm", "mingru",
+             "--device", device, "--hidden", "256", "--seq", str(seq), "--batch", "128", "--repeats", "5",
+             "--max-load", "0", "--no-memory", "--out", str(out)]
+    tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
+             f"--junitxml={out / 'test_cuda.xml'}"]
+    rcs = [_step(log, "GPU tests", tests, env, 240), _step(log, "bench", bench, env, 180)]
+    try:
+        rate = {w: _trials_per_hour(env, device, w, 8) for w in (1, 4)}
+        (out / "trials.json").write_text(json.dumps({"trials_per_hour": rate, "ratio": rate[4] / rate[1]}))
+        print(f"trials/hour: 1 worker {rate[1]:.0f}, 4 workers {rate[4]:.0f} ({rate[4] / rate[1]:.2f}x)")
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"trials/hour: failed ({exc})")
+        rcs.append(1)
+    return max(rcs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=["prepare", "run"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"))
+    parser.add_argument("--device", default="cuda", help="cpu: a dry run of the same steps without a GPU")
+    parser.add_argument("--no-install", action="store_true", help="use the packages already importable")
+    parser.add_argument("--seq", type=int, default=784, help="the bench's sequence length (default 784)")
+    args = parser.parse_args()
+    if args.what == "prepare":
+        prepare()
+        return 0
+    return run(Path(args.out), args.device, not args.no_install, args.seq)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
