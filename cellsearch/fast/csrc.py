@@ -38,14 +38,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SOURCE", "Args", "library", "build", "disabled", "build_error", "library_path", "time_build", "threaded"]
+__all__ = ["SOURCE", "math_preamble", "Args", "library", "build", "disabled", "build_error", "library_path",
+           "time_build", "threaded"]
 
-_HEADER = r"""
+_INCLUDES = r"""
 #include <stdint.h>
 #include <string.h>
 typedef long long i64;
 
-typedef struct {
+"""
+
+_STRUCT = r"""typedef struct {
     i64 T, B, n, rs;      /* time steps, batch, hidden, row stride of G / dA / dHP (elements) */
     i64 k, ng;            /* gate blocks in the layout (with UR's r); effective gates (update order) */
     i64 pos[4];           /* layout block of effective gate g */
@@ -60,7 +63,10 @@ typedef struct {
     i64 nthreads;         /* threads over the batch rows of a step (built with OpenMP; 1: serial) */
     i64 scr_stride;       /* elements of scratch per thread */
 } cs_args;
+"""
 
+#: the vectorizable exp (cs_exp_f / cs_exp_d)
+_EXP = r"""
 static inline float cs_exp_f(float x) {
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
@@ -99,6 +105,8 @@ static inline double cs_exp_d(double x) {
 }
 """
 
+_HEADER = _INCLUDES + _STRUCT + _EXP
+
 #: Batch rows of a step split over threads when the library is built with OpenMP (torch's own runtime:
 #: the library's libgomp dependency resolves to the copy torch has loaded, so the GEMMs and these loops
 #: share one thread pool); each thread has its own scratch.
@@ -113,10 +121,13 @@ _PAR = r"""
 #endif
 """
 
-_BODY = r"""
+#: sigmoid and tanh on top of cs_exp, written once with the REAL / _SFX placeholders
+_ACT = r"""
 static inline REAL sig_SFX(REAL x) { return (REAL)1 / ((REAL)1 + cs_exp_SFX(-x)); }
 static inline REAL th_SFX(REAL x) { return (REAL)1 - (REAL)2 / ((REAL)1 + cs_exp_SFX((REAL)2 * x)); }
+"""
 
+_BODY = _ACT + r"""
 /* out[j] = act(x[j] + y[j]) (y may be NULL); act 0: sigmoid, 1: tanh, 2: identity */
 static void act_SFX(REAL *restrict x, const REAL *restrict y, i64 m, int act) {
     if (y) {
@@ -509,6 +520,15 @@ void star_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 
 #undef ROW
 """
+
+def math_preamble() -> str:
+    """The C99 math every generated kernel may use: ``<stdint.h>``, ``<string.h>``, ``i64``, the vectorizable
+    ``cs_exp_f`` / ``cs_exp_d`` and ``sig_f`` / ``th_f`` / ``sig_d`` / ``th_d`` (σ and tanh on top of them;
+    accuracy: the module docstring), all ``static inline``. Used by the generated pointwise kernels of
+    :mod:`cellsearch.fast.pwgen_c`."""
+    return (_INCLUDES + _EXP + _ACT.replace("REAL", "float").replace("_SFX", "_f")
+            + _ACT.replace("REAL", "double").replace("_SFX", "_d"))
+
 
 #: The whole C source: the header, then the body for float (``_f``) and for double (``_d``).
 SOURCE = (_HEADER + _PAR + _BODY.replace("REAL", "float").replace("_SFX", "_f")

@@ -75,6 +75,7 @@ OPS: dict[str, tuple[str, ...]] = {
 }
 _BOOL_OUT = {"eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or"}
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bool: "bool"}
+_TORCH = {v: k for k, v in _DTYPES.items()}
 
 
 class Unsupported(Exception):
@@ -98,6 +99,7 @@ class Output:
     cols: int
     row_stride: int
     dtype: str
+    shape: tuple[int, ...]        # the tensor's shape (rows * cols elements; ``(rows, cols)`` or 1-D / 0-D)
     into: int | None = None
 
 
@@ -545,12 +547,12 @@ class _Region:
     def _output(self, shape: Sequence[int], dtype: str, into: int | None) -> Output:
         rows, cols = _shape2(shape)
         if into is None:
-            return Output(rows, cols, cols, dtype)
+            return Output(rows, cols, cols, dtype, tuple(int(s) for s in shape))
         t = self.inputs[into][1]
         stride = [0] * (2 - t.dim()) + [int(s) for s in t.stride()]
         if _shape2(t.shape) != (rows, cols) or (cols > 1 and stride[1] != 1):
             raise Unsupported("an in-place write into an input of another layout")
-        return Output(rows, cols, stride[0], dtype, into)
+        return Output(rows, cols, stride[0], dtype, tuple(int(s) for s in shape), into)
 
     def _loops(self, outputs: Sequence[Output], values: Sequence[_Val]) -> tuple[Loop, ...]:
         """Stores grouped into one loop per (rows, width); each loop's body the expressions its stores
@@ -578,16 +580,62 @@ class _Region:
         return tuple(loops)
 
 
-def _lower_region(sub: fx.GraphModule, name: str, dtype: str) -> tuple[Kernel, int]:
-    """The kernel of one fused region, and how many outputs the graph reads."""
+def _lower_region(sub: fx.GraphModule, name: str, dtype: str, layouts: Sequence[Any]) -> tuple[Kernel, int]:
+    """The kernel of one fused region (its inputs laid out as ``layouts``: meta tensors), and how many
+    outputs the graph reads."""
     r = _Region()
     outs: Sequence[fx.Node] = ()
+    phs = iter(layouts)
     for node in sub.graph.nodes:
+        if node.op == "placeholder":
+            node.meta["val"] = next(phs)
         if node.op == "output":
             outs = node.args[0]
         else:
             r.env[node] = r.node(node)
     return r.kernel(name, dtype, outs), len(outs)
+
+
+def _meta(t: Any) -> Any:
+    if isinstance(t, Tensor):
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+    if isinstance(t, (list, tuple)):
+        return type(t)(_meta(x) for x in t)
+    return t
+
+
+def _lower_regions(fused: fx.GraphModule, dtype: str) -> tuple[list[Kernel], list[int]]:
+    """Lower every region (``pw_*`` call) in graph order and rewrite it into a kernel call. The layouts
+    are propagated with meta tensors: extern nodes run on them, a kernel's new outputs are contiguous
+    (so a kernel reading another's output reads it as written, whatever the original graph's strides)."""
+    kernels: list[Kernel] = []
+    visible: list[int] = []
+    env: dict[fx.Node, Any] = {}
+    for node in list(fused.graph.nodes):
+        if node.op == "placeholder":
+            env[node] = _meta(node.meta.get("val"))
+        elif node.op == "get_attr":
+            obj: Any = fused
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            env[node] = _meta(obj)
+        elif node.op == "call_module" and str(node.target).startswith("pw_"):
+            layouts = [env[a] for a in node.args]
+            kernel, n_vis = _lower_region(fused.get_submodule(node.target), f"k{len(kernels)}", dtype, layouts)
+            with fused.graph.inserting_before(node):
+                call = fused.graph.call_function(_unbound, tuple(node.args))
+            call.meta["pwgen_kernel"] = len(kernels)
+            node.replace_all_uses_with(call)
+            fused.graph.erase_node(node)
+            delattr(fused, str(node.target))
+            env[call] = tuple(torch.empty(o.shape, dtype=_TORCH[o.dtype], device="meta")
+                              if o.into is None else layouts[o.into] for o in kernel.outputs)
+            kernels.append(kernel)
+            visible.append(n_vis)
+        elif node.op == "call_function":
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: env[a])
+            env[node] = node.target(*args, **kwargs)
+    return kernels, visible
 
 
 # -------------------------------------------------------------------------------------------------
@@ -646,20 +694,7 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) ->
     parts = CapabilityBasedPartitioner(work, Support(), allows_single_node_partition=True).propose_partitions()
     parts = [p for p in parts if any(_computes(n) for n in p.nodes)]
     fused = fuse_by_partitions(work, [p.nodes for p in parts], prefix="pw_", always_return_tuple=True)
-    kernels: list[Kernel] = []
-    visible: list[int] = []
-    for node in list(fused.graph.nodes):
-        if node.op != "call_module" or not str(node.target).startswith("pw_"):
-            continue
-        kernel, n_vis = _lower_region(fused.get_submodule(node.target), f"k{len(kernels)}", dtype)
-        with fused.graph.inserting_before(node):
-            call = fused.graph.call_function(_unbound, tuple(node.args))
-        call.meta["pwgen_kernel"] = len(kernels)
-        node.replace_all_uses_with(call)
-        fused.graph.erase_node(node)
-        delattr(fused, str(node.target))
-        kernels.append(kernel)
-        visible.append(n_vis)
+    kernels, visible = _lower_regions(fused, dtype)
     fused.graph.lint()
     fused.recompile()
     return Lowered(fused, kernels, visible)

@@ -1,0 +1,201 @@
+"""The C back-end of :mod:`cellsearch.fast.pwgen`: a derived step graph's kernels as C99, loaded with ctypes.
+
+Each :class:`~cellsearch.fast.pwgen.Kernel` becomes one C function: its loops, in order, each
+``for r < rows: for j < width`` with the SSA body as local variables, loads and stores at the
+strides baked from the graph (sizes are constants, so the inner loop vectorizes at ``-O3
+-march=native``; every pointer argument is ``restrict``). The math (the vectorizable exp, σ, tanh) is
+:func:`cellsearch.fast.csrc.math_preamble`, the same as the hand-written C kernels'. All the graphs of
+one call of :func:`compile_graphs` (a cell's forward and backward step graphs) go into one source,
+built by :func:`cellsearch.fast.csrc.build` into the private kernel cache under a key from the source
+(a warm process hashes the source and loads the library: no compiler runs; a file there that is not
+a private file of this user is never loaded, the library is rebuilt in a private temporary directory).
+
+A kernel call from Python is a generated function: ``torch.empty`` for each new output, one ctypes
+call with the tensors' data pointers, the outputs as a tuple. Single-threaded, like Inductor's step
+graphs here (a step's [B, n] work is too small to split).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, fx
+
+from . import csrc
+from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, lower
+
+__all__ = ["unavailable", "source", "compile_graphs", "stats", "CompileError"]
+
+_C_TYPES = {"float32": "float", "float64": "double", "bool": "unsigned char"}
+_TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool}
+#: GCC 12.2 at -O3 -march=native (and -mavx2) miscompiles a vectorized ``where(max(x, 0) <= 0, 0, y)``
+#: (relu's backward: lanes of the tail and of the next row come out 0) through jump threading;
+#: ``-fno-thread-jumps`` keeps the loop vectorized and correct (tests/test_pwgen.py has the case)
+_SAFE = ["-fno-thread-jumps"]
+_lock = threading.Lock()
+#: seconds spent lowering + building (or loading) in this process, and the libraries built or loaded
+stats: dict[str, float] = {"seconds": 0.0, "libraries": 0}
+
+
+class CompileError(RuntimeError):
+    """The generated C source did not build (the message holds the compiler's last lines)."""
+
+
+def unavailable(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
+    """Why the C generator is not used here (None: it is)."""
+    if torch.device(device).type != "cpu":
+        return f"the C generator runs on the CPU (not {torch.device(device).type})"
+    if dtype not in (torch.float32, torch.float64):
+        return f"{dtype} is not generated"
+    return csrc.disabled()
+
+
+# -------------------------------------------------------------------------------------------------
+# C source
+# -------------------------------------------------------------------------------------------------
+def _literal(value: Any, real: str) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if math.isnan(value):
+        return f"(({real})NAN)"
+    if math.isinf(value):
+        return f"(({real})INFINITY)" if value > 0 else f"(-({real})INFINITY)"
+    return f"(({real}){float(value)!r})"
+
+
+def _expr(op: Op, a: list[str], real: str, sfx: str) -> str:
+    """The C expression of one SSA op (``a``: its arguments' variable names)."""
+    f = "f" if sfx == "f" else ""
+    unary = {"neg": "(-{0})", "exp": f"cs_exp_{sfx}({{0}})", "expm1": f"expm1{f}({{0}})", "log": f"log{f}({{0}})",
+             "log1p": f"log1p{f}({{0}})", "sqrt": f"sqrt{f}({{0}})", "rsqrt": f"(({real})1 / sqrt{f}({{0}}))",
+             "abs": f"fabs{f}({{0}})", "sigmoid": f"sig_{sfx}({{0}})", "tanh": f"th_{sfx}({{0}})",
+             "reciprocal": f"(({real})1 / {{0}})", "sign": f"(({real})(({{0}} > 0) - ({{0}} < 0)))",
+             "sin": f"sin{f}({{0}})", "cos": f"cos{f}({{0}})", "logical_not": "(!{0})"}
+    binary = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
+              "maximum": "({0} > {1} ? {0} : {1})", "minimum": "({0} < {1} ? {0} : {1})",
+              "pow": f"pow{f}({{0}}, {{1}})", "eq": "({0} == {1})", "ne": "({0} != {1})", "lt": "({0} < {1})",
+              "le": "({0} <= {1})", "gt": "({0} > {1})", "ge": "({0} >= {1})", "logical_and": "({0} & {1})",
+              "logical_or": "({0} | {1})"}
+    if op.name in unary:
+        return unary[op.name].format(*a)
+    if op.name in binary:
+        return binary[op.name].format(*a)
+    if op.name == "where":
+        return f"({a[0]} ? {a[1]} : {a[2]})"
+    raise Unsupported(f"the C back-end has no op {op.name}")
+
+
+def _index(offset: int, rs: int, cs: int) -> str:
+    terms = [str(offset)] if offset else []
+    terms += [f"r * {rs}"] if rs else []
+    terms += [f"j * {cs}" if cs != 1 else "j"] if cs else []
+    return " + ".join(terms) or "0"
+
+
+def _loop(k: Kernel, lp: Loop, real: str, sfx: str) -> list[str]:
+    lines = [f"    for (i64 r = 0; r < {lp.rows}; r++) {{", f"        for (i64 j = 0; j < {lp.width}; j++) {{"]
+    for i, op in enumerate(lp.body):
+        ctype = real if op.kind == "real" else "int"
+        if op.name == "load":
+            inp, off, rs, cs = op.attrs
+            val = f"in{inp}[{_index(off, rs, cs)}]"
+            if k.inputs[inp].dtype == "bool":
+                val = f"({val} != 0)"
+        elif op.name == "const":
+            val = _literal(op.attrs[0], real)
+        else:
+            val = _expr(op, [f"v{x}" for x in op.args], real, sfx)
+        lines.append(f"            const {ctype} v{i} = {val};")
+    for o, col, x in lp.stores:
+        out = k.outputs[o]
+        dst = f"in{out.into}" if out.into is not None else f"out{o}"
+        cast = "(unsigned char)" if out.dtype == "bool" else ""
+        lines.append(f"            {dst}[{_index(col, out.row_stride if out.rows > 1 else 0, 1)}] = {cast}v{x};")
+    return lines + ["        }", "    }"]
+
+
+def _function(k: Kernel, name: str) -> str:
+    real = _C_TYPES[k.dtype]
+    sfx = "f" if k.dtype == "float32" else "d"
+    written = {o.into for o in k.outputs if o.into is not None}
+    params = [f"{'' if i in written else 'const '}{_C_TYPES[inp.dtype]} *restrict in{i}"
+              for i, inp in enumerate(k.inputs)]
+    params += [f"{_C_TYPES[o.dtype]} *restrict out{i}" for i, o in enumerate(k.outputs) if o.into is None]
+    lines = [f"void {name}({', '.join(params) or 'void'}) {{"]
+    for lp in k.loops:
+        lines += _loop(k, lp, real, sfx)
+    return "\n".join([*lines, "}", ""])
+
+
+def source(kernels: Sequence[tuple[str, Kernel]]) -> str:
+    """One C99 translation unit: the math preamble and a function per (name, kernel)."""
+    head = "#include <math.h>\n" + csrc.math_preamble()
+    return head + "\n" + "\n".join(_function(k, name) for name, k in kernels)
+
+
+# -------------------------------------------------------------------------------------------------
+# build, load, call
+# -------------------------------------------------------------------------------------------------
+def _runner(fn: Any, k: Kernel, name: str) -> Callable[..., tuple[Tensor, ...]]:
+    """A Python function of the kernel's input tensors: allocates the new outputs, calls ``fn`` with
+    the data pointers, returns every output (generated, so a call is a few lines of bytecode)."""
+    args = [f"a{i}" for i in range(len(k.inputs))]
+    ptrs = [f"a{i}.data_ptr()" for i in range(len(k.inputs))]
+    lines, rets = [], []
+    scope: dict[str, Any] = {"fn": fn, "empty": torch.empty, "__name__": __name__}
+    for i, o in enumerate(k.outputs):
+        if o.into is None:
+            scope[f"T{i}"] = _TORCH[o.dtype]
+            lines.append(f"    o{i} = empty({o.shape!r}, dtype=T{i})")
+            ptrs.append(f"o{i}.data_ptr()")
+            rets.append(f"o{i}")
+        else:
+            rets.append(f"a{o.into}")
+    code = "\n".join([f"def {name}({', '.join(args)}):", *lines, f"    fn({', '.join(ptrs)})",
+                      f"    return ({', '.join(rets)},)"])
+    exec(compile(code, f"<cellsearch pwgen {name}>", "exec"), scope)
+    return scope[name]
+
+
+def _build(src: str, names: Sequence[tuple[str, Kernel]]) -> ctypes.CDLL:
+    """The library of ``src`` (built into the private kernel cache, or loaded from it)."""
+    errors: list[str] = []
+    built = csrc.build(src, "cellsearch_pw", [*csrc._FLAGS, *_SAFE], [["-march=native"], []], ctypes.CDLL, errors)
+    if built is None:
+        raise CompileError("; ".join(errors) or "no C compiler found (set CC)")
+    lib = built[0]
+    for name, k in names:
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p] * (len(k.inputs) + sum(o.into is None for o in k.outputs))
+        fn.restype = None
+    return lib
+
+
+def compile_graphs(graphs: Sequence[tuple[fx.GraphModule, Sequence[Tensor] | None]]
+                   ) -> list[Callable[..., Any]]:
+    """Each (step graph, example inputs or None: the layouts in its ``meta``) as a function with the
+    graph's signature, its pointwise work in generated C (one library for all of them). Raises
+    :class:`~cellsearch.fast.pwgen.Unsupported` or :class:`CompileError`."""
+    import time
+
+    t0 = time.perf_counter()
+    lowered: list[Lowered] = [lower(gm, ex) for gm, ex in graphs]
+    named = [(f"pw{g}_{k.name}", k) for g, lw in enumerate(lowered) for k in lw.kernels]
+    with _lock:
+        lib = _build(source(named), named) if named else None
+    out = []
+    it = iter(named)
+    for lw in lowered:
+        calls = []
+        for _ in lw.kernels:
+            name, k = next(it)
+            calls.append(_runner(getattr(lib, name), k, name))
+        out.append(bind(lw, calls))
+    stats["seconds"] += time.perf_counter() - t0
+    stats["libraries"] += 1
+    return out
