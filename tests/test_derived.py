@@ -220,9 +220,11 @@ COMPILED = [(PLUGIN, torch.float64), (PLUGIN, torch.float32), ("asrnn", torch.fl
 
 @pytest.mark.parametrize("spec,dtype", COMPILED, ids=lambda s: s if isinstance(s, str) else
                          "plugin" if isinstance(s, cs.CellSpec) else str(s).split(".")[-1])
-def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype) -> None:
+def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     if inductor.unavailable("cpu") is not None:
         pytest.skip(inductor.unavailable("cpu"))
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILER", "inductor")   # the C generator: tests/test_pwgen.py
     model = _model(spec, dtype)
     with fast.force_derived():
         runner = fast.plan(model.layers[0]).run
@@ -230,6 +232,7 @@ def test_compiled_derived_path_equals_reference(spec: Any, dtype: torch.dtype) -
         assert_same(model, x, state)
     graphs = runner._graphs.values()                       # type: ignore[union-attr]
     assert any(g.compiled for g in graphs), runner.compile_error  # type: ignore[union-attr]
+    assert {g.compiler for g in graphs if g.compiled} == {"inductor"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,10 +23,14 @@ device):
    computed per step; the two factors are kept (dA straight from the dxp buffer the backward graph
    writes in place) and multiplied once after the reverse loop, as one large GEMM over all T·B rows;
    sums of ``slice_backward`` become one ``cat`` (a compiled loop per block instead of masked loads);
-4. the forward and backward step graphs are compiled by Inductor (C++ loops on the CPU, in the private
-   cache; :mod:`cellsearch.fast.inductor`) and run in one :class:`DerivedSequence` autograd function (no
-   graph recording inside the loop). Cells whose traced steps are identical (the layers of a stack)
-   share one compile.
+4. the forward and backward step graphs are compiled — by cellsearch's own generator where it can
+   express every elementwise op of both graphs (:mod:`cellsearch.fast.pwgen`: extern products + fused
+   C loops, :mod:`cellsearch.fast.pwgen_c`; one library per step, in the private kernel cache; no
+   Inductor import), else by Inductor (C++ loops on the CPU, in the private cache;
+   :mod:`cellsearch.fast.inductor`); ``CELLSEARCH_DERIVED_COMPILER=auto|c|inductor`` chooses
+   (:func:`compiler_choice`) — and run in one :class:`DerivedSequence` autograd function (no graph
+   recording inside the loop). Cells whose traced steps are identical (the layers of a stack) share
+   one compile.
 
 When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
 seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
@@ -56,7 +60,7 @@ from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "DERIVED_MIN",
-           "DERIVED_AFTER", "backend_choice", "min_work", "warmup_calls"]
+           "DERIVED_AFTER", "backend_choice", "compiler_choice", "min_work", "warmup_calls"]
 
 #: the derived path runs (unless forced) when one call has at least this many pre-activations
 #: (T × batch × blocks × hidden, e.g. 100 × 64 × 2 × 128 ≈ 1.6M): a first use compiles for seconds,
@@ -183,6 +187,9 @@ class StepGraphs:
     dxp_inplace: bool = False
     bw_pending: bool = False
     lock: Any = field(default_factory=threading.Lock)
+    #: what compiled the step graphs ("c": cellsearch.fast.pwgen_c, "inductor"), and why not C
+    compiler: str = ""
+    c_note: str | None = None
 
 
 def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
@@ -431,8 +438,14 @@ def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence
                    {"step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
     g.dxp_inplace = dxp_inplace
+    if compile and compiler_choice() != "inductor":
+        g.c_note = _compile_c(g, inv, var)
+        if g.c_note is None:
+            return g
     if compile:
         from .inductor import compile_graph
+
+        g.compiler = "inductor"
 
         with torch.no_grad():
             g.forward = compile_graph(part["fw"], [*inv, *var])
@@ -490,6 +503,7 @@ def _slice_sums_to_cat(gm: fx.GraphModule) -> int:
                 acc = grads[0]
                 for gr in grads[1:]:
                     acc = graph.call_function(aten.add.Tensor, (acc, gr))
+                    acc.meta = dict(gr.meta)          # same shape (a block's gradient): for pwgen
                 parts.append(acc)
             cat = graph.call_function(aten.cat.default, (parts, dim))
         cat.meta = dict(node.meta)
@@ -514,8 +528,11 @@ def _write_dxp_in_place(bw: fx.GraphModule, n_inv: int) -> bool:
     last = [n for n in graph.nodes if n.op == "placeholder"][-1]
     with graph.inserting_after(last):
         buf = graph.placeholder("dxp_out")
+    if "val" in node.meta:                    # laid out as the gradient (a row of the contiguous dxp)
+        buf.meta["val"] = node.meta["val"]
     with graph.inserting_before(output):
-        graph.call_function(torch.ops.aten.copy_.default, (buf, node))
+        copy = graph.call_function(torch.ops.aten.copy_.default, (buf, node))
+    copy.meta = dict(buf.meta)
     outs[n_inv] = None
     output.args = (tuple(outs),)
     bw.recompile()
@@ -698,6 +715,57 @@ def backend_choice() -> str:
     return "aten" if value == "aten" else "inductor"
 
 
+def compiler_choice() -> str:
+    """What compiles the step graphs: ``auto`` (default: the generated C kernels of
+    :mod:`cellsearch.fast.pwgen_c` where every step graph is supported and a C compiler works, else
+    Inductor), ``c`` (the same) or ``inductor`` (``CELLSEARCH_DERIVED_COMPILER``)."""
+    value = os.environ.get("CELLSEARCH_DERIVED_COMPILER", "auto").strip().lower()
+    return value if value in ("c", "inductor") else "auto"
+
+
+def _c_layouts(g: StepGraphs, fw_out: Sequence[Any]) -> list[Any]:
+    """The backward step graph's input layouts: its placeholders' trace meta, with the tensors the
+    forward saves laid out as the C forward returns them."""
+    phs = [n.meta.get("val") for n in g.modules["backward"].graph.nodes if n.op == "placeholder"]
+    first = g.n_inv + g.n_pre
+    phs[first:first + g.n_saved] = fw_out[g.n_out:g.n_out + g.n_saved]
+    return phs
+
+
+def _compile_c(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tensor]) -> str | None:
+    """Compile the forward and backward step graphs with the C generator (one library); returns None,
+    or why not (the graph is not supported, no compiler: the caller uses Inductor)."""
+    from . import pwgen, pwgen_c
+
+    why = pwgen_c.unavailable(var[0].device, var[0].dtype)
+    if why is not None:
+        return why
+    try:
+        fw = pwgen.lower(g.modules["forward"], [*inv, *var])
+        bw = pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
+        g.forward, g.backward = pwgen_c.compile_lowered([fw, bw])
+    except (pwgen.Unsupported, pwgen_c.CompileError) as exc:
+        return _c_reason(exc)
+    g.compiled, g.bw_pending, g.compiler = True, False, "c"
+    return None
+
+
+def _c_reason(exc: Exception) -> str:
+    return f"the C generator cannot compile the step: {str(exc).strip()[:200]}"
+
+
+def _c_check(g: StepGraphs) -> str | None:
+    """Why the C generator cannot compile these (uncompiled) step graphs, or None (nothing is built)."""
+    from . import pwgen
+
+    try:
+        fw = pwgen.lower(g.modules["forward"])
+        pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
+    except pwgen.Unsupported as exc:
+        return _c_reason(exc)
+    return None
+
+
 def warmup_calls() -> int:
     """:data:`DERIVED_AFTER`, or ``CELLSEARCH_DERIVED_AFTER`` when set."""
     try:
@@ -732,16 +800,23 @@ class Derived:
         self.failure: str | None = None
         self._seen: dict[tuple[Any, ...], int] = {}
         self._traced: _Traced | None = None
+        #: why the C generator does not compile this step (found by probe; None: it does, or unknown)
+        self.c_note: str | None = None
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
         """Why the derived path cannot run for this device and dtype (None: it can)."""
         if backend_choice() == "aten":
             return None
-        from .inductor import unavailable
+        from .inductor import turned_off, unavailable
 
         if dtype not in (torch.float32, torch.float64):
             return f"{dtype} is not compiled"
-        return self.compile_error or unavailable(device)
+        why = self.compile_error or unavailable(device)
+        if why is None or self.compile_error or compiler_choice() == "inductor" or turned_off():
+            return why
+        from .pwgen_c import unavailable as c_unavailable
+
+        return None if c_unavailable(device, dtype) is None else why
 
     def describe(self) -> str:
         """How it runs (for :func:`cellsearch.fast.explain`)."""
@@ -752,7 +827,11 @@ class Derived:
             return f"unavailable here, so the reference loop runs: {why}"
         size = "" if self.forced else (f"; runs under {min_work():,} pre-activations a sequence, and the "
                                         f"first {warmup_calls()} calls of an input shape, take the reference loop")
-        return "Inductor C++ step graphs" + size
+        if compiler_choice() == "inductor":
+            return "Inductor C++ step graphs (CELLSEARCH_DERIVED_COMPILER=inductor)" + size
+        if self.c_note is not None:
+            return f"Inductor C++ step graphs ({self.c_note})" + size
+        return "generated C step graphs (cellsearch.fast.pwgen_c; Inductor where the C generator cannot)" + size
 
     def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool) -> StepGraphs:
         key = (tuple(xp.shape[1:]), None if xs is None else tuple(xs.shape[1:]),
@@ -777,7 +856,9 @@ class Derived:
         x = torch.zeros(1, 2, cell.input_size, dtype=dtype, device=device)
         with torch.no_grad():
             _, xp, xs, state = cell._recurrence_inputs(x, cell.initial_state(2, x))
-        self.graphs(cell, xp, xs, tuple(state), compile=False)
+        g = self.graphs(cell, xp, xs, tuple(state), compile=False)
+        if backend_choice() != "aten" and compiler_choice() != "inductor":
+            self.c_note = _c_check(g)
 
     def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
         if not self.forced:
@@ -787,7 +868,8 @@ class Derived:
             count = self._seen.get(seen, 0)
             if count < warmup_calls():
                 self._seen[seen] = count + 1
-                if count == 0 and backend_choice() != "aten" and self.unavailable(x.device, x.dtype) is None:
+                if count == 0 and backend_choice() != "aten" and compiler_choice() == "inductor" \
+                        and self.unavailable(x.device, x.dtype) is None:
                     from .inductor import preload
 
                     preload()             # the import overlaps the reference-loop warm-up calls
@@ -797,7 +879,7 @@ class Derived:
         aten = backend_choice() == "aten"
         if not aten and self.unavailable(x.device, x.dtype) is not None:
             return None
-        if not aten:
+        if not aten and compiler_choice() == "inductor":
             from .inductor import preload
 
             preload()
@@ -809,7 +891,7 @@ class Derived:
             self.failure = str(exc)
             return None
         except Exception as exc:          # a compiler error: remember it, run the reference loop
-            self.compile_error = f"Inductor failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            self.compile_error = f"compiling failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
             return None
         if g.compiled:
             xp = xp.contiguous()

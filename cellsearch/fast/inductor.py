@@ -31,7 +31,7 @@ from torch import Tensor, fx
 
 from .._env import env_var
 
-__all__ = ["unavailable", "compile_graph", "cache_dir", "stats", "preload"]
+__all__ = ["unavailable", "turned_off", "compile_graph", "cache_dir", "stats", "preload"]
 
 _lock = threading.RLock()
 #: Inductor settings for step graphs: single-threaded C++ loops (a step's [B, ·] pointwise work is too
@@ -43,11 +43,19 @@ _dir: Path | None = None
 stats: dict[str, float] = {"seconds": 0.0, "graphs": 0}
 
 
-def unavailable(device: torch.device | str = "cpu") -> str | None:
-    """Why step graphs are not compiled here (None: they are)."""
+def turned_off() -> str | None:
+    """Why no step graph is compiled at all (``CELLSEARCH_DERIVED_COMPILE=0``), or None."""
     flag = os.environ.get("CELLSEARCH_DERIVED_COMPILE", "1").strip().lower()
     if flag in ("0", "false", "no", "off"):
         return "compilation turned off by CELLSEARCH_DERIVED_COMPILE=0"
+    return None
+
+
+def unavailable(device: torch.device | str = "cpu") -> str | None:
+    """Why step graphs are not compiled here (None: they are)."""
+    off = turned_off()
+    if off is not None:
+        return off
     if torch.device(device).type != "cpu":
         return f"Inductor compilation of derived steps is only used on the CPU (not {torch.device(device).type})"
     if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):

@@ -145,6 +145,8 @@ class Lowered:
     kernels: list[Kernel]
     #: per kernel, how many of its outputs the graph reads (the rest are in-place writes)
     visible: list[int] = field(default_factory=list)
+    #: the graph's outputs as meta tensors (shapes and strides as the rewritten graph returns them)
+    out_layouts: tuple[Any, ...] = ()
 
 
 # -------------------------------------------------------------------------------------------------
@@ -604,13 +606,14 @@ def _meta(t: Any) -> Any:
     return t
 
 
-def _lower_regions(fused: fx.GraphModule, dtype: str) -> tuple[list[Kernel], list[int]]:
+def _lower_regions(fused: fx.GraphModule, dtype: str) -> tuple[list[Kernel], list[int], tuple[Any, ...]]:
     """Lower every region (``pw_*`` call) in graph order and rewrite it into a kernel call. The layouts
     are propagated with meta tensors: extern nodes run on them, a kernel's new outputs are contiguous
     (so a kernel reading another's output reads it as written, whatever the original graph's strides)."""
     kernels: list[Kernel] = []
     visible: list[int] = []
     env: dict[fx.Node, Any] = {}
+    outs: Any = ()
     for node in list(fused.graph.nodes):
         if node.op == "placeholder":
             env[node] = _meta(node.meta.get("val"))
@@ -635,7 +638,9 @@ def _lower_regions(fused: fx.GraphModule, dtype: str) -> tuple[list[Kernel], lis
         elif node.op == "call_function":
             args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda a: env[a])
             env[node] = node.target(*args, **kwargs)
-    return kernels, visible
+        elif node.op == "output":
+            outs = fx.node.map_arg(node.args[0], lambda a: env[a])
+    return kernels, visible, tuple(outs) if isinstance(outs, (list, tuple)) else (outs,)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -674,7 +679,8 @@ def _refuse_unsupported_pointwise(gm: fx.GraphModule) -> None:
 
 def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) -> Lowered:
     """``gm`` (a step graph: aten ops, ``meta["val"]`` on its nodes) as extern nodes and kernels; the
-    inputs' layouts from ``example_inputs`` where given. Raises :class:`Unsupported`."""
+    inputs' layouts (shapes, strides, dtypes) from ``example_inputs`` where given (tensors, meta
+    tensors included; None: the placeholder's ``meta``). Raises :class:`Unsupported`."""
     from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
     from torch.fx.passes.operator_support import OperatorSupportBase
     from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
@@ -694,10 +700,10 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) ->
     parts = CapabilityBasedPartitioner(work, Support(), allows_single_node_partition=True).propose_partitions()
     parts = [p for p in parts if any(_computes(n) for n in p.nodes)]
     fused = fuse_by_partitions(work, [p.nodes for p in parts], prefix="pw_", always_return_tuple=True)
-    kernels, visible = _lower_regions(fused, dtype)
+    kernels, visible, out_layouts = _lower_regions(fused, dtype)
     fused.graph.lint()
     fused.recompile()
-    return Lowered(fused, kernels, visible)
+    return Lowered(fused, kernels, visible, out_layouts)
 
 
 def bind(lowered: Lowered, calls: Sequence[Callable[..., tuple[Tensor, ...]]]) -> Callable[..., Any]:

@@ -29,7 +29,7 @@ from torch import Tensor, fx
 from . import csrc
 from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, lower
 
-__all__ = ["unavailable", "source", "compile_graphs", "stats", "CompileError"]
+__all__ = ["unavailable", "source", "compile_graphs", "compile_lowered", "stats", "CompileError"]
 
 _C_TYPES = {"float32": "float", "float64": "double", "bool": "unsigned char"}
 _TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool}
@@ -181,10 +181,14 @@ def compile_graphs(graphs: Sequence[tuple[fx.GraphModule, Sequence[Tensor] | Non
     """Each (step graph, example inputs or None: the layouts in its ``meta``) as a function with the
     graph's signature, its pointwise work in generated C (one library for all of them). Raises
     :class:`~cellsearch.fast.pwgen.Unsupported` or :class:`CompileError`."""
+    return compile_lowered([lower(gm, ex) for gm, ex in graphs])
+
+
+def compile_lowered(lowered: Sequence[Lowered]) -> list[Callable[..., Any]]:
+    """:func:`compile_graphs` for graphs already lowered (:func:`cellsearch.fast.pwgen.lower`)."""
     import time
 
     t0 = time.perf_counter()
-    lowered: list[Lowered] = [lower(gm, ex) for gm, ex in graphs]
     named = [(f"pw{g}_{k.name}", k) for g, lw in enumerate(lowered) for k in lw.kernels]
     with _lock:
         lib = _build(source(named), named) if named else None

@@ -1,0 +1,197 @@
+"""The derived path with its step graphs compiled by the C generator (cellsearch.fast.pwgen + pwgen_c)
+equals the reference loop for every registered cell; graphs it cannot express fall back to Inductor with
+the reason in ``fast.explain``; its kernel cache refuses a planted file.
+
+Outputs, final states and every gradient are compared with the reference loop (tests/fast_paths.py:
+float64 to 1e-10, float32 to 1e-5 relative to the largest value). No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fast_paths import assert_same
+
+import cellsearch as cs
+from cellsearch import fast, registry
+from cellsearch.fast import cache, csrc, derived, inductor, pwgen, pwgen_c
+from cellsearch.primitives.base import Block
+from cellsearch.primitives.update import Update
+
+B, T, D, N = 3, 5, 4, 6
+
+needs_cc = pytest.mark.skipif(not csrc._compilers() or csrc.disabled() is not None,
+                              reason="no C compiler (or CELLSEARCH_FAST_C=0)")
+
+
+class ErfTest(Update):
+    """h' = erf(a) (an elementwise op the C generator has no lowering for)"""
+
+    name = "erf_pwgen_test"
+    cand_blocks = (Block("h", "cand"),)
+    provides = frozenset({"single_state"})
+
+    def step(self, ctx: Any, xp: torch.Tensor, xs: torch.Tensor | None, state: tuple) -> tuple:
+        (h,) = state
+        h = torch.erf(torch.addmm(xp, h, ctx.w_hh_t))
+        return h, (h,)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def erf_primitive():
+    registry.register_primitive(ErfTest, origin="package test_pwgen")
+    yield
+    registry.unregister("primitive", ErfTest.name, ErfTest.role)
+
+
+@pytest.fixture
+def c_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived step graphs compiled by the C generator, at every size, from the first call."""
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILER", "c")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
+
+
+def _model(spec: Any, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return cs.create_rnn(spec, D, N).to(dtype)
+
+
+def _inputs(model: torch.nn.Module, batch: int, dtype: torch.dtype, seed: int = 1) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, T, D, generator=g, dtype=dtype)
+    state = model.initial_state(batch, x) if hasattr(model, "initial_state") else None
+    if state is not None:
+        state = tuple(tuple(0.5 * torch.randn(s.shape, generator=g, dtype=dtype) for s in layer)
+                      for layer in state)
+    return x, state
+
+
+def _compilers(model: torch.nn.Module) -> set[str]:
+    return {g.compiler for layer in model.layers for g in fast.plan(layer).run._graphs.values()  # type: ignore[union-attr]
+            if g.compiled}
+
+
+# ------------------------------------------------------------------------------------------------
+# every registered cell, forced onto the derived path, step graphs in generated C
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_in_generated_c_equals_reference(name: str, dtype: torch.dtype, c_path: None) -> None:
+    model = _model(name, dtype)
+    with fast.force_derived():
+        assert {fast.plan(layer).path for layer in model.layers} == {"derived"}
+        assert "generated C step graphs" in fast.explain(model.layers[0]), fast.explain(model.layers[0])
+        x, state = _inputs(model, B, dtype)
+        assert_same(model, x, state)
+        assert _compilers(model) == {"c"}
+
+
+@needs_cc
+def test_batch_size_change_and_no_grad(c_path: None) -> None:
+    """New graphs (and a new library) for another batch size; inference without a tape."""
+    model = _model("slstm", torch.float64)
+    with fast.force_derived():
+        for batch in (2, 1):
+            x, state = _inputs(model, batch, torch.float64)
+            assert_same(model, x, state)
+        x, state = _inputs(model, 2, torch.float64)
+        with torch.no_grad():
+            out, _ = model(x, state)
+    with fast.enabled(False), torch.no_grad():
+        ref, _ = model(x, state)
+    assert (out - ref).abs().max() < 1e-10
+
+
+# ------------------------------------------------------------------------------------------------
+# the IR on its own
+
+def _step_graphs(spec: Any) -> derived.StepGraphs:
+    model = _model(spec, torch.float64)
+    with fast.force_derived():
+        runner = fast.plan(model.layers[0]).run
+    return next(iter(runner._graphs.values()))                # type: ignore[union-attr]
+
+
+def test_lowering_fuses_each_step_graph_into_kernels_around_the_products() -> None:
+    """ur_lstm: one kernel per step graph; the recurrent GEMM and the backward's products stay extern,
+    the gate blocks' split / concatenation become column offsets, dxp is written in place."""
+    g = _step_graphs("ur_lstm")
+    fw = pwgen.lower(g.modules["forward"])
+    bw = pwgen.lower(g.modules["backward"], derived._c_layouts(g, fw.out_layouts))
+    assert len(fw.kernels) == 1 and len(bw.kernels) == 1
+    targets = {str(n.target) for n in bw.graph.graph.nodes if n.op == "call_function"}
+    assert "aten.mm.default" in targets and not any("split" in t or "cat" in t or "sigmoid" in t for t in targets)
+    assert any(o.into is not None for o in bw.kernels[0].outputs)                 # dxp_out written in place
+    ops = {op.name for lp in bw.kernels[0].loops for op in lp.body}
+    assert ops <= set(pwgen.OPS) | {"load", "const"}
+
+
+def test_an_unsupported_elementwise_op_is_refused_with_the_reason() -> None:
+    g = _step_graphs(cs.CellSpec(update="erf_pwgen_test"))
+    with pytest.raises(pwgen.Unsupported, match="erf"):
+        pwgen.lower(g.modules["forward"])
+    assert "erf" in (derived._c_check(g) or "")
+
+
+@needs_cc
+def test_relu_backward_select_is_not_miscompiled(c_path: None) -> None:
+    """where(relu(x) <= 0, 0, g) at an odd width: GCC 12 at -O3 -march=native vectorized it wrongly
+    without -fno-thread-jumps (the lanes of the loop's tail came out 0)."""
+    aten = torch.ops.aten
+
+    def f(x: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor]:
+        return (aten.threshold_backward.default(g, aten.relu.default(x), 0),)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, g = torch.randn(3, 13, dtype=torch.float64), torch.randn(3, 13, dtype=torch.float64)
+    gm = make_fx(f, tracing_mode="fake")(x, g)
+    (fn,) = pwgen_c.compile_graphs([(gm, [x, g])])
+    assert torch.equal(fn(x, g)[0], torch.where(x > 0, g, torch.zeros_like(g)))
+
+
+# ------------------------------------------------------------------------------------------------
+# fallback and cache
+
+def test_unsupported_step_falls_back_to_inductor_with_the_reason(c_path: None) -> None:
+    if inductor.unavailable("cpu") is not None:
+        pytest.skip(inductor.unavailable("cpu"))
+    model = _model(cs.CellSpec(update="erf_pwgen_test"), torch.float64)
+    with fast.force_derived():
+        why = fast.explain(model.layers[0])
+        assert "Inductor" in why and "C generator cannot" in why and "erf" in why, why
+        x, state = _inputs(model, B, torch.float64)
+        assert_same(model, x, state)
+        assert _compilers(model) == {"inductor"}
+
+
+@needs_cc
+def test_a_planted_generated_library_is_not_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A world-writable file at a generated library's name is not loaded: the library is rebuilt in a
+    private temporary directory, with a warning, and computes the right values."""
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_fallback", {})
+    g = _step_graphs("indrnn")
+    fw = g.modules["forward"]
+    args = [torch.randn(n.meta["val"].shape, dtype=torch.float64) for n in fw.graph.nodes if n.op == "placeholder"]
+    pwgen_c.compile_graphs([(fw, args)])
+    (built,) = (tmp_path / "cache" / "kernels").glob("cellsearch_pw_*.so")
+    built.unlink()
+    built.write_bytes(b"not a library: loading this would fail")
+    os.chmod(built, 0o666)
+    with pytest.warns(cache.UnsafeCacheWarning, match="not loading"):
+        (run,) = pwgen_c.compile_graphs([(fw, args)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = fw(*args)
+    got = run(*args)
+    assert all(torch.equal(a, b) for a, b in zip(want, got) if isinstance(a, torch.Tensor))
+    assert built.read_bytes().startswith(b"not a library")
