@@ -216,6 +216,31 @@ def _objective(builtin_only: bool) -> dict[str, Any]:
             "description": "one objective, or a list of two or more (multi-objective)"}
 
 
+def _variant(cells: list[str]) -> dict[str, Any]:
+    """A grid's variant mapping (:class:`~cellsearch.config.variants.Variant`): a cell with overrides."""
+    from .config.variants import SIZE_KEYS
+    from .spec import CELL_ROLES
+
+    depth = {k: v["anyOf"][-1] for k, v in _depth_params().items() if k != "layers"}
+    return {"type": "object", "required": ["cell"], "additionalProperties": False,
+            "description": "a registered cell with overrides, named by its label",
+            "properties": {
+                "label": {"type": "string", "description": "its name in tables (default: the cell name)"},
+                "cell": _named(cells, "a registered cell"),
+                "layers": {"type": "integer", "minimum": 1, "description": "default: model.num_layers"},
+                "spec": {"type": "object", "additionalProperties": False,
+                         "description": "primitives replacing the card's",
+                         "properties": {role: {"type": "string"} for role in CELL_ROLES}},
+                "options": {"type": "object", "description": "per-role primitive options merged into the card's",
+                            "additionalProperties": False,
+                            "properties": {role: {"type": "object"} for role in CELL_ROLES}},
+                "depth": {"type": "object", "additionalProperties": False, "properties": depth},
+                "train": _train(_train_rules()),
+                "model": {"type": "object", "additionalProperties": False, "maxProperties": 1,
+                          "description": "hidden_size or param_budget, replacing the study's sizing",
+                          "properties": {k: {"type": "integer", "minimum": 1} for k in SIZE_KEYS}}}}
+
+
 def study_schema(builtin_only: bool = False) -> dict[str, Any]:
     """JSON Schema of a study file (:class:`~cellsearch.config.StudyConfig`); the space schema inline."""
     from .config.study import STUDY_KEYS, ModelConfig
@@ -231,7 +256,8 @@ def study_schema(builtin_only: bool = False) -> dict[str, Any]:
         "space": {"anyOf": [{"$ref": "#/definitions/space"},
                             {"type": "string", "description": "a space file (e.g. spaces/gating.yaml)"}]},
         "cells": {"anyOf": [{"type": "array", "minItems": 1, "uniqueItems": True,
-                             "items": _named(cells, "a registered cell")}, _named(cells, "a registered cell")]},
+                             "items": {"anyOf": [_named(cells, "a registered cell"), _variant(cells)]}},
+                            _named(cells, "a registered cell")]},
         "seeds": {"anyOf": [{"type": "integer", "minimum": 1},
                             {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}]},
         "model": {"type": "object", "additionalProperties": False,

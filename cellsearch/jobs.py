@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["Job", "Record", "Journal", "run_job", "run_jobs", "run_parallel", "run_journaled", "digest",
-           "drop_torn_tail"]
+           "drop_torn_tail", "cell_spec", "variant_spec"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,6 +104,31 @@ def run_job(job: Job, callback: Callable[[int, dict[str, Any]], None] | None = N
     record.model = result.model if keep_model else None
     record.resumed_from_epoch = int(result.extra.get("resumed_from_epoch", 0))
     return record
+
+
+def cell_spec(cell: str, spec: Mapping[str, str] | None = None,
+              options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Any, Any]:
+    """(CellSpec, DepthSpec) of a card with primitives replaced (``spec``) and role options merged in."""
+    from .api import resolve
+
+    cell_spec, depth = resolve(cell, **dict(spec or {}))
+    if options:
+        merged = {role: cell_spec.options_for(role) for role in cell_spec.options}
+        for role, extra in options.items():
+            merged[role] = {**merged.get(role, {}), **dict(extra)}
+        cell_spec = cell_spec.replace(options=merged)
+    return cell_spec, depth
+
+
+def variant_spec(cell: str, layers: int, spec: Mapping[str, str] | None = None,
+                 options: Mapping[str, Mapping[str, Any]] | None = None,
+                 depth: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """(CellSpec, DepthSpec) of a grid's variant (:class:`~cellsearch.config.variants.Variant`): the card's
+    cell with its ``spec`` and ``options`` overrides, the card's depth at ``layers`` with ``depth``'s fields.
+    A study's grid (:class:`~cellsearch.search.space.CellListSpace`) and a reproduction's jobs
+    (:func:`cellsearch.reproduce.runner.model_spec_for`) both resolve their cells here."""
+    cell_part, depth_part = cell_spec(cell, spec, options)
+    return cell_part, depth_part.replace(layers=layers, **dict(depth or {}))
 
 
 def _worker_init() -> None:

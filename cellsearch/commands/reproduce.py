@@ -4,10 +4,12 @@
 what ``make reproduce`` runs). ``--size tiny`` runs in seconds, ``cpu`` (default) in minutes, ``full`` at
 the papers' scale (a GPU and local datasets). ``--config FILE`` runs a YAML config instead of a built-in
 size (``studies/reproduce/<name>-full.yaml`` are the full ones); ``--dump-config`` prints the built-in
-config of ``--size`` as YAML and exits; ``--replot`` rebuilds the markdown and plot from the files of an
-earlier run in ``--out`` (``<name>.json``, the CSVs) without training. ``all`` (trained or replotted) also
-renders the overview, ``REPRODUCTION.md`` beside the output folder (``docs/reproduction`` →
-``docs/REPRODUCTION.md``; ``--overview FILE`` elsewhere), from the files of all five
+config of ``--size`` as YAML and exits; ``--study-files DIR`` writes each experiment's grid (its cells ×
+seeds, as the reproduction trains them) as a study file ``DIR/<name>-<experiment>.yaml`` that
+``cellsearch run`` trains and ``cellsearch validate`` checks, and exits; ``--replot`` rebuilds the markdown
+and plot from the files of an earlier run in ``--out`` (``<name>.json``, the CSVs) without training.
+``all`` (trained or replotted) also renders the overview, ``REPRODUCTION.md`` beside the output folder
+(``docs/reproduction`` → ``docs/REPRODUCTION.md``; ``--overview FILE`` elsewhere), from the files of all five
 (:mod:`cellsearch.reproduce.overview`). A run killed or crashed half-way resumes when the same command runs
 again: finished runs come from its journal and interrupted ones from their last evaluation (both under
 ``--out``/.resume/, removed once the report is written); ``--fresh`` starts over.
@@ -38,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training processes in parallel, one torch thread each (default 1)")
     parser.add_argument("--config", type=Path, default=None, help="a YAML reproduction config to run instead")
     parser.add_argument("--dump-config", action="store_true", help="print the --size config as YAML and exit")
+    parser.add_argument("--study-files", type=Path, default=None, metavar="DIR",
+                        help="write each experiment's grid (cells x seeds) as a study file into DIR for "
+                        "`cellsearch run`, and exit (nothing is trained)")
     parser.add_argument("--fresh", action="store_true",
                         help="start over: discard what an interrupted run of the same reproduction left to resume")
     parser.add_argument("--replot", action="store_true",
@@ -91,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             sys.stdout.write(config_yaml(name, args.size))
         return 0
+    if args.study_files is not None:
+        return _study_files(names, args)
     if args.replot:
         from ..reproduce import get_reproduction
 
@@ -110,6 +117,19 @@ def run(args: argparse.Namespace) -> int:
     if len(names) > 1:
         print(f"all reproductions: wall {time.perf_counter() - total_start:.0f} s", flush=True)
     _overview(args)
+    return 0
+
+
+def _study_files(names: list[str], args: argparse.Namespace) -> int:
+    """``--study-files DIR``: each experiment's grid as a study file (what ``cellsearch run`` trains)."""
+    from ..reproduce import study_files
+
+    config = _load_config(args.config) if args.config is not None else None
+    for name in names:
+        command = " ".join([_command(name, args).replace(f" --workers {args.workers}", ""),
+                            f"--study-files {args.study_files}"])
+        for path in study_files(name, args.study_files, args.size, args.seeds, config, command):
+            print(f"{name}: wrote {path} (cellsearch run {path})", flush=True)
     return 0
 
 

@@ -26,7 +26,7 @@ def summary(config: Any) -> str:
     """One line: what the study searches, on what, toward which objective, with which budget."""
     from ..config.urls import mask_url
 
-    what = f"cells {', '.join(config.cells)}" if config.cells else f"space {config.space.source}"
+    what = f"cells {', '.join(v.label for v in config.cells)}" if config.cells else f"space {config.space.source}"
     objective = ", ".join(f"{o.metric} ({o.direction})" for o in config.objective)
     s = config.search
     budget = f"{s.n_trials} trials" if s.n_trials else f"{s.timeout:g} s"

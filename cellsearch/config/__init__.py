@@ -5,6 +5,8 @@
 - :mod:`.options` — :class:`Option`, the rule of one scalar option (``train.*`` keys, a task's options);
 - :mod:`.train` — the training recipe (:class:`TrainConfig`);
 - :mod:`.space`, :mod:`.study` — the space and study schemas;
+- :mod:`.variants` — the cells of a grid (a study's ``cells:``, a reproduction's experiment): a name or a
+  variant with overrides;
 - :mod:`.urls` — storage URLs: what is wrong with one, and its password masked.
 
 This floor sits beside :mod:`cellsearch.spec` at the bottom of the house and imports nothing above it: no
@@ -36,10 +38,11 @@ from .study import (
     study_from_mapping,
 )
 from .train import TrainConfig
+from .variants import Variant, read_variants
 from .yamlio import apply_overrides, builtin_spaces_dir, parse_set, read_yaml
 
 __all__ = [
-    "StudyError", "Option", "Param", "Reader", "TrainConfig",
+    "StudyError", "Option", "Param", "Reader", "TrainConfig", "Variant", "read_variants",
     "SpaceConfig", "load_space", "space_from_mapping", "default_space_from_cell",
     "TaskConfig", "ModelConfig", "ObjectiveConfig", "SearchConfig", "StudyConfig",
     "load_study", "study_from_mapping", "metric_label",

@@ -19,14 +19,16 @@ __all__ = ["Reader", "Param", "parse_param", "bounded", "read_only", "first_line
 
 
 class Reader:
-    """Reads values out of a raw mapping, raising :class:`StudyError` with ``source`` and the key path."""
+    """Reads values out of a raw mapping, raising :class:`StudyError` with ``source`` and the key path
+    (``prefix``: where the mapping sits in a larger file, e.g. ``experiments[0]`` of a reproduction config)."""
 
-    def __init__(self, source: str, error: type[StudyError] = StudyError) -> None:
-        self.source, self.error = source, error
+    def __init__(self, source: str, error: type[StudyError] = StudyError, prefix: str = "") -> None:
+        self.source, self.error, self.prefix = source, error, prefix
 
     def fail(self, key: str, value: Any, allowed: str, hint: str = "") -> StudyError:
         """The error naming ``source``, ``key``, the value and what is allowed (``error``: its class)."""
-        return self.error(self.source, key, value, allowed, hint)
+        where = f"{self.prefix}.{key}" if self.prefix and key else (self.prefix or key)
+        return self.error(self.source, where, value, allowed, hint)
 
     def mapping(self, key: str, value: Any, allowed_keys: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(value, Mapping):

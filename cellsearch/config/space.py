@@ -17,7 +17,7 @@ from .train import TrainConfig
 from .yamlio import read_yaml
 
 __all__ = ["SpaceConfig", "load_space", "space_from_mapping", "default_space_from_cell", "SPACE_KEYS",
-           "DEPTH_INT_FIELDS", "DEPTH_MAX", "HIDDEN_MAX"]
+           "DEPTH_INT_FIELDS", "DEPTH_MAX", "HIDDEN_MAX", "PARAM_BUDGET_MAX", "depth_value"]
 
 SPACE_KEYS = ("cell", "depth", "hidden_size", "train", "published")
 DEPTH_INT_FIELDS = DepthSpec.int_fields()
@@ -26,6 +26,7 @@ _DEPTH_FIELDS = {f.name: f for f in fields(DepthSpec)}
 #: exhaust memory building the model, long after the study was created)
 DEPTH_MAX = 64
 HIDDEN_MAX = 1 << 16
+PARAM_BUDGET_MAX = 1 << 30
 _TRAIN_NUMERIC = ("lr", "momentum", "weight_decay", "clip", "dropout")
 
 
@@ -126,16 +127,21 @@ def _space_depth(r: Reader, raw: Any) -> dict[str, Param]:
         key = f"depth.{k}"
         param = parse_param(r, key, v, integer=k in DEPTH_INT_FIELDS)
         for value in param.values:
-            if k in DEPTH_INT_FIELDS:
-                bounded(r, key, value, DEPTH_INT_FIELDS[k], DEPTH_MAX)
-            elif "choices" in (meta := _DEPTH_FIELDS[k].metadata):
-                r.string(key, value, meta["choices"])
-            elif k == "residual":
-                r.boolean(key, value)
-            elif k == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise r.fail(key, value, "a number in [0, 1)")
+            depth_value(r, key, k, value)
         out[k] = param
     return out
+
+
+def depth_value(r: Reader, key: str, name: str, value: Any) -> None:
+    """One value of the DepthSpec field ``name`` (read at ``key``): in range, one of its choices."""
+    if name in DEPTH_INT_FIELDS:
+        bounded(r, key, value, DEPTH_INT_FIELDS[name], DEPTH_MAX)
+    elif "choices" in (meta := _DEPTH_FIELDS[name].metadata):
+        r.string(key, value, meta["choices"])
+    elif name == "residual":
+        r.boolean(key, value)
+    elif name == "dropout" and not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise r.fail(key, value, "a number in [0, 1)")
 
 
 def _published(r: Reader, raw: Any) -> bool | tuple[str, ...]:

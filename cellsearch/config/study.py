@@ -5,7 +5,8 @@ cells), on which task, with which model size, training recipe, objective(s) and 
 
     name: quickstart
     task: {name: adding, seq_len: 50}
-    space: spaces/gating.yaml          # or an inline mapping, or `cells: [lstm, gru, star]`
+    space: spaces/gating.yaml          # or an inline mapping, or `cells: [lstm, gru, star]` (names or
+                                       #   variants {label, cell, layers, spec, options, depth, train, model})
     model: {hidden_size: 64, num_layers: 1}      # or {param_budget: 20000}
     train: {epochs: 3, batch_size: 64, lr: 1.0e-3}
     objective: {metric: val_loss, direction: minimize}   # or a list: multi-objective
@@ -37,9 +38,10 @@ from typing import Any
 from ..errors import StudyError, did_you_mean
 from ..spec import FrozenDict, SpecError
 from .reader import Reader, bounded
-from .space import DEPTH_MAX, HIDDEN_MAX, SpaceConfig, space_from_mapping, train_fields
+from .space import DEPTH_MAX, HIDDEN_MAX, PARAM_BUDGET_MAX, SpaceConfig, space_from_mapping, train_fields
 from .train import TrainConfig
 from .urls import mask_url, url_problem
+from .variants import Variant, read_variants
 from .yamlio import apply_overrides, plain, read_yaml, resolve_path
 
 __all__ = [
@@ -105,7 +107,6 @@ SEARCH_KEYS = (
     "checkpoint_dir",
     "max_failures",
 )
-PARAM_BUDGET_MAX = 1 << 30
 #: the most seeds a ``seeds: N`` count may ask for (each is a full training per cell)
 SEEDS_MAX = 1000
 #: a name is a folder name (runs/<name>) and a study name in the storage
@@ -200,7 +201,8 @@ class StudyConfig:
     name: str
     task: TaskConfig
     space: SpaceConfig | None = None
-    cells: tuple[str, ...] | None = None
+    #: a grid's cells: registered names or variants of them (:class:`~cellsearch.config.variants.Variant`)
+    cells: tuple[Variant, ...] | None = None
     seeds: tuple[int, ...] | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     train: Mapping[str, Any] = field(default_factory=FrozenDict)
@@ -250,7 +252,7 @@ class StudyConfig:
             "description": self.description,
             "task": self.task.to_dict(),
             "space": self.space.to_dict() if self.space is not None else None,
-            "cells": list(self.cells) if self.cells is not None else None,
+            "cells": [v.to_dict() for v in self.cells] if self.cells is not None else None,
             "seeds": list(self.seeds) if self.seeds is not None else None,
             "model": self.model.to_dict(),
             "train": self.train_dict(),
@@ -259,6 +261,17 @@ class StudyConfig:
             "storage": self.storage,
             "output_dir": self.output_dir,
         }
+
+    def to_file_dict(self) -> dict[str, Any]:
+        """The mapping of a study file that reads back to this config: :meth:`to_dict` without the nulls,
+        an empty description and the search settings left at their defaults."""
+        d = self.to_dict()
+        defaults = SearchConfig().to_dict()
+        d["search"] = {k: v for k, v in d["search"].items() if v != defaults[k]}
+        d["model"] = {k: v for k, v in d["model"].items() if v is not None}
+        objective = [{k: v for k, v in o.items() if v is not None} for o in d["objective"]]
+        d["objective"] = objective if len(objective) > 1 else objective[0]
+        return {k: v for k, v in d.items() if v is not None and v != "" and v != {}}
 
     def fingerprint(self, legacy: bool = False) -> str:
         """Digest of what makes trials comparable: task, space (or cells and seeds), model, training
@@ -291,11 +304,12 @@ def study_from_mapping(
     source: str = "<inline>",
     base: Path | None = None,
     overrides: Mapping[str, Any] | Iterable[str] = (),
+    reader: Reader | None = None,
 ) -> StudyConfig:
     """Read a raw study mapping (as read from YAML) into a :class:`StudyConfig` (structure only, as
-    :func:`load_study`)."""
+    :func:`load_study`); ``reader``: how mistakes are reported (default: a StudyError naming ``source``)."""
     base = base or Path.cwd()
-    r = Reader(source)
+    r = reader or Reader(source)
     raw = r.mapping("", raw, STUDY_KEYS)
     if overrides:
         raw = apply_overrides(raw, overrides, source, base)
@@ -311,6 +325,9 @@ def study_from_mapping(
     space, cells, seeds = _what(r, raw, base)
     model = _model(r, raw.get("model") or {}, space)
     train = _train(r, raw.get("train") or {})
+    for i, variant in enumerate(cells or ()):
+        if variant.train:
+            _validate_train(r, f"cells[{i}].train", {**train, **variant.train})
     objective = _objective(r, raw.get("objective", "val_loss"))
     search = _search(r, raw.get("search") or {}, len(objective))
     storage = _storage(r, raw.get("storage"))
@@ -377,13 +394,13 @@ def _task(r: Reader, raw: Any) -> TaskConfig:
 
 def _what(
     r: Reader, raw: Mapping[str, Any], base: Path
-) -> tuple[SpaceConfig | None, tuple[str, ...] | None, tuple[int, ...] | None]:
+) -> tuple[SpaceConfig | None, tuple[Variant, ...] | None, tuple[int, ...] | None]:
     has_space, has_cells = raw.get("space") is not None, raw.get("cells") is not None
     if has_space == has_cells:
         raise r.fail(
             "space",
             raw.get("space"),
-            "exactly one of 'space' (a space file or mapping) and 'cells' (a list of cell names)",
+            "exactly one of 'space' (a space file or mapping) and 'cells' (a list of cell names or variants)",
         )
     seeds = None
     if raw.get("seeds") is not None:
@@ -393,7 +410,7 @@ def _what(
             )
         seeds = _seeds(r, raw["seeds"])
     if has_cells:
-        return None, _cells(r, raw["cells"]), seeds
+        return None, read_variants(r, "cells", raw["cells"]), seeds
     ref = raw["space"]
     if isinstance(ref, str):
         path = resolve_path(ref, base)
@@ -422,18 +439,6 @@ def _seeds(r: Reader, raw: Any) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _cells(r: Reader, raw: Any) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not raw:
-        raise r.fail("cells", raw, "a non-empty list of registered cell names")
-    for i, name in enumerate(raw):
-        r.string(f"cells[{i}]", name)
-    if len(set(raw)) != len(raw):
-        raise r.fail("cells", raw, "distinct cell names")
-    return tuple(raw)
-
-
 def _model(r: Reader, raw: Any, space: SpaceConfig | None) -> ModelConfig:
     data = r.mapping("model", raw, MODEL_KEYS)
     budget = r.integer("model.param_budget", data.get("param_budget"), 1, none=True)
@@ -451,14 +456,14 @@ def _model(r: Reader, raw: Any, space: SpaceConfig | None) -> ModelConfig:
     return ModelConfig(hidden_size=hidden, num_layers=layers, param_budget=budget)  # type: ignore[arg-type]
 
 
-def _validate_train(r: Reader, key: str, data: Mapping[str, Any]) -> None:
+def _validate_train(r: Reader, prefix: str, data: Mapping[str, Any]) -> None:
+    """Training settings ``data`` must make a TrainConfig; a mistake is named under ``prefix`` (``train``,
+    ``cells[2].train``)."""
     try:
         TrainConfig.from_dict(dict(data))
     except SpecError as exc:
         where = exc.where if str(exc.where).startswith("train") else f"train.{exc.where}"
-        prefix = key.rsplit(".", 1)[0] if key != "train" else "train"
-        where = where.replace("train", prefix, 1) if prefix != "train" else where
-        raise StudyError(r.source, where, exc.value, exc.allowed) from None
+        raise r.fail(prefix + where[len("train"):], exc.value, exc.allowed) from None
 
 
 def _train(r: Reader, raw: Any) -> dict[str, Any]:
@@ -474,7 +479,7 @@ def _check_space_train(space: SpaceConfig, train: Mapping[str, Any]) -> None:
         for value in param.values:
             if param.kind == "int":
                 value = int(value)
-            _validate_train(r, f"train.{key}", {**train, key: value})
+            _validate_train(r, "train", {**train, key: value})
 
 
 def _objective(r: Reader, raw: Any) -> tuple[ObjectiveConfig, ...]:

@@ -19,20 +19,27 @@ A config is::
           - {label: sRNN, cell: vanilla, layers: 2, train: {lr: 1.0e-3}, model: {param_budget: 9000}}
     # plus keys of a particular reproduction (e.g. ``gradient_maps`` for star)
 
-A variant mapping takes ``label`` (default: the cell name, with ``×L`` when several depths are run),
-``cell``, ``layers``, ``spec`` (primitives replacing the card's, e.g. ``{init: orthogonal, bias: chrono}``), ``options``
-(per-role primitive options merged into the card's), ``depth`` (DepthSpec fields), ``train`` and ``model``
-(merged over the experiment's). Every key is checked; a mistake raises
-:class:`ConfigError` naming the key.
+The cells are a study's cells, read by the same rule (:mod:`cellsearch.config.variants`): a name or a variant
+mapping with ``label`` (default: the cell name, with ``×L`` when several depths are run), ``cell``,
+``layers``, ``spec`` (primitives replacing the card's, e.g. ``{init: orthogonal, bias: chrono}``), ``options``
+(per-role primitive options merged into the card's), ``depth`` (DepthSpec fields), ``train`` (merged over the
+experiment's) and ``model`` (replacing the experiment's sizing). Each experiment is a study grid
+(``Experiment.grid``, a :class:`~cellsearch.config.study.StudyConfig` named
+``<reproduction>-<experiment>``: the variants × the seeds), read by the study reader; its jobs are the grid's
+cells × seeds, and ``cellsearch reproduce NAME --study-files DIR`` writes the grids as study files that
+``cellsearch run`` trains. Every key is checked; a mistake raises :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..config.reader import Reader
+from ..config.study import StudyConfig, study_from_mapping
+from ..config.variants import SIZE_KEYS, Variant, read_variant
+from ..config.yamlio import plain
 from ..errors import StudyError
 from .runner import Job
 
@@ -40,8 +47,6 @@ __all__ = ["ConfigError", "Variant", "Experiment", "ReproConfig", "parse_config"
 
 _TOP = ("name", "seeds", "first_seed", "experiments")
 _EXPERIMENT = ("name", "title", "task", "model", "train", "solved_below", "layers", "cells")
-_VARIANT = ("label", "cell", "layers", "spec", "options", "depth", "train", "model")
-_MODEL = ("hidden_size", "param_budget")
 
 
 class ConfigError(StudyError):
@@ -58,36 +63,36 @@ def _key(where: str) -> str:
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One model of an experiment: a registered cell at a depth, with overrides."""
-
-    label: str
-    cell: str
-    layers: int = 1
-    options: Mapping[str, Any] = field(default_factory=dict)
-    depth: Mapping[str, Any] = field(default_factory=dict)
-    train: Mapping[str, Any] = field(default_factory=dict)
-    model: Mapping[str, Any] = field(default_factory=dict)
-    spec: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Experiment:
-    """One task with its variants, model sizing and training recipe."""
+    """One task with its variants: a study grid (``grid``: task, model sizing, training, the variants as
+    its cells, the seeds; what ``cellsearch run`` trains from the study file :meth:`ReproConfig.study_files`
+    writes) and what the report needs besides: the title, the threshold of "solved", and the task, model and
+    train mappings as the config wrote them."""
 
     name: str
+    grid: StudyConfig
     task: Mapping[str, Any]
-    variants: tuple[Variant, ...]
     model: Mapping[str, Any]
     train: Mapping[str, Any]
     title: str = ""
     solved_below: float | None = None
 
-    def jobs(self, seeds: Sequence[int]) -> list[Job]:
-        """One job per (variant, seed), variants outermost."""
-        return [Job(self.name, v.label, v.cell, dict(self.task), {**self.model, **v.model},
-                    {**self.train, **v.train}, seed, v.layers, dict(v.options), dict(v.depth), dict(v.spec))
-                for v in self.variants for seed in seeds]
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The grid's cells, in order."""
+        assert self.grid.cells is not None
+        return self.grid.cells
+
+    def jobs(self) -> list[Job]:
+        """One job per cell × seed of the grid, variants outermost (each resolved as the study's trial of
+        the same cell and seed is: :func:`cellsearch.jobs.variant_spec`)."""
+        grid = self.grid
+        sizing = ({"param_budget": grid.model.param_budget} if grid.model.param_budget is not None
+                  else {"hidden_size": grid.model.hidden_size})
+        return [Job(self.name, v.label, v.cell, grid.task.to_dict(), v.sizes(sizing),
+                    {**grid.train_dict(), **plain(v.train)}, seed, v.layers or grid.model.num_layers,
+                    plain(v.options), plain(v.depth), plain(v.spec))
+                for v in self.variants for seed in grid.seeds or ()]
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,11 @@ class ReproConfig:
 
     def jobs(self) -> list[Job]:
         """Every job of every experiment."""
-        return [job for exp in self.experiments for job in exp.jobs(self.seeds)]
+        return [job for exp in self.experiments for job in exp.jobs()]
+
+    def studies(self) -> list[StudyConfig]:
+        """Each experiment's grid as a study (one per experiment, named ``<reproduction>-<experiment>``)."""
+        return [exp.grid for exp in self.experiments]
 
 
 def _mapping(where: str, value: Any, keys: Sequence[str] | None = None) -> dict[str, Any]:
@@ -112,21 +121,12 @@ def _int(where: str, value: Any, low: int) -> int:
     return _READ.integer(_key(where), value, low)  # type: ignore[return-value]
 
 
-def _variant(where: str, raw: Any, layers: int) -> Variant:
-    if isinstance(raw, str):
-        raw = {"cell": raw}
-    data = _mapping(where, raw, _VARIANT)
-    if not isinstance(data.get("cell"), str):
-        raise ConfigError(f"{where}.cell: expected a registered cell name, got {data.get('cell')!r}")
-    _registered(f"{where}.cell", data["cell"], "cell")
-    model = _mapping(f"{where}.model", data.get("model", {}), _MODEL)
-    return Variant(label=str(data.get("label", data["cell"])), cell=data["cell"],
-                   layers=_int(f"{where}.layers", data.get("layers", layers), 1),
-                   options={k: _mapping(f"{where}.options.{k}", v)
-                            for k, v in _mapping(f"{where}.options", data.get("options", {})).items()},
-                   depth=_mapping(f"{where}.depth", data.get("depth", {})),
-                   train=_mapping(f"{where}.train", data.get("train", {})), model=model,
-                   spec=_spec(f"{where}.spec", data.get("spec", {})))
+def _variant(where: str, raw: Any, layers: int | None) -> Variant:
+    """A cell of an experiment, read by the study files' rule (:func:`~cellsearch.config.variants.read_variant`)
+    and its cell registered."""
+    variant = read_variant(_READ, where, raw, layers)
+    _registered(f"{where}.cell", variant.cell, "cell")
+    return variant
 
 
 def _registered(where: str, name: Any, kind: str) -> None:
@@ -139,35 +139,41 @@ def _registered(where: str, name: Any, kind: str) -> None:
                           f"{registry.did_you_mean(str(name), names)}expected one of {', '.join(names)}")
 
 
-def _spec(where: str, raw: Any) -> dict[str, str]:
-    from ..spec import CELL_ROLES
+def _variants(where: str, data: Mapping[str, Any]) -> list[Variant]:
+    """The experiment's cells, each at every depth of its ``layers`` list when it has one (labelled ``×L``)."""
+    cells, depths = data["cells"], data.get("layers")
+    if not isinstance(cells, Sequence) or isinstance(cells, str) or not cells:
+        raise ConfigError(f"{where}.cells: expected a non-empty list of cells")
+    if depths is None:
+        return [_variant(f"{where}.cells[{i}]", c, None) for i, c in enumerate(cells)]
+    if not isinstance(depths, Sequence) or not depths:
+        raise ConfigError(f"{where}.layers: expected a non-empty list of depths")
+    variants = []
+    for i, c in enumerate(cells):
+        for d in depths:
+            v = _variant(f"{where}.cells[{i}]", c, _int(f"{where}.layers", d, 1))
+            variants.append(replace(v, label=f"{v.label} ×{v.layers}"))
+    return variants
 
-    data = _mapping(where, raw, CELL_ROLES)
-    for key, value in data.items():
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}.{key}: expected a primitive name, got {value!r}")
-    return data
+
+def _grid(where: str, study: str, data: Mapping[str, Any], variants: Sequence[Variant],
+          seeds: Sequence[int]) -> StudyConfig:
+    """The experiment as a study grid (read by the study reader; its mistakes named under ``where``): no
+    pruning, the budget exactly the grid, the test metrics recorded as the reproduction reports them."""
+    train = {"test": True, **data.get("train", {})}
+    raw = {"name": study, "description": str(data.get("title", "")), "task": data["task"],
+           "cells": [v.to_dict() for v in variants], "seeds": list(seeds), "model": data.get("model", {}),
+           "train": train, "search": {"sampler": "random", "pruner": "none", "seed": 0,
+                                      "n_trials": len(variants) * len(seeds)}}
+    return study_from_mapping(raw, source="config", reader=Reader("config", error=ConfigError, prefix=where))
 
 
-def _experiment(where: str, raw: Any) -> Experiment:
+def _experiment(where: str, raw: Any, seeds: Sequence[int], prefix: str) -> Experiment:
     data = _mapping(where, raw, _EXPERIMENT)
     for key in ("name", "task", "cells"):
         if key not in data:
             raise ConfigError(f"{where}.{key}: missing")
-    depths = data.get("layers")
-    cells = data["cells"]
-    if not isinstance(cells, Sequence) or isinstance(cells, str) or not cells:
-        raise ConfigError(f"{where}.cells: expected a non-empty list of cells")
-    variants: list[Variant] = []
-    if depths is None:
-        variants = [_variant(f"{where}.cells[{i}]", c, 1) for i, c in enumerate(cells)]
-    else:
-        if not isinstance(depths, Sequence) or not depths:
-            raise ConfigError(f"{where}.layers: expected a non-empty list of depths")
-        for i, c in enumerate(cells):
-            for d in depths:
-                v = _variant(f"{where}.cells[{i}]", c, _int(f"{where}.layers", d, 1))
-                variants.append(replace(v, label=f"{v.label} ×{v.layers}"))
+    variants = _variants(where, data)
     labels = [v.label for v in variants]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -179,10 +185,12 @@ def _experiment(where: str, raw: Any) -> Experiment:
     if "name" not in task:
         raise ConfigError(f"{where}.task.name: missing")
     _registered(f"{where}.task.name", task["name"], "task")
-    return Experiment(name=str(data["name"]), task=task, variants=tuple(variants),
-                      model=_mapping(f"{where}.model", data.get("model", {}), _MODEL),
-                      train=_mapping(f"{where}.train", data.get("train", {})),
-                      title=str(data.get("title", "")), solved_below=None if solved is None else float(solved))
+    model = _mapping(f"{where}.model", data.get("model", {}), SIZE_KEYS)
+    train = _mapping(f"{where}.train", data.get("train", {}))
+    name = str(data["name"])
+    grid = _grid(where, f"{prefix}-{name}" if prefix else name, data, variants, seeds)
+    return Experiment(name=name, grid=grid, task=task, model=model, train=train, title=str(data.get("title", "")),
+                      solved_below=None if solved is None else float(solved))
 
 
 def parse_config(raw: Mapping[str, Any], extra_keys: Sequence[str] = (), seeds: int | None = None) -> ReproConfig:
@@ -194,8 +202,9 @@ def parse_config(raw: Mapping[str, Any], extra_keys: Sequence[str] = (), seeds: 
     experiments = data.get("experiments", [])
     if not isinstance(experiments, Sequence) or isinstance(experiments, str):
         raise ConfigError("config.experiments: expected a list")
-    parsed = tuple(_experiment(f"experiments[{i}]", e) for i, e in enumerate(experiments))
+    name, seed_list = str(data.get("name", "")), tuple(range(first, first + count))
+    parsed = tuple(_experiment(f"experiments[{i}]", e, seed_list, name) for i, e in enumerate(experiments))
     names = [e.name for e in parsed]
     if len(set(names)) != len(names):
         raise ConfigError("config.experiments: experiment names must be distinct")
-    return ReproConfig(str(data.get("name", "")), tuple(range(first, first + count)), parsed, data)
+    return ReproConfig(name, seed_list, parsed, data)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..jobs import cell_spec, variant_spec
+
 __all__ = ["Job", "Record", "run_job", "run_jobs", "model_spec_for", "cell_spec"]
 
 @dataclass(frozen=True)
@@ -74,27 +76,13 @@ class Record:
         return out
 
 
-def cell_spec(cell: str, spec: Mapping[str, str] | None = None,
-              options: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Any, Any]:
-    """(CellSpec, DepthSpec) of a card with primitives replaced (``spec``) and role options merged in."""
-    from ..api import resolve
-
-    cell_spec, depth = resolve(cell, **dict(spec or {}))
-    if options:
-        merged = {role: cell_spec.options_for(role) for role in cell_spec.options}
-        for role, extra in options.items():
-            merged[role] = {**merged.get(role, {}), **dict(extra)}
-        cell_spec = cell_spec.replace(options=merged)
-    return cell_spec, depth
-
-
 def model_spec_for(job: Job) -> tuple[Any, Any]:
-    """(ModelSpec, Task) of a job: the card's spec with the overrides, the depth, the sizes."""
+    """(ModelSpec, Task) of a job: its variant's cell and depth (:func:`cellsearch.jobs.variant_spec`, as a
+    study's grid resolves them), the sizes."""
     from ..tasks import make_task
     from ..train import resolve_model_spec
 
-    spec, depth = cell_spec(job.cell, job.spec, job.options)
-    depth = depth.replace(layers=job.layers, **dict(job.depth))
+    spec, depth = variant_spec(job.cell, job.layers, job.spec, job.options, job.depth)
     task = make_task(dict(job.task))
     model = dict(job.model)
     ms = resolve_model_spec(spec, depth, task, hidden_size=model.get("hidden_size"),

@@ -5,7 +5,8 @@ search floor, checks what needs the registry or a library, each mistake one
 :class:`~cellsearch.errors.StudyError` line naming the file and key:
 
 - the task is registered and its options are valid (the task object is built; no data is read);
-- cell, primitive and published names are registered; primitive options are known and construct;
+- cell, primitive and published names are registered; primitive options are known and construct; a
+  grid's variants build;
 - every chosen update combines with at least one choice of every other role, and every combination the
   sampler can propose builds (:class:`~cellsearch.search.space.SearchSpace`);
 - objective metrics exist for the task, with their natural direction filled in where none was given;
@@ -30,8 +31,8 @@ from ..errors import StudyError, did_you_mean
 from ..registry import RegistryError, get_primitive, list_cells, list_primitives
 from ..spec import CELL_ROLES, SpecError
 
-__all__ = ["check_study", "check_space", "load_study", "study_from_mapping", "load_space", "space_from_mapping",
-           "objective_metrics"]
+__all__ = ["check_study", "check_space", "check_cells", "load_study", "study_from_mapping", "load_space",
+           "space_from_mapping", "objective_metrics"]
 
 
 def load_study(path: str | Path, overrides: Mapping[str, Any] | Iterable[str] = ()) -> StudyConfig:
@@ -60,7 +61,7 @@ def check_study(cfg: StudyConfig) -> StudyConfig:
     r = Reader(cfg.source)
     task = _task(r, cfg)
     if cfg.cells is not None:
-        _names(r, "cells", cfg.cells, list_cells())
+        check_cells(r, "cells", cfg.cells, cfg.model.num_layers)
     if cfg.space is not None:
         check_space(cfg.space)
     _optuna_accepts(r, "search.sampler", cfg.search.sampler, cfg.search.sampler_args)
@@ -81,6 +82,28 @@ def _task(r: Reader, cfg: StudyConfig) -> Any:
         raise StudyError(r.source, where, exc.value, exc.allowed) from None
     except ImportError as exc:
         raise StudyError.plain(r.source, f"task.name: tasks are not available ({exc})") from None
+
+
+def check_cells(r: Reader, key: str, cells: Sequence[config.Variant], layers: int) -> None:
+    """A grid's cells: registered names; a variant's primitives registered and its cell building (its
+    spec, options and depth resolved as the grid will, :func:`cellsearch.jobs.variant_spec`)."""
+    known = list_cells()
+    for i, v in enumerate(cells):
+        where = f"{key}[{i}]"
+        r.string(where if v.plain else f"{where}.cell", v.cell, known)
+        for role, name in v.spec.items():
+            r.string(f"{where}.spec.{role}", name, list_primitives(role))
+        if v.plain:
+            continue
+        from ..cells import check_spec
+        from ..jobs import variant_spec
+
+        try:
+            cell, _ = variant_spec(v.cell, v.layers or layers, v.spec, v.options, v.depth)
+            check_spec(cell)
+        except SpecError as exc:
+            inner = exc.where[len("cell."):] if exc.where.startswith("cell.") else exc.where
+            raise StudyError(r.source, f"{where}.{inner}", exc.value, exc.allowed) from None
 
 
 def _names(r: Reader, key: str, names: Sequence[str], known: Sequence[str]) -> None:

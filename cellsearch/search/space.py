@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
-from ..config import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError
+from ..config import ModelConfig, Param, SpaceConfig, StudyConfig, StudyError, Variant
 from ..spec import CELL_ROLES, CellSpec, DepthSpec, SpecError
 
 __all__ = [
@@ -60,13 +60,17 @@ class TrialLike(Protocol):
 @dataclass(frozen=True)
 class Candidate:
     """What one trial trains: a cell, a depth, a hidden size (None: from the model config / budget),
-    training overrides, and the published cell's name when the trial is one."""
+    training overrides, and the published cell's name (a grid's variant: its label) when the trial is one.
+    ``sized``: ``hidden_size`` and ``param_budget`` are the trial's own (a grid's variant over the study's
+    sizing); otherwise the study's ``model.param_budget`` applies."""
 
     cell: CellSpec
     depth: DepthSpec
     hidden_size: int | None = None
     train: Mapping[str, Any] = field(default_factory=dict)
     published: str | None = None
+    param_budget: int | None = None
+    sized: bool = False
 
     def summary(self) -> str:
         """A short human description: ``ur_lstm`` or ``star/ur/ugi/tanh/free x2 +deep``."""
@@ -303,7 +307,7 @@ class SearchSpace:
         from ..registry import get_cell_card
 
         card = get_cell_card(published)
-        return Candidate(card.spec, candidate.depth, candidate.hidden_size, candidate.train, published)
+        return replace(candidate, cell=card.spec, published=published)
 
 
 def _depth_default(key: str) -> Any:
@@ -457,19 +461,26 @@ def random_point(sample: Any, rng: Any) -> dict[str, Any]:
 
 
 class CellListSpace:
-    """``cells: [lstm, gru, ...]`` × ``seeds``: every pair is enqueued; ``sample`` picks a cell (and seed)."""
+    """A grid, ``cells: [lstm, gru, {label: ..., cell: ..., ...}]`` × ``seeds``: every pair is enqueued;
+    ``sample`` picks a cell by its label (and a seed). A variant's overrides are resolved by
+    :func:`cellsearch.jobs.variant_spec`, as a reproduction's jobs are."""
 
-    def __init__(self, cells: Sequence[str], seeds: Sequence[int] | None, model: ModelConfig) -> None:
-        self.cells, self.seeds, self.model = tuple(cells), tuple(seeds) if seeds else None, model
+    def __init__(self, cells: Sequence[Variant | str], seeds: Sequence[int] | None, model: ModelConfig) -> None:
+        variants = [Variant(c, c) if isinstance(c, str) else c for c in cells]
+        self.variants = {v.label: v for v in variants}
+        self.cells, self.seeds, self.model = tuple(self.variants), tuple(seeds) if seeds else None, model
 
     def sample(self, trial: TrialLike) -> Candidate:
-        from ..registry import get_cell_card
+        from ..jobs import variant_spec
 
-        name = suggest(trial, "cell", Param("categorical", self.cells))
-        card = get_cell_card(name)
-        train = {"seed": suggest(trial, "train/seed", Param("categorical", self.seeds))} if self.seeds else {}
-        depth = card.depth.replace(layers=self.model.num_layers)
-        return Candidate(card.spec, depth, self.model.hidden_size, train, name)
+        label = suggest(trial, "cell", Param("categorical", self.cells))
+        v = self.variants[label]
+        cell, depth = variant_spec(v.cell, v.layers or self.model.num_layers, v.spec, v.options, v.depth)
+        train = dict(v.train)
+        if self.seeds:
+            train["seed"] = suggest(trial, "train/seed", Param("categorical", self.seeds))
+        sizes = v.sizes({"hidden_size": self.model.hidden_size, "param_budget": self.model.param_budget})
+        return Candidate(cell, depth, sizes.get("hidden_size"), train, label, sizes.get("param_budget"), sized=True)
 
     def seed_trials(self) -> list[SeedTrial]:
         """Every (seed, cell) pair, seed-major: all cells once before any cell twice."""

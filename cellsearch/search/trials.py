@@ -107,8 +107,9 @@ class TrialBook:
         """The ModelSpec and TrainConfig a sampled candidate stands for."""
         from ..train import TrainConfig, resolve_model_spec
 
+        budget = candidate.param_budget if candidate.sized else self.config.model.param_budget
         spec = resolve_model_spec(candidate.cell, candidate.depth, self.task, hidden_size=candidate.hidden_size,
-                                  param_budget=self.config.model.param_budget)
+                                  param_budget=budget)
         train = TrainConfig.from_dict({**self.config.train_dict(), **dict(candidate.train), "progress": False})
         return spec, train
 
