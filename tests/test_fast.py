@@ -189,6 +189,25 @@ def test_adaptive_saturation_fast_path_equals_reference(method: str, recurrence:
         assert_same(model, _x(3, 4, 5, dtype), _state(model, 3, dtype))
 
 
+@pytest.mark.parametrize("steps", [1, 2, 9])
+def test_adaptive_fast_path_with_moved_weights_and_spread_scales_equals_reference(steps: int) -> None:
+    """asRNN's loop folds D_f, D_f⁻¹, U_f and the recurrence into one step matrix: every parameter moved
+    off its init (U_f ≠ I, biases ≠ 0), d = |s| + ε spread over 1.5 decades with both signs of s (the
+    folded matrices mix d and 1/d), T = 1 (no recurrent step), 2 and 9; float64. (In float32 this
+    network is too ill-conditioned for a 1e-5 comparison: the reference loop itself is ~3e-4 from its
+    float64 value here; float32 is checked on the published card above.)"""
+    from reference import perturb_
+
+    spec = cs.CellSpec(update="vanilla", saturation="adaptive", recurrence="orthogonal")
+    model = perturb_(_model(spec, 5, 16, 2, torch.float64), 0.3)
+    signs = torch.where(torch.arange(16) % 2 == 0, 1.0, -1.0).double()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.saturation.s.copy_(torch.logspace(-1, 0.5, 16, dtype=torch.float64) * signs)
+    assert fast.plan(model.layers[0]).path == "fused"
+    assert_same(model, _x(3, steps, 5, torch.float64), _state(model, 3, torch.float64))
+
+
 # ------------------------------------------------------------------------------------------------
 # what has no hand-written path takes the derived path (tests/test_derived.py), or the reference loop
 

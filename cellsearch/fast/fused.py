@@ -215,6 +215,25 @@ class Kernel:
             self._scales[key] = vec
         return vec
 
+    def input_weights(self, ws: Workspace, w_ih: Tensor, bias: Tensor, fs: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Weight and bias of the input projection into ``G`` (all steps, one GEMM): by default W_ih and b
+        with the forward scale folded in. A family may fold a fixed matrix of its step into them."""
+        return _scaled(w_ih, fs), _scaled(bias, fs)
+
+    def input_grads(self, ws: Workspace, needs: tuple[bool, ...]
+                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """(∂x, ∂W_ih, ∂b) from the stored gradients ``ws.dA`` (see the module docstring), as ``needs``
+        (the function's ``needs_input_grad``) asks; called after :meth:`backward`."""
+        T, B, d, rows = ws.T, ws.B, ws.d, self.blocks * self.n
+        bs = self.scale("b", ws.dA)
+        dA = ws.dA.reshape(T * B, rows)
+        dx = dw_ih = db = None
+        if needs[1]:
+            dx = matmul(dA, _scaled(ws.w_ih, bs)).view(T, B, d)
+        if needs[2] or needs[3]:
+            dw_ih, db = _input_weight_grads(ws.x2d, dA, bs)
+        return dx, dw_ih, db
+
     # the family's loops ---------------------------------------------------------------------------
     def forward(self, ws: Workspace) -> None:
         raise NotImplementedError
@@ -239,7 +258,7 @@ def _forward(kernel: Kernel, x: Tensor, w_ih: Tensor, bias: Tensor, w_hh: Tensor
     ws.w_ih, ws.w_hh, ws.h0, ws.c0, ws.xs, ws.extras = w_ih, w_hh, h0, c0, xs, extras
     ws.w_hh_f = _scaled(w_hh, None if fs is None else fs[: w_hh.shape[0]])
     ws.G = ws.take((T, B, rows))
-    project(ws.x2d, _scaled(w_ih, fs), _scaled(bias, fs), ws.G.view(T * B, rows))
+    project(ws.x2d, *kernel.input_weights(ws, w_ih, bias, fs), ws.G.view(T * B, rows))
     ws.Y = x.new_empty(T, B, kernel.n)
     kernel.forward(ws)
     return ws
@@ -265,14 +284,7 @@ class FusedSequence(torch.autograd.Function):
                                "kept; pass retain_graph=True to the first backward")
         needs = ctx.needs_input_grad
         kernel.backward(ws, dY, dc)
-        T, B, d, rows = ws.T, ws.B, ws.d, kernel.blocks * kernel.n
-        bs = kernel.scale("b", dY)
-        dA = ws.dA.reshape(T * B, rows)
-        dx = dw_ih = db = None
-        if needs[1]:
-            dx = matmul(dA, _scaled(ws.w_ih, bs)).view(T, B, d)
-        if needs[2] or needs[3]:
-            dw_ih, db = _input_weight_grads(ws.x2d, dA, bs)
+        dx, dw_ih, db = kernel.input_grads(ws, needs)
         extra = list(ws.dextras) + [None] * (len(needs) - 8 - len(ws.dextras))
         grads = (None, dx, dw_ih, db, ws.dw_hh if needs[4] else None, ws.dh0 if needs[5] else None,
                  ws.dc0 if needs[6] else None, ws.dxs if needs[7] else None,

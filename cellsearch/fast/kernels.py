@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .fused import Kernel, Mat, Workspace, matmul
+from .fused import Kernel, Mat, Workspace, _input_weight_grads, matmul, project
 from .gates import GateOps, block_steps
 
 __all__ = ["LSTMKernel", "GRUKernel", "MGUKernel", "STARKernel", "VanillaKernel", "AdaptiveKernel",
@@ -459,14 +459,22 @@ class MGUKernel(_CandidateKernel):
 class AdaptiveKernel(Kernel):
     """asRNN: a = W x + U h + b; h_t = D⁻¹ U_fᵀ tanh(U_f D a) (adaptive saturation on an Elman RNN).
 
-    In rows: w = (a⊙d) U_fᵀ, y = tanh(w) = 1 − 2σ(−2w), h = y P with P = U_f diag(1/d), d the diagonal
-    of D_f. The scalings are folded into the matrices, and the product that gives h_t also gives the
-    next step's recurrent term (y [P, P Uᵀ] = [h_t, h_t Uᵀ]), so a step is two GEMMs in each direction:
-    forward a ↦ −2w, y ↦ [h, h Uᵀ]; backward ∂h ↦ ∂y = ∂h Pᵀ, ∂w' = ∂y⊙σ(1 − σ) ↦ [∂a, ∂a U] with
-    ∂a = ∂w' Q, Q = 4 U_f diag d. After the loop:
-    ∂U_f = (Σ yᵀ∂h) diag(1/d) + 4 (Σ ∂w'ᵀ a) diag d, ∂d = (Σ ∂a⊙a − Σ ∂h⊙h) ⊘ d.
+    In rows, with d the diagonal of D_f: w = (a⊙d) U_fᵀ, y = tanh(w) = 1 − 2σ(−2w), h = y P with
+    P = U_f diag(1/d). The step's pre-activation p = −2w = a Mᵀ (M = −2 U_f diag d) is linear in the
+    previous y, so the fixed matrices fold into each other (formed once per call):
+
+        p_0 = x_0 (M W)ᵀ + M b + h_0 V,   p_t = x_t (M W)ᵀ + M b + y_{t−1} K  (t ≥ 1),
+        s_t = σ(p_t),  y_t = 1 − 2 s_t,  h_t = y_t P,     V = Uᵀ Mᵀ,  K = P V.
+
+    The input projection computes x (M W)ᵀ + M b (+ 1ᵀK, taken back at t = 0) for all steps, so a
+    step is one n × n GEMM (s ↦ −2 s K) and a sigmoid in each direction (the old loop had a second GEMM
+    to form h_t and the next U h); all h_t = 1ᵀP − 2 s_t P come from one GEMM after the loop, and the
+    backward's ∂y_t = ∂h_t Pᵀ from one before it: ∂y_t = (∂h_t Pᵀ) + ∂p_{t+1} Kᵀ, ∂p_t = −2 ∂y_t⊙s_t(1 − s_t).
+    After the loop every matrix gradient is a small product of ∂K = Σ_{t≥1} y_{t−1}ᵀ∂p_t,
+    ∂P = Σ y_tᵀ ∂h_t (the two T·B reductions), ∂(MW) = Σ ∂pᵀx, ∂(Mb) = Σ ∂p, ∂V = h_0ᵀ∂p_0, chained
+    through K = P V, V = Uᵀ Mᵀ, M = −2 U_f diag d and P = U_f diag(1/d) to U, U_f, d, W and b.
     U_f and d are formed once per call by the saturation primitive (their own gradients flow through
-    autograd outside this function).
+    autograd outside this function). ``G`` holds p, then s in place; ``dA`` holds ∂y⊙s(1 − s) = −∂p/2.
     """
 
     def __init__(self, n: int) -> None:
@@ -476,54 +484,69 @@ class AdaptiveKernel(Kernel):
         sat = cell.saturation  # type: ignore[attr-defined]
         return sat.orthogonal(), sat.scale()
 
+    def input_weights(self, ws: Workspace, w_ih: Tensor, bias: Tensor, fs: Tensor | None) -> tuple[Tensor, Tensor]:
+        u, d = ws.extras
+        ws.bias = bias
+        ws.m = -2.0 * u * d                                # p = a Mᵀ
+        ws.p = u / d                                       # h = y P
+        ws.v = ws.w_hh.t() @ ws.m.t()                      # h ↦ its term of the next p
+        ws.k = ws.p @ ws.v                                 # y ↦ its term of the next p
+        ws.m_w = ws.m @ w_ih
+        return ws.m_w, ws.m @ bias + ws.k.sum(0)
+
     def forward(self, ws: Workspace) -> None:
         T, B, n = ws.T, ws.B, self.n
-        u, d = ws.extras
-        one, m2 = _consts(ws.Y)
-        ws.S = ws.take((T, B, n))
-        w_hh = ws.w_hh_f
-        ws.p = p = u / d                                   # h = y P
-        to_w = Mat(-2.0 * u * d, B)                       # a ↦ −2w
-        to_h = Mat(torch.cat([p.t(), w_hh @ p.t()]), B)   # y ↦ [h, h Uᵀ]
-        Gs, Ys, Ss = ws.G.unbind(0), ws.Y.unbind(0), ws.S.unbind(0)
-        y = ws.h0.new_empty(B, n)
-        a = Mat(w_hh, B).add_to(Gs[0], ws.h0)
+        Gs = ws.G.unbind(0)
+        Gs[0].add_(torch.mm(ws.h0, ws.v).sub_(ws.k.sum(0)))
+        step = Mat((-2.0 * ws.k).t(), B)                   # s ↦ −2 s K
         for t in range(T):
-            torch.sigmoid(to_w.mm(a), out=Ss[t])          # s = σ(−2w)
-            torch.addcmul(one, Ss[t], m2, out=y)          # y = tanh(w)
-            both = to_h.mm(y)
-            Ys[t].copy_(both[:, :n])
+            Gs[t].sigmoid_()
             if t + 1 < T:
-                a = Gs[t + 1].add_(both[:, n:])
+                step.add_to(Gs[t + 1], Gs[t])
+        TB = T * B
+        project(ws.G.view(TB, n), (-2.0 * ws.p).t(), ws.p.sum(0), ws.Y.view(TB, n))   # h = (1 − 2s) P
 
     def backward(self, ws: Workspace, dY: Tensor, dc: Tensor | None) -> None:
         T, B, n = ws.T, ws.B, self.n
-        u, d = ws.extras
-        ws.dA = ws.take((T, B, n))
-        DH, DW = ws.take((T, B, n)), ws.take((T, B, n))
-        q_t = (4.0 * u * d).t()                           # ∂a = ∂w' Q, as x Wᵀ with W = Qᵀ
-        to_dy = Mat(ws.p, B)                              # ∂h ↦ ∂y = ∂h Pᵀ
-        to_da = Mat(torch.cat([q_t, ws.w_hh.t() @ q_t]), B)   # ∂w' ↦ [∂a, ∂a U]
-        dAs, DHs, DWs, Ss, dYs = ws.dA.unbind(0), DH.unbind(0), DW.unbind(0), ws.S.unbind(0), dY.unbind(0)
-        carry = None
-        for t in range(T - 1, -1, -1):
-            if carry is None:
-                DHs[t].copy_(dYs[t])
-            else:
-                torch.add(dYs[t], carry, out=DHs[t])
-            _sigmoid_backward(to_dy.mm(DHs[t]), Ss[t], grad_input=DWs[t])
-            both = to_da.mm(DWs[t])
-            dAs[t].copy_(both[:, :n])
-            carry = both[:, n:]
-        ws.dh0 = carry
-        ws.dc0 = ws.dxs = None
-        ws.dw_hh = _recurrent_grad(ws.dA, ws.Y, ws.h0, None)
         TB = T * B
-        s2, dh2, dw2, a2 = ws.S.view(TB, n), DH.view(TB, n), DW.view(TB, n), ws.G.view(TB, n)
-        ys_dh = dh2.sum(0).expand(n, n) - 2.0 * matmul(s2.t(), dh2)       # Σ yᵀ∂h with y = 1 − 2s
-        du = ys_dh / d + 4.0 * matmul(dw2.t(), a2) * d
-        dd = ((ws.dA * ws.G).sum((0, 1)) - (DH * ws.Y).sum((0, 1))) / d
+        dy2 = dY.reshape(TB, n).contiguous()
+        ws.dA = DW = ws.take((T, B, n))
+        project(dy2, ws.p, ws.p.new_zeros(n), DW.view(TB, n))    # ∂h Pᵀ
+        back = Mat(-2.0 * ws.k, B)                         # ∂s-part ↦ ∂p Kᵀ with ∂p = −2 dA
+        DWs, Ss = DW.unbind(0), ws.G.unbind(0)
+        for t in range(T - 1, -1, -1):
+            if t + 1 < T:
+                back.add_to(DWs[t], DWs[t + 1])
+            _sigmoid_backward(DWs[t], Ss[t], grad_input=DWs[t])
+        s2, dw2 = ws.G.view(TB, n), DW.view(TB, n)
+        if T > 1:                                          # ∂K = Σ_{t≥1} y_{t−1}ᵀ ∂p_t
+            ys_dp = DW[1:].sum((0, 1)).expand(n, n) - 2.0 * matmul(s2[:-B].t(), dw2[B:])
+            dk = -2.0 * ys_dp
+        else:
+            dk = torch.zeros_like(ws.k)
+        dp = dy2.sum(0).expand(n, n) - 2.0 * matmul(s2.t(), dy2)       # ∂P = Σ y_tᵀ ∂h_t (outputs)
+        ws.d_mw, ws.d_mb = (-2.0 * g for g in _input_weight_grads(ws.x2d, dw2, None))
+        self._matrix_grads(ws, dp, dk, -2.0 * DWs[0])
+
+    def _matrix_grads(self, ws: Workspace, dp: Tensor, dk: Tensor, dp0: Tensor) -> None:
+        """Chain ∂P, ∂K, ∂(MW), ∂(Mb) and ∂p_0 to U, h_0, U_f and d (see the class docstring)."""
+        u, d = ws.extras
+        dv = ws.h0.t() @ dp0 + ws.p.t() @ dk               # V = Uᵀ Mᵀ, K = P V
+        dp = dp + dk @ ws.v.t()
+        ws.dw_hh = ws.m.t() @ dv.t()
+        dm = dv.t() @ ws.w_hh.t() + ws.d_mw @ ws.w_ih.t() + torch.outer(ws.d_mb, ws.bias)
+        du = dp / d - 2.0 * dm * d                         # P = U_f diag(1/d), M = −2 U_f diag d
+        dd = -(dp * u).sum(0) / (d * d) - 2.0 * (dm * u).sum(0)
+        ws.dh0 = dp0 @ ws.v.t()
+        ws.dc0 = ws.dxs = None
         ws.dextras = (du, dd)
+
+    def input_grads(self, ws: Workspace, needs: tuple[bool, ...]
+                    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        dx = None
+        if needs[1]:
+            dx = matmul(ws.dA.view(ws.T * ws.B, self.n), -2.0 * ws.m_w).view(ws.T, ws.B, ws.d)
+        return dx, ws.m.t() @ ws.d_mw, ws.m.t() @ ws.d_mb
 
 
 class TransitionKernel(Kernel):
