@@ -82,6 +82,10 @@ def test_a_grid_with_variants_validates_runs_and_its_trials_carry_the_overrides(
     assert abs(budget["n_params"] - 400) <= 0.02 * 400 + 40 and ModelSpec.from_json(budget["spec"]).hidden_size != 8
     assert main(["leaderboard", str(path)]) == 0
     assert "lstm_ortho_x2" in capsys.readouterr().out
+    number = by["lstm_ortho_x2 seed=1"].number
+    assert main(["export", str(path), "--trial", str(number), "--out", str(tmp_path / "out")]) == 0
+    exported = yaml.safe_load((tmp_path / "out" / "spec.yaml").read_text())
+    assert (tmp_path / "out" / "lstm_ortho_x2.py").is_file() and exported["model"]["cell"]["init"] == "orthogonal"
 
 
 @pytest.mark.parametrize(("cell", "said"), [
