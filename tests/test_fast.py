@@ -416,10 +416,24 @@ def test_the_gemm_floor_runs_the_cells_matrix_products() -> None:
     model = cs.create_rnn("ur_lstm", 5, 8, num_layers=2)
     floor = GemmFloor(model)
     # ur_lstm (tied input gate): blocks f, r (the refine gate), o, u, all recurrent
-    assert floor.shapes == [(32, 5, 32, 8), (32, 8, 32, 8)]
+    assert floor.shapes == [(32, 5, 32, 8, ()), (32, 8, 32, 8, ())] and floor.mlps == []
     x = torch.randn(3, 4, 5, requires_grad=True)
     floor(x).sum().backward()
     assert x.grad is not None
+
+
+def test_the_gemm_floor_counts_deep_transitions_and_deep_output() -> None:
+    """DT(S) + deep output (dots_rnn): the transition layer is a per-step product in each direction, its
+    shortcut joins the recurrent rows (it multiplies h_{t−1}), the output MLP's linear map runs over
+    all rows; dt_rnn has the layer without the shortcut and no MLP."""
+    from cellsearch.bench import GemmFloor
+
+    floor = GemmFloor(cs.create_rnn("dots_rnn", 5, 8))
+    assert floor.shapes == [(8, 5, 16, 8, ((8, 8),))] and floor.mlps == [(8, 8)]
+    floor(torch.randn(3, 4, 5))
+    floor = GemmFloor(cs.create_rnn("dt_rnn", 5, 8))
+    assert floor.shapes == [(8, 5, 8, 8, ((8, 8),))] and floor.mlps == []
+    floor(torch.randn(3, 4, 5))
 
 
 def test_bench_command_rejects_unknown_cells(capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,23 +112,35 @@ class GemmFloor(nn.Module):
     (the recurrent blocks; its parametrization is formed once per sequence and not counted), over x
     [B, T, d]: forward, the hoisted input GEMM [T·B, d]·Wᵀ and T recurrent GEMMs [B, n]·Uᵀ; backward, T
     GEMMs [B, R]·U for the state gradient, then the post-loop weight gradients dUᵀ = Σ_t dA_tᵀ h_t and
-    [dW; db] = [X 1]ᵀ dXP and the input gradient dXP·W (one large GEMM each). Deep transitions, deep
-    input/output and saturation matrices are not counted. Each product runs on the engine the fused paths
-    use (:class:`cellsearch.fast.fused.Mat`, ``project`` and ``matmul``: oneDNN with packed weights for
-    float32 on the CPU where it is faster, else ``torch.mm``), so the floor is what those paths could
-    reach with free pointwise work. Run as a model by :func:`time_runs` (same rounds)."""
+    [dW; db] = [X 1]ᵀ dXP and the input gradient dXP·W (one large GEMM each). A deep transition's layers
+    (Pascanu et al. DT / DT(S)) add, per layer V [out, in], one GEMM per step in each direction and a
+    post-loop weight gradient; its shortcut W_s [n, n] multiplies h_{t−1} too, so it joins U's rows (as
+    the fused kernel stacks them). Every other linear map of the network (deep input / output MLPs) runs
+    over all T·B rows at once: forward, input gradient and weight gradient, one large GEMM each. A
+    saturation's matrices are not counted (asRNN's fused loop folds them into its one step product).
+    Each product runs on the engine the fused paths use (:class:`cellsearch.fast.fused.Mat`, ``project``
+    and ``matmul``: oneDNN with packed weights for float32 on the CPU where it is faster, else
+    ``torch.mm``), so the floor is what those paths could reach with free pointwise work. Run as a model
+    by :func:`time_runs` (same rounds)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.shapes: list[tuple[int, int, int, int]] = []
+        self.shapes: list[tuple[int, int, int, int, tuple[tuple[int, int], ...]]] = []
         for cell in getattr(model, "layers", []):
             with torch.no_grad():
                 u = cell.recurrence.matrix()
             g, d = cell.weight_ih.shape
-            self.shapes.append((g, d, int(u.shape[0]), int(u.shape[1])))
-        self._mats: dict[tuple[Any, ...], list[tuple[Tensor, ...]]] = {}
+            rows, steps = int(u.shape[0]), ()
+            tr = getattr(cell, "transition", None)
+            if tr is not None:
+                steps = tuple(tuple(layer.weight.shape) for layer in tr.layers)
+                rows += 0 if tr.shortcut is None else int(tr.shortcut.weight.shape[0])
+            self.shapes.append((g, d, rows, int(u.shape[1]), steps))
+        self.mlps = [tuple(m.weight.shape) for name, m in model.named_modules()
+                     if isinstance(m, nn.Linear) and not name.startswith("layers.")]
+        self._mats: dict[tuple[Any, ...], tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]] = {}
 
-    def _matrices(self, x: Tensor) -> list[tuple[Tensor, ...]]:
+    def _matrices(self, x: Tensor) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]:
         B, T = x.shape[0], x.shape[1]
         key = (B, T, x.dtype, x.device)
         if key not in self._mats:
@@ -136,29 +148,59 @@ class GemmFloor(nn.Module):
                 return torch.randn(*shape, dtype=x.dtype, device=x.device)
 
             mats = []
-            for g, d, r_, n in self.shapes:
+            for g, d, r_, n, steps in self.shapes:
                 X = r(T * B, d)
                 mats.append((X, r(g, d), r(g), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g), r(T * B, g),
-                             torch.cat([X.t(), X.new_ones(1, T * B)])))
-            self._mats[key] = mats
+                             torch.cat([X.t(), X.new_ones(1, T * B)]),
+                             *(r(o, i) for o, i in steps), *(r(T, B, max(o, i)) for o, i in steps)))
+            mlps = [(r(o, i), r(T * B, i), r(T * B, o)) for o, i in self.mlps]
+            self._mats[key] = (mats, mlps)
         return self._mats[key]
 
     def forward(self, x: Tensor) -> Tensor:
-        from ..fast.fused import Mat, matmul, project
-
-        B = x.shape[0]
+        mats, mlps = self._matrices(x)
         with torch.no_grad():
-            for X, W, b, U, H, DA, XP, DXP, X1t in self._matrices(x):
-                project(X, W, b, XP)
-                fwd, back = Mat(U, B), Mat(U.t(), B)
-                for t in range(H.shape[0]):
-                    fwd.mm(H[t])
-                for t in range(H.shape[0] - 1, -1, -1):
-                    back.mm(DA[t])
-                matmul(H.reshape(-1, H.shape[-1]).t(), DA.reshape(-1, DA.shape[-1]))
-                matmul(X1t, DXP)
-                matmul(DXP, W)
+            for X, W, b, U, H, DA, XP, DXP, X1t, *trans in mats:
+                _floor_layer(x.shape[0], X, W, b, U, H, DA, XP, DXP, X1t, trans)
+            for V, IN, OUT in mlps:
+                _floor_mlp(V, IN, OUT)
         return x.sum() * 0.0
+
+
+def _floor_layer(B: int, X: Tensor, W: Tensor, b: Tensor, U: Tensor, H: Tensor, DA: Tensor, XP: Tensor,
+                 DXP: Tensor, X1t: Tensor, trans: list[Tensor]) -> None:
+    """One recurrent layer's products (see :class:`GemmFloor`); ``trans``: the transition layers' weights
+    followed by one [T, B, ≥ width] work buffer each."""
+    from ..fast.fused import Mat, matmul, project
+
+    weights, bufs = trans[:len(trans) // 2], trans[len(trans) // 2:]
+    project(X, W, b, XP)
+    fwd, back = Mat(U, B), Mat(U.t(), B)
+    steps_f = [Mat(v, B) for v in weights]
+    steps_b = [Mat(v.t(), B) for v in weights]
+    for t in range(H.shape[0]):
+        fwd.mm(H[t])
+        for v, mat, z in zip(weights, steps_f, bufs):
+            mat.mm(z[t, :, :v.shape[1]])
+    for t in range(H.shape[0] - 1, -1, -1):
+        for v, mat, z in zip(weights, steps_b, bufs):
+            mat.mm(z[t, :, :v.shape[0]])
+        back.mm(DA[t])
+    matmul(H.reshape(-1, H.shape[-1]).t(), DA.reshape(-1, DA.shape[-1]))
+    for v, z in zip(weights, bufs):
+        flat = z.reshape(-1, z.shape[-1])
+        matmul(flat[:, :v.shape[1]].t(), flat[:, :v.shape[0]])
+    matmul(X1t, DXP)
+    matmul(DXP, W)
+
+
+def _floor_mlp(V: Tensor, IN: Tensor, OUT: Tensor) -> None:
+    """A linear map over all T·B rows: forward, input gradient, weight gradient."""
+    from ..fast.fused import matmul
+
+    matmul(IN, V.t())
+    matmul(OUT, V)
+    matmul(OUT.t(), IN)
 
 
 class _ReferenceOnly(nn.Module):
@@ -190,12 +232,15 @@ class _DerivedOnly(nn.Module):
 
 
 def derived_first_use(cell: str, hidden: int = 256, seq: int = 200, batch: int = 64, input_size: int = 32,
-                      cache: str | Path | None = None, timeout: float = 600.0) -> dict[str, float]:
+                      cache: str | Path | None = None, timeout: float = 600.0,
+                      compiler: str | None = None) -> dict[str, float]:
     """First-use cost of ``cell``'s derived path in fresh processes: ``cold`` with an empty private cache
-    (the once-per-machine cost: tracing and Inductor compiling the step graphs) and ``warm`` with the
-    cache that run left (tracing, compiled code loaded from the cache). Each figure is the first
-    forward + backward minus the second one, in seconds. ``cache``: the cache directory to use (default
-    a fresh temporary one, removed afterwards)."""
+    (the once-per-machine cost: tracing and compiling the step graphs) and ``warm`` with the cache that
+    run left (tracing, compiled code loaded from the cache). Each figure is the first forward +
+    backward minus the second one, in seconds; ``dynamo`` is 1.0 when the warm run imported
+    ``torch._dynamo``. ``cache``: the cache directory to use (default a fresh temporary one, removed
+    afterwards); ``compiler``: ``CELLSEARCH_DERIVED_COMPILER`` for the runs (auto | c | inductor;
+    default: as set here)."""
     import json
     import subprocess
     import tempfile
@@ -212,11 +257,14 @@ def derived_first_use(cell: str, hidden: int = 256, seq: int = 200, batch: int =
         "    for _ in range(2):\n"
         "        t0 = time.perf_counter(); m(x)[0].sum().backward(); ts.append(time.perf_counter() - t0)\n"
         "    path = fast.explain(m.layers[0])\n"
-        "print(json.dumps({'first': ts[0], 'second': ts[1], 'path': path}))\n"
+        "print(json.dumps({'first': ts[0], 'second': ts[1], 'path': path,\n"
+        "                  'dynamo': 'torch._dynamo' in sys.modules}))\n"
     )
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="cellsearch-bench-cache-") as tmp:
         env = {**os.environ, "CELLSEARCH_CACHE": str(cache or tmp)}
+        if compiler is not None:
+            env["CELLSEARCH_DERIVED_COMPILER"] = compiler
         for label in ("cold", "warm"):
             args = [sys.executable, "-c", code, cell, str(hidden), str(seq), str(batch), str(input_size),
                     str(torch.get_num_threads())]
@@ -226,6 +274,7 @@ def derived_first_use(cell: str, hidden: int = 256, seq: int = 200, batch: int =
             row = json.loads(res.stdout.strip().splitlines()[-1])
             out[label] = row["first"] - row["second"]
             out[label + "_step_s"] = row["second"]
+            out["dynamo"] = float(row["dynamo"])
     return out
 
 
