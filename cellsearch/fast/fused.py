@@ -120,11 +120,11 @@ class Mat:
         else:
             self.wt = w.t()
 
-    def mm(self, x: Tensor) -> Tensor:
-        """x wᵀ (a new tensor)."""
+    def mm(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x wᵀ (+ ``bias``, a contiguous [out] vector, added by the same call), a new tensor."""
         if self.dnn:
-            return _LINEAR(x, self.wp, None, "none", [], "")  # type: ignore[misc]
-        return torch.mm(x, self.wt)
+            return _LINEAR(x, self.wp, bias, "none", [], "")  # type: ignore[misc]
+        return torch.mm(x, self.wt) if bias is None else torch.addmm(bias, x, self.wt)
 
     def add_to(self, acc: Tensor, x: Tensor) -> Tensor:
         """acc += x wᵀ, in place (``acc`` may be a strided view)."""

@@ -584,8 +584,8 @@ class TransitionKernel(Kernel):
         else:
             rec = Mat(ws.w_hh_f, B)
         hidden = [Mat(-2.0 * w, B) for w in ws_[:-1]]
-        hidden_b = [-2.0 * b for b in bs_[:-1]]
-        last, last_b = Mat(so * ws_[-1], B), so * bs_[-1]
+        hidden_b = [(-2.0 * b).contiguous() for b in bs_[:-1]]
+        last, last_b = Mat(so * ws_[-1], B), (so * bs_[-1]).contiguous()
         Gs, Ys, SOs, h = ws.G.unbind(0), ws.Y.unbind(0), ws.SO.unbind(0), ws.h0
         Zs = [z.unbind(0) for z in ws.Z]
         for t in range(T):
@@ -596,9 +596,9 @@ class TransitionKernel(Kernel):
                 a = rec.add_to(Gs[t], h).sigmoid_()
             z = torch.addcmul(one, a, m2, out=Zs[0][t])        # z_0 = tanh(a)
             for j, (mat, b) in enumerate(zip(hidden, hidden_b)):
-                s = mat.mm(z).add_(b).sigmoid_()
+                s = mat.mm(z, b).sigmoid_()
                 z = torch.addcmul(one, s, m2, out=Zs[j + 1][t])
-            o = last.mm(z).add_(last_b)
+            o = last.mm(z, last_b)
             if self.shortcut:
                 o.add_(hp[:, n:])
             if self.tanh:
@@ -645,9 +645,12 @@ class TransitionKernel(Kernel):
         if self.shortcut:
             ws.dA.copy_(DAO[:, :, :n])
             DO.copy_(DAO[:, :, n:])
+            both = _recurrent_grad(DAO, ws.Y, ws.h0, None)    # [∂U; ∂W_s / fo]: one pass over h_{t−1}
+            ws.dw_hh, dw_s = both[:n], both[n:]
+        else:
+            ws.dw_hh = _recurrent_grad(ws.dA, ws.Y, ws.h0, None)
         ws.dh0 = back.mm(rec_in[0])
         ws.dc0 = ws.dxs = None
-        ws.dw_hh = _recurrent_grad(ws.dA, ws.Y, ws.h0, None)
         TB = T * B
         do2 = DO.view(TB, n)
         grads: list[Tensor] = []
@@ -656,5 +659,5 @@ class TransitionKernel(Kernel):
             grads += [matmul(dp2.t(), ws.Z[j].view(TB, n)), dp2.sum(0)]
         grads += [fo * matmul(do2.t(), ws.Z[L - 1].view(TB, n)), fo * do2.sum(0)]
         if self.shortcut:
-            grads.append(fo * _recurrent_grad(DO, ws.Y, ws.h0, None))
+            grads.append(fo * dw_s)
         ws.dextras = tuple(grads)
