@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .fused import Kernel, Mat, Workspace, _input_weight_grads, matmul, project
+from .fused import Kernel, Mat, Workspace, _input_weight_grads, matmul
 from .gates import GateOps, block_steps
 
 __all__ = ["LSTMKernel", "GRUKernel", "MGUKernel", "STARKernel", "VanillaKernel", "AdaptiveKernel",
@@ -503,15 +503,14 @@ class AdaptiveKernel(Kernel):
             Gs[t].sigmoid_()
             if t + 1 < T:
                 step.add_to(Gs[t + 1], Gs[t])
-        TB = T * B
-        project(ws.G.view(TB, n), (-2.0 * ws.p).t(), ws.p.sum(0), ws.Y.view(TB, n))   # h = (1 − 2s) P
+        TB = T * B                                         # h = (1 − 2s) P, all steps in one product
+        ws.Y = Mat((-2.0 * ws.p).t(), TB).mm(ws.G.view(TB, n), ws.p.sum(0)).view(T, B, n)
 
     def backward(self, ws: Workspace, dY: Tensor, dc: Tensor | None) -> None:
         T, B, n = ws.T, ws.B, self.n
         TB = T * B
         dy2 = dY.reshape(TB, n).contiguous()
-        ws.dA = DW = ws.take((T, B, n))
-        project(dy2, ws.p, ws.p.new_zeros(n), DW.view(TB, n))    # ∂h Pᵀ
+        ws.dA = DW = Mat(ws.p, TB).mm(dy2).view(T, B, n)   # ∂h Pᵀ, all steps in one product
         back = Mat(-2.0 * ws.k, B)                         # ∂s-part ↦ ∂p Kᵀ with ∂p = −2 dA
         DWs, Ss = DW.unbind(0), ws.G.unbind(0)
         for t in range(T - 1, -1, -1):
