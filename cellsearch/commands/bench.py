@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--first-use", default=None, metavar="CELL",
                         help="measure the derived path's first use for CELL at the (last) hidden/seq size: "
                              "cold private cache, then warm, each in a fresh process (--all: ur_lstm)")
+    parser.add_argument("--first-use-compiler", choices=("auto", "c", "inductor", "both"), default="auto",
+                        help="what compiles the derived step graphs for --first-use (CELLSEARCH_DERIVED_COMPILER;"
+                             " both: the C generator, then Inductor)")
     parser.add_argument("--out", default=None, help="write BENCH.md, bench.png and bench.json here")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                         help="tuned (default): glibc malloc tuned as for training (cellsearch.allocator), so "
@@ -95,6 +98,8 @@ def _command_line(args: argparse.Namespace) -> str:
         parts += ["--allocator", args.allocator]
     if args.first_use:
         parts += ["--first-use", args.first_use]
+    if args.first_use_compiler != "auto":
+        parts += ["--first-use-compiler", args.first_use_compiler]
     if args.out:
         parts += ["--out", args.out]
     return " ".join(shlex.quote(p) for p in parts)
@@ -155,6 +160,19 @@ def _progress(console: Any, total: int, kept: set[int]) -> Any:
     return progress
 
 
+def _first_use(args: argparse.Namespace, cell: str, size: tuple[int, int], info: dict[str, str]) -> None:
+    """The derived path's first use (cold, then warm cache), per compiler asked for, into ``info``."""
+    from .. import bench
+
+    hidden, seq = size
+    for compiler in (("c", "inductor") if args.first_use_compiler == "both" else (args.first_use_compiler,)):
+        t = bench.derived_first_use(cell, hidden, seq, args.batch, args.input_size, compiler=compiler)
+        what = {"c": "the C generator", "inductor": "Inductor"}.get(compiler, "C generator, else Inductor")
+        info[f"derived path, first use ({cell}, hidden {hidden}, seq {seq}, {compiler})"] = (
+            f"{t['cold']:.1f} s with an empty cache (once per machine: trace + compile by {what}), "
+            f"{t['warm']:.1f} s after (trace + compiled code from the private cache)")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -167,11 +185,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     previous = bench.read_json(Path(args.out) / "bench.json") if args.resume and args.out else []
     if first_use:
-        hidden, seq = sizes[-1] if not args.all else MAIN_SIZES[-1]
-        t = bench.derived_first_use(first_use, hidden, seq, args.batch, args.input_size)
-        info[f"derived path, first use ({first_use}, hidden {hidden}, seq {seq})"] = (
-            f"{t['cold']:.1f} s with an empty cache (once per machine: trace + Inductor compile), "
-            f"{t['warm']:.1f} s after (trace + compiled code from the private cache)")
+        _first_use(args, first_use, sizes[-1] if not args.all else MAIN_SIZES[-1], info)
     console.print("[bold]cellsearch bench[/] " + ", ".join(f"{k}: {v}" for k, v in info.items()))
     results = bench.bench_cells(
         cells, sizes, batch=args.batch, input_size=args.input_size, layers=args.layers, device=args.device,

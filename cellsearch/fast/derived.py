@@ -396,7 +396,7 @@ def derive(cell: nn.Module, xp: Tensor, xs: Tensor | None, state: State, compile
     traced = traced if traced is not None else _trace(cell, xp.shape[0])
     var = [t.detach().contiguous() for t in (xp, *((xs,) if xs is not None else ()), *state)]
     values = traced.params(cell)
-    key = _structure_key(traced, values, var, compile)
+    key = _structure_key(traced, values, var, compile) + (compiler_choice() if compile else "")
     shared = _SHARED.get(key)
     if shared is not None:
         return shared
@@ -744,14 +744,17 @@ def _compile_c(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tensor]) -> s
         fw = pwgen.lower(g.modules["forward"], [*inv, *var])
         bw = pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
         g.forward, g.backward = pwgen_c.compile_lowered([fw, bw])
-    except (pwgen.Unsupported, pwgen_c.CompileError) as exc:
+    except Exception as exc:          # unsupported, no compiler, or a generator bug: Inductor instead
         return _c_reason(exc)
     g.compiled, g.bw_pending, g.compiler = True, False, "c"
     return None
 
 
 def _c_reason(exc: Exception) -> str:
-    return f"the C generator cannot compile the step: {str(exc).strip()[:200]}"
+    from .pwgen import Unsupported
+
+    kind = "" if isinstance(exc, Unsupported) else f"{type(exc).__name__}: "
+    return f"the C generator cannot compile the step: {kind}{str(exc).strip()[:200]}"
 
 
 def _c_check(g: StepGraphs) -> str | None:
@@ -761,7 +764,7 @@ def _c_check(g: StepGraphs) -> str | None:
     try:
         fw = pwgen.lower(g.modules["forward"])
         pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
-    except pwgen.Unsupported as exc:
+    except Exception as exc:
         return _c_reason(exc)
     return None
 

@@ -371,6 +371,22 @@ def _split(r: _Region, n: fx.Node, a: tuple) -> list[_Val]:
     return out
 
 
+def _log_sigmoid(r: _Region, n: fx.Node, a: tuple) -> list[_Val]:
+    """(log σ(x), z = e^−|x|) as torch's CPU kernel computes them: min(x, 0) − log1p(z); z is the buffer
+    log_sigmoid_backward reads."""
+    z = r.ew(n, "exp", r.ew(n, "neg", r.ew(n, "abs", a[0])))
+    return [r.ew(n, "sub", r.ew(n, "minimum", a[0], 0.0), r.ew(n, "log1p", z)), z]
+
+
+def _log_sigmoid_backward(r: _Region, n: fx.Node, a: tuple) -> _Val:
+    """grad · (max_deriv − sign · z / (1 + z)), max_deriv = [x < 0], sign = ±1 (torch's CPU kernel)."""
+    g, x, z = a
+    neg = r.ew(n, "lt", x, 0.0)
+    frac = r.ew(n, "div", z, r.ew(n, "add", z, 1.0))
+    inner = r.ew(n, "sub", r.ew(n, "where", neg, 1.0, 0.0), r.ew(n, "mul", r.ew(n, "where", neg, 1.0, -1.0), frac))
+    return r.ew(n, "mul", g, inner)
+
+
 Recipe = Callable[["_Region", fx.Node, tuple], Any]
 _UNARY = ("neg", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "abs", "sigmoid", "tanh", "reciprocal",
           "sign", "sin", "cos", "logical_not")
@@ -407,6 +423,8 @@ _RECIPES: dict[str, Recipe] = {
     "slice": _slice,
     "split": _split,
     "split_with_sizes": _split,
+    "log_sigmoid_forward": _log_sigmoid,
+    "log_sigmoid_backward": _log_sigmoid_backward,
     "cat": lambda r, n, a: _cat(r.ex, [r.v(p) for p in a[0]], *_shape2(n.meta["val"].shape)),
     "copy": lambda r, n, a: r.copy(a[0], a[1]),
 }
@@ -459,7 +477,7 @@ def _region_ok(node: fx.Node) -> bool:
         return False
     if node.target is operator.getitem:
         src = node.args[0]
-        return isinstance(src, fx.Node) and _op_name(src) in ("split", "split_with_sizes") and _region_ok(src)
+        return isinstance(src, fx.Node) and _op_name(src) in _MULTI and _region_ok(src)
     name = _recipe_name(node)
     if name is None or not _tensors_ok(node):
         return False
@@ -474,6 +492,10 @@ def _region_ok(node: fx.Node) -> bool:
     if isinstance(val, Tensor) and val.dtype == torch.bool:     # a mask stays inside the kernel
         return all(_region_ok(u) for u in node.users)
     return True
+
+
+#: recipes with several results (read through getitem)
+_MULTI = ("split", "split_with_sizes", "log_sigmoid_forward")
 
 
 def _computes(node: fx.Node) -> bool:
@@ -505,7 +527,8 @@ class _Region:
         raise Unsupported(f"an argument {a!r} of an elementwise op")
 
     def ew(self, node: fx.Node, name: str, *args: Any) -> _Val:
-        rows, cols = _shape2(node.meta["val"].shape)
+        val = node.meta["val"]
+        rows, cols = _shape2((val[0] if isinstance(val, (list, tuple)) else val).shape)
         return _elementwise(self.ex, name, [self.v(a) for a in args], rows, cols)
 
     def copy(self, dst: fx.Node, src: Any) -> _Val:
