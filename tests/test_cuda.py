@@ -149,3 +149,101 @@ def test_bench_runs_on_the_device_against_nn_lstm(tmp_path: Path) -> None:
     assert report["machine"]["device"].startswith(DEVICE.split(":")[0])
     assert {r["cell"] for r in report["results"]} == {"ur_lstm", "gru"}
     assert all(r["tokens_per_s"] > 0 and r["ratio"] > 0 for r in report["results"])
+
+
+# ------------------------------------------------------------------------------------------------
+# the derived path's step graphs as generated Triton kernels (cellsearch.fast.pwgen_triton)
+
+@pytest.fixture
+def triton_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The derived path's step graphs compiled by pwgen_triton on DEVICE (on the CPU: in Triton's
+    interpreter, triton itself imported first in compiling mode), reached through the hook the derived
+    path calls Inductor by (the same calling convention) until it picks Triton on CUDA itself; at every
+    size, from the first call. Returns the list the compiles are counted in."""
+    pytest.importorskip("triton")
+    from cellsearch.fast import inductor, pwgen_triton
+
+    if not DEVICE.startswith("cuda"):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    compiled: list[int] = []
+
+    def compile_graph(gm: Any, example_inputs: Any) -> Any:
+        compiled.append(1)
+        return pwgen_triton.compile_graph(gm, example_inputs)
+
+    for name, value in (("CELLSEARCH_DERIVED_COMPILER", "inductor"), ("CELLSEARCH_DERIVED_MIN", "0"),
+                        ("CELLSEARCH_DERIVED_AFTER", "0")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+    monkeypatch.setattr(inductor, "compile_graph", compile_graph)
+    monkeypatch.setattr(inductor, "unavailable", lambda device="cpu": None)
+    monkeypatch.setattr(inductor, "preload", lambda: None)
+    return compiled
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")       # the interpreter's numpy, on the CPU
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_step_graphs_as_triton_kernels_on_the_device(name: str, dtype: torch.dtype,
+                                                                         triton_steps: list[int]) -> None:
+    """Forward and backward step graphs, lowered and run as Triton kernels on the device, equal the same
+    graphs run by torch on the device (float64 to 1e-10, float32 to 1e-5)."""
+    from test_pwgen_triton import check_step_graphs
+
+    check_step_graphs(name, dtype, DEVICE)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_derived_path_with_triton_kernels_on_the_device_equals_the_float64_reference(
+        name: str, triton_steps: list[int]) -> None:
+    """Every registered cell on the derived path with its step graphs as Triton kernels on the device:
+    output and weight gradients in float32 equal the float64 reference loop on the CPU."""
+    torch.manual_seed(0)
+    ref = cs.create_rnn(name, 5, 16, num_layers=2).double()
+    dev = cs.create_rnn(name, 5, 16, num_layers=2)
+    dev.load_state_dict(ref.state_dict())
+    dev = dev.float().to(DEVICE)
+    x = torch.randn(12, 4, 5, dtype=torch.float64)
+    with fast.enabled(False):
+        out_ref, g_ref = _grads(ref, x)
+    with fast.force_derived():
+        assert {fast.plan(layer).path for layer in dev.layers} == {"derived"}
+        out_dev, g_dev = _grads(dev, x.float().to(DEVICE))
+        errors = {fast.plan(layer).run.compile_error for layer in dev.layers}   # type: ignore[union-attr]
+    assert errors == {None} and len(triton_steps) >= 2, (errors, triton_steps)
+    scale = out_ref.abs().max().item() + 1e-12
+    assert (out_dev.double().cpu() - out_ref).abs().max().item() < 1e-4 * scale
+    assert len(g_dev) == len(g_ref)
+    for a, b in zip(g_dev, g_ref):
+        assert (a.double().cpu() - b).abs().max().item() < 1e-3 * (b.abs().max().item() + 1e-6)
+
+
+@pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="counts CUDA kernel launches")
+def test_a_step_is_a_few_launches(triton_steps: list[int]) -> None:
+    """ur_lstm at H = 256, B = 128: each step graph launches one Triton kernel per pointwise region and
+    its GEMMs (a cuBLAS call may be more than one kernel), nothing else (docs/bench/GPU.md)."""
+    from test_pwgen_triton import _compiled, _graphs
+    from torch.profiler import ProfilerActivity, profile
+
+    from cellsearch.fast import pwgen
+
+    g, inv, var = _graphs("ur_lstm", torch.float32, DEVICE, batch=128, hidden=256)
+    forward, backward = _compiled(g, inv, var)
+    with torch.no_grad():
+        saved = forward(*inv, *var)
+        bw_args = [*inv, *saved[g.n_out:g.n_out + g.n_saved], *[torch.ones_like(t) for t in saved[:g.n_out]]]
+        bw_args += [torch.empty_like(var[0])] if g.dxp_inplace else []
+        for run, args, part in ((forward, [*inv, *var], "forward"), (backward, bw_args, "backward")):
+            run(*args)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                run(*args)
+                torch.cuda.synchronize()
+            names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+            lowered = pwgen.lower(g.modules[part])
+            gemms = sum(1 for n in lowered.graph.graph.nodes
+                        if str(n.target) in ("aten.mm.default", "aten.addmm.default", "aten.bmm.default"))
+            ours = [n for n in names if n.startswith("pw")]
+            assert len(ours) == len(lowered.kernels), names
+            assert len(names) <= len(ours) + 2 * gemms, names
