@@ -245,6 +245,12 @@ def test_expm_float32_batched_and_twice_differentiable() -> None:
     assert (x.grad.double() - ref.grad).abs().max() / ref.grad.abs().max() < 2e-6
     small = _random_skew(4, 2.0, seed=4).requires_grad_(True)
     assert torch.autograd.gradcheck(expm, (small,)) and torch.autograd.gradgradcheck(expm, (small,))
+    tangent = _random_skew(4, 1.0, seed=7)                           # forward-mode AD (the reference loop's)
+    _, jvp = torch.func.jvp(torch.linalg.matrix_exp, (small.detach(),), (tangent,))
+    with torch.autograd.forward_ad.dual_level():
+        mine = torch.autograd.forward_ad.unpack_dual(expm(torch.autograd.forward_ad.make_dual(small.detach(),
+                                                                                                 tangent)))
+    assert (mine.tangent - jvp).abs().max() < 1e-13
 
 
 def test_expm_is_torch_matrix_exp_under_tracing() -> None:
@@ -257,6 +263,8 @@ def test_expm_is_torch_matrix_exp_under_tracing() -> None:
     assert ops == {"aten.linalg_matrix_exp.default"}
     s = _random_skew(6, 20.0, seed=5)
     assert (gm(s) - torch.linalg.matrix_exp(s)).abs().max() < 1e-14
+    batch = _random_skew(6, 3.0, batch=(4,), seed=6)                 # vmap: torch's op, per matrix
+    assert (torch.vmap(expm)(batch) - torch.linalg.matrix_exp(batch)).abs().max() < 1e-14
 
 
 @pytest.mark.parametrize("init", [henaff_skew_, cayley_skew_])

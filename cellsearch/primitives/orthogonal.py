@@ -49,11 +49,13 @@ _TAYLOR = {8: (4, 3, 0.553), 4: (3, 2, 0.467)}
 
 
 def _traced(s: Tensor) -> bool:
-    """Whether ``s`` is being traced (fake or proxy tensors, make_fx, torch.compile, torch.jit)."""
+    """Whether ``s`` is being traced or transformed (fake or proxy tensors, make_fx, torch.compile,
+    torch.jit, functorch transforms such as vmap): where the number of squarings cannot be read."""
     from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", None)
     return (type(s) is not Tensor or get_proxy_mode() is not None or torch.jit.is_tracing()
-            or torch.compiler.is_compiling())
+            or torch.compiler.is_compiling() or (functorch is not None and bool(functorch())))
 
 
 def expm(s: Tensor) -> Tensor:
