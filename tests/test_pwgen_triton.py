@@ -240,16 +240,13 @@ def _signature(k: pwgen.Kernel, fn: Any) -> dict[str, str]:
     return dict(zip(fn.arg_names, types))
 
 
-def _cubins(spec: Any, dtype: torch.dtype) -> list[str]:
-    """The cubins of the cell's forward and backward kernels, compiled for sm_90."""
+def _cubins(lowered: list[pwgen.Lowered]) -> list[str]:
+    """The PTX of the graphs' kernels, compiled (to cubins) for sm_90 by Triton's compiler."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    g, inv, var = _graphs(spec, dtype)
-    fw = pwgen.lower(g.modules["forward"], [*inv, *var])
-    bw = pwgen.lower(g.modules["backward"], derived._c_layouts(g, fw.out_layouts))
-    named = [(f"pw{i}_{k.name}", k) for i, lw in enumerate((fw, bw)) for k in lw.kernels]
+    named = [(f"pw{i}_{k.name}", k) for i, lw in enumerate(lowered) for k in lw.kernels]
     mod = pt.load(pt.source(named))
     out = []
     for name, k in named:
@@ -257,31 +254,47 @@ def _cubins(spec: Any, dtype: torch.dtype) -> list[str]:
         assert isinstance(fn, triton.runtime.JITFunction), type(fn)
         compiled = triton.compile(ASTSource(fn, _signature(k, fn)), target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": 4, "enable_fp_fusion": True})
+        assert compiled.asm["cubin"]
         out.append(compiled.asm["ptx"])
     return out
 
 
-@pytest.mark.parametrize("name", cs.list_cells())
-def test_generated_kernels_compile_for_a_gpu(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every registered cell's kernels (float32, the GPU's precision) compile with Triton's compiler
-    to PTX and a cubin for sm_90 (the interpreter checks values, not that the source is valid Triton)."""
+def _cell_cubins(spec: Any, dtype: torch.dtype) -> list[str]:
+    g, inv, var = _graphs(spec, dtype)
+    fw = pwgen.lower(g.modules["forward"], [*inv, *var])
+    return _cubins([fw, pwgen.lower(g.modules["backward"], derived._c_layouts(g, fw.out_layouts))])
+
+
+@pytest.fixture
+def compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton's compiler, not its interpreter (for the kernel modules imported from now on)."""
     import triton.backends
 
     if "nvidia" not in triton.backends.backends:
         pytest.skip("triton has no NVIDIA back-end here")
     monkeypatch.delenv("TRITON_INTERPRET")
-    ptx = _cubins(name, torch.float32)
+
+
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_generated_kernels_compile_for_a_gpu(name: str, compiling: None) -> None:
+    """Every registered cell's kernels (float32, the GPU's precision) compile with Triton's compiler
+    to PTX and a cubin for sm_90 (the interpreter checks values, not that the source is valid Triton)."""
+    ptx = _cell_cubins(name, torch.float32)
     assert ptx and all(".entry pw" in p and "st.global" in p for p in ptx)
 
 
-def test_float64_kernels_compile_in_double_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A float64 kernel computes in double (its constants are not rounded through float32)."""
-    import triton.backends
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float64", "float32"])
+def test_every_op_compiles_for_a_gpu(dtype: torch.dtype, compiling: None) -> None:
+    from torch.fx.experimental.proxy_tensor import make_fx
 
-    if "nvidia" not in triton.backends.backends:
-        pytest.skip("triton has no NVIDIA back-end here")
-    monkeypatch.delenv("TRITON_INTERPRET")
-    ptx = "\n".join(_cubins("ur_lstm", torch.float64))
+    x, y = torch.rand(5, 37, dtype=dtype) + 0.1, torch.randn(5, 37, dtype=dtype)
+    (ptx,) = _cubins([pwgen.lower(make_fx(_every_op, tracing_mode="fake")(x, y), [x, y])])
+    assert ".entry pw0_k0" in ptx and (dtype == torch.float32 or "cvt.rn.f32.f64" not in ptx)
+
+
+def test_float64_kernels_compile_in_double_precision(compiling: None) -> None:
+    """A float64 kernel computes in double (its constants are not rounded through float32)."""
+    ptx = "\n".join(_cell_cubins("ur_lstm", torch.float64))
     assert "ld.global" in ptx and ".f64" in ptx and "cvt.f64.f32" not in ptx and "cvt.rn.f32.f64" not in ptx
 
 
@@ -341,3 +354,26 @@ def test_a_planted_module_is_not_loaded(mode: int, tmp_path: Path, monkeypatch: 
         assert path.read_text() == planted                   # left alone, not used
     else:
         assert path.read_text() != planted and cache.trusted(path)     # rewritten with the generated source
+
+
+def test_triton_binary_cache_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA, Triton's compiled kernels go to <cache>/triton/bin (unless TRITON_CACHE_DIR is set); a
+    tree there holding a file others can write is not used."""
+    monkeypatch.setenv("CELLSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "_fallback", {})
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/set/by/the/user")
+    monkeypatch.setattr(pt, "_bin_dir_set", False)
+    pt._binary_cache()
+    assert os.environ["TRITON_CACHE_DIR"] == "/set/by/the/user"
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    pt._binary_cache()
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "triton" / "bin")
+    planted = tmp_path / "cache" / "triton" / "bin" / "planted.cubin"
+    planted.write_bytes(b"\0")
+    os.chmod(planted, 0o666)
+    monkeypatch.setattr(pt, "_bin_dir_set", False)
+    monkeypatch.delenv("TRITON_CACHE_DIR")
+    with pytest.warns(cache.UnsafeCacheWarning, match="not using the Triton cache"):
+        pt._binary_cache()
+    assert os.environ["TRITON_CACHE_DIR"] != str(planted.parent) and cache.untrusted_files(
+        os.environ["TRITON_CACHE_DIR"]) == []
