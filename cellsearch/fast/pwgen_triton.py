@@ -56,10 +56,12 @@ from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, lower
 __all__ = ["unavailable", "interpreting", "source", "grid", "load", "compile_graph", "compile_lowered", "module_path",
            "stats", "TILE", "MAX_COLS"]
 
-#: elements per program (block of one loop), and the widest column block
-TILE, MAX_COLS = 2048, 256
-#: warps a program (a block of up to TILE elements: 16 a thread); multiply-adds fused (FMA), as Inductor's
-#: Triton kernels are by default (stated at the launch: triton 3.9 warns when it is left unsaid)
+#: elements per program (block of one loop), and the widest column block: small blocks, so that a step's
+#: [B, n] work spreads over many SMs (B = 128, n = 256: 64 programs) and a long SSA body (~100 ops in a
+#: backward) keeps its values in registers; chosen without a GPU, not tuned
+TILE, MAX_COLS = 512, 256
+#: warps a program (4 elements a thread, vector loads along the columns); multiply-adds fused (FMA), as
+#: Inductor's Triton kernels are by default (stated at the launch: triton 3.9 warns when it is left unsaid)
 _WARPS = 4
 _TL = {"float32": "tl.float32", "float64": "tl.float64", "bool": "tl.int1"}
 _TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool}
