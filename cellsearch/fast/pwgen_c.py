@@ -152,7 +152,8 @@ def _expr(op: Op, a: list[str], real: str, sfx: str) -> str:
              "log": f"cs_log_{sfx}({{0}})", "log1p": f"cs_log1p_{sfx}({{0}})", "sqrt": f"sqrt{f}({{0}})",
              "rsqrt": f"(({real})1 / sqrt{f}({{0}}))",
              "abs": f"fabs{f}({{0}})", "sigmoid": f"sig_{sfx}({{0}})", "tanh": f"th_{sfx}({{0}})",
-             "reciprocal": f"(({real})1 / {{0}})", "sign": f"(({real})(({{0}} > 0) - ({{0}} < 0)))",
+             "reciprocal": f"(({real})1 / {{0}})",
+             "sign": f"(({{0}} > 0 ? ({real})1 : ({real})0) - ({{0}} < 0 ? ({real})1 : ({real})0))",
              "sin": f"sin{f}({{0}})", "cos": f"cos{f}({{0}})", "logical_not": "(!{0})"}
     binary = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
               "maximum": "({0} > {1} ? {0} : {1})", "minimum": "({0} < {1} ? {0} : {1})",
