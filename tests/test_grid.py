@@ -86,6 +86,9 @@ def test_a_grid_with_variants_validates_runs_and_its_trials_carry_the_overrides(
     assert main(["export", str(path), "--trial", str(number), "--out", str(tmp_path / "out")]) == 0
     exported = yaml.safe_load((tmp_path / "out" / "spec.yaml").read_text())
     assert (tmp_path / "out" / "lstm_ortho_x2.py").is_file() and exported["model"]["cell"]["init"] == "orthogonal"
+    # a variant that changes its card's primitives is not that published cell (no card, no citation claimed)
+    assert exported["published_cell"] is None and by["lstm_ortho_x2 seed=1"].user_attrs["variant"] == "lstm_ortho_x2"
+    assert by["gru_budget seed=0"].user_attrs["published"] == "gru"     # only the size changed: still GRU
 
 
 @pytest.mark.parametrize(("cell", "said"), [

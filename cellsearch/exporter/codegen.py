@@ -22,7 +22,8 @@ _GRAPH_GLOBALS = {"torch": None, "device": "from torch import device", "inf": 'i
 
 
 def module_name(model: Any, published: str | None = None) -> str:
-    """A Python module name for the export: the published cell's name, or one built from the spec."""
+    """A Python module name for the export: ``published`` (the published cell's name, or a grid variant's
+    label) made an identifier, or one built from the spec."""
     if published:
         base = published
     else:

@@ -19,6 +19,7 @@ from ..search.checks import load_study
 from ..search.results import config_of, pick_trial, trial_model
 from ..search.studies import StudyResult, open_study
 from . import export_model
+from .codegen import module_name
 
 __all__ = ["export_trial", "export_from"]
 
@@ -48,7 +49,9 @@ def export_trial(study: Study, config: StudyConfig, out_dir: str | Path, number:
             "n_trials": config.search.n_trials,
         },
     }
-    return export_model(model, out_dir, published=attrs.get("published"), meta=meta, force=force)
+    label = attrs.get("variant")      # a grid variant that changed its card: named by its label, no card
+    name = module_name(model, label) if label else None
+    return export_model(model, out_dir, name=name, published=attrs.get("published"), meta=meta, force=force)
 
 
 def export_from(obj: Any, out_dir: str | Path, number: int | None = None, force: bool = False) -> Path:

@@ -483,14 +483,18 @@ class CellListSpace:
         return Candidate(cell, depth, sizes.get("hidden_size"), train, label, sizes.get("param_budget"), sized=True)
 
     def seed_trials(self) -> list[SeedTrial]:
-        """Every (seed, cell) pair, seed-major: all cells once before any cell twice."""
+        """Every (seed, cell) pair, seed-major: all cells once before any cell twice. A variant that keeps
+        its card's primitives and depth is that published cell (its card and citation go with an export);
+        one that changes them is not (``variant``: its label)."""
         seeds: Sequence[int | None] = self.seeds or (None,)
         out = []
         for seed, cell in itertools.product(seeds, self.cells):
             params: dict[str, Any] = {} if len(self.cells) == 1 else {"cell": cell}
             if seed is not None and len(seeds) > 1:
                 params["train/seed"] = seed
-            out.append(SeedTrial(params, {"published": cell}))
+            v = self.variants[cell]
+            changed = bool(v.spec or v.options or v.depth)
+            out.append(SeedTrial(params, {"variant": cell} if changed else {"published": v.cell}))
         return out
 
     def candidate_for(self, candidate: Candidate, published: str | None) -> Candidate:
