@@ -229,3 +229,23 @@ def test_generated_log_log1p_expm1_match_torch(dtype: torch.dtype) -> None:
         assert ((got - want).abs() / want.abs())[finite].max() < 4 * eps
         same = (got == want) | (torch.isnan(got) & torch.isnan(want))
         assert same[~finite].all()
+
+
+@needs_cc
+def test_the_c_path_does_not_load_inductors_compiler(tmp_path: Path) -> None:
+    """A fresh process running a cell on the derived path with generated C never imports Inductor's
+    compiler (torch._inductor.compile_fx); make_fx's own import of torch._inductor.config is torch's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, cellsearch as cs\n"
+            "from cellsearch import fast\n"
+            "m = cs.create_rnn('janet', 4, 8)\n"
+            "with fast.force_derived():\n"
+            "    m(torch.randn(2, 5, 4))[0].sum().backward()\n"
+            "    g = [g for g in fast.plan(m.layers[0]).run._graphs.values() if g.compiled]\n"
+            "print({x.compiler for x in g}, 'torch._inductor.compile_fx' in sys.modules)\n")
+    env = {**os.environ, "CELLSEARCH_DERIVED_COMPILER": "auto", "CELLSEARCH_CACHE": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "{'c'} False"
