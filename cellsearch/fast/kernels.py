@@ -545,7 +545,7 @@ class AdaptiveKernel(Kernel):
         dx = None
         if needs[1]:
             dx = matmul(ws.dA.view(ws.T * ws.B, self.n), -2.0 * ws.m_w).view(ws.T, ws.B, ws.d)
-        return dx, ws.m.t() @ ws.d_mw, ws.m.t() @ ws.d_mb
+        return (dx, ws.m.t() @ ws.d_mw if needs[2] else None, ws.m.t() @ ws.d_mb if needs[3] else None)
 
 
 class TransitionKernel(Kernel):
