@@ -86,12 +86,14 @@ def _compilers(model: torch.nn.Module) -> set[str]:
 @pytest.mark.parametrize("name", cs.list_cells())
 def test_every_registered_cell_in_generated_c_equals_reference(name: str, dtype: torch.dtype, c_path: None) -> None:
     model = _model(name, dtype)
+    relowered = pwgen_c.stats["relowered"]
     with fast.force_derived():
         assert {fast.plan(layer).path for layer in model.layers} == {"derived"}
         assert "generated C step graphs" in fast.explain(model.layers[0]), fast.explain(model.layers[0])
         x, state = _inputs(model, B, dtype)
         assert_same(model, x, state)
         assert _compilers(model) == {"c"}
+    assert pwgen_c.stats["relowered"] == relowered      # the layouts generated for are the ones met
 
 
 @needs_cc
@@ -156,6 +158,26 @@ def test_relu_backward_select_is_not_miscompiled(c_path: None) -> None:
     gm = make_fx(f, tracing_mode="fake")(x, g)
     (fn,) = pwgen_c.compile_graphs([(gm, [x, g])])
     assert torch.equal(fn(x, g)[0], torch.where(x > 0, g, torch.zeros_like(g)))
+
+
+@needs_cc
+def test_a_call_with_other_strides_is_generated_again_not_misread() -> None:
+    """Strides are baked into the generated code: a first call with other strides than the example's
+    (here a transposed input) lowers and builds the graph again for them."""
+    aten = torch.ops.aten
+
+    def f(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor]:
+        return (aten.mul.Tensor(aten.sigmoid.default(x), y),)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, y = torch.randn(3, 8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    gm = make_fx(f, tracing_mode="fake")(x, y)
+    (fn,) = pwgen_c.compile_graphs([(gm, [x, y])])
+    xt = torch.randn(8, 3, dtype=torch.float64).t()
+    before = pwgen_c.stats["relowered"]
+    assert torch.allclose(fn(xt, y)[0], torch.sigmoid(xt) * y, rtol=0, atol=1e-15)
+    assert pwgen_c.stats["relowered"] == before + 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
-__all__ = ["Unsupported", "Input", "Output", "Op", "Loop", "Kernel", "Lowered", "lower", "bind", "describe", "OPS"]
+__all__ = ["Unsupported", "Input", "Output", "Op", "Loop", "Kernel", "Lowered", "lower", "bind", "describe", "layout",
+           "OPS"]
 
 #: the IR's elementwise ops by arity and kinds (see the module docstring)
 OPS: dict[str, tuple[str, ...]] = {
@@ -147,6 +148,16 @@ class Lowered:
     visible: list[int] = field(default_factory=list)
     #: the graph's outputs as meta tensors (shapes and strides as the rewritten graph returns them)
     out_layouts: tuple[Any, ...] = ()
+    #: the layouts the kernels were generated for (:func:`layout` of each input) and the graph lowered
+    in_layouts: tuple[Any, ...] = ()
+    source: fx.GraphModule | None = None
+
+
+def layout(t: Any) -> Any:
+    """What generated code assumes of an input: dtype, sizes and the strides of dimensions longer than 1."""
+    if not isinstance(t, Tensor):
+        return None
+    return (t.dtype, tuple((int(n), int(s) if n > 1 else 0) for n, s in zip(t.shape, t.stride())))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -726,7 +737,8 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) ->
     kernels, visible, out_layouts = _lower_regions(fused, dtype)
     fused.graph.lint()
     fused.recompile()
-    return Lowered(fused, kernels, visible, out_layouts)
+    ins = tuple(layout(n.meta.get("val")) for n in phs)
+    return Lowered(fused, kernels, visible, out_layouts, ins, gm)
 
 
 def bind(lowered: Lowered, calls: Sequence[Callable[..., tuple[Tensor, ...]]]) -> Callable[..., Any]:

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, fx
 
 from . import csrc
-from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, lower
+from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, layout, lower
 
 __all__ = ["unavailable", "source", "compile_graphs", "compile_lowered", "stats", "CompileError"]
 
@@ -38,8 +38,9 @@ _TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool
 #: ``-fno-thread-jumps`` keeps the loop vectorized and correct (tests/test_pwgen.py has the case)
 _SAFE = ["-fno-thread-jumps"]
 _lock = threading.Lock()
-#: seconds spent lowering + building (or loading) in this process, and the libraries built or loaded
-stats: dict[str, float] = {"seconds": 0.0, "libraries": 0}
+#: seconds spent lowering + building (or loading) in this process, the libraries built or loaded, and
+#: the graphs lowered again because their first call's layouts differed from the ones generated for
+stats: dict[str, float] = {"seconds": 0.0, "libraries": 0, "relowered": 0}
 
 
 class CompileError(RuntimeError):
@@ -263,6 +264,23 @@ def compile_graphs(graphs: Sequence[tuple[fx.GraphModule, Sequence[Tensor] | Non
     return compile_lowered([lower(gm, ex) for gm, ex in graphs])
 
 
+def _checked(fn: Callable[..., Any], lw: Lowered) -> Callable[..., Any]:
+    """``fn``, once the first call's tensors are seen laid out as the kernels assume (strides are baked
+    into the code); if they are not, the graph is lowered and built again for the layouts it is called
+    with (a private fallback: the derived path passes what it traced)."""
+    chosen: list[Callable[..., Any]] = []
+
+    def call(*args: Any) -> Any:
+        if not chosen:
+            same = tuple(layout(a) for a in args) == lw.in_layouts or lw.source is None
+            if not same:
+                stats["relowered"] += 1
+            chosen.append(fn if same else compile_graphs([(lw.source, list(args))])[0])
+        return chosen[0](*args)
+
+    return call
+
+
 def compile_lowered(lowered: Sequence[Lowered]) -> list[Callable[..., Any]]:
     """:func:`compile_graphs` for graphs already lowered (:func:`cellsearch.fast.pwgen.lower`)."""
     import time
@@ -278,7 +296,7 @@ def compile_lowered(lowered: Sequence[Lowered]) -> list[Callable[..., Any]]:
         for _ in lw.kernels:
             name, k = next(it)
             calls.append(_runner(getattr(lib, name), k, name))
-        out.append(bind(lw, calls))
+        out.append(_checked(bind(lw, calls), lw))
     stats["seconds"] += time.perf_counter() - t0
     stats["libraries"] += 1
     return out
