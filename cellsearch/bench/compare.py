@@ -117,7 +117,8 @@ class GemmFloor(nn.Module):
     post-loop weight gradient; its shortcut W_s [n, n] multiplies h_{t−1} too, so it joins U's rows (as
     the fused kernel stacks them). Every other linear map of the network (deep input / output MLPs) runs
     over all T·B rows at once: forward, input gradient and weight gradient, one large GEMM each. A
-    saturation's matrices are not counted (asRNN's fused loop folds them into its one step product).
+    saturation's matrices are not counted: asRNN's fused loop folds its U_f and D_f into its one step
+    product, but still pays three T·B products for them (all h_t = y_t P, ∂h Pᵀ, the ∂P reduction).
     Each product runs on the engine the fused paths use (:class:`cellsearch.fast.fused.Mat`, ``project``
     and ``matmul``: oneDNN with packed weights for float32 on the CPU where it is faster, else
     ``torch.mm``), so the floor is what those paths could reach with free pointwise work. Run as a model
