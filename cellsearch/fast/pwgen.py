@@ -711,6 +711,58 @@ def _refuse_unsupported_pointwise(gm: fx.GraphModule) -> None:
             raise Unsupported(f"elementwise {t} ({why})")
 
 
+#: a value one kernel reads from another is recomputed from the producer's inputs when it takes at most
+#: this many nodes of the producer (Inductor recomputes pointwise values across its kernels the same way)
+RECOMPUTE_MAX = 24
+
+
+def _cone(n: fx.Node, group: dict[fx.Node, Any]) -> list[fx.Node] | None:
+    """The nodes of ``group`` that ``n`` is computed from (itself included), or None when there are too
+    many or one of them writes in place (copying it would write twice)."""
+    seen: set[fx.Node] = set()
+    stack = [n]
+    while stack:
+        m = stack.pop()
+        if m in seen or m not in group:
+            continue
+        seen.add(m)
+        if len(seen) > RECOMPUTE_MAX or _op_name(m).endswith("_"):
+            return None
+        stack.extend(m.all_input_nodes)
+    return list(seen)
+
+
+def _copy_before(graph: fx.Graph, nodes: Sequence[fx.Node], before: fx.Node) -> dict[fx.Node, fx.Node]:
+    """Copies of ``nodes`` (in graph order, reading each other's copies) inserted before ``before``."""
+    pos = {m: k for k, m in enumerate(graph.nodes)}
+    env: dict[fx.Node, fx.Node] = {}
+    with graph.inserting_before(before):
+        for m in sorted(nodes, key=pos.__getitem__):
+            env[m] = graph.node_copy(m, lambda a: env.get(a, a))
+    return env
+
+
+def _recompute_across(graph: fx.Graph, groups: list[dict[fx.Node, Any]]) -> None:
+    """Where a region reads a value another region computes (the second kernel after an extern product
+    reading what the first one wrote), copy the nodes that value comes from into the reading region: the
+    first kernel no longer writes it (unless an extern node reads it too) and the second one computes it
+    from the first one's inputs instead of reading it back. No cycle can appear: the copies read only
+    values the original already depended on."""
+    owner = {n: i for i, g in enumerate(groups) for n in g}
+    for i, group in enumerate(groups):
+        for user in [u for u in graph.nodes if u in group]:
+            for n in user.all_input_nodes:
+                j = owner.get(n)
+                cone = _cone(n, groups[j]) if j is not None and j != i else None
+                if cone is None:
+                    continue
+                env = _copy_before(graph, cone, user)
+                for m in env.values():
+                    group[m] = None
+                    owner[m] = i
+                user.replace_input_with(n, env[n])
+
+
 def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) -> Lowered:
     """``gm`` (a step graph: aten ops, ``meta["val"]`` on its nodes) as extern nodes and kernels; the
     inputs' layouts (shapes, strides, dtypes) from ``example_inputs`` where given (tensors, meta
@@ -732,8 +784,9 @@ def lower(gm: fx.GraphModule, example_inputs: Sequence[Tensor] | None = None) ->
             return _region_ok(node)
 
     parts = CapabilityBasedPartitioner(work, Support(), allows_single_node_partition=True).propose_partitions()
-    parts = [p for p in parts if any(_computes(n) for n in p.nodes)]
-    fused = fuse_by_partitions(work, [p.nodes for p in parts], prefix="pw_", always_return_tuple=True)
+    groups = [dict(p.nodes) for p in parts if any(_computes(n) for n in p.nodes)]
+    _recompute_across(work.graph, groups)
+    fused = fuse_by_partitions(work, groups, prefix="pw_", always_return_tuple=True)
     kernels, visible, out_layouts = _lower_regions(fused, dtype)
     fused.graph.lint()
     fused.recompile()
