@@ -11,8 +11,11 @@ ones (n = 256, 2 threads: 2.8 ms forward, ~23 ms forward + backward). :func:`exp
 truncated Taylor series with scaling and squaring in n × n products that autograd differentiates
 (the gradient is the exact gradient of the approximant, whose truncation error and that of its
 derivative are below the dtype's unit roundoff), so the backward costs two products per forward
-product. Under tracing (``make_fx``, ``torch.compile``, fake tensors: the derived path's and the
-exporter's graphs) it is ``torch.linalg.matrix_exp``, one op with no value-dependent control flow.
+product. Its *value* is ``torch.linalg.matrix_exp``'s, bit for bit (the series only carries the
+derivative: ``exp + (series − series.detach())``), so the eager loop, the derived path and the exported
+module, whose traced graphs hold ``torch.linalg.matrix_exp`` (one op with no value-dependent control
+flow; used under ``make_fx``, ``torch.compile`` and fake tensors), compute the same matrix. Without a
+gradient to record, only ``torch.linalg.matrix_exp`` runs.
 """
 
 from __future__ import annotations
@@ -59,11 +62,21 @@ def _traced(s: Tensor) -> bool:
 
 
 def expm(s: Tensor) -> Tensor:
-    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here), differentiable by autograd at
-    n × n cost (see the module docstring); ``torch.linalg.matrix_exp`` under tracing and for dtypes
-    other than float32/float64."""
-    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0:
+    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here): the value of
+    ``torch.linalg.matrix_exp``, differentiated by autograd through a Taylor series at n × n cost (see
+    the module docstring); ``torch.linalg.matrix_exp`` alone under tracing, without a gradient to record
+    and for dtypes other than float32/float64."""
+    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0 \
+            or not (torch.is_grad_enabled() and s.requires_grad):
         return torch.linalg.matrix_exp(s)
+    series = _series(s)
+    with torch.no_grad():
+        value = torch.linalg.matrix_exp(s)
+    return value + (series - series.detach())       # torch's value + 0 exactly; the series' derivative
+
+
+def _series(s: Tensor) -> Tensor:
+    """The scaled and squared Taylor series of exp(S) (``_TAYLOR``), in differentiable n × n products."""
     p, q, theta = _TAYLOR[s.element_size()]
     n = s.shape[-1]
     with torch.no_grad():                                   # ‖S‖₂ ≤ √(‖S‖₁ ‖S‖∞)
