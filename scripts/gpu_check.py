@@ -17,7 +17,8 @@ Then one device call, carrying ``.whl``, with a timeout that leaves room for a s
 1. ``pytest tests/test_cuda.py`` — every registered cell on the GPU against the float64 reference,
    precision, pinned prefetching, checkpoints, ``bench --device`` (``$OUT/test_cuda.xml``);
 2. ``cellsearch bench`` on the GPU at H = 256, T = 784, batch 128 against cuDNN ``nn.LSTM``
-   (target: composed ``ur_lstm`` >= 0.5x; ``$OUT/bench.json``, ``$OUT/BENCH.md``);
+   (target: composed ``ur_lstm`` >= 0.5x), each cell also forced onto the derived path (Triton step
+   kernels): which of the two is faster on a GPU decides the default there (``$OUT/bench.json``, ``BENCH.md``);
 3. trials per hour of a small study with 1 and with 4 worker processes sharing the one GPU (target:
    >= 3x; ``$OUT/trials.json``).
 """
@@ -105,7 +106,7 @@ def run(out: Path, device: str, install: bool, seq: int) -> int:
     log = out / "gpu_check.log"
     bench = [sys.executable, "-m", "cellsearch.cli", "bench", "ur_lstm", "gru", "star", "lstm", "mingru",
              "--device", device, "--hidden", "256", "--seq", str(seq), "--batch", "128", "--repeats", "5",
-             "--max-load", "0", "--no-memory", "--out", str(out)]
+             "--max-load", "0", "--no-memory", "--derived", "--out", str(out)]
     tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
              f"--junitxml={out / 'test_cuda.xml'}"]
     rcs = [_step(log, "GPU tests", tests, env, 240), _step(log, "bench", bench, env, 180)]

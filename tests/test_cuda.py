@@ -156,28 +156,28 @@ def test_bench_runs_on_the_device_against_nn_lstm(tmp_path: Path) -> None:
 
 @pytest.fixture
 def triton_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The derived path's step graphs compiled by pwgen_triton on DEVICE (on the CPU: in Triton's
-    interpreter, triton itself imported first in compiling mode), reached through the hook the derived
-    path calls Inductor by (the same calling convention) until it picks Triton on CUDA itself; at every
-    size, from the first call. Returns the list the compiles are counted in."""
+    """The derived path's step graphs compiled by pwgen_triton on DEVICE, at every size, from the first
+    call, as the derived path chooses on CUDA (``derived.triton_device``); on the CPU that choice is
+    made for CPU tensors too, run in Triton's interpreter (triton itself imported first in compiling
+    mode). Returns the list the builds are counted in."""
     pytest.importorskip("triton")
-    from cellsearch.fast import inductor, pwgen_triton
+    from cellsearch.fast import derived, pwgen_triton
 
-    if not DEVICE.startswith("cuda"):
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
     compiled: list[int] = []
-
-    def compile_graph(gm: Any, example_inputs: Any) -> Any:
-        compiled.append(1)
-        return pwgen_triton.compile_graph(gm, example_inputs)
-
-    for name, value in (("CELLSEARCH_DERIVED_COMPILER", "inductor"), ("CELLSEARCH_DERIVED_MIN", "0"),
-                        ("CELLSEARCH_DERIVED_AFTER", "0")):
+    for name, value in (("CELLSEARCH_DERIVED_MIN", "0"), ("CELLSEARCH_DERIVED_AFTER", "0")):
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
-    monkeypatch.setattr(inductor, "compile_graph", compile_graph)
-    monkeypatch.setattr(inductor, "unavailable", lambda device="cpu": None)
-    monkeypatch.setattr(inductor, "preload", lambda: None)
+    monkeypatch.delenv("CELLSEARCH_DERIVED_COMPILER", raising=False)
+    if not DEVICE.startswith("cuda"):
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        monkeypatch.setattr(derived, "triton_device", lambda device: True)
+    build = pwgen_triton.compile_lowered
+
+    def counted(lowered: Any, device: Any = "cuda") -> Any:
+        compiled.extend(1 for _ in lowered)
+        return build(lowered, device)
+
+    monkeypatch.setattr(pwgen_triton, "compile_lowered", counted)
     return compiled
 
 
@@ -211,7 +211,9 @@ def test_derived_path_with_triton_kernels_on_the_device_equals_the_float64_refer
         assert {fast.plan(layer).path for layer in dev.layers} == {"derived"}
         out_dev, g_dev = _grads(dev, x.float().to(DEVICE))
         errors = {fast.plan(layer).run.compile_error for layer in dev.layers}   # type: ignore[union-attr]
+        explained = fast.explain(dev.layers[0])
     assert errors == {None} and len(triton_steps) >= 2, (errors, triton_steps)
+    assert "generated Triton step graphs" in explained, explained
     scale = out_ref.abs().max().item() + 1e-12
     assert (out_dev.double().cpu() - out_ref).abs().max().item() < 1e-4 * scale
     assert len(g_dev) == len(g_ref)

@@ -438,8 +438,13 @@ def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence
                    {"step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
     g.dxp_inplace = dxp_inplace
+    if compile and triton_device(var[0].device):        # generated Triton kernels (Inductor: CPU only here)
+        why = _compile_generated(g, inv, var)
+        if why is not None:
+            raise RuntimeError(why)          # remembered by Derived: the reference loop runs, with the reason
+        return g
     if compile and compiler_choice() != "inductor":
-        g.c_note = _compile_c(g, inv, var)
+        g.c_note = _compile_generated(g, inv, var)
         if g.c_note is None:
             return g
     if compile:
@@ -732,29 +737,39 @@ def _c_layouts(g: StepGraphs, fw_out: Sequence[Any]) -> list[Any]:
     return phs
 
 
-def _compile_c(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tensor]) -> str | None:
-    """Compile the forward and backward step graphs with the C generator (one library); returns None,
-    or why not (the graph is not supported, no compiler: the caller uses Inductor)."""
-    from . import pwgen, pwgen_c
+def triton_device(device: torch.device | str) -> bool:
+    """Whether the step graphs for ``device`` are generated as Triton kernels (CUDA devices; tests also
+    route CPU tensors there, in Triton's interpreter) rather than C / Inductor C++ (the CPU)."""
+    return torch.device(device).type == "cuda"
 
-    why = pwgen_c.unavailable(var[0].device, var[0].dtype)
+
+def _compile_generated(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tensor]) -> str | None:
+    """Compile the forward and backward step graphs with the pointwise generator (:mod:`.pwgen`): C on
+    the CPU (one library), Triton on CUDA (one module); returns None, or why not (the graph is not
+    supported, no compiler: the caller uses Inductor on the CPU, the reference loop on CUDA)."""
+    from . import pwgen, pwgen_c, pwgen_triton
+
+    device = var[0].device
+    cuda = triton_device(device)
+    why = (pwgen_triton if cuda else pwgen_c).unavailable(device, var[0].dtype)
     if why is not None:
         return why
     try:
         fw = pwgen.lower(g.modules["forward"], [*inv, *var])
         bw = pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
-        g.forward, g.backward = pwgen_c.compile_lowered([fw, bw])
-    except Exception as exc:          # unsupported, no compiler, or a generator bug: Inductor instead
-        return _c_reason(exc)
-    g.compiled, g.bw_pending, g.compiler = True, False, "c"
+        built = pwgen_triton.compile_lowered([fw, bw], device) if cuda else pwgen_c.compile_lowered([fw, bw])
+        g.forward, g.backward = built
+    except Exception as exc:          # unsupported, no compiler, or a generator bug
+        return _c_reason(exc, "Triton" if cuda else "C")
+    g.compiled, g.bw_pending, g.compiler = True, False, "triton" if cuda else "c"
     return None
 
 
-def _c_reason(exc: Exception) -> str:
+def _c_reason(exc: Exception, generator: str = "C") -> str:
     from .pwgen import Unsupported
 
     kind = "" if isinstance(exc, Unsupported) else f"{type(exc).__name__}: "
-    return f"the C generator cannot compile the step: {kind}{str(exc).strip()[:200]}"
+    return f"the {generator} generator cannot compile the step: {kind}{str(exc).strip()[:200]}"
 
 
 def _c_check(g: StepGraphs) -> str | None:
@@ -814,6 +829,10 @@ class Derived:
 
         if dtype not in (torch.float32, torch.float64):
             return f"{dtype} is not compiled"
+        if triton_device(device):                         # generated Triton kernels
+            from .pwgen_triton import unavailable as triton_unavailable
+
+            return self.compile_error or turned_off() or triton_unavailable(device, dtype)
         why = self.compile_error or unavailable(device)
         if why is None or self.compile_error or compiler_choice() == "inductor" or turned_off():
             return why
@@ -821,11 +840,13 @@ class Derived:
 
         return None if c_unavailable(device, dtype) is None else why
 
-    def describe(self) -> str:
-        """How it runs (for :func:`cellsearch.fast.explain`)."""
+    def describe(self, device: torch.device | str = "cpu") -> str:
+        """How it runs on ``device`` (for :func:`cellsearch.fast.explain`)."""
         if backend_choice() == "aten":
             return "uncompiled aten step graphs (CELLSEARCH_DERIVED_BACKEND=aten)"
-        why = self.unavailable()
+        why = self.unavailable(device)
+        if why is None and triton_device(device):
+            return "generated Triton step graphs (cellsearch.fast.pwgen_triton)"
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
         size = "" if self.forced else (f"; runs under {min_work():,} pre-activations a sequence, and the "

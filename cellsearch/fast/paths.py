@@ -126,7 +126,9 @@ def _derived_plan(cell: Any, why: str) -> Plan:
             runner.probe(cell)
         except DerivationError as exc:
             return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
-    return Plan("derived", f"whole-sequence function derived from the step ({runner.describe()}); {why}",
+    p = next(iter(cell.parameters()), None)
+    device = p.device if p is not None else "cpu"
+    return Plan("derived", f"whole-sequence function derived from the step ({runner.describe(device)}); {why}",
                 runner)
 
 
