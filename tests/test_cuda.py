@@ -8,6 +8,7 @@ without a GPU (this project has had none so far); ``CELLSEARCH_TEST_DEVICE=cuda:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,10 @@ def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[
     return out.detach(), [p.grad.detach() for p in model.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("name", cs.list_cells())
-def test_every_registered_cell_on_the_device_equals_the_float64_reference(name: str) -> None:
-    """Whatever path a cell takes on the device (cuDNN, fused, derived, reference), its output and weight
-    gradients in float32 equal the float64 reference loop on the CPU."""
+def _against_reference(name: str, then: Callable[[torch.nn.Module], None] = lambda model: None) -> None:
+    """Cell ``name`` (2 layers) in float32 on DEVICE, fast paths forced as far as they go, against the
+    float64 reference loop on the CPU: output and weight gradients; ``then(model)`` runs inside the forced
+    block after the pass (checks of the plan)."""
     torch.manual_seed(0)
     ref = cs.create_rnn(name, 5, 16, num_layers=2).double()
     dev = cs.create_rnn(name, 5, 16, num_layers=2)
@@ -60,11 +61,19 @@ def test_every_registered_cell_on_the_device_equals_the_float64_reference(name: 
         out_ref, g_ref = _grads(ref, x)
     with fast.force_derived():
         out_dev, g_dev = _grads(dev, x.float().to(DEVICE))
+        then(dev)
     scale = out_ref.abs().max().item() + 1e-12
     assert (out_dev.double().cpu() - out_ref).abs().max().item() < 1e-4 * scale, fast.explain(dev.layers[0])
     assert len(g_dev) == len(g_ref)
     for a, b in zip(g_dev, g_ref):
         assert (a.double().cpu() - b).abs().max().item() < 1e-3 * (b.abs().max().item() + 1e-6)
+
+
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_on_the_device_equals_the_float64_reference(name: str) -> None:
+    """Whatever path a cell takes on the device (cuDNN, fused, derived, reference), its output and weight
+    gradients in float32 equal the float64 reference loop on the CPU."""
+    _against_reference(name)
 
 
 def _study(tmp_path: Path, name: str, train: dict[str, Any], cells: list[str]) -> Any:
@@ -199,26 +208,14 @@ def test_derived_path_with_triton_kernels_on_the_device_equals_the_float64_refer
         name: str, triton_steps: list[int]) -> None:
     """Every registered cell on the derived path with its step graphs as Triton kernels on the device:
     output and weight gradients in float32 equal the float64 reference loop on the CPU."""
-    torch.manual_seed(0)
-    ref = cs.create_rnn(name, 5, 16, num_layers=2).double()
-    dev = cs.create_rnn(name, 5, 16, num_layers=2)
-    dev.load_state_dict(ref.state_dict())
-    dev = dev.float().to(DEVICE)
-    x = torch.randn(12, 4, 5, dtype=torch.float64)
-    with fast.enabled(False):
-        out_ref, g_ref = _grads(ref, x)
-    with fast.force_derived():
-        assert {fast.plan(layer).path for layer in dev.layers} == {"derived"}
-        out_dev, g_dev = _grads(dev, x.float().to(DEVICE))
-        errors = {fast.plan(layer).run.compile_error for layer in dev.layers}   # type: ignore[union-attr]
-        explained = fast.explain(dev.layers[0])
-    assert errors == {None} and len(triton_steps) >= 2, (errors, triton_steps)
-    assert "generated Triton step graphs" in explained, explained
-    scale = out_ref.abs().max().item() + 1e-12
-    assert (out_dev.double().cpu() - out_ref).abs().max().item() < 1e-4 * scale
-    assert len(g_dev) == len(g_ref)
-    for a, b in zip(g_dev, g_ref):
-        assert (a.double().cpu() - b).abs().max().item() < 1e-3 * (b.abs().max().item() + 1e-6)
+
+    def on_triton(model: torch.nn.Module) -> None:
+        assert {fast.plan(layer).path for layer in model.layers} == {"derived"}
+        errors = {fast.plan(layer).run.compile_error for layer in model.layers}   # type: ignore[union-attr]
+        assert errors == {None} and len(triton_steps) >= 2, (errors, triton_steps)
+        assert "generated Triton step graphs" in fast.explain(model.layers[0])
+
+    _against_reference(name, on_triton)
 
 
 @pytest.mark.skipif(not DEVICE.startswith("cuda"), reason="counts CUDA kernel launches")

@@ -16,14 +16,13 @@ from typing import Any
 import pytest
 import torch
 from fast_paths import assert_same
+from test_derived import B, _inputs, _model
 
 import cellsearch as cs
 from cellsearch import fast, registry
 from cellsearch.fast import cache, csrc, derived, inductor, pwgen, pwgen_c
 from cellsearch.primitives.base import Block
 from cellsearch.primitives.update import Update
-
-B, T, D, N = 3, 5, 4, 6
 
 needs_cc = pytest.mark.skipif(not csrc._compilers() or csrc.disabled() is not None,
                               reason="no C compiler (or CELLSEARCH_FAST_C=0)")
@@ -56,21 +55,6 @@ def c_path(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILER", "c")
     monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
     monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
-
-
-def _model(spec: Any, dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return cs.create_rnn(spec, D, N).to(dtype)
-
-
-def _inputs(model: torch.nn.Module, batch: int, dtype: torch.dtype, seed: int = 1) -> tuple:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, T, D, generator=g, dtype=dtype)
-    state = model.initial_state(batch, x) if hasattr(model, "initial_state") else None
-    if state is not None:
-        state = tuple(tuple(0.5 * torch.randn(s.shape, generator=g, dtype=dtype) for s in layer)
-                      for layer in state)
-    return x, state
 
 
 def _compilers(model: torch.nn.Module) -> set[str]:
