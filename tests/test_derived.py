@@ -380,3 +380,59 @@ def test_bench_command_has_a_derived_column(tmp_path: Path, aten: None) -> None:
     assert "derived ×" in text and "| star | fused |" in text
     (r,) = read_json(tmp_path / "bench.json")
     assert r.derived_ms and r.derived_ms > 0 and r.derived_first_s is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# the products on oneDNN, and the C generator's fallback reason in explain
+
+def _c_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellsearch.fast import pwgen_c
+
+    if pwgen_c.unavailable("cpu", torch.float32) is not None:
+        pytest.skip(pwgen_c.unavailable("cpu", torch.float32))
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILER", "c")
+
+
+@pytest.mark.parametrize("spec", [PLUGIN, "slstm", "dots_rnn"], ids=lambda s: s if isinstance(s, str) else "plugin")
+def test_products_on_onednn_equal_reference(spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 on the CPU: the generated step graphs' products by a loop invariant (the recurrent GEMM
+    forward and backward), the input projection and the post-loop weight gradients go through
+    cellsearch.fast.fused's oneDNN helpers (here at every size); outputs and gradients still equal the
+    reference loop."""
+    from cellsearch.fast import fused
+
+    _c_compiled(monkeypatch)
+    if not fused.onednn_available():
+        pytest.skip("oneDNN's linear is not available here")
+    monkeypatch.setattr(fused, "ONEDNN_MIN", 0)
+    model = _model(spec, torch.float32, n=8)
+    with fast.force_derived():
+        runner = fast.plan(model.layers[0]).run
+        x, state = _inputs(model, B, torch.float32)
+        assert_same(model, x, state)
+    graphs = [g for g in runner._graphs.values() if g.compiled]      # type: ignore[union-attr]
+    assert graphs and all(g.compiler == "c" and g.fw_packed and g.bw_packed for g in graphs)
+    assert all(not g.products._mats for g in graphs)                 # unpacked after each sequence
+
+
+def test_explain_shows_the_c_generators_fallback_once_known(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plan that is not forced traces its step at first use: the reason the C generator does not compile
+    it (Inductor does) appears in explain from then on."""
+    from cellsearch.fast import derived
+
+    if inductor.unavailable("cpu") is not None:
+        pytest.skip(inductor.unavailable("cpu"))
+    _c_compiled(monkeypatch)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
+    monkeypatch.setattr(derived, "_compile_generated",
+                        lambda g, inv, var: "the C generator cannot compile the step: test reason")
+    model = _model(PLUGIN, torch.float32)
+    assert "test reason" not in fast.explain(model.layers[0])
+    x, _ = _inputs(model, B, torch.float32)
+    model(x)
+    line = fast.explain(model.layers[0])
+    assert line.startswith("derived:") and "Inductor C++ step graphs (the C generator cannot compile the " \
+        "step: test reason)" in line, line
+    assert line.count("test reason") == 1

@@ -190,6 +190,11 @@ class StepGraphs:
     #: what compiled the step graphs ("c": cellsearch.fast.pwgen_c, "inductor"), and why not C
     compiler: str = ""
     c_note: str | None = None
+    #: the step graphs' products by a loop invariant, routed through :class:`_Products` (compiled on the
+    #: CPU): the inputs of the forward / backward graph they multiply by (see :func:`_route_products`)
+    products: Any = None
+    fw_packed: tuple[int, ...] = ()
+    bw_packed: tuple[int, ...] = ()
 
 
 def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
@@ -612,6 +617,16 @@ def _distinct(state: list[Tensor], inputs: Sequence[Any]) -> list[Tensor]:
 def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor],
                   inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
     """Run the forward step graph over T; ``state`` is updated in place (to the final state)."""
+    packed = _packed(g, g.fw_packed, inv, xp.shape[1])
+    try:
+        return _forward_steps(g, xp, xs, state, inv, keep)
+    finally:
+        if packed:
+            g.products.unpack(packed)
+
+
+def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor],
+                   inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
     T = xp.shape[0]
     xps = xp.unbind(0)
     xss = xs.unbind(0) if xs is not None else None
@@ -649,8 +664,19 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
 
 
 def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor]) -> list[Tensor | None]:
+    """The reverse loop, then the post-loop weight gradients (one large product each)."""
+    pre = g.bw_pre(*tape.inv) if g.n_pre else ()
+    packed = _packed(g, g.bw_packed, (*tape.inv, *pre), tape.xp_shape[1])
+    try:
+        return _backward_steps(g, tape, pre, dout, dstate)
+    finally:
+        if packed:
+            g.products.unpack(packed)
+
+
+def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor]
+                    ) -> list[Tensor | None]:
     inv, T = tape.inv, tape.T
-    pre = g.bw_pre(*inv) if g.n_pre else ()
     n_inv, n_var = g.n_inv, g.n_var
     dinv: list[Tensor | None] = [None] * n_inv
     owned = [False] * n_inv
@@ -696,6 +722,16 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
                 post_a[k].append(res[ia])
             if b_src is None:
                 post_b[k].append(res[ib])
+    _post_products(g, dxp, post_a, post_b, dinv)
+    return [dxp, dxs, *dstate, *dinv]
+
+
+def _post_products(g: StepGraphs, dxp: Tensor, post_a: list[list[Tensor]], post_b: list[list[Tensor]],
+                   dinv: list[Tensor | None]) -> None:
+    """The post-loop weight gradients (see the module docstring, 3.) added into ``dinv``: one large
+    product each, through oneDNN where faster (:func:`cellsearch.fast.fused.matmul`)."""
+    from .fused import matmul
+
     dxp2d = dxp.view(-1, dxp.shape[-1])
     for k, (i, _ia, _ib, fn, a_src, b_src) in enumerate(g.post):
         # the lists run backwards in time; dxp forwards
@@ -705,9 +741,8 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
             a, b = _cat(post_a[k][::-1], 1), dxp2d
         else:
             a, b = _cat(post_a[k], 1), _cat(post_b[k], 0)
-        gi = fn(torch.mm(a, b))
+        gi = fn(matmul(a, b))
         dinv[i] = gi if dinv[i] is None else dinv[i] + gi
-    return [dxp, dxs, *dstate, *dinv]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -743,6 +778,86 @@ def triton_device(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"
 
 
+class _Products:
+    """The generated step graphs' products by a loop invariant (``mm(a, w)``, ``addmm(c, a, w)``: the
+    recurrent GEMM forward, its transpose backward), run through :class:`cellsearch.fast.fused.Mat`:
+    oneDNN with ``w`` packed once per sequence where fused.Mat finds that faster (float32 on the CPU,
+    products of at least ``ONEDNN_MIN`` multiply-adds: MKL's sgemm takes its slow path on the project's
+    AMD CPUs), torch's op otherwise. The loops :meth:`pack` the invariants for one sequence; a product
+    by a tensor not packed (another thread's sequence just ended, a call outside the loops) runs
+    torch's op, so the result never depends on it."""
+
+    def __init__(self) -> None:
+        self._mats: dict[int, tuple[Tensor, Any]] = {}
+
+    def pack(self, weights: Sequence[tuple[Tensor, int]]) -> list[tuple[int, Tensor]]:
+        """Pack each (w, batch) (w the right operand, [in, out]); returns what :meth:`unpack` takes."""
+        from .fused import Mat
+
+        keys = []
+        for w, batch in weights:
+            if id(w) not in self._mats:
+                self._mats[id(w)] = (w, Mat(w.t(), batch))
+                keys.append((id(w), w))
+        return keys
+
+    def unpack(self, keys: Sequence[tuple[int, Tensor]]) -> None:
+        for key, w in keys:
+            entry = self._mats.get(key)
+            if entry is not None and entry[0] is w:
+                del self._mats[key]
+
+    def mm(self, a: Tensor, w: Tensor) -> Tensor:
+        entry = self._mats.get(id(w))
+        if entry is None or entry[0] is not w or not entry[1].dnn:
+            return torch.mm(a, w)
+        return entry[1].mm(a)
+
+    def addmm(self, c: Tensor, a: Tensor, w: Tensor) -> Tensor:
+        entry = self._mats.get(id(w))
+        if entry is None or entry[0] is not w or not entry[1].dnn:
+            return torch.addmm(c, a, w)
+        return torch.add(c, entry[1].mm(a))
+
+
+def _route_products(gm: fx.GraphModule, n_fixed: int, products: _Products) -> tuple[int, ...]:
+    """Rewrite ``gm``'s ``mm(a, w)`` / ``addmm(c, a, w)`` nodes whose ``w`` is one of its first
+    ``n_fixed`` inputs (the loop invariants: the same tensor at every step) into calls of ``products``;
+    returns those inputs' indices (the loops pack them, :meth:`_Products.pack`)."""
+    aten = torch.ops.aten
+    phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    fixed = {n: i for i, n in enumerate(phs[:n_fixed])}
+    routed: set[int] = set()
+
+    def mm(a: Tensor, w: Tensor) -> Tensor:
+        return products.mm(a, w)
+
+    def addmm(c: Tensor, a: Tensor, w: Tensor) -> Tensor:
+        return products.addmm(c, a, w)
+
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target is aten.mm.default and len(node.args) == 2 and node.args[1] in fixed:
+            node.target = mm
+        elif node.target is aten.addmm.default and len(node.args) == 3 and node.args[2] in fixed:
+            node.target = addmm
+        else:
+            continue
+        routed.add(fixed[node.args[-1]])
+    if routed:
+        gm.recompile()
+    return tuple(sorted(routed))
+
+
+def _packed(g: StepGraphs, which: tuple[int, ...], tensors: Sequence[Tensor], batch: int
+            ) -> list[tuple[int, Tensor]]:
+    """Pack ``tensors[i]`` for ``i`` in ``which`` (see :class:`_Products`) for products of ``batch`` rows."""
+    if g.products is None or not which:
+        return []
+    return g.products.pack([(tensors[i], batch) for i in which])
+
+
 def _compile_generated(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tensor]) -> str | None:
     """Compile the forward and backward step graphs with the pointwise generator (:mod:`.pwgen`): C on
     the CPU (one library), Triton on CUDA (one module); returns None, or why not (the graph is not
@@ -757,6 +872,10 @@ def _compile_generated(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tenso
     try:
         fw = pwgen.lower(g.modules["forward"], [*inv, *var])
         bw = pwgen.lower(g.modules["backward"], _c_layouts(g, fw.out_layouts))
+        if not cuda:
+            g.products = _Products()
+            g.fw_packed = _route_products(fw.graph, g.n_inv, g.products)
+            g.bw_packed = _route_products(bw.graph, g.n_inv + g.n_pre, g.products)
         built = pwgen_triton.compile_lowered([fw, bw], device) if cuda else pwgen_c.compile_lowered([fw, bw])
         g.forward, g.backward = built
     except Exception as exc:          # unsupported, no compiler, or a generator bug
@@ -818,8 +937,13 @@ class Derived:
         self.failure: str | None = None
         self._seen: dict[tuple[Any, ...], int] = {}
         self._traced: _Traced | None = None
-        #: why the C generator does not compile this step (found by probe; None: it does, or unknown)
+        #: why the C generator does not compile this step (found by probe, or when the step graphs are
+        #: first compiled; None: it does, or unknown yet)
         self.c_note: str | None = None
+        #: the plan's reason beside the description, and the device it was described for (set by
+        #: cellsearch.fast.paths: the plan's line is rebuilt once ``c_note`` is known)
+        self.plan_why: str = ""
+        self.plan_device: Any = "cpu"
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
         """Why the derived path cannot run for this device and dtype (None: it can)."""
@@ -870,6 +994,8 @@ class Derived:
                     g = derive(cell, xp[0], None if xs is None else xs[0], state, compile=compile,
                                traced=self._traced)
                     self._graphs[key] = g
+                    if g.compiler == "inductor" and g.c_note is not None:
+                        self.c_note = g.c_note        # why not C, known once traced (explain shows it)
         return g
 
     def probe(self, cell: Any) -> None:
@@ -907,8 +1033,7 @@ class Derived:
             from .inductor import preload
 
             preload()
-        _, xp, xs, st = cell._recurrence_inputs(x, state)
-        st = tuple(st)
+        xp, xs, st = _recurrence_inputs(cell, x, state)
         try:
             g = self.graphs(cell, xp, xs, st, compile=not aten)
         except DerivationError as exc:    # remembered: the plan becomes the reference loop, with the reason
@@ -936,3 +1061,51 @@ def _width(cell: Any) -> int:
     """Pre-activations per step and batch row (the input projection's width)."""
     w = getattr(cell, "weight_ih", None)
     return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(cell, "hidden_size", 1))
+
+
+def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor, Tensor | None, State]:
+    """The cell's hoisted input GEMM over every step, its short input and the state, as
+    ``cell._recurrence_inputs`` gives them; for float32 on the CPU (autocast off: :mod:`cellsearch.fast`
+    turns it off around the fast paths) the GEMM and its gradients run on oneDNN (:class:`_Projection`),
+    reading the cell as the fused paths do (``weight_ih``, ``bias``, ``short_input``)."""
+    from .fused import onednn_available
+
+    w, b = getattr(cell, "weight_ih", None), getattr(cell, "bias", None)
+    if isinstance(w, Tensor) and isinstance(b, Tensor) and x.dtype == w.dtype == b.dtype == torch.float32 \
+            and x.device.type == "cpu" and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu") \
+            and onednn_available():
+        return _Projection.apply(x, w, b), cell.short_input(x), tuple(state)
+    _, xp, xs, st = cell._recurrence_inputs(x, state)
+    return xp, xs, tuple(st)
+
+
+class _Projection(torch.autograd.Function):
+    """xp = x W_ihᵀ + b over all steps (x [T, B, d]) by :func:`cellsearch.fast.fused.project` (oneDNN, the
+    weight packed once; MKL's K = d products are slow on AMD), its gradients by ``fused.matmul`` and
+    ``fused.input_weight_grads`` (one product for ∂W_ih and ∂b). Not itself differentiable twice (nor is
+    the derived sequence it feeds)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        from .fused import project
+
+        T, B, d = x.shape
+        x2d = x.reshape(T * B, d).contiguous()
+        out = x.new_empty(T * B, w.shape[0])
+        project(x2d, w, b, out)
+        ctx.save_for_backward(x2d, w)
+        return out.view(T, B, w.shape[0])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dxp: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        from .fused import input_weight_grads, matmul
+
+        x2d, w = ctx.saved_tensors
+        d2 = dxp.reshape(-1, dxp.shape[-1]).contiguous()
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            dx = matmul(d2, w).view(*dxp.shape[:-1], w.shape[1])
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            dw, db = input_weight_grads(x2d, d2, None)
+        return dx, dw, db

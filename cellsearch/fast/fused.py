@@ -27,7 +27,7 @@ from torch.autograd.function import once_differentiable
 from .pool import POOL
 
 __all__ = ["Kernel", "Workspace", "FusedSequence", "run_fused", "Mat", "matmul", "onednn_available", "pack_weight",
-           "project"]
+           "project", "input_weight_grads"]
 
 _LINEAR = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 _ONEDNN: bool | None = None
@@ -153,6 +153,10 @@ def _input_weight_grads(x2d: Tensor, dA: Tensor, bs: Tensor | None) -> tuple[Ten
     x1t = torch.cat([x2d.t(), x2d.new_ones(1, x2d.shape[0])])
     m = matmul(x1t, dA)                                            # [d + 1, rows]
     return _scaled(m[:d].t(), bs), _scaled(m[d], bs)
+
+
+#: ∂W_ih and ∂b of an input projection from its inputs x [T·B, d] and gradients [T·B, rows] (scale: None)
+input_weight_grads = _input_weight_grads
 
 
 def _keep_graph() -> bool:

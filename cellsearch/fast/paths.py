@@ -127,16 +127,24 @@ def _derived_plan(cell: Any, why: str) -> Plan:
         except DerivationError as exc:
             return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
     p = next(iter(cell.parameters()), None)
-    device = p.device if p is not None else "cpu"
-    return Plan("derived", f"whole-sequence function derived from the step ({runner.describe(device)}); {why}",
-                runner)
+    runner.plan_why, runner.plan_device = why, p.device if p is not None else "cpu"
+    return Plan("derived", _derived_reason(runner), runner)
+
+
+def _derived_reason(runner: Any) -> str:
+    return f"whole-sequence function derived from the step ({runner.describe(runner.plan_device)}); " \
+           f"{runner.plan_why}"
 
 
 def settled(p: Plan) -> Plan:
     """``p``, or the reference plan (with the reason) when its derived runner found that the step cannot
-    be derived."""
+    be derived; a derived plan's line is rebuilt when its runner has since found why the C generator does
+    not compile the step (``Derived.c_note``: for plans that are not forced, known once traced)."""
     failure = getattr(p.run, "failure", None) if p.path == "derived" else None
     if failure is None:
+        note = getattr(p.run, "c_note", None) if p.path == "derived" else None
+        if note is not None and note not in p.reason:
+            return Plan("derived", _derived_reason(p.run), p.run)
         return p
     return _reference(f"{p.reason.split('; ', 1)[-1]}; the step could not be derived: {failure} "
                       "(reference loop)")
