@@ -150,3 +150,29 @@ def _import(path: Path) -> Any:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_deep_mlp_on_onednn_equals_the_modules_in_sequence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepMLP's oneDNN path (float32 on the CPU; here at every size) gives the values and gradients of
+    its Linear → tanh modules run in sequence, with the same parameters and state_dict keys."""
+    from cellsearch.primitives.depth import DeepMLP
+
+    torch.manual_seed(0)
+    mlp = DeepMLP(5, 7, 3)
+    assert list(mlp.state_dict()) == [f"{i}.{w}" for i in (0, 2, 4) for w in ("weight", "bias")]
+    x = torch.randn(4, 3, 5)
+    monkeypatch.setattr(DeepMLP, "DNN_MIN", 0)
+    if not DeepMLP.dnn(x, list(mlp)[0::2]):
+        pytest.skip("oneDNN's linear is not available here")
+
+    def run(dnn: bool) -> list[torch.Tensor]:
+        mlp.zero_grad()
+        xx = x.clone().requires_grad_()
+        y = mlp(xx) if dnn else torch.nn.Sequential.forward(mlp, xx)
+        (y * y.detach().cos()).sum().backward()
+        return [y.detach(), xx.grad, *(p.grad for p in mlp.parameters())]
+
+    for a, b in zip(run(True), run(False)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    x64 = x.double()
+    assert not DeepMLP.dnn(x64, list(mlp.double())[0::2])   # other dtypes: the modules in sequence

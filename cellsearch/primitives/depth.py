@@ -226,13 +226,85 @@ class Transition(nn.Module):
 
 
 class DeepMLP(nn.Sequential):
-    """``layers`` × (Linear → tanh), the first from ``in_size`` to ``width``."""
+    """``layers`` × (Linear → tanh), the first from ``in_size`` to ``width``.
+
+    float32 on the CPU, for at least ``DNN_MIN`` multiply-adds a layer, each layer is one oneDNN linear
+    with the tanh fused into it (``torch.ops.mkldnn._linear_pointwise``; MKL's sgemm behind ``nn.Linear``
+    takes a slow path on AMD CPUs) and a backward of three oneDNN products (:class:`DeepMLP.TanhLinear`);
+    the same values as the modules in sequence, to float rounding. Torch only: the export writes this
+    class as it is."""
+
+    #: smaller products stay on nn.Linear (oneDNN's cost per call dominates)
+    DNN_MIN = 1 << 21
 
     def __init__(self, in_size: int, width: int, layers: int) -> None:
         mods: list[nn.Module] = []
         for i in range(layers):
             mods += [nn.Linear(in_size if i == 0 else width, width), nn.Tanh()]
         super().__init__(*mods)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            if self.on_dnn(x):
+                return self.dnn_forward(x)
+        for module in self:
+            x = module(x)
+        return x
+
+    @torch.jit.unused
+    def on_dnn(self, x: Tensor) -> bool:
+        """Whether the layers run on oneDNN (see the class docstring); never while traced or compiled."""
+        if isinstance(x, torch.fx.Proxy) or torch.jit.is_tracing() or torch.compiler.is_compiling() \
+                or getattr(torch.compiler, "is_exporting", lambda: False)():
+            return False
+        mods = list(self)
+        linears = mods[0::2]
+        if not all(type(m) is nn.Linear for m in linears) or not all(type(m) is nn.Tanh for m in mods[1::2]):
+            return False
+        return DeepMLP.dnn(x, linears)
+
+    @torch.jit.unused
+    def dnn_forward(self, x: Tensor) -> Tensor:
+        for m in list(self)[0::2]:
+            x = DeepMLP.TanhLinear.apply(x, m.weight, m.bias)
+        return x
+
+    @staticmethod
+    def dnn(x: Tensor, linears: list[nn.Module]) -> bool:
+        """Whether oneDNN runs these layers on ``x`` (float32 on the CPU, large enough, not autocast)."""
+        op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+        rows = x.numel() // max(1, x.shape[-1])
+        return (op is not None and torch.backends.mkldnn.is_available() and x.device.type == "cpu"
+                and x.dtype == torch.float32 and all(m.weight.dtype == torch.float32 for m in linears)
+                and not torch.is_autocast_enabled("cpu")
+                and all(rows * m.weight.shape[0] * m.weight.shape[1] >= DeepMLP.DNN_MIN for m in linears))
+
+    class TanhLinear(torch.autograd.Function):
+        """tanh(x wᵀ + b) on oneDNN (x [..., in]), and its gradients: ∂z = ∂y (1 − y²), ∂x = ∂z w,
+        ∂w = ∂zᵀ x, ∂b = Σ ∂z (not itself differentiable twice)."""
+
+        @staticmethod
+        def forward(ctx, x, w, b):  # type: ignore[no-untyped-def,override]
+            lin = torch.ops.mkldnn._linear_pointwise
+            x2 = x.reshape(-1, x.shape[-1]).contiguous()
+            y = lin(x2, w.contiguous(), b.contiguous(), "tanh", [], "")
+            ctx.save_for_backward(x2, w, y)
+            return y.view(*x.shape[:-1], w.shape[0])
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, dy):  # type: ignore[no-untyped-def,override]
+            lin = torch.ops.mkldnn._linear_pointwise
+            x2, w, y = ctx.saved_tensors
+            dz = torch.ops.aten.tanh_backward(dy.reshape(y.shape), y)
+            dx = dw = db = None
+            if ctx.needs_input_grad[0]:
+                dx = lin(dz, w.t().contiguous(), None, "none", [], "").view(*dy.shape[:-1], w.shape[1])
+            if ctx.needs_input_grad[1]:
+                dw = lin(dz.t(), x2.t(), None, "none", [], "")
+            if ctx.needs_input_grad[2]:
+                db = dz.sum(0)
+            return dx, dw, db
 
 
 class Residual(nn.Module):
