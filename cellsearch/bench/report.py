@@ -53,11 +53,12 @@ def _preamble(results: Sequence[BenchResult], info: dict[str, str], command: str
               "the same rounds. Peak memory: one run's peak resident-set growth (CPU) or "
               "peak allocated memory (CUDA), see cellsearch/bench/memory.py. *× GEMM floor*: the cell's time "
               "over the time of its matrix products alone (input GEMM, one recurrent GEMM per step and "
-              "direction, post-loop weight gradients; `GemmFloor` in cellsearch/bench/compare.py), timed in the "
-              "same rounds; *µs/step over floor*: what the rest costs per time step. *First call*: the first forward + "
-              "backward of a new model (plan, weight reorders, first allocations; tracing and compiling "
-              "for the derived path, whose own first call is *derived first s*: it compiles on first "
-              "use on a machine and loads from the private cache afterwards).", ""]
+              "direction, post-loop weight gradients, a deep transition's layers and shortcut, deep input / "
+              "output MLPs; not a saturation's matrices; `GemmFloor` in cellsearch/bench/compare.py), timed "
+              "in the same rounds; *µs/step over floor*: what the rest costs per time step. *First call*: "
+              "the first forward + backward of a new model (plan, weight reorders, first allocations; "
+              "tracing and compiling for the derived path, whose own first call is *derived first s*: it "
+              "compiles on first use on a machine and loads from the private cache afterwards).", ""]
     discarded = sum(r.extra.get("discarded_rounds", 0) for r in results)
     used = sum(r.extra.get("loaded_rounds_used", 0) for r in results)
     if discarded:
