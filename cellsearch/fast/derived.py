@@ -30,7 +30,12 @@ device):
    :mod:`cellsearch.fast.inductor`); ``CELLSEARCH_DERIVED_COMPILER=auto|c|inductor`` chooses
    (:func:`compiler_choice`) — and run in one :class:`DerivedSequence` autograd function (no graph
    recording inside the loop). Cells whose traced steps are identical (the layers of a stack) share
-   one compile.
+   one compile;
+5. the products run where they are fastest, as the fused paths run theirs: for float32 on the CPU the
+   generated graphs' products by a loop invariant (:class:`_Products`: ``fused.Mat``, the weight packed
+   once per sequence), the post-loop products (``fused.matmul``) and the hoisted input GEMM with its
+   gradients (:class:`_Projection`: ``fused.project``) go through oneDNN where it is available and the
+   product large enough (MKL's sgemm, behind ``torch.mm``, takes a slow path on AMD CPUs).
 
 When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
 seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
