@@ -63,7 +63,7 @@ import torch
 from torch import Tensor, fx
 
 __all__ = ["Unsupported", "Input", "Output", "Op", "Loop", "Kernel", "Lowered", "lower", "bind", "describe", "layout",
-           "OPS"]
+           "runner", "OPS", "TORCH_DTYPES"]
 
 #: the IR's elementwise ops by arity and kinds (see the module docstring)
 OPS: dict[str, tuple[str, ...]] = {
@@ -76,7 +76,9 @@ OPS: dict[str, tuple[str, ...]] = {
 }
 _BOOL_OUT = {"eq", "ne", "lt", "le", "gt", "ge", "logical_not", "logical_and", "logical_or"}
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bool: "bool"}
-_TORCH = {v: k for k, v in _DTYPES.items()}
+#: the IR's dtype names -> torch dtypes
+TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
+
 
 
 class Unsupported(Exception):
@@ -665,7 +667,7 @@ def _lower_regions(fused: fx.GraphModule, dtype: str) -> tuple[list[Kernel], lis
             node.replace_all_uses_with(call)
             fused.graph.erase_node(node)
             delattr(fused, str(node.target))
-            env[call] = tuple(torch.empty(o.shape, dtype=_TORCH[o.dtype], device="meta")
+            env[call] = tuple(torch.empty(o.shape, dtype=TORCH_DTYPES[o.dtype], device="meta")
                               if o.into is None else layouts[o.into] for o in kernel.outputs)
             kernels.append(kernel)
             visible.append(n_vis)
@@ -811,3 +813,26 @@ def describe(lowered: Lowered) -> str:
                  if n.op == "call_function" and "pwgen_kernel" not in n.meta and n.target is not operator.getitem)
     ops = sum(k.n_ops() for k in lowered.kernels)
     return f"{len(lowered.kernels)} kernel(s) of {ops} op(s), {extern} extern node(s)"
+
+
+def runner(k: Kernel, name: str, call: Callable[[list[str]], str], scope: dict[str, Any],
+           device: str = "") -> Callable[..., tuple[Tensor, ...]]:
+    """A generated Python function ``name`` of the kernel's input tensors (``a0, a1, …``; generated, so
+    a call is a few lines of bytecode): allocates each new output (``empty(shape, dtype=…<device>)``),
+    runs the statement ``call(operands)`` (the inputs' names, then the new outputs'), returns every
+    output, in order, as a tuple. ``scope``: the names the statement uses (the back-end's kernel)."""
+    args = [f"a{i}" for i in range(len(k.inputs))]
+    operands, lines, rets = list(args), [], []
+    scope = {**scope, "empty": torch.empty, "__name__": __name__}
+    for i, o in enumerate(k.outputs):
+        if o.into is None:
+            scope[f"T{i}"] = TORCH_DTYPES[o.dtype]
+            lines.append(f"    o{i} = empty({o.shape!r}, dtype=T{i}{device})")
+            operands.append(f"o{i}")
+            rets.append(f"o{i}")
+        else:
+            rets.append(f"a{o.into}")
+    code = "\n".join([f"def {name}({', '.join(args)}):", *lines, f"    {call(operands)}",
+                      f"    return ({', '.join(rets)},)"])
+    exec(compile(code, f"<cellsearch pwgen {name}>", "exec"), scope)
+    return scope[name]

@@ -27,12 +27,11 @@ import torch
 from torch import Tensor, fx
 
 from . import csrc
-from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, layout, lower
+from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, layout, lower, runner
 
 __all__ = ["unavailable", "source", "compile_graphs", "compile_lowered", "stats", "CompileError"]
 
 _C_TYPES = {"float32": "float", "float64": "double", "bool": "unsigned char"}
-_TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool}
 #: GCC 12.2 at -O3 -march=native (and -mavx2) miscompiles a vectorized ``where(max(x, 0) <= 0, 0, y)``
 #: (relu's backward: lanes of the tail and of the next row come out 0) through jump threading;
 #: ``-fno-thread-jumps`` keeps the loop vectorized and correct (tests/test_pwgen.py has the case)
@@ -221,27 +220,6 @@ def source(kernels: Sequence[tuple[str, Kernel]]) -> str:
 # -------------------------------------------------------------------------------------------------
 # build, load, call
 # -------------------------------------------------------------------------------------------------
-def _runner(fn: Any, k: Kernel, name: str) -> Callable[..., tuple[Tensor, ...]]:
-    """A Python function of the kernel's input tensors: allocates the new outputs, calls ``fn`` with
-    the data pointers, returns every output (generated, so a call is a few lines of bytecode)."""
-    args = [f"a{i}" for i in range(len(k.inputs))]
-    ptrs = [f"a{i}.data_ptr()" for i in range(len(k.inputs))]
-    lines, rets = [], []
-    scope: dict[str, Any] = {"fn": fn, "empty": torch.empty, "__name__": __name__}
-    for i, o in enumerate(k.outputs):
-        if o.into is None:
-            scope[f"T{i}"] = _TORCH[o.dtype]
-            lines.append(f"    o{i} = empty({o.shape!r}, dtype=T{i})")
-            ptrs.append(f"o{i}.data_ptr()")
-            rets.append(f"o{i}")
-        else:
-            rets.append(f"a{o.into}")
-    code = "\n".join([f"def {name}({', '.join(args)}):", *lines, f"    fn({', '.join(ptrs)})",
-                      f"    return ({', '.join(rets)},)"])
-    exec(compile(code, f"<cellsearch pwgen {name}>", "exec"), scope)
-    return scope[name]
-
-
 def _build(src: str, names: Sequence[tuple[str, Kernel]]) -> ctypes.CDLL:
     """The library of ``src`` (built into the private kernel cache, or loaded from it)."""
     errors: list[str] = []
@@ -295,7 +273,8 @@ def compile_lowered(lowered: Sequence[Lowered]) -> list[Callable[..., Any]]:
         calls = []
         for _ in lw.kernels:
             name, k = next(it)
-            calls.append(_runner(getattr(lib, name), k, name))
+            calls.append(runner(k, name, lambda ops: f"fn({', '.join(o + '.data_ptr()' for o in ops)})",
+                                {"fn": getattr(lib, name)}))
         out.append(_checked(bind(lw, calls), lw))
     stats["seconds"] += time.perf_counter() - t0
     stats["libraries"] += 1

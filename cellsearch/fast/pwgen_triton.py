@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
-from .pwgen import Kernel, Loop, Lowered, Op, Unsupported, bind, lower
+from .pwgen import TORCH_DTYPES, Kernel, Loop, Lowered, Op, Unsupported, bind, lower, runner
 
 __all__ = ["unavailable", "interpreting", "source", "grid", "load", "compile_graph", "compile_lowered", "module_path",
            "stats", "TILE", "MAX_COLS"]
@@ -64,7 +64,6 @@ TILE, MAX_COLS = 512, 256
 #: Inductor's Triton kernels are by default (stated at the launch: triton 3.9 warns when it is left unsaid)
 _WARPS = 4
 _TL = {"float32": "tl.float32", "float64": "tl.float64", "bool": "tl.int1"}
-_TORCH = {"float32": torch.float32, "float64": torch.float64, "bool": torch.bool}
 _lock = threading.RLock()
 _modules: dict[tuple[str, bool], ModuleType] = {}
 _bin_dir_set = False
@@ -351,24 +350,16 @@ def _binary_cache() -> None:
 
 
 def _runner(fn: Any, k: Kernel, name: str, device: torch.device) -> Callable[..., tuple[Tensor, ...]]:
-    """A Python function of the kernel's input tensors: allocates the new outputs, launches ``fn``
-    over its grid, returns every output (generated: a call is a few lines of bytecode)."""
-    args = [f"a{i}" for i in range(len(k.inputs))]
-    launch, lines, rets = list(args), [], []
-    scope: dict[str, Any] = {"K": fn, "empty": torch.empty, "DEV": device, "__name__": __name__}
-    for i, o in enumerate(k.outputs):
-        if o.into is None:
-            scope[f"T{i}"] = _TORCH[o.dtype]
-            lines.append(f"    o{i} = empty({o.shape!r}, dtype=T{i}, device=DEV)")
-            launch.append(f"o{i}")
-            rets.append(f"o{i}")
-        else:
-            rets.append(f"a{o.into}")
-    if grid(k):
-        lines.append(f"    K[({grid(k)},)]({', '.join(launch)}, num_warps={_WARPS}, enable_fp_fusion=True)")
-    code = "\n".join([f"def {name}({', '.join(args)}):", *lines, f"    return ({', '.join(rets)},)"])
-    exec(compile(code, f"<cellsearch pwgen_triton {name}>", "exec"), scope)
-    return scope[name]
+    """The kernel as a generated Python function (:func:`cellsearch.fast.pwgen.runner`): new outputs
+    on ``device``, one launch of ``fn`` over its grid (none for an empty one)."""
+    blocks = grid(k)
+
+    def launch(operands: list[str]) -> str:
+        if not blocks:
+            return "pass"
+        return f"K[({blocks},)]({', '.join(operands)}, num_warps={_WARPS}, enable_fp_fusion=True)"
+
+    return runner(k, name, launch, {"K": fn, "DEV": device}, device=", device=DEV")
 
 
 def compile_lowered(lowered: Sequence[Lowered], device: torch.device | str = "cuda") -> list[Callable[..., Any]]:
@@ -378,7 +369,7 @@ def compile_lowered(lowered: Sequence[Lowered], device: torch.device | str = "cu
     t0 = time.perf_counter()
     device = torch.device(device)
     dtypes = {k.dtype for lw in lowered for k in lw.kernels}
-    why = unavailable(device, _TORCH[dtypes.pop()] if len(dtypes) == 1 else torch.float32)
+    why = unavailable(device, TORCH_DTYPES[dtypes.pop()] if len(dtypes) == 1 else torch.float32)
     if why is not None:
         raise RuntimeError(f"cellsearch: the Triton kernels cannot run: {why}")
     named = [(f"pw{g}_{k.name}", k) for g, lw in enumerate(lowered) for k in lw.kernels]
