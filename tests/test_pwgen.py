@@ -238,6 +238,27 @@ def test_generated_log_log1p_expm1_match_torch(dtype: torch.dtype) -> None:
 
 
 @needs_cc
+def test_generated_maximum_and_minimum_propagate_nan_as_torch() -> None:
+    """max / min with a NaN on either side give NaN (torch's rule): a diverging step (a NaN through a ReLU)
+    must reach the loss, where training stops, not be clamped away."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    aten = torch.ops.aten
+
+    def f(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return aten.maximum.default(a, b), aten.minimum.default(a, b), aten.relu.default(a)
+
+    nan = float("nan")
+    a = torch.tensor([[nan, 1.0, nan, -2.0, 3.0, 0.0, -0.0, nan]])
+    b = torch.tensor([[0.0, nan, nan, 1.0, -4.0, -0.0, 0.0, 5.0]])
+    gm = make_fx(f, tracing_mode="fake")(a, b)
+    (fn,) = pwgen_c.compile_graphs([(gm, [a, b])])
+    for got, want in zip(fn(a, b), f(a, b)):
+        assert torch.equal(torch.isnan(got), torch.isnan(want)), (got, want)
+        assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), (got, want)
+
+
+@needs_cc
 def test_the_c_path_does_not_load_inductors_compiler(tmp_path: Path) -> None:
     """A fresh process running a cell on the derived path with generated C never imports Inductor's
     compiler (torch._inductor.compile_fx); make_fx's own import of torch._inductor.config is torch's."""
