@@ -38,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SOURCE", "math_preamble", "Args", "library", "build", "disabled", "build_error", "library_path",
-           "time_build", "threaded"]
+__all__ = ["SOURCE", "math_preamble", "instantiate", "Args", "library", "build", "disabled", "build_error",
+           "library_path", "time_build", "threaded"]
 
 _INCLUDES = r"""
 #include <stdint.h>
@@ -521,18 +521,21 @@ void star_bwd_SFX(const cs_args *a, i64 t, const REAL *dh_all) {
 #undef ROW
 """
 
+def instantiate(text: str) -> str:
+    """C text written with the ``REAL`` / ``_SFX`` placeholders, for float (``_f``) then double (``_d``)."""
+    return text.replace("REAL", "float").replace("_SFX", "_f") + text.replace("REAL", "double").replace("_SFX", "_d")
+
+
 def math_preamble() -> str:
     """The C99 math every generated kernel may use: ``<stdint.h>``, ``<string.h>``, ``i64``, the vectorizable
     ``cs_exp_f`` / ``cs_exp_d`` and ``sig_f`` / ``th_f`` / ``sig_d`` / ``th_d`` (σ and tanh on top of them;
     accuracy: the module docstring), all ``static inline``. Used by the generated pointwise kernels of
     :mod:`cellsearch.fast.pwgen_c`."""
-    return (_INCLUDES + _EXP + _ACT.replace("REAL", "float").replace("_SFX", "_f")
-            + _ACT.replace("REAL", "double").replace("_SFX", "_d"))
+    return _INCLUDES + _EXP + instantiate(_ACT)
 
 
 #: The whole C source: the header, then the body for float (``_f``) and for double (``_d``).
-SOURCE = (_HEADER + _PAR + _BODY.replace("REAL", "float").replace("_SFX", "_f")
-          + _BODY.replace("REAL", "double").replace("_SFX", "_d"))
+SOURCE = _HEADER + _PAR + instantiate(_BODY)
 
 FUNCTIONS = ("lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "mgu_fwd1", "mgu_fwd2", "mgu_bwd1", "mgu_bwd2",
              "star_fwd", "star_bwd")

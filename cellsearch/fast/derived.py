@@ -836,20 +836,13 @@ def _route_products(gm: fx.GraphModule, n_fixed: int, products: _Products) -> tu
     phs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     fixed = {n: i for i, n in enumerate(phs[:n_fixed])}
     routed: set[int] = set()
-
-    def mm(a: Tensor, w: Tensor) -> Tensor:
-        return products.mm(a, w)
-
-    def addmm(c: Tensor, a: Tensor, w: Tensor) -> Tensor:
-        return products.addmm(c, a, w)
-
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.kwargs:
             continue
         if node.target is aten.mm.default and len(node.args) == 2 and node.args[1] in fixed:
-            node.target = mm
+            node.target = products.mm
         elif node.target is aten.addmm.default and len(node.args) == 3 and node.args[2] in fixed:
-            node.target = addmm
+            node.target = products.addmm
         else:
             continue
         routed.add(fixed[node.args[-1]])

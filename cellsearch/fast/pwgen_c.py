@@ -91,34 +91,24 @@ static inline float cs_log_f(float x) {
     return x > 0 ? r : bad;
 }
 
-static inline double cs_expm1_d(double x) {
-    double u = cs_exp_d(x);
-    double k = (u - 1.0) * x / cs_log_d(u);     /* Kahan: accurate near 0, where u - 1 cancels */
-    k = u == 1.0 ? x : k;
-    return fabs(x) < 0.5 ? k : u - 1.0;
+"""
+
+#: expm1 and log1p on top of cs_exp / cs_log (Kahan's corrections: accurate near 0, where u − 1
+#: cancels), written once with csrc's REAL / _SFX placeholders; |x| < 0.5 as x² < 0.25 (no fabs/fabsf)
+_KAHAN = r"""
+static inline REAL cs_expm1_SFX(REAL x) {
+    REAL u = cs_exp_SFX(x);
+    REAL k = (u - (REAL)1) * x / cs_log_SFX(u);
+    k = u == (REAL)1 ? x : k;
+    return x * x < (REAL)0.25 ? k : u - (REAL)1;
 }
 
-static inline float cs_expm1_f(float x) {
-    float u = cs_exp_f(x);
-    float k = (u - 1.0f) * x / cs_log_f(u);
-    k = u == 1.0f ? x : k;
-    return fabsf(x) < 0.5f ? k : u - 1.0f;
-}
-
-static inline double cs_log1p_d(double z) {
-    double u = 1.0 + z;
-    double c = (z - (u - 1.0)) / u;
-    c = u == 0 ? 0.0 : c;
-    c = u == (double)INFINITY ? 0.0 : c;
-    return cs_log_d(u) + c;
-}
-
-static inline float cs_log1p_f(float z) {
-    float u = 1.0f + z;
-    float c = (z - (u - 1.0f)) / u;
-    c = u == 0 ? 0.0f : c;
-    c = u == (float)INFINITY ? 0.0f : c;
-    return cs_log_f(u) + c;
+static inline REAL cs_log1p_SFX(REAL z) {
+    REAL u = (REAL)1 + z;
+    REAL c = (z - (u - (REAL)1)) / u;
+    c = u == 0 ? (REAL)0 : c;
+    c = u == (REAL)INFINITY ? (REAL)0 : c;
+    return cs_log_SFX(u) + c;
 }
 """
 
@@ -214,7 +204,7 @@ def _function(k: Kernel, name: str) -> str:
 
 def source(kernels: Sequence[tuple[str, Kernel]]) -> str:
     """One C99 translation unit: the math preamble and a function per (name, kernel)."""
-    head = "#include <math.h>\n" + csrc.math_preamble() + _LOG
+    head = "#include <math.h>\n" + csrc.math_preamble() + _LOG + csrc.instantiate(_KAHAN)
     return head + "\n" + "\n".join(_function(k, name) for name, k in kernels)
 
 
