@@ -406,6 +406,7 @@ def test_products_on_onednn_equal_reference(spec: Any, monkeypatch: pytest.Monke
     if not fused.onednn_available():
         pytest.skip("oneDNN's linear is not available here")
     monkeypatch.setattr(fused, "ONEDNN_MIN", 0)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_LOOP", "python")   # the C loop runs its own GEMM (test_pwloop.py)
     model = _model(spec, torch.float32, n=8)
     with fast.force_derived():
         runner = fast.plan(model.layers[0]).run

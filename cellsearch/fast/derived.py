@@ -200,6 +200,10 @@ class StepGraphs:
     products: Any = None
     fw_packed: tuple[int, ...] = ()
     bw_packed: tuple[int, ...] = ()
+    #: the time loops in C (:class:`cellsearch.fast.pwloop.LoopPlan`; None: the Python loop runs), and
+    #: why there are none
+    loop: Any = None
+    loop_note: str | None = None
 
 
 def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
@@ -571,9 +575,9 @@ def _ensure_backward(g: StepGraphs, args: Sequence[Tensor]) -> None:
 # the whole-sequence function
 # -------------------------------------------------------------------------------------------------
 class _Tape:
-    """What one forward keeps for its backward."""
+    """What one forward keeps for its backward (``env``: the C loop's buffers, else ``saved`` per step)."""
 
-    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape")
+    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env")
 
 
 class DerivedSequence(torch.autograd.Function):
@@ -622,6 +626,9 @@ def _distinct(state: list[Tensor], inputs: Sequence[Any]) -> list[Tensor]:
 def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor],
                   inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
     """Run the forward step graph over T; ``state`` is updated in place (to the final state)."""
+    if _c_loop(g, xp, inv):
+        out, env = g.loop.forward(xp, xs, state, inv, keep)
+        return out, _tape(g, env, [], inv, xp, xs) if keep else None
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
     try:
         return _forward_steps(g, xp, xs, state, inv, keep)
@@ -652,13 +659,25 @@ def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Ten
         if keep:
             saved.append(tuple(res[n_out:]))
     assert out is not None
-    if not keep:
-        return out, None
+    return out, _tape(g, None, saved, inv, xp, xs) if keep else None
+
+
+def _tape(g: StepGraphs, env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
+          xp: Tensor, xs: Tensor | None) -> _Tape:
     tape = _Tape()
-    tape.saved, tape.inv, tape.T = saved, tuple(inv), T
+    tape.env, tape.saved, tape.inv, tape.T = env, saved, tuple(inv), xp.shape[0]
     tape.has_xs, tape.xp_shape = xs is not None, xp.shape
     tape.xs_shape = xs.shape if xs is not None else None
-    return out, tape
+    return tape
+
+
+def _c_loop(g: StepGraphs, xp: Tensor, inv: Sequence[Tensor]) -> bool:
+    """Whether the C loop runs this call: planned, and the call laid out as planned (the batch, the
+    invariants' shapes and strides baked into its code)."""
+    lp = g.loop
+    if lp is None or xp.shape[1] != lp.batch or xp.shape[0] == 0:
+        return False
+    return tuple((tuple(t.shape), tuple(t.stride()), t.dtype) for t in inv) == lp.inv_layouts
 
 
 def _cat(parts: list[Tensor], dim: int) -> Tensor:
@@ -671,6 +690,11 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
 def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor]) -> list[Tensor | None]:
     """The reverse loop, then the post-loop weight gradients (one large product each)."""
     pre = g.bw_pre(*tape.inv) if g.n_pre else ()
+    if tape.env is not None:
+        dxp, dxs, dstate, factors = g.loop.backward(tape.env, pre, dout, dstate, tape.xp_shape, tape.xs_shape)
+        dinv: list[Tensor | None] = [None] * g.n_inv
+        _post_products(g, dxp, factors, dinv)
+        return [dxp, dxs, *dstate, *dinv]
     packed = _packed(g, g.bw_packed, (*tape.inv, *pre), tape.xp_shape[1])
     try:
         return _backward_steps(g, tape, pre, dout, dstate)
@@ -727,25 +751,27 @@ def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Ten
                 post_a[k].append(res[ia])
             if b_src is None:
                 post_b[k].append(res[ib])
-    _post_products(g, dxp, post_a, post_b, dinv)
+    # the lists run backwards in time; dxp and the C loop's buffers forwards
+    factors = [(_cat(a[::-1], 1) if a else None, _cat(b[::-1], 0) if b else None) for a, b in zip(post_a, post_b)]
+    _post_products(g, dxp, factors, dinv)
     return [dxp, dxs, *dstate, *dinv]
 
 
-def _post_products(g: StepGraphs, dxp: Tensor, post_a: list[list[Tensor]], post_b: list[list[Tensor]],
+def _post_products(g: StepGraphs, dxp: Tensor, factors: list[tuple[Tensor | None, Tensor | None]],
                    dinv: list[Tensor | None]) -> None:
     """The post-loop weight gradients (see the module docstring, 3.) added into ``dinv``: one large
-    product each, through oneDNN where faster (:func:`cellsearch.fast.fused.matmul`)."""
+    product each, through oneDNN where faster (:func:`cellsearch.fast.fused.matmul`). ``factors``: per
+    product, its two factors over the whole sequence in time order (``[·, T·B]``, ``[T·B, ·]``), None
+    where it is read from ``dxp``."""
     from .fused import matmul
 
     dxp2d = dxp.view(-1, dxp.shape[-1])
-    for k, (i, _ia, _ib, fn, a_src, b_src) in enumerate(g.post):
-        # the lists run backwards in time; dxp forwards
-        if a_src == "dxp_t" and b_src is None:
-            a, b = dxp2d.t(), _cat(post_b[k][::-1], 0)
-        elif b_src == "dxp" and a_src is None:
-            a, b = _cat(post_a[k][::-1], 1), dxp2d
-        else:
-            a, b = _cat(post_a[k], 1), _cat(post_b[k], 0)
+    for (i, _ia, _ib, fn, a_src, b_src), (a, b) in zip(g.post, factors):
+        if a_src == "dxp_t":
+            a = dxp2d.t()
+        if b_src == "dxp":
+            b = dxp2d
+        assert a is not None and b is not None
         if a.shape[0] > b.shape[1] and not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous():
             gi = fn(matmul(b.t(), a.t()).t())  # the transposed operand (copied by oneDNN) the smaller one:
         else:                                   # (hᵀ dA)ᵀ, 1.4–1.9x faster than dAᵀ h at 128–256 wide
@@ -863,7 +889,7 @@ def _compile_generated(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tenso
     """Compile the forward and backward step graphs with the pointwise generator (:mod:`.pwgen`): C on
     the CPU (one library), Triton on CUDA (one module); returns None, or why not (the graph is not
     supported, no compiler: the caller uses Inductor on the CPU, the reference loop on CUDA)."""
-    from . import pwgen, pwgen_c, pwgen_triton
+    from . import pwgen, pwgen_c, pwgen_triton, pwloop
 
     device = var[0].device
     cuda = triton_device(device)
@@ -877,8 +903,10 @@ def _compile_generated(g: StepGraphs, inv: Sequence[Tensor], var: Sequence[Tenso
             g.products = _Products()
             g.fw_packed = _route_products(fw.graph, g.n_inv, g.products)
             g.bw_packed = _route_products(bw.graph, g.n_inv + g.n_pre, g.products)
-        built = pwgen_triton.compile_lowered([fw, bw], device) if cuda else pwgen_c.compile_lowered([fw, bw])
-        g.forward, g.backward = built
+        if cuda:
+            g.forward, g.backward = pwgen_triton.compile_lowered([fw, bw], device)
+        else:
+            (g.forward, g.backward), g.loop, g.loop_note = pwloop.build(fw, bw, g)
     except Exception as exc:          # unsupported, no compiler, or a generator bug
         return _c_reason(exc, "Triton" if cuda else "C")
     g.compiled, g.bw_pending, g.compiler = True, False, "triton" if cuda else "c"

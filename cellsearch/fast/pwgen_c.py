@@ -168,7 +168,8 @@ def _index(offset: int, rs: int, cs: int) -> str:
 
 
 def _loop(k: Kernel, lp: Loop, real: str, sfx: str) -> list[str]:
-    lines = [f"    for (i64 r = 0; r < {lp.rows}; r++) {{", f"        for (i64 j = 0; j < {lp.width}; j++) {{"]
+    lines = [f"    for (i64 r = r0; r < (r1 < {lp.rows} ? r1 : {lp.rows}); r++) {{",
+             f"        for (i64 j = 0; j < {lp.width}; j++) {{"]
     for i, op in enumerate(lp.body):
         ctype = real if op.kind == "real" else "int"
         if op.name == "load":
@@ -196,33 +197,37 @@ def _function(k: Kernel, name: str) -> str:
     params = [f"{'' if i in written else 'const '}{_C_TYPES[inp.dtype]} *restrict in{i}"
               for i, inp in enumerate(k.inputs)]
     params += [f"{_C_TYPES[o.dtype]} *restrict out{i}" for i, o in enumerate(k.outputs) if o.into is None]
-    lines = [f"void {name}({', '.join(params) or 'void'}) {{"]
+    lines = [f"void {name}({', '.join([*params, 'i64 r0', 'i64 r1'])}) {{"]
     for lp in k.loops:
         lines += _loop(k, lp, real, sfx)
     return "\n".join([*lines, "}", ""])
 
 
-def source(kernels: Sequence[tuple[str, Kernel]]) -> str:
-    """One C99 translation unit: the math preamble and a function per (name, kernel)."""
+def source(kernels: Sequence[tuple[str, Kernel]], extra: str = "") -> str:
+    """One C99 translation unit: the math preamble, a function per (name, kernel), then ``extra``."""
     head = "#include <math.h>\n" + csrc.math_preamble() + _LOG + csrc.instantiate(_KAHAN)
-    return head + "\n" + "\n".join(_function(k, name) for name, k in kernels)
+    return head + "\n" + "\n".join(_function(k, name) for name, k in kernels) + extra
 
 
 # -------------------------------------------------------------------------------------------------
 # build, load, call
 # -------------------------------------------------------------------------------------------------
-def _build(src: str, names: Sequence[tuple[str, Kernel]]) -> ctypes.CDLL:
-    """The library of ``src`` (built into the private kernel cache, or loaded from it)."""
+def _build(src: str, names: Sequence[tuple[str, Kernel]], openmp: bool = False) -> tuple[ctypes.CDLL, bool]:
+    """The library of ``src`` (built into the private kernel cache, or loaded from it), and whether it
+    was built with ``-fopenmp`` (``openmp``: try that first, where torch runs on GNU OpenMP)."""
     errors: list[str] = []
-    built = csrc.build(src, "cellsearch_pw", [*csrc._FLAGS, *_SAFE], [["-march=native"], []], ctypes.CDLL, errors)
+    variants = ([["-march=native", "-fopenmp"]] if openmp and csrc._gnu_openmp_loaded() else []) + \
+        [["-march=native"], []]
+    built = csrc.build(src, "cellsearch_pw", [*csrc._FLAGS, *_SAFE], variants, ctypes.CDLL, errors)
     if built is None:
         raise CompileError("; ".join(errors) or "no C compiler found (set CC)")
     lib = built[0]
     for name, k in names:
         fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p] * (len(k.inputs) + sum(o.into is None for o in k.outputs))
+        fn.argtypes = [ctypes.c_void_p] * (len(k.inputs) + sum(o.into is None for o in k.outputs)) + \
+            [ctypes.c_int64] * 2
         fn.restype = None
-    return lib
+    return lib, "-fopenmp" in built[2]
 
 
 def compile_graphs(graphs: Sequence[tuple[fx.GraphModule, Sequence[Tensor] | None]]
@@ -230,7 +235,7 @@ def compile_graphs(graphs: Sequence[tuple[fx.GraphModule, Sequence[Tensor] | Non
     """Each (step graph, example inputs or None: the layouts in its ``meta``) as a function with the
     graph's signature, its pointwise work in generated C (one library for all of them). Raises
     :class:`~cellsearch.fast.pwgen.Unsupported` or :class:`CompileError`."""
-    return compile_lowered([lower(gm, ex) for gm, ex in graphs])
+    return compile_lowered([lower(gm, ex) for gm, ex in graphs])[0]
 
 
 def _checked(fn: Callable[..., Any], lw: Lowered) -> Callable[..., Any]:
@@ -250,23 +255,38 @@ def _checked(fn: Callable[..., Any], lw: Lowered) -> Callable[..., Any]:
     return call
 
 
-def compile_lowered(lowered: Sequence[Lowered]) -> list[Callable[..., Any]]:
-    """:func:`compile_graphs` for graphs already lowered (:func:`cellsearch.fast.pwgen.lower`)."""
+def kernel_names(lowered: Sequence[Lowered]) -> list[list[str]]:
+    """The C function name of each kernel of each graph, as :func:`compile_lowered` names them."""
+    return [[f"pw{g}_{k.name}" for k in lw.kernels] for g, lw in enumerate(lowered)]
+
+
+#: the row range a kernel called from Python covers (every row of every loop)
+_ALL_ROWS = 1 << 62
+
+
+def compile_lowered(lowered: Sequence[Lowered], extra: str = "", openmp: bool = False
+                    ) -> tuple[list[Callable[..., Any]], ctypes.CDLL | None, bool]:
+    """:func:`compile_graphs` for graphs already lowered (:func:`cellsearch.fast.pwgen.lower`), with
+    ``extra`` C source in the same library (:mod:`cellsearch.fast.pwloop`'s time loops, which call the
+    kernels); returns the functions, the library and whether it was built with OpenMP (``openmp``:
+    try that first)."""
     import time
 
     t0 = time.perf_counter()
-    named = [(f"pw{g}_{k.name}", k) for g, lw in enumerate(lowered) for k in lw.kernels]
-    with _lock:
-        lib = _build(source(named), named) if named else None
+    named = [(name, k) for names, lw in zip(kernel_names(lowered), lowered) for name, k in zip(names, lw.kernels)]
+    lib, threaded = None, False
+    if named or extra:
+        with _lock:
+            lib, threaded = _build(source(named, extra), named, openmp)
     out = []
     it = iter(named)
     for lw in lowered:
         calls = []
         for _ in lw.kernels:
             name, k = next(it)
-            calls.append(runner(k, name, lambda ops: f"fn({', '.join(o + '.data_ptr()' for o in ops)})",
+            calls.append(runner(k, name, lambda ops: f"fn({', '.join(o + '.data_ptr()' for o in ops)}, 0, {_ALL_ROWS})",
                                 {"fn": getattr(lib, name)}))
         out.append(_checked(bind(lw, calls), lw))
     stats["seconds"] += time.perf_counter() - t0
     stats["libraries"] += 1
-    return out
+    return out, lib, threaded

@@ -1,0 +1,133 @@
+"""The derived path's time loop in C (cellsearch.fast.pwloop) equals the reference loop and the Python
+loop, for every registered cell it serves, whatever the number of threads; what it does not serve keeps
+the Python loop with the reason.
+
+Outputs, final states and every gradient are compared with the reference loop (tests/fast_paths.py:
+float64 to 1e-10, float32 to 1e-5 relative to the largest value). No test asserts a timing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from fast_paths import assert_same, run_both_ways
+from test_derived import _inputs, _model
+from test_pwgen import needs_cc
+
+import cellsearch as cs
+from cellsearch import fast
+from cellsearch.fast import pwloop
+
+#: published cells whose step graphs the C loop must serve (a regression in planning fails here)
+SERVED = ("janet", "indrnn", "ur_lstm", "u_lstm", "r_lstm", "refined_lstm", "star", "slstm", "mgu",
+          "refined_mgu", "vanilla")
+
+
+@pytest.fixture
+def c_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Derived step graphs compiled by the C generator, at every size, from the first call, C loops on."""
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+    monkeypatch.delenv("CELLSEARCH_DERIVED_LOOP", raising=False)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_COMPILER", "c")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", "0")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
+
+
+def _graphs(model: torch.nn.Module) -> list[Any]:
+    return [g for layer in model.layers for g in fast.plan(layer).run._graphs.values()  # type: ignore[union-attr]
+            if g.compiled]
+
+
+@needs_cc
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", cs.list_cells())
+def test_every_registered_cell_with_the_c_loop_equals_reference(name: str, dtype: torch.dtype, c_loop: None) -> None:
+    """Batch 11 (rows split 8 + 3 inside the GEMM's blocks; two threads where torch has them), hidden 6."""
+    model = _model(name, dtype, n=6)
+    with fast.force_derived():
+        x, state = _inputs(model, 11, dtype)
+        assert_same(model, x, state)
+        graphs = _graphs(model)
+    if name in SERVED:
+        assert graphs and all(g.loop is not None for g in graphs), [g.loop_note for g in graphs]
+    for g in graphs:
+        assert (g.loop is None) == bool(g.loop_note), g.loop_note
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["ur_lstm", "slstm", "star"])
+def test_threads_do_not_change_the_result(name: str, c_loop: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are split over the loop's threads (1, 2, 4 here; torch's own ops keep their threads); each
+    element is summed in the same order whatever the split, so the results are identical."""
+    model = _model(name, torch.float32, n=20)
+    x, state = _inputs(model, 37, torch.float32)
+    results = []
+    for n in (1, 2, 4):
+        monkeypatch.setattr(pwloop.LoopPlan, "_threads", lambda self, n=n: n)
+        with fast.force_derived():
+            results.append(run_both_ways(model, x, state, True))
+            assert all(g.loop is not None for g in _graphs(model))
+    (out, final, grads), *rest = results
+    for o, f, g in rest:
+        assert torch.equal(out, o)
+        assert all(torch.equal(a, b) for a, b in zip(final, f))
+        assert all(torch.equal(grads[k], g[k]) for k in grads)
+
+
+@needs_cc
+def test_the_python_loop_switch_and_a_layout_change_keep_results(c_loop: None,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """CELLSEARCH_DERIVED_LOOP=python plans no C loop (with the reason); invariants laid out otherwise than
+    planned take the Python loop for that call; both equal the reference."""
+    monkeypatch.setenv("CELLSEARCH_DERIVED_LOOP", "python")
+    model = _model("janet", torch.float64, n=7)
+    with fast.force_derived():
+        x, state = _inputs(model, 5, torch.float64)
+        assert_same(model, x, state)
+        (g,) = _graphs(model)
+    assert g.loop is None and "CELLSEARCH_DERIVED_LOOP=python" in g.loop_note
+
+    monkeypatch.delenv("CELLSEARCH_DERIVED_LOOP")
+    model = _model("ur_lstm", torch.float64, n=9)
+    with fast.force_derived():
+        x, state = _inputs(model, 5, torch.float64)
+        assert_same(model, x, state)
+        (g,) = _graphs(model)
+        assert g.loop is not None
+        called: list[int] = []
+        original = g.loop.forward
+        monkeypatch.setattr(g.loop, "forward", lambda *a: called.append(1) or original(*a))
+        monkeypatch.setattr(g.loop, "inv_layouts", ())
+        assert_same(model, x, state)
+    assert not called
+
+
+@needs_cc
+def test_a_per_step_reduction_keeps_the_python_loop_with_the_reason(c_loop: None) -> None:
+    """GRU's b_hn gradient is a sum over the batch at every step: not row-independent."""
+    model = _model("gru", torch.float64, n=5)
+    with fast.force_derived():
+        x, state = _inputs(model, 4, torch.float64)
+        assert_same(model, x, state)
+        (g,) = _graphs(model)
+    assert g.loop is None and "gradient is computed at every step" in g.loop_note
+
+
+@needs_cc
+def test_retain_graph_backward_twice_through_the_c_tape(c_loop: None) -> None:
+    model = _model("slstm", torch.float64, n=6)
+    x, _ = _inputs(model, 4, torch.float64)
+    with fast.force_derived():
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        (g,) = _graphs(model)
+        assert g.loop is not None
+        first = torch.autograd.grad(out.sum(), list(model.parameters()), retain_graph=True)
+        second = torch.autograd.grad(out.sum(), list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_panel_width_is_two_64_byte_vectors() -> None:
+    assert pwloop.panel_width("float32") == 32 and pwloop.panel_width("float64") == 16
