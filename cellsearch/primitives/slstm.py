@@ -35,7 +35,8 @@ class SLSTM(Update):
     ``slstm/src/vanilla``: log f = logsigmoid(f̃)]; or ``exp``, the paper's alternative).
     Choices to say with any comparison: one head (a full R, i.e. ``recurrence: free``) where xLSTM's
     sLSTM blocks use 4 heads (block-diagonal R: ``recurrence: heads`` with ``heads: 4``); the
-    authors' code sets m_1 = ĩ_1 when n = 0 (a branch on tensor values), here m_0 = 0 always, which changes m but not c/n or h. The output o⊙(c/n) goes
+    authors' code sets m_1 = ĩ_1 when n = 0 (a branch on tensor values), here m_0 = 0 always, which
+    changes m but not c/n or h. The output o⊙(c/n) goes
     through the saturation slot, o⊙sat(c/n): ``identity`` is the paper's form. The output gate goes
     through the gate primitive; i, f and z are raw blocks. Blocks [o, i, f, z]: params 4n(d + n + 1).
     """
