@@ -142,3 +142,11 @@ def sequential_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor) -> torch
         h = a_t * h + b_t
         out.append(h)
     return torch.stack(out)
+
+
+@pytest.fixture(autouse=True)
+def hand_kernels_first() -> Iterator[None]:
+    """The hand-written kernels' tests: cells with a hand-written kernel take it (on the CPU the derived
+    path is otherwise preferred wherever its time loop runs in C; tests/test_pwloop.py covers that)."""
+    with fast.hand_first():
+        yield

@@ -189,14 +189,16 @@ def test_first_calls_small_runs_and_no_compiler_take_the_reference_loop(monkeypa
 
 def test_switches_force_and_turn_off_the_derived_path(aten: None) -> None:
     plugin, lstm = _model(PLUGIN, torch.float64), _model("ur_lstm", torch.float64)
-    assert fast.plan(lstm.layers[0]).path == "fused"
+    with fast.hand_first():
+        assert fast.plan(lstm.layers[0]).path == "fused"
     with fast.force_derived():
         assert fast.plan(lstm.layers[0]).path == "derived"
         assert "forced" in fast.explain(lstm.layers[0])
     with fast.force_derived(None):
         assert fast.plan(plugin.layers[0]).path == "reference"
-    assert fast.plan(lstm.layers[0]).path == "fused"
+        assert fast.plan(lstm.layers[0]).path == "fused"
     assert fast.derived_mode() == "auto"
+    assert "preferred to the hand-written kernel" in fast.explain(lstm.layers[0])
 
 
 def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop(aten: None) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fast_paths import assert_same
+from fast_paths import assert_same, hand_kernels_first  # noqa: F401  (autouse)
 
 import cellsearch as cs
 from cellsearch import fast

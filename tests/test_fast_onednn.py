@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_paths import assert_same
+from fast_paths import assert_same, hand_kernels_first  # noqa: F401  (autouse)
 
 import cellsearch as cs
 from cellsearch.fast import csrc, fused, paths

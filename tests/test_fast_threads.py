@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from fast_paths import assert_same, forced, run_both_ways
+from fast_paths import assert_same, forced, hand_kernels_first, run_both_ways  # noqa: F401  (autouse)
 
 import cellsearch as cs
 from cellsearch import fast

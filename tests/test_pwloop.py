@@ -8,6 +8,7 @@ float64 to 1e-10, float32 to 1e-5 relative to the largest value). No test assert
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -131,3 +132,52 @@ def test_retain_graph_backward_twice_through_the_c_tape(c_loop: None) -> None:
 
 def test_panel_width_is_two_64_byte_vectors() -> None:
     assert pwloop.panel_width("float32") == 32 and pwloop.panel_width("float64") == 16
+
+
+# ------------------------------------------------------------------------------------------------
+# the default plan: the derived path before a hand-written kernel where its loop runs in C
+
+@needs_cc
+def test_the_derived_c_loop_is_preferred_to_the_hand_kernel(c_loop: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """star has a hand-written fused kernel; by default the derived path runs it (its time loop in C),
+    the hand kernel takes the calls the derived path does not (here: below the size threshold)."""
+    model = _model("star", torch.float64, n=7)
+    p = fast.plan(model.layers[0])
+    assert p.path == "derived" and "preferred to the hand-written kernel" in p.reason, p.reason
+    x, state = _inputs(model, 5, torch.float64)
+    assert_same(model, x, state)
+    (g,) = _graphs(model)
+    assert g.loop is not None
+    assert fast.plan(model.layers[0]).path == "derived"
+
+    calls: list[int] = []
+    small = _model("star", torch.float64, n=7)
+    runner = fast.plan(small.layers[0]).run
+    hand = runner.fallback_plan  # type: ignore[union-attr]
+    counted = dataclasses.replace(hand, run=lambda *a: calls.append(1) or hand.run(*a))
+    monkeypatch.setattr(runner, "fallback_plan", counted)
+    monkeypatch.setenv("CELLSEARCH_DERIVED_MIN", str(1 << 30))
+    assert_same(small, x, state)
+    assert calls and not runner._graphs  # type: ignore[union-attr]
+    with fast.hand_first():
+        assert fast.plan(_model("star", torch.float64).layers[0]).path == "fused"
+
+
+@needs_cc
+def test_a_cell_the_c_loop_does_not_serve_goes_back_to_its_hand_kernel(c_loop: None) -> None:
+    """gru's step has a per-step batch reduction: after its first derived call finds no C loop, the plan
+    settles on the hand-written kernel, with the reason."""
+    model = _model("gru", torch.float64, n=5)
+    assert fast.plan(model.layers[0]).path == "derived"
+    x, state = _inputs(model, 4, torch.float64)
+    assert_same(model, x, state)
+    p = fast.plan(model.layers[0])
+    assert p.path == "fused" and "time loop does not run in C" in p.reason, p.reason
+    assert "gradient is computed at every step" in p.reason
+
+
+@needs_cc
+def test_scans_are_never_replaced_by_the_time_loop(c_loop: None) -> None:
+    model = _model("mingru", torch.float64, n=5)
+    p = fast.plan(model.layers[0])
+    assert p.path == "fused" and "scan" in p.reason

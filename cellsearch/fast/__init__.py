@@ -11,8 +11,11 @@ Switch: ``cellsearch.fast.enabled(False)`` (a context manager, per thread / cont
 ``CELLSEARCH_FAST=0``.
 
 The derived path (:mod:`cellsearch.fast.derived`, generated from the cell's own step) serves every cell
-without a hand-written path. ``with cellsearch.fast.force_derived():`` (or ``CELLSEARCH_FAST_DERIVED=
-force``) puts every cell on it, for tests and the bench; ``force_derived(None)`` / ``=0`` never uses it.
+without a hand-written path, and on the CPU it is preferred to a hand-written fused kernel wherever its
+time loop runs in C (:mod:`cellsearch.fast.pwloop`; measured faster or equal, docs/bench), the hand kernel
+taking the calls it does not. ``with cellsearch.fast.force_derived():`` (or ``CELLSEARCH_FAST_DERIVED=
+force``) puts every cell on it, for tests and the bench; ``force_derived(None)`` / ``=0`` never uses it;
+``with cellsearch.fast.hand_first():`` (or ``=hand``) puts hand-written kernels first (their tests).
 
 Limits of the fused and derived paths: its backward is not itself differentiable (double backward raises); it runs
 float32 and float64 (other dtypes take the reference loop, exact LSTM/GRU still go native). Under
@@ -36,7 +39,7 @@ from torch import Tensor
 from .paths import Plan, build_plan, settled
 
 __all__ = ["enabled", "set_enabled", "is_enabled", "plan", "explain", "sequence", "Plan", "force_derived",
-           "derived_mode"]
+           "derived_mode", "hand_first"]
 
 State = tuple[Tensor, ...]
 
@@ -45,7 +48,7 @@ _DEFAULT = os.environ.get("CELLSEARCH_FAST", "1").strip().lower() not in ("0", "
 _PLANS: weakref.WeakKeyDictionary[Any, dict[str, Plan]] = weakref.WeakKeyDictionary()
 _OVERRIDE: ContextVar[bool | None] = ContextVar("cellsearch_fast", default=None)
 _DERIVED_ENV = os.environ.get("CELLSEARCH_FAST_DERIVED", "auto").strip().lower()
-_DERIVED_DEFAULT = ("force" if _DERIVED_ENV == "force" else
+_DERIVED_DEFAULT = ("force" if _DERIVED_ENV == "force" else "hand" if _DERIVED_ENV == "hand" else
                     "off" if _DERIVED_ENV in ("0", "false", "no", "off") else "auto")
 _DERIVED: ContextVar[str | None] = ContextVar("cellsearch_fast_derived", default=None)
 
@@ -73,7 +76,8 @@ def enabled(flag: bool = True) -> Iterator[None]:
 
 
 def derived_mode() -> str:
-    """``auto`` (the derived path where no hand-written one exists), ``force`` or ``off``."""
+    """``auto`` (the derived path where its time loop runs in C or no hand-written path exists),
+    ``hand`` (hand-written paths first), ``force`` or ``off``."""
     value = _DERIVED.get()
     return _DERIVED_DEFAULT if value is None else value
 
@@ -83,6 +87,17 @@ def force_derived(flag: bool | None = True) -> Iterator[None]:
     """``with cellsearch.fast.force_derived():`` every cell whose step can be derived takes the derived
     path inside the block (``False``: the default choice; ``None``: never the derived path)."""
     token = _DERIVED.set("force" if flag else "auto" if flag is False else "off")
+    try:
+        yield
+    finally:
+        _DERIVED.reset(token)
+
+
+@contextmanager
+def hand_first() -> Iterator[None]:
+    """``with cellsearch.fast.hand_first():`` a cell with a hand-written kernel takes it inside the block
+    (the derived path only where there is none): the hand kernels' own tests."""
+    token = _DERIVED.set("hand")
     try:
         yield
     finally:

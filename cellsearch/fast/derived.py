@@ -973,6 +973,10 @@ class Derived:
         #: cellsearch.fast.paths: the plan's line is rebuilt once ``c_note`` is known)
         self.plan_why: str = ""
         self.plan_device: Any = "cpu"
+        #: a hand-written kernel's plan (cellsearch.fast.paths): it runs the calls the derived path does
+        #: not take, and every call once the step graphs turn out to have no C loop (``hand_only``: why)
+        self.fallback_plan: Any = None
+        self.hand_only: str | None = None
 
     def unavailable(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> str | None:
         """Why the derived path cannot run for this device and dtype (None: it can)."""
@@ -1002,8 +1006,9 @@ class Derived:
             return "generated Triton step graphs (cellsearch.fast.pwgen_triton)"
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
+        other = "the hand-written kernel" if self.fallback_plan is not None else "the reference loop"
         size = "" if self.forced else (f"; runs under {min_work():,} pre-activations a sequence, and the "
-                                        f"first {warmup_calls()} calls of an input shape, take the reference loop")
+                                        f"first {warmup_calls()} calls of an input shape, take {other}")
         if compiler_choice() == "inductor":
             return "Inductor C++ step graphs (CELLSEARCH_DERIVED_COMPILER=inductor)" + size
         if self.c_note is not None:
@@ -1040,6 +1045,13 @@ class Derived:
             self.c_note = _c_check(g)
 
     def __call__(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
+        hand = self.fallback_plan
+        if hand is None:
+            return self._run(cell, x, state)
+        res = None if self.hand_only or x.device.type != "cpu" else self._run(cell, x, state)
+        return res if res is not None else hand.run(cell, x, state)
+
+    def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
         if not self.forced:
             if x.shape[0] * x.shape[1] * _width(cell) < min_work():
                 return None
@@ -1070,6 +1082,9 @@ class Derived:
             return None
         except Exception as exc:          # a compiler error: remember it, run the reference loop
             self.compile_error = f"compiling failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            return None
+        if self.fallback_plan is not None and g.loop is None:
+            self.hand_only = g.loop_note or g.c_note or "the step graphs are not compiled by the C generator"
             return None
         if g.compiled:
             xp = xp.contiguous()

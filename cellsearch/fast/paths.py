@@ -18,7 +18,12 @@ the built-in ones live in :mod:`cellsearch.fast.hand`. Paths:
   Any recurrence: its matrix is formed once per sequence outside the function.
 - ``derived``: everything else (adaptive saturation on a gated update, deep transition on a gated
   update, STAR's ``beta`` option, third-party primitives): a whole-sequence function derived from the
-  cell's own step (:mod:`cellsearch.fast.derived`; Inductor-compiled pointwise work on the CPU).
+  cell's own step (:mod:`cellsearch.fast.derived`; generated C on the CPU, Triton on CUDA). On the CPU
+  it is also preferred to a ``fused`` plan wherever its time loop runs in C (:mod:`cellsearch.fast.pwloop`:
+  measured at or above the hand-written kernels, docs/bench): the hand-written kernel keeps the calls the
+  derived path does not take (small or first calls, other devices), and the whole cell once its step
+  graphs turn out not to get a C loop (``fast.explain`` then says so). ``hand_first()`` keeps the hand
+  kernels first.
   ``cellsearch.fast.force_derived()`` (or ``CELLSEARCH_FAST_DERIVED=force``) puts every cell on it;
   ``CELLSEARCH_FAST_DERIVED=0`` turns it off.
 - ``reference``: a step that cannot be derived (e.g. control flow that depends on tensor values): the
@@ -46,11 +51,13 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 @dataclass(frozen=True)
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
-    reference)."""
+    reference); ``steps``: the runner steps through time (False: a parallel scan, which the derived
+    path's time loop never replaces)."""
 
     path: str
     reason: str
     run: Runner | None = None
+    steps: bool = True
 
 
 def _reference(reason: str) -> Plan:
@@ -106,13 +113,21 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
+    if hand.path == "fused" and hand.steps and derived == "auto" and _on_cpu(cell):
+        return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
+                                   f"else fused: {hand.reason}", fallback=hand)
     if hand.path != "reference" or derived == "off":
         return hand
     why = hand.reason.replace(" (reference loop)", "")
     return _derived_plan(cell, f"no hand-written path: {why}")
 
 
-def _derived_plan(cell: Any, why: str) -> Plan:
+def _on_cpu(cell: Any) -> bool:
+    p = next(iter(cell.parameters()), None)
+    return p is None or p.device.type == "cpu"
+
+
+def _derived_plan(cell: Any, why: str, fallback: Plan | None = None) -> Plan:
     """The derived path. Forced (tests, bench): the step is traced now, and a step that cannot be
     derived plans the reference loop. Otherwise the step is traced when the path first runs (a cell
     that never runs a large enough sequence pays nothing); if it cannot be derived then,
@@ -121,6 +136,7 @@ def _derived_plan(cell: Any, why: str) -> Plan:
 
     forced = why == "forced"
     runner = Derived(forced=forced)
+    runner.fallback_plan = fallback
     if forced:
         try:
             runner.probe(cell)
@@ -141,6 +157,11 @@ def settled(p: Plan) -> Plan:
     be derived; a derived plan's line is rebuilt when its runner has since found why the C generator does
     not compile the step (``Derived.c_note``: for plans that are not forced, known once traced)."""
     failure = getattr(p.run, "failure", None) if p.path == "derived" else None
+    fallback = getattr(p.run, "fallback_plan", None) if p.path == "derived" else None
+    if fallback is not None and (failure is not None or getattr(p.run, "hand_only", None)):
+        why = failure or p.run.hand_only  # type: ignore[union-attr]
+        return Plan(fallback.path, f"{fallback.reason}; the derived path's time loop does not run in C "
+                                   f"({why})", fallback.run)
     if failure is None:
         note = getattr(p.run, "c_note", None) if p.path == "derived" else None
         if note is not None and note not in p.reason:

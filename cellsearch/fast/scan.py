@@ -221,7 +221,7 @@ def linear(cell: Any) -> Plan | str:
     why = _scannable(cell)
     if why is not None:
         return why
-    return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t ({_form()})", _run)
+    return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t ({_form()})", _run, steps=False)
 
 
 class FusedScan(torch.autograd.Function):
@@ -333,7 +333,7 @@ def _fused(cell: Any, kind: str) -> Plan | str:
         return f"fused {kind} scan: the C kernels are unavailable ({scan_c.build_error()})"
     return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t (compiled, {kind} gates/{sat} fused "
                 "into one pass each way on the CPU in float32/float64; the generic scan elsewhere)",
-                _fused_runner(kind, sat))
+                _fused_runner(kind, sat), steps=False)
 
 
 def mingru(cell: Any) -> Plan | str:
