@@ -29,7 +29,7 @@ __all__ = ["FAST_PATHS", "TOL", "assert_same", "fast_paths_of", "forced", "refer
 #: fast path vs reference loop, relative to the largest value
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
-FAST_PATHS = ("native", "fused-c", "fused-torch")
+FAST_PATHS = ("native", "fused-c", "fused-torch", "derived")
 #: updates with compiled C pointwise kernels (PRIMITIVES.md §1, §2 families; vanilla runs on torch ops)
 C_UPDATES = ("lstm", "lstm_tied", "gru", "mgu", "star")
 
@@ -39,15 +39,18 @@ def fast_paths_of(spec: Any, d: int = 5, n: int = 8, **depth: Any) -> list[str]:
     old = paths.use_c(False)   # no compilation at collection time
     try:
         model = cs.create_rnn(spec, d, n, **depth)
-        found = {fast.plan(layer).path for layer in model.layers}
+        with fast.hand_first():
+            found = {fast.plan(layer).path for layer in model.layers}
+        default = {fast.plan(layer).path for layer in model.layers}
     finally:
         paths.use_c(old)
     update = model.layers[0].update.name
+    derived = ["derived"] if default == {"derived"} else []    # the derived path preferred to a hand kernel
     if found == {"native"}:
         return ["native", "fused-c"]
     if found == {"fused"}:
-        return ["fused-c", "fused-torch"] if update in C_UPDATES and model.layers[0].transition is None \
-            else ["fused-torch"]
+        return (["fused-c", "fused-torch"] if update in C_UPDATES and model.layers[0].transition is None
+                else ["fused-torch"]) + derived
     return []
 
 
@@ -60,9 +63,26 @@ def _takes(path: str, plan: Any) -> bool:
 @contextmanager
 def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Run ``model`` on fast path ``path`` inside the block (asserting each layer's plan takes it and the
-    reference loop does not run)."""
+    reference loop does not run): a hand-written one (hand kernels first), or ``derived`` (generated C
+    step graphs and time loop, at every size)."""
     from cellsearch.cells import ComposedCell
 
+    if path == "derived":
+        from cellsearch.fast import pwgen_c
+
+        if pwgen_c.unavailable("cpu", torch.float64) is not None:
+            pytest.skip(pwgen_c.unavailable("cpu", torch.float64))
+        for name, value in (("CELLSEARCH_DERIVED_MIN", "0"), ("CELLSEARCH_DERIVED_AFTER", "0"),
+                            ("CELLSEARCH_DERIVED_COMPILER", "c")):
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+        with fast.force_derived():
+            assert all(fast.plan(layer).path == "derived" for layer in model.layers)
+            monkeypatch.setattr(ComposedCell, "_reference_sequence",
+                                lambda self, *args, **kw: pytest.fail("derived: the reference loop ran"))
+            with fast.enabled(True):
+                yield
+        return
     if path == "fused-c" and csrc.library() is None:
         pytest.skip(f"C kernels unavailable: {csrc.build_error()}")
     native = "always" if path == "native" else "cuda"
@@ -70,12 +90,13 @@ def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setitem(paths.NATIVE, name, native)
     old = paths.use_c(path == "fused-c")
     try:
-        plans = [fast.plan(layer) for layer in model.layers]
-        assert all(_takes(path, p) for p in plans), [f"{p.path}: {p.reason}" for p in plans]
-        monkeypatch.setattr(ComposedCell, "_reference_sequence",
-                            lambda self, *args, **kw: pytest.fail(f"{path}: the reference loop ran"))
-        with fast.enabled(True):
-            yield
+        with fast.hand_first():
+            plans = [fast.plan(layer) for layer in model.layers]
+            assert all(_takes(path, p) for p in plans), [f"{p.path}: {p.reason}" for p in plans]
+            monkeypatch.setattr(ComposedCell, "_reference_sequence",
+                                lambda self, *args, **kw: pytest.fail(f"{path}: the reference loop ran"))
+            with fast.enabled(True):
+                yield
     finally:
         paths.use_c(old)
 

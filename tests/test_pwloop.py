@@ -23,7 +23,7 @@ from cellsearch.fast import pwloop
 
 #: published cells whose step graphs the C loop must serve (a regression in planning fails here)
 SERVED = ("janet", "indrnn", "ur_lstm", "u_lstm", "r_lstm", "refined_lstm", "star", "slstm", "mgu",
-          "refined_mgu", "vanilla")
+          "refined_mgu", "vanilla", "gru", "ur_gru", "refined_gru", "dt_rnn", "dts_rnn", "dots_rnn")
 
 
 @pytest.fixture
@@ -106,14 +106,26 @@ def test_the_python_loop_switch_and_a_layout_change_keep_results(c_loop: None,
 
 
 @needs_cc
-def test_a_per_step_reduction_keeps_the_python_loop_with_the_reason(c_loop: None) -> None:
-    """GRU's b_hn gradient is a sum over the batch at every step: not row-independent."""
-    model = _model("gru", torch.float64, n=5)
+def test_a_per_step_invariant_gradient_keeps_the_python_loop_with_the_reason(c_loop: None) -> None:
+    """asRNN's step has a gradient of a loop invariant that is neither a product of two step values nor a
+    sum over the batch (those move after the loop): the Python loop runs it."""
+    model = _model("asrnn", torch.float64, n=5)
     with fast.force_derived():
         x, state = _inputs(model, 4, torch.float64)
         assert_same(model, x, state)
         (g,) = _graphs(model)
     assert g.loop is None and "gradient is computed at every step" in g.loop_note
+
+
+@needs_cc
+def test_a_sum_over_the_batch_moves_after_the_loop(c_loop: None) -> None:
+    """GRU's b_hn gradient, Σ_b of a step value, is summed once over all T·B rows after the loop."""
+    model = _model("gru", torch.float64, n=5)
+    with fast.force_derived():
+        x, state = _inputs(model, 4, torch.float64)
+        assert_same(model, x, state)
+        (g,) = _graphs(model)
+    assert g.loop is not None and any(entry[4] in ("sum0", "sum0k") for entry in g.post)
 
 
 @needs_cc
@@ -165,9 +177,9 @@ def test_the_derived_c_loop_is_preferred_to_the_hand_kernel(c_loop: None, monkey
 
 @needs_cc
 def test_a_cell_the_c_loop_does_not_serve_goes_back_to_its_hand_kernel(c_loop: None) -> None:
-    """gru's step has a per-step batch reduction: after its first derived call finds no C loop, the plan
-    settles on the hand-written kernel, with the reason."""
-    model = _model("gru", torch.float64, n=5)
+    """asrnn's step has a per-step gradient of an invariant: after its first derived call finds no C loop,
+    the plan settles on the hand-written kernel, with the reason."""
+    model = _model("asrnn", torch.float64, n=5)
     assert fast.plan(model.layers[0]).path == "derived"
     x, state = _inputs(model, 4, torch.float64)
     assert_same(model, x, state)

@@ -22,6 +22,8 @@ device):
    matrix product of two per-step tensors (``dW = hᵀ·dA``: the recurrent GEMM's weight gradient) is not
    computed per step; the two factors are kept (dA straight from the dxp buffer the backward graph
    writes in place) and multiplied once after the reverse loop, as one large GEMM over all T·B rows;
+   a gradient that is a sum over the batch of a per-step tensor (a bias inside the step: GRU's
+   ``b_hn``) is likewise kept per step and summed once over all T·B rows after the loop;
    sums of ``slice_backward`` become one ``cat`` (a compiled loop per block instead of masked loads);
 4. the forward and backward step graphs are compiled — by cellsearch's own generator where it can
    express every elementwise op of both graphs (:mod:`cellsearch.fast.pwgen`: extern products + fused
@@ -244,8 +246,10 @@ def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -
 _VIEWS = {"t", "transpose", "permute", "view", "reshape", "_unsafe_view", "alias", "detach", "clone"}
 
 
-def _post_loop(node: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]] | None:
-    """If ``node`` is ``views(mm(a, b))``: (a, b, the view chain from mm up to node)."""
+def _post_loop(node: fx.Node) -> tuple[fx.Node | str, fx.Node, list[fx.Node]] | None:
+    """If ``node`` is ``views(mm(a, b))``: (a, b, the view chain from mm up to node); if it is
+    ``views(sum(b, [0]))`` of a matrix (a sum over the batch, e.g. the gradient of a bias inside the
+    step): ("sum0" or, keeping the dimension, "sum0k", b, the chain)."""
     chain: list[fx.Node] = []
     cur = node
     while cur.op == "call_function" and _target_name(cur).split(".")[0] in _VIEWS and len(cur.args) >= 1:
@@ -257,6 +261,12 @@ def _post_loop(node: fx.Node) -> tuple[fx.Node, fx.Node, list[fx.Node]] | None:
         a, b = cur.args[0], cur.args[1]
         if isinstance(a, fx.Node) and isinstance(b, fx.Node):
             return a, b, list(reversed(chain))
+    if cur.op == "call_function" and cur.target is torch.ops.aten.sum.dim_IntList and len(cur.users) == 1:
+        b, dims = cur.args[0], list(cur.args[1])  # type: ignore[arg-type]
+        keep = bool(cur.args[2]) if len(cur.args) > 2 else bool(cur.kwargs.get("keepdim", False))
+        val = b.meta.get("val") if isinstance(b, fx.Node) else None
+        if isinstance(val, Tensor) and val.dim() == 2 and dims in ([0], [-2]) and "dtype" not in cur.kwargs:
+            return ("sum0k" if keep else "sum0"), b, list(reversed(chain))  # type: ignore[return-value]
     return None
 
 
@@ -307,7 +317,7 @@ def _post_loop_grads(grads: list[Any], n_inv: int, dep_var: set[fx.Node]
         g = grads[i]
         if isinstance(g, fx.Node) and g.op == "call_function":
             found = _post_loop(g)
-            if found is not None and found[0] in dep_var and found[1] in dep_var \
+            if found is not None and (isinstance(found[0], str) or found[0] in dep_var) and found[1] in dep_var \
                     and all(len(c.users) == 1 for c in found[2][:-1]):
                 post.append((i, *found))          # mm's operands are matrices
                 grad_roots[i] = None
@@ -363,7 +373,7 @@ def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recomp
         if n.op == "call_function" and any(i in dep_var for i in _inputs_of(n)):
             dep_var.add(n)
     post, grad_roots = _post_loop_grads(grads, n_inv, dep_var)
-    roots = grad_roots + [x for _, a, b, _ in post for x in (a, b)]
+    roots = grad_roots + [x if isinstance(x, fx.Node) else None for _, a, b, _ in post for x in (a, b)]
     bw_need = _ancestors(roots)
     bw_all = {n for n in bw_need if n not in fw_set and n.op != "placeholder"}
     if recompute:
@@ -384,7 +394,7 @@ def _partition(joint: fx.GraphModule, n_inv: int, n_var: int, n_out: int, recomp
     dxp = grads[n_inv]
     sources = []
     for _i, a, b, _chain in post:
-        a_src = "dxp_t" if _transpose_of(a) is dxp and dxp is not None else None
+        a_src = a if isinstance(a, str) else "dxp_t" if _transpose_of(a) is dxp and dxp is not None else None
         b_src = "dxp" if b is dxp and dxp is not None else None
         sources.append((a_src, b_src))
     return {"fw": fw, "pre": pre, "bw": bw, "n_saved": len(saved), "n_pre": len(pre_used),
@@ -771,7 +781,12 @@ def _post_products(g: StepGraphs, dxp: Tensor, factors: list[tuple[Tensor | None
             a = dxp2d.t()
         if b_src == "dxp":
             b = dxp2d
-        assert a is not None and b is not None
+        assert b is not None
+        if a_src in ("sum0", "sum0k"):                       # a sum over the batch: over T·B rows at once
+            gi = fn(b.sum(0, keepdim=a_src == "sum0k"))
+            dinv[i] = gi if dinv[i] is None else dinv[i] + gi
+            continue
+        assert a is not None
         if a.shape[0] > b.shape[1] and not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous():
             gi = fn(matmul(b.t(), a.t()).t())  # the transposed operand (copied by oneDNN) the smaller one:
         else:                                   # (hᵀ dA)ᵀ, 1.4–1.9x faster than dAᵀ h at 128–256 wide

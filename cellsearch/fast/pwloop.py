@@ -22,9 +22,11 @@ the library of the step's kernels (:mod:`cellsearch.fast.pwgen_c`), from the sam
 
 What it covers (:func:`plan` says why not, and the Python loop runs): extern nodes that are routed
 products (:class:`cellsearch.fast.derived._Products`), kernel calls, column slices, and the transposes
-of the post-loop weight gradients' factors; per-step gradients of loop invariants must be post-loop
-products. A reduction over the batch inside the step (GRU's ``b_hn`` gradient, a deep output's bias)
-keeps the Python loop. ``CELLSEARCH_DERIVED_LOOP=python`` turns the C loop off.
+of the post-loop gradients' factors; every gradient of a loop invariant must be a post-loop product or
+sum (:mod:`cellsearch.fast.derived` moves ``hᵀ·dA`` and sums over the batch, such as GRU's ``b_hn``
+gradient, after the loop). A step that reads across batch rows or accumulates another gradient of an
+invariant at every step (asRNN's) keeps the Python loop. ``CELLSEARCH_DERIVED_LOOP=python`` turns the
+C loop off.
 """
 
 from __future__ import annotations
