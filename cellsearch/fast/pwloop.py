@@ -333,7 +333,9 @@ class _Writer:
         outs: list[Home] = []
         ptrs = [self.fn.ptr(h) for h in ins]
         for i, o in enumerate(k.outputs):
-            if o.into is not None:
+            if o.into is not None:            # written in place: only the input projection's gradient,
+                if ins[o.into].slot != "dxp":     # a buffer of this step alone (never a kept value)
+                    raise Unsupported(f"kernel {k.name} writes its input {o.into} in place")
                 outs.append(ins[o.into])
                 continue
             pinned = [self.pinned[u] for u in users.get(i, []) if u in self.pinned]
