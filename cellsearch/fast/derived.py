@@ -70,9 +70,12 @@ __all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraph
            "DERIVED_AFTER", "backend_choice", "compiler_choice", "min_work", "warmup_calls"]
 
 #: the derived path runs (unless forced) when one call has at least this many pre-activations
-#: (T × batch × blocks × hidden, e.g. 100 × 64 × 2 × 128 ≈ 1.6M): a first use compiles for seconds,
-#: which small runs (the quickstart's hidden-32 trials) never earn back; those keep the reference loop
-DERIVED_MIN = 1 << 20
+#: (T × batch × blocks × hidden, e.g. 100 × 64 × 1 × 128 ≈ 0.8M): a first use traces and compiles (the C
+#: generator: tenths of a second once the library is cached, 1–2 s to build it), which the smallest runs
+#: never earn back; those keep the reference loop (or a hand-written kernel). Measured: the quickstart
+#: study (hidden 32, T 100, batch 64) ran in 70.6 s with 2²⁰ and 61.1 s with 400,000 (its 3- and 4-block
+#: cells on the derived path's C loop), 74.3 s with 2¹⁸ (noise between parallel trials is ~±10 s)
+DERIVED_MIN = 1 << 19
 #: ... and (unless forced) from its ``DERIVED_AFTER + 1``-th call with the same input shape: the first
 #: calls run the reference loop, so that a shape seen a few times only (an evaluation batch, a short
 #: trial) never pays for a compile
