@@ -88,6 +88,7 @@ def test_the_python_loop_switch_and_a_layout_change_keep_results(c_loop: None,
         x, state = _inputs(model, 5, torch.float64)
         assert_same(model, x, state)
         (g,) = _graphs(model)
+        assert "time loop in Python (CELLSEARCH_DERIVED_LOOP=python)" in fast.explain(model.layers[0])
     assert g.loop is None and "CELLSEARCH_DERIVED_LOOP=python" in g.loop_note
 
     monkeypatch.delenv("CELLSEARCH_DERIVED_LOOP")
@@ -161,6 +162,7 @@ def test_the_derived_c_loop_is_preferred_to_the_hand_kernel(c_loop: None, monkey
     (g,) = _graphs(model)
     assert g.loop is not None
     assert fast.plan(model.layers[0]).path == "derived"
+    assert "time loop in C" in fast.explain(model.layers[0])
 
     calls: list[int] = []
     small = _model("star", torch.float64, n=7)

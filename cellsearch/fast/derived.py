@@ -987,6 +987,10 @@ class Derived:
         #: why the C generator does not compile this step (found by probe, or when the step graphs are
         #: first compiled; None: it does, or unknown yet)
         self.c_note: str | None = None
+        #: "" when the compiled step graphs have a C time loop, else why not (None: not compiled yet)
+        self.loop_note: str | None = None
+        #: (c_note, loop_note) as the plan's line was last written (cellsearch.fast.paths.settled)
+        self.described: tuple[str | None, str | None] = (None, None)
         #: the plan's reason beside the description, and the device it was described for (set by
         #: cellsearch.fast.paths: the plan's line is rebuilt once ``c_note`` is known)
         self.plan_why: str = ""
@@ -1031,7 +1035,10 @@ class Derived:
             return "Inductor C++ step graphs (CELLSEARCH_DERIVED_COMPILER=inductor)" + size
         if self.c_note is not None:
             return f"Inductor C++ step graphs ({self.c_note})" + size
-        return "generated C step graphs (cellsearch.fast.pwgen_c; Inductor where the C generator cannot)" + size
+        loop = "" if self.loop_note is None else "; time loop in C (cellsearch.fast.pwloop)" if \
+            not self.loop_note else f"; time loop in Python ({self.loop_note})"
+        return "generated C step graphs (cellsearch.fast.pwgen_c; Inductor where the C generator cannot)" + \
+            loop + size
 
     def graphs(self, cell: Any, xp: Tensor, xs: Tensor | None, state: State, compile: bool) -> StepGraphs:
         key = (tuple(xp.shape[1:]), None if xs is None else tuple(xs.shape[1:]),
@@ -1048,6 +1055,8 @@ class Derived:
                     self._graphs[key] = g
                     if g.compiler == "inductor" and g.c_note is not None:
                         self.c_note = g.c_note        # why not C, known once traced (explain shows it)
+                    if g.compiler == "c":             # whether the time loop runs in C, and why not
+                        self.loop_note = "" if g.loop is not None else g.loop_note or "not planned"
         return g
 
     def probe(self, cell: Any) -> None:

@@ -144,6 +144,7 @@ def _derived_plan(cell: Any, why: str, fallback: Plan | None = None) -> Plan:
             return _reference(f"{why}; the step could not be derived: {exc} (reference loop)")
     p = next(iter(cell.parameters()), None)
     runner.plan_why, runner.plan_device = why, p.device if p is not None else "cpu"
+    runner.described = (runner.c_note, runner.loop_note)     # what the plan's line knows (see settled)
     return Plan("derived", _derived_reason(runner), runner)
 
 
@@ -154,8 +155,9 @@ def _derived_reason(runner: Any) -> str:
 
 def settled(p: Plan) -> Plan:
     """``p``, or the reference plan (with the reason) when its derived runner found that the step cannot
-    be derived; a derived plan's line is rebuilt when its runner has since found why the C generator does
-    not compile the step (``Derived.c_note``: for plans that are not forced, known once traced)."""
+    be derived (or, with a hand-written fallback, that its time loop does not run in C: the hand plan); a
+    derived plan's line is rebuilt when its runner has since found why the C generator does not compile
+    the step or whether the time loop runs in C (``Derived.c_note``, ``loop_note``: known once traced)."""
     failure = getattr(p.run, "failure", None) if p.path == "derived" else None
     fallback = getattr(p.run, "fallback_plan", None) if p.path == "derived" else None
     if fallback is not None and (failure is not None or getattr(p.run, "hand_only", None)):
@@ -163,8 +165,9 @@ def settled(p: Plan) -> Plan:
         return Plan(fallback.path, f"{fallback.reason}; the derived path's time loop does not run in C "
                                    f"({why})", fallback.run)
     if failure is None:
-        note = getattr(p.run, "c_note", None) if p.path == "derived" else None
-        if note is not None and note not in p.reason:
+        known = (getattr(p.run, "c_note", None), getattr(p.run, "loop_note", None))
+        if p.path == "derived" and getattr(p.run, "described", known) != known:   # compiler / loop now known
+            p.run.described = known  # type: ignore[union-attr]
             return Plan("derived", _derived_reason(p.run), p.run)
         return p
     return _reference(f"{p.reason.split('; ', 1)[-1]}; the step could not be derived: {failure} "
