@@ -195,3 +195,22 @@ def test_scans_are_never_replaced_by_the_time_loop(c_loop: None) -> None:
     model = _model("mingru", torch.float64, n=5)
     p = fast.plan(model.layers[0])
     assert p.path == "fused" and "scan" in p.reason
+
+
+@needs_cc
+def test_pooled_buffers_go_back_and_what_leaves_the_loop_stays_intact(c_loop: None) -> None:
+    """The loops' buffers are leased from the fast paths' pool and given back after the backward; the
+    output, final states and gradients that leave them are never pooled, so a second call overwrites
+    nothing the first returned, and computes the same."""
+    from cellsearch.fast.pool import POOL
+
+    model = _model("ur_lstm", torch.float32, n=16)
+    x, state = _inputs(model, 9, torch.float32)
+    with fast.force_derived():
+        out1, final1, grads1 = run_both_ways(model, x, state, True)
+        copies = out1.clone(), [s.clone() for s in final1], {k: v.clone() for k, v in grads1.items()}
+        assert POOL._bytes > 0
+        out2, final2, grads2 = run_both_ways(model, x, state, True)
+    assert torch.equal(out1, copies[0]) and all(torch.equal(a, b) for a, b in zip(final1, copies[1]))
+    assert all(torch.equal(grads1[k], copies[2][k]) for k in grads1)
+    assert torch.equal(out1, out2) and all(torch.equal(grads2[k], grads1[k]) for k in grads1)

@@ -590,7 +590,7 @@ def _ensure_backward(g: StepGraphs, args: Sequence[Tensor]) -> None:
 class _Tape:
     """What one forward keeps for its backward (``env``: the C loop's buffers, else ``saved`` per step)."""
 
-    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env")
+    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env", "leased")
 
 
 class DerivedSequence(torch.autograd.Function):
@@ -620,6 +620,12 @@ class DerivedSequence(torch.autograd.Function):
             keep = True
         if not keep:
             ctx.tape = None
+            if tape.leased:                   # the C loop's forward buffers: no backward reads them again
+                from .pool import POOL
+
+                tape.env = None
+                POOL.give(*tape.leased)
+                tape.leased = []
         needs = ctx.needs_input_grad
         return (None, None, *(gr if need else None for gr, need in zip(grads, needs[2:])))
 
@@ -640,8 +646,12 @@ def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tens
                   inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
     """Run the forward step graph over T; ``state`` is updated in place (to the final state)."""
     if _c_loop(g, xp, inv):
-        out, env = g.loop.forward(xp, xs, state, inv, keep)
-        return out, _tape(g, env, [], inv, xp, xs) if keep else None
+        out, env, leased = g.loop.forward(xp, xs, state, inv, keep)
+        if not keep:
+            return out, None
+        tape = _tape(g, env, [], inv, xp, xs)
+        tape.leased = leased                  # back to the pool after the last backward (DerivedSequence)
+        return out, tape
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
     try:
         return _forward_steps(g, xp, xs, state, inv, keep)
@@ -678,7 +688,7 @@ def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Ten
 def _tape(g: StepGraphs, env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
           xp: Tensor, xs: Tensor | None) -> _Tape:
     tape = _Tape()
-    tape.env, tape.saved, tape.inv, tape.T = env, saved, tuple(inv), xp.shape[0]
+    tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), xp.shape[0], []
     tape.has_xs, tape.xp_shape = xs is not None, xp.shape
     tape.xs_shape = xs.shape if xs is not None else None
     return tape
@@ -704,9 +714,14 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
     """The reverse loop, then the post-loop weight gradients (one large product each)."""
     pre = g.bw_pre(*tape.inv) if g.n_pre else ()
     if tape.env is not None:
-        dxp, dxs, dstate, factors = g.loop.backward(tape.env, pre, dout, dstate, tape.xp_shape, tape.xs_shape)
+        from .pool import POOL
+
+        dxp, dxs, dstate, factors, leased = g.loop.backward(tape.env, pre, dout, dstate, tape.xp_shape,
+                                                            tape.xs_shape)
         dinv: list[Tensor | None] = [None] * g.n_inv
         _post_products(g, dxp, factors, dinv)
+        del factors
+        POOL.give(*leased)
         return [dxp, dxs, *dstate, *dinv]
     packed = _packed(g, g.bw_packed, (*tape.inv, *pre), tape.xp_shape[1])
     try:

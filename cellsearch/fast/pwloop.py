@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx
 
+from .pool import POOL
 from .pwgen import TORCH_DTYPES, Kernel, Lowered
 
 __all__ = ["LoopPlan", "Unsupported", "plan", "loop_choice"]
@@ -401,14 +402,21 @@ class LoopPlan:
     def _threads(self) -> int:
         return max(1, min(torch.get_num_threads(), self.batch // 8)) if self.threaded else 1
 
-    def _alloc(self, buffers: dict[str, Buffer], env: dict[str, Tensor], T: int, like: Tensor) -> None:
+    def _alloc(self, buffers: dict[str, Buffer], env: dict[str, Tensor], T: int, like: Tensor) -> list[Tensor]:
+        """The buffers, leased from :data:`cellsearch.fast.pool.POOL` (with glibc's default allocator a
+        fresh ``[T, B, ·]`` buffer page-faults at every call) except the sequence output, which leaves the
+        function; returns the leased ones."""
+        leased = []
         for name, b in buffers.items():
             dt = TORCH_DTYPES[b.dtype]
-            if b.kind == "pack":
-                env[name] = torch.empty(b.cols, dtype=dt, device=like.device)
+            n = T if b.kind == "seq" else 2 if b.kind == "pp" else 1
+            shape = (b.cols,) if b.kind == "pack" else (n, self.batch, b.cols)
+            if name == "out":
+                env[name] = torch.empty(shape, dtype=dt, device=like.device)
             else:
-                n = T if b.kind == "seq" else 2 if b.kind == "pp" else 1
-                env[name] = torch.empty((n, self.batch, b.cols), dtype=dt, device=like.device)
+                env[name] = POOL.take(shape, dt, like.device)
+                leased.append(env[name])
+        return leased
 
     def _call(self, fn: Any, func: _Func, env: dict[str, Tensor], T: int) -> None:
         ptrs = (ctypes.c_void_p * max(1, len(func.slots)))()
@@ -417,7 +425,9 @@ class LoopPlan:
         fn(ptrs, T, self._threads())
 
     def forward(self, xp: Tensor, xs: Tensor | None, state: list[Tensor], inv: Sequence[Tensor],
-                keep: bool) -> tuple[Tensor, dict[str, Tensor] | None]:
+                keep: bool) -> tuple[Tensor, dict[str, Tensor] | None, list[Tensor]]:
+        """(the output sequence, the buffers the backward reads (None unless ``keep``), those of them
+        leased from the pool: give them back once no backward will read them)."""
         T = xp.shape[0]
         env: dict[str, Tensor] = {f"inv{i}": t for i, t in enumerate(inv)}
         env["xp"] = xp
@@ -425,16 +435,22 @@ class LoopPlan:
             env["xs"] = xs
         for j, s in enumerate(state):
             env[f"init{j}"] = s.contiguous()
-        self._alloc(self.fw_buffers, env, T, xp)
+        leased = self._alloc(self.fw_buffers, env, T, xp)
         self._call(self.fw_fn, self.fw, env, T)
         for j in range(self.n_state):                   # distinct tensors (a Function's outputs)
             state[j] = _value(self.fw_out[1 + j], env, T - 1, T).clone()
         out = env[self.fw_out[0].slot]
-        return out, (env if keep else None)
+        seq = {name for name, b in self.fw_buffers.items() if b.kind == "seq"} if keep else set()
+        kept = [env[name] for name in seq if name != "out"]
+        POOL.give(*[t for t in leased if not any(t is k for k in kept)])
+        return out, (env if keep else None), kept
 
     def backward(self, env: dict[str, Tensor], pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
                  xp_shape: Sequence[int], xs_shape: Sequence[int] | None
-                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[Tensor | None, Tensor | None]]]:
+                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[Tensor | None, Tensor | None]],
+                            list[Tensor]]:
+        """(dxp, dxs, the initial state's gradients, the post-loop factors, the buffers leased from the
+        pool: the factors are views of some, give them back after the post-loop products)."""
         T = int(xp_shape[0])
         env = dict(env)
         env.update({f"pre{i}": t for i, t in enumerate(pre)})
@@ -444,12 +460,12 @@ class LoopPlan:
         env["dxp"] = dout.new_empty(xp_shape)                 # every step writes its row of dxp
         if xs_shape is not None:
             env["dxs"] = dout.new_zeros(xs_shape)
-        self._alloc(self.bw_buffers, env, T, dout)
+        leased = self._alloc(self.bw_buffers, env, T, dout)
         self._call(self.bw_fn, self.bw, env, T)
-        dstate = [_value(h, env, 0, T) for h in self.bw_state]
+        dstate = [_value(h, env, 0, T).clone() for h in self.bw_state]      # out of the leased buffers
         factors = [(None if a is None else _over_time(a, env, T).t(), None if b is None else _over_time(b, env, T))
                    for a, b in self.factors]
-        return env["dxp"], env.get("dxs"), dstate, factors
+        return env["dxp"], env.get("dxs"), dstate, factors, leased
 
 
 def _value(home: Home, env: dict[str, Tensor], t: int, T: int) -> Tensor:
