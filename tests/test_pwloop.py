@@ -214,3 +214,12 @@ def test_pooled_buffers_go_back_and_what_leaves_the_loop_stays_intact(c_loop: No
     assert torch.equal(out1, copies[0]) and all(torch.equal(a, b) for a, b in zip(final1, copies[1]))
     assert all(torch.equal(grads1[k], copies[2][k]) for k in grads1)
     assert torch.equal(out1, out2) and all(torch.equal(grads2[k], grads1[k]) for k in grads1)
+
+
+def test_a_hand_kernel_measured_faster_stays_first() -> None:
+    """The GRU kernel declares itself faster than the derived path with UR gates (make bench): ur_gru keeps
+    it; with other gates the derived path comes first."""
+    ur = fast.plan(_model("ur_gru", torch.float32).layers[0])
+    assert ur.path == "fused" and ur.preferred and "measured faster than the derived path" in ur.reason
+    if fast.plan(_model("gru", torch.float32).layers[0]).path != "native":
+        assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"
