@@ -220,6 +220,6 @@ def test_a_hand_kernel_measured_faster_stays_first() -> None:
     """The GRU kernel declares itself faster than the derived path with UR gates (make bench): ur_gru keeps
     it; with other gates the derived path comes first."""
     ur = fast.plan(_model("ur_gru", torch.float32).layers[0])
-    assert ur.path == "fused" and ur.preferred and "measured faster than the derived path" in ur.reason
+    assert ur.path == "fused" and ur.preferred and "measured faster than the derived path" in ur.reason, ur.reason
     if fast.plan(_model("gru", torch.float32).layers[0]).path != "native":
         assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"

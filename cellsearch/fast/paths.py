@@ -70,11 +70,13 @@ _USE_C = True
 
 
 def use_c(flag: bool | None = None) -> bool:
-    """Whether new plans use the compiled pointwise kernels (set with ``flag``; tests compare both)."""
+    """Whether new plans use the compiled pointwise kernels; with ``flag``, set it and return the value it
+    had (so that ``old = use_c(False) … use_c(old)`` restores it; tests compare both)."""
     global _USE_C
+    previous = _USE_C
     if flag is not None:
         _USE_C = bool(flag)
-    return _USE_C
+    return previous
 
 
 def fused_runner(kernel: Kernel, c_kernel: Kernel | None) -> Runner:
