@@ -383,7 +383,8 @@ def train(model_spec: ModelSpec, task: Task | Mapping[str, Any] | str,
 
     ``callback(epoch, metrics)`` runs after every evaluation with that epoch's history entry; whatever
     it raises (e.g. ``optuna.TrialPruned``) propagates. Raises :class:`DivergenceError` on a NaN/inf loss.
-    ``checkpoint``: a file the run's state is written to after every epoch (:class:`Checkpoint`); when it
+    ``checkpoint``: a file the run's state is written to after every epoch, before the epoch is reported
+    to ``callback`` (so what a search has recorded is in it; :class:`Checkpoint`); when it
     holds an earlier run of the same spec and config, training resumes after its last epoch (the restored
     epochs are passed to ``callback`` again) and ``extra["resumed_from_epoch"]`` says where.
     """
@@ -433,10 +434,10 @@ def _loop(run: _Run, schedule: list[int], valid: Any, callback: Callable[[int, d
         entry = {"epoch": epoch, "step": run.step, "train_loss": train_loss, **run.evaluate(valid, "val")}
         entry["seconds"] = time.perf_counter() - start
         history.append(entry)
-        if callback is not None:
+        if ckpt is not None and epoch < len(schedule):   # before the epoch is reported: what a search has
+            ckpt.save(run, history)                       # recorded is in the checkpoint (a kill -9 between
+        if callback is not None:                          # the two used to resume one epoch early)
             callback(epoch, dict(entry))
-        if ckpt is not None and epoch < len(schedule):
-            ckpt.save(run, history)
     return history
 
 
