@@ -59,8 +59,8 @@ def test_a_prefetched_run_equals_the_plain_run(stateful: bool, tmp_path: Path, m
 
 
 def test_a_prefetched_run_resumes_bitwise_from_its_checkpoint(tmp_path: Path, monkeypatch) -> None:
-    """The checkpoint stores the position of the batch taken, not of the batches made ahead: stopped after
-    epoch 2, the resumed run ends where an uninterrupted one ends."""
+    """The checkpoint stores the position of the batch taken, not of the batches made ahead: stopped while
+    reporting epoch 3 (its checkpoint already written), the resumed run ends where an uninterrupted one ends."""
     from cellsearch.train import train
 
     class Stop(Exception):
@@ -78,7 +78,7 @@ def test_a_prefetched_run_resumes_bitwise_from_its_checkpoint(tmp_path: Path, mo
         train(spec, TASK, config, callback=stop_at_3, checkpoint=path)
     assert not _threads()
     resumed = train(spec, TASK, config, checkpoint=path)
-    assert resumed.extra == {"resumed_from_epoch": 2}
+    assert resumed.extra == {"resumed_from_epoch": 3}
     assert _plain(resumed.history) == _plain(whole.history)
 
 
