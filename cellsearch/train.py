@@ -447,8 +447,8 @@ class Checkpoint:
     state of a stateful task and the history so far. :meth:`restore` puts a run exactly where the saved
     one was, so the resumed run ends with the metrics of an uninterrupted one (bitwise on CPU, given the
     seed, on the native and fused paths; the derived path takes its first calls of a new process on a
-    hand-written kernel or the reference loop, which may differ in the last bits). A file of another spec or config is ignored.
-    Read with ``torch.load(weights_only=True)``: no pickled objects."""
+    hand-written kernel or the reference loop, which may differ in the last bits). A file of another spec
+    or config is ignored. Read with ``torch.load(weights_only=True)``: no pickled objects."""
 
     def __init__(self, path: str | Path, spec: ModelSpec, config: TrainConfig) -> None:
         self.path = Path(path)

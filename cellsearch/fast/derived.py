@@ -649,7 +649,7 @@ def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tens
         out, env, leased = g.loop.forward(xp, xs, state, inv, keep)
         if not keep:
             return out, None
-        tape = _tape(g, env, [], inv, xp, xs)
+        tape = _tape(env, [], inv, xp, xs)
         tape.leased = leased                  # back to the pool after the last backward (DerivedSequence)
         return out, tape
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
@@ -682,10 +682,10 @@ def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Ten
         if keep:
             saved.append(tuple(res[n_out:]))
     assert out is not None
-    return out, _tape(g, None, saved, inv, xp, xs) if keep else None
+    return out, _tape(None, saved, inv, xp, xs) if keep else None
 
 
-def _tape(g: StepGraphs, env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
+def _tape(env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
           xp: Tensor, xs: Tensor | None) -> _Tape:
     tape = _Tape()
     tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), xp.shape[0], []

@@ -43,6 +43,7 @@ from torch import Tensor, fx
 
 from .pool import POOL
 from .pwgen import TORCH_DTYPES, Kernel, Lowered
+from .pwgen_c import _C_TYPES as _C
 
 __all__ = ["LoopPlan", "Unsupported", "plan", "loop_choice"]
 
@@ -55,8 +56,6 @@ def loop_choice() -> str:
     """``c`` (default) or ``python`` (``CELLSEARCH_DERIVED_LOOP=python``)."""
     return "python" if os.environ.get("CELLSEARCH_DERIVED_LOOP", "c").strip().lower() == "python" else "c"
 
-
-_C = {"float32": "float", "float64": "double", "bool": "unsigned char"}
 
 #: the packed GEMM (module docstring), written once with csrc's REAL / _SFX placeholders
 _GEMM = r"""
@@ -371,13 +370,8 @@ class _Writer:
 class LoopPlan:
     """The forward and backward loop functions of one pair of step graphs, and how to call them."""
 
-    dtype: str
     batch: int
-    n_inv: int
-    n_pre: int
     n_state: int
-    has_xs: bool
-    dxp_inplace: bool
     fw: _Func
     bw: _Func
     fw_buffers: dict[str, Buffer]
@@ -509,8 +503,8 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
     xp = _meta(fphs[n_inv])
     if not isinstance(xp, Tensor) or xp.dim() != 2:
         raise Unsupported("the step input is not [batch, columns]")
-    B, dtype = int(xp.shape[0]), {torch.float32: "float32", torch.float64: "float64"}.get(xp.dtype)
-    if dtype is None:
+    B, dtype = int(xp.shape[0]), _IR_DTYPES.get(xp.dtype)
+    if dtype not in ("float32", "float64"):
         raise Unsupported(f"{xp.dtype} steps")
     fwf = _Func(f"seqfw_{tag}", B)
     fbuf: dict[str, Buffer] = {}
@@ -647,16 +641,17 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
             pair.append(h)
         factors.append((pair[0], pair[1]))
     bwf.body = _loop_text(bwf, "for (i64 t = T - 1; t >= 0; t--)")
-    sfx = "f" if dtype == "float32" else "d"
-    source = "\n".join([_function(fwf, sfx), _function(bwf, sfx)])
+    source = "\n".join([_function(fwf, dtype), _function(bwf, dtype)])
     inv_layouts = tuple((tuple(v.shape), tuple(v.stride()), v.dtype) for n in fphs[:n_inv] for v in [_meta(n)])
-    return LoopPlan(dtype, B, n_inv, n_pre, n_state, bool(has_xs), g.dxp_inplace, fwf, bwf, fbuf, bbuf,
-                    fw_out, bw_state, factors, inv_layouts, source)
+    return LoopPlan(B, n_state, fwf, bwf, fbuf, bbuf, fw_out, bw_state, factors, inv_layouts, source)
+
+
+#: torch dtypes -> the IR's names (pwgen.TORCH_DTYPES inverted)
+_IR_DTYPES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 def _dtype(node: fx.Node) -> str:
-    v = _meta(node)
-    return {torch.float32: "float32", torch.float64: "float64", torch.bool: "bool"}[v.dtype]
+    return _IR_DTYPES[_meta(node).dtype]
 
 
 def _fixed(node: fx.Node, slot: str, dtype: str) -> Home:
@@ -677,8 +672,8 @@ def _loop_text(fn: _Func, loop: str) -> list[str]:
     return [f"    {loop} {{", *fn.body, "    }"]
 
 
-def _function(fn: _Func, sfx: str) -> str:
-    real = "float" if sfx == "f" else "double"
+def _function(fn: _Func, dtype: str) -> str:
+    real, sfx = _C[dtype], "f" if dtype == "float32" else "d"
     packs = [f"    cs_pack_{sfx}(({real} *)P[{fn.slot(w)}], {sk}, {sn}, {K}, {N}, ({real} *)P[{fn.slot(p)}]);"
              for w, p, (K, N, sk, sn) in fn.packs]
     return "\n".join([
