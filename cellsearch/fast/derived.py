@@ -785,12 +785,15 @@ def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Ten
     return [dxp, dxs, *dstate, *dinv]
 
 
-def _post_products(g: StepGraphs, dxp: Tensor, factors: list[tuple[Tensor | None, Tensor | None]],
+def _post_products(g: StepGraphs, dxp: Tensor, factors: Sequence[tuple[Tensor | list[Tensor] | None, Tensor | None]],
                    dinv: list[Tensor | None]) -> None:
     """The post-loop weight gradients (see the module docstring, 3.) added into ``dinv``: one large
-    product each, through oneDNN where faster (:func:`cellsearch.fast.fused.matmul`). ``factors``: per
-    product, its two factors over the whole sequence in time order (``[·, T·B]``, ``[T·B, ·]``), None
-    where it is read from ``dxp``."""
+    product each, by :func:`cellsearch.fast.fused.matmul` (transposed factors by
+    :func:`cellsearch.fast.cgemm.tn`, else oneDNN where faster). ``factors``: per product, its two factors
+    over the whole sequence in time order (``[·, T·B]``, ``[T·B, ·]``), None where it is read from
+    ``dxp``; the C loop gives the left one as the row pieces of its transpose (a list: ``cat(pieces)ᵀ``,
+    multiplied without the concatenation where the C product serves it)."""
+    from .cgemm import tn_parts
     from .fused import matmul
 
     dxp2d = dxp.view(-1, dxp.shape[-1])
@@ -805,6 +808,13 @@ def _post_products(g: StepGraphs, dxp: Tensor, factors: list[tuple[Tensor | None
             dinv[i] = gi if dinv[i] is None else dinv[i] + gi
             continue
         assert a is not None
+        if isinstance(a, list):
+            prod = tn_parts(a, b)
+            if prod is not None:
+                gi = fn(prod)
+                dinv[i] = gi if dinv[i] is None else dinv[i] + gi
+                continue
+            a = (a[0] if len(a) == 1 else torch.cat(a, 0)).t()
         if a.shape[0] > b.shape[1] and not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous():
             gi = fn(matmul(b.t(), a.t()).t())  # the transposed operand (copied by oneDNN) the smaller one:
         else:                                   # (hᵀ dA)ᵀ, 1.4–1.9x faster than dAᵀ h at 128–256 wide
@@ -1166,19 +1176,18 @@ def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor, Tens
 
 
 class _Projection(torch.autograd.Function):
-    """xp = x W_ihᵀ + b over all steps (x [T, B, d]) by :func:`cellsearch.fast.fused.project` (oneDNN, the
+    """xp = x W_ihᵀ + b over all steps (x [T, B, d]) by :func:`cellsearch.fast.fused.projected` (oneDNN, the
     weight packed once; MKL's K = d products are slow on AMD), its gradients by ``fused.matmul`` and
     ``fused.input_weight_grads`` (one product for ∂W_ih and ∂b). Not itself differentiable twice (nor is
     the derived sequence it feeds)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        from .fused import project
+        from .fused import projected
 
         T, B, d = x.shape
         x2d = x.reshape(T * B, d).contiguous()
-        out = x.new_empty(T * B, w.shape[0])
-        project(x2d, w, b, out)
+        out = projected(x2d, w, b)
         ctx.save_for_backward(x2d, w)
         return out.view(T, B, w.shape[0])
 

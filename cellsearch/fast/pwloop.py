@@ -12,7 +12,7 @@ the library of the step's kernels (:mod:`cellsearch.fast.pwgen_c`), from the sam
   scratch buffer; a slice is a column offset into its operand's home;
 - **products by a loop invariant** (the recurrent GEMM forward, its transpose backward, a deep
   transition's layers) run in a small generated GEMM: the invariant packed once per call into
-  32- (float) or 16- (double) column panels, an 8-row register-blocked micro-kernel that GCC
+  32- (float) or 16- (double) column panels, the 8-row register tile of :mod:`cellsearch.fast.cgemm` that GCC
   vectorizes (AVX-512 here), ``addmm``'s addend added in the same pass. No call leaves the library;
 - **rows are independent**: every op of a step acts on each batch row alone (checked: kernels iterate
   the batch rows, products by invariants multiply rows), so the rows are split once over torch's
@@ -56,74 +56,6 @@ def loop_choice() -> str:
     """``c`` (default) or ``python`` (``CELLSEARCH_DERIVED_LOOP=python``)."""
     return "python" if os.environ.get("CELLSEARCH_DERIVED_LOOP", "c").strip().lower() == "python" else "c"
 
-
-#: the packed GEMM (module docstring), written once with csrc's REAL / _SFX placeholders
-_GEMM = r"""
-#define CS_VW_SFX (64 / (i64)sizeof(REAL))
-#define CS_NR_SFX (2 * CS_VW_SFX)
-typedef REAL cs_vec_SFX __attribute__((vector_size(64)));
-
-/* W [K, N] (element (k, n) at W[k * sk + n * sn]) into panels [ceil(N / NR)][K][NR], zero padded */
-static void cs_pack_SFX(const REAL *W, i64 sk, i64 sn, i64 K, i64 N, REAL *P) {
-    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
-    for (i64 p = 0; p < np; p++)
-        for (i64 k = 0; k < K; k++)
-            for (i64 j = 0; j < CS_NR_SFX; j++) {
-                const i64 c = p * CS_NR_SFX + j;
-                P[(p * K + k) * CS_NR_SFX + j] = c < N ? W[k * sk + c * sn] : (REAL)0;
-            }
-}
-
-static inline __attribute__((always_inline)) void cs_tile_SFX(const int MR, i64 K, const REAL *A, i64 lda,
-        const REAL *P, REAL *C, i64 ldc, const REAL *D, i64 ldd, i64 nc) {
-    cs_vec_SFX acc[8][2];
-    for (int i = 0; i < MR; i++) { acc[i][0] = (cs_vec_SFX){0}; acc[i][1] = (cs_vec_SFX){0}; }
-    for (i64 k = 0; k < K; k++) {
-        cs_vec_SFX b0, b1;
-        memcpy(&b0, P + k * CS_NR_SFX, sizeof b0);
-        memcpy(&b1, P + k * CS_NR_SFX + CS_VW_SFX, sizeof b1);
-        for (int i = 0; i < MR; i++) {
-            const REAL a = A[i * lda + k];
-            acc[i][0] += a * b0;
-            acc[i][1] += a * b1;
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        REAL t[2 * CS_VW_SFX];
-        memcpy(t, &acc[i][0], sizeof acc[i][0]);
-        memcpy(t + CS_VW_SFX, &acc[i][1], sizeof acc[i][1]);
-        REAL *c = C + i * ldc;
-        const REAL *d = D ? D + i * ldd : 0;
-        for (i64 j = 0; j < nc; j++) c[j] = d ? d[j] + t[j] : t[j];
-    }
-}
-
-/* C[M, N] = A[M, K] W (+ D: [M, N] at row stride ldd, or one row broadcast when ldd is 0); W packed */
-static void cs_gemm_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *P, REAL *C, i64 ldc,
-                        const REAL *D, i64 ldd) {
-    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
-    for (i64 m = 0; m < M; m += 8) {
-        const int mr = M - m < 8 ? (int)(M - m) : 8;
-        const REAL *a = A + m * lda;
-        for (i64 p = 0; p < np; p++) {
-            const i64 nc = N - p * CS_NR_SFX < CS_NR_SFX ? N - p * CS_NR_SFX : CS_NR_SFX;
-            const REAL *pp = P + p * K * CS_NR_SFX;
-            REAL *c = C + m * ldc + p * CS_NR_SFX;
-            const REAL *d = D ? D + m * ldd + p * CS_NR_SFX : 0;
-            switch (mr) {
-            case 8: cs_tile_SFX(8, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 7: cs_tile_SFX(7, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 6: cs_tile_SFX(6, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 5: cs_tile_SFX(5, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 4: cs_tile_SFX(4, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 3: cs_tile_SFX(3, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            case 2: cs_tile_SFX(2, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            default: cs_tile_SFX(1, K, a, lda, pp, c, ldc, d, ldd, nc); break;
-            }
-        }
-    }
-}
-"""
 
 _HEAD = "\n#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
@@ -441,9 +373,10 @@ class LoopPlan:
 
     def backward(self, env: dict[str, Tensor], pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
                  xp_shape: Sequence[int], xs_shape: Sequence[int] | None
-                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[Tensor | None, Tensor | None]],
+                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[list[Tensor] | None, Tensor | None]],
                             list[Tensor]]:
-        """(dxp, dxs, the initial state's gradients, the post-loop factors, the buffers leased from the
+        """(dxp, dxs, the initial state's gradients, the post-loop factors (the left one as the row pieces
+        of its transpose, see :func:`cellsearch.fast.derived._post_products`), the buffers leased from the
         pool: the factors are views of some, give them back after the post-loop products)."""
         T = int(xp_shape[0])
         env = dict(env)
@@ -457,7 +390,7 @@ class LoopPlan:
         leased = self._alloc(self.bw_buffers, env, T, dout)
         self._call(self.bw_fn, self.bw, env, T)
         dstate = [_value(h, env, 0, T).clone() for h in self.bw_state]      # out of the leased buffers
-        factors = [(None if a is None else _over_time(a, env, T).t(), None if b is None else _over_time(b, env, T))
+        factors = [(None if a is None else _over_time(a, env, T), None if b is None else _joined(_over_time(b, env, T)))
                    for a, b in self.factors]
         return env["dxp"], env.get("dxs"), dstate, factors, leased
 
@@ -475,18 +408,23 @@ def _value(home: Home, env: dict[str, Tensor], t: int, T: int) -> Tensor:
     return buf[:, home.offset:home.offset + home.cols]
 
 
-def _over_time(home: Home, env: dict[str, Tensor], T: int) -> Tensor:
-    """The value of ``home`` at every step, time-ordered, as one [T·B, cols] matrix."""
+def _over_time(home: Home, env: dict[str, Tensor], T: int) -> list[Tensor]:
+    """The value of ``home`` at every step, time-ordered, as the row pieces of one [T·B, cols] matrix
+    (views: a shifted home's initial value, then its source's first T − 1 steps)."""
     if home.kind == "seq":
         buf = env[home.slot]
         buf = buf.reshape(T, buf.shape[-2], -1)[:, :, home.offset:home.offset + home.cols]
-        return buf.reshape(-1, home.cols)
+        return [buf.reshape(-1, home.cols)]
     if home.kind == "shift" and not home.backward and home.of is not None and home.of.kind == "seq":
         init = env[home.slot]
         init = init.reshape(init.shape[-2], -1)[:, home.offset:home.offset + home.cols]
-        rest = _over_time(home.of, env, T).view(T, -1, home.cols)[: T - 1].reshape(-1, home.cols)
-        return torch.cat([init, rest], 0)
+        rest = _over_time(home.of, env, T)[0]
+        return [init, rest[: rest.shape[0] - init.shape[0]]] if T > 1 else [init]
     raise AssertionError("planned factors are sequences")     # plan() refuses the rest
+
+
+def _joined(parts: list[Tensor]) -> Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -697,9 +635,9 @@ def _function(fn: _Func, dtype: str) -> str:
 
 def source_head() -> str:
     """The C the loops need beside the kernels' preamble: OpenMP's header and the packed GEMM."""
-    from . import csrc
+    from . import cgemm, csrc
 
-    return _HEAD + csrc.instantiate(_GEMM)
+    return _HEAD + csrc.instantiate(cgemm.STEP)
 
 
 def build(fw: Lowered, bw: Lowered, g: Any) -> tuple[list[Callable[..., Any]], LoopPlan | None, str | None]:

@@ -1,0 +1,221 @@
+"""Dense products in C for the CPU paths: the packed per-step GEMM of the derived path's time loop and the
+once-per-sequence weight-gradient product Aᵀ·B (issue 17).
+
+Both are C text written once with :mod:`cellsearch.fast.csrc`'s ``REAL`` / ``_SFX`` placeholders (float
+``_f``, double ``_d``) around one register tile: 8 rows × two 64-byte vectors of GCC vector types (AVX-512
+here), accumulated over K with the right-hand operand packed into panels of those two vectors.
+
+- :data:`STEP` — ``cs_gemm``, ``C = A·W (+ D)`` with ``W`` packed once per call of a time loop
+  (:mod:`cellsearch.fast.pwloop` includes it in each loop's library); a full panel's results leave the
+  tile as vectors, the addend (a ``[rows, N]`` value or one broadcast row) added on the way.
+- :data:`SEQUENCE` — ``cs_tn``, ``C (+)= Aᵀ·B`` for ``A [K, M]`` and ``B [K, N]`` with K = T·B, the
+  post-loop weight gradients (``hᵀ·dA``, ``xᵀ·dA``). ``B`` is packed a panel and 256 rows at a time (the
+  pack fits L1) while ``A``'s rows are read as they lie, so neither operand is transposed or copied first
+  (oneDNN's linear copies a transposed input: 4 ms of the 27 ms of ur_lstm's ``hᵀ·dA`` at 256/200); the
+  packing pass also sums ``B``'s columns, which is an input projection's bias gradient for free. Threads
+  split the column panels. It is part of the hand-written kernels' library
+  (:func:`cellsearch.fast.csrc.library`); :func:`tn` calls it.
+
+Measured (2 threads, float32, T·B = 12 800, against oneDNN's linear with its copy excluded): hᵀ·dA
+256 × 1024 20.1–22.7 ms against 20.8–21.8, 256 × 256 4.6–4.8 against 7.7–8.9, 128 × 128 (T·B = 6 400)
+0.55 against 0.94, xᵀ·dA with the column sums 32 × 1024 4.7 against 5.0 (see docs/bench/LOOP.md).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["STEP", "SEQUENCE", "tn", "tn_parts"]
+
+#: the register tile and the per-step packed GEMM (see the module docstring)
+STEP = r"""
+#define CS_VW_SFX (64 / (i64)sizeof(REAL))
+#define CS_NR_SFX (2 * CS_VW_SFX)
+typedef REAL cs_vec_SFX __attribute__((vector_size(64)));
+
+/* W [K, N] (element (k, n) at W[k * sk + n * sn]) into panels [ceil(N / NR)][K][NR], zero padded */
+static void cs_pack_SFX(const REAL *W, i64 sk, i64 sn, i64 K, i64 N, REAL *P) {
+    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
+    for (i64 p = 0; p < np; p++)
+        for (i64 k = 0; k < K; k++)
+            for (i64 j = 0; j < CS_NR_SFX; j++) {
+                const i64 c = p * CS_NR_SFX + j;
+                P[(p * K + k) * CS_NR_SFX + j] = c < N ? W[k * sk + c * sn] : (REAL)0;
+            }
+}
+
+/* the tile's MR rows (acc) into C (+ D, or + C itself when add): vectors for a full panel, else nc scalars */
+static inline __attribute__((always_inline)) void cs_store_SFX(const int MR, cs_vec_SFX acc[8][2], REAL *C,
+        i64 ldc, const REAL *D, i64 ldd, i64 nc) {
+    for (int i = 0; i < MR; i++) {
+        REAL *c = C + i * ldc;
+        const REAL *d = D ? D + i * ldd : 0;
+        if (nc == CS_NR_SFX) {
+            cs_vec_SFX v0 = acc[i][0], v1 = acc[i][1];
+            if (d) {
+                cs_vec_SFX d0, d1;
+                memcpy(&d0, d, sizeof d0);
+                memcpy(&d1, d + CS_VW_SFX, sizeof d1);
+                v0 += d0;
+                v1 += d1;
+            }
+            memcpy(c, &v0, sizeof v0);
+            memcpy(c + CS_VW_SFX, &v1, sizeof v1);
+        } else {
+            REAL t[2 * CS_VW_SFX];
+            memcpy(t, &acc[i][0], sizeof acc[i][0]);
+            memcpy(t + CS_VW_SFX, &acc[i][1], sizeof acc[i][1]);
+            for (i64 j = 0; j < nc; j++) c[j] = d ? d[j] + t[j] : t[j];
+        }
+    }
+}
+
+/* rows i < MR of A (element (i, k) at A[i * ai + k * ak]) times one packed panel P [K][NR] */
+static inline __attribute__((always_inline)) void cs_tile_SFX(const int MR, i64 K, const REAL *A, i64 ai,
+        i64 ak, const REAL *P, REAL *C, i64 ldc, const REAL *D, i64 ldd, i64 nc) {
+    cs_vec_SFX acc[8][2];
+    for (int i = 0; i < MR; i++) { acc[i][0] = (cs_vec_SFX){0}; acc[i][1] = (cs_vec_SFX){0}; }
+    for (i64 k = 0; k < K; k++) {
+        cs_vec_SFX b0, b1;
+        memcpy(&b0, P + k * CS_NR_SFX, sizeof b0);
+        memcpy(&b1, P + k * CS_NR_SFX + CS_VW_SFX, sizeof b1);
+        for (int i = 0; i < MR; i++) {
+            const REAL a = A[i * ai + k * ak];
+            acc[i][0] += a * b0;
+            acc[i][1] += a * b1;
+        }
+    }
+    cs_store_SFX(MR, acc, C, ldc, D, ldd, nc);
+}
+
+/* the tile for every row count 1..8 (MR a constant in each case, so the rows' loops unroll) */
+#define CS_TILES_SFX(mr, ...) switch (mr) { \
+    case 8: cs_tile_SFX(8, __VA_ARGS__); break; case 7: cs_tile_SFX(7, __VA_ARGS__); break; \
+    case 6: cs_tile_SFX(6, __VA_ARGS__); break; case 5: cs_tile_SFX(5, __VA_ARGS__); break; \
+    case 4: cs_tile_SFX(4, __VA_ARGS__); break; case 3: cs_tile_SFX(3, __VA_ARGS__); break; \
+    case 2: cs_tile_SFX(2, __VA_ARGS__); break; default: cs_tile_SFX(1, __VA_ARGS__); break; }
+
+/* C[M, N] = A[M, K] W (+ D: [M, N] at row stride ldd, or one row broadcast when ldd is 0); W packed */
+static void cs_gemm_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *P, REAL *C, i64 ldc,
+                        const REAL *D, i64 ldd) {
+    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
+    for (i64 m = 0; m < M; m += 8) {
+        const int mr = M - m < 8 ? (int)(M - m) : 8;
+        for (i64 p = 0; p < np; p++) {
+            const i64 nc = N - p * CS_NR_SFX < CS_NR_SFX ? N - p * CS_NR_SFX : CS_NR_SFX;
+            const REAL *d = D ? D + m * ldd + p * CS_NR_SFX : 0;
+            CS_TILES_SFX(mr, K, A + m * lda, lda, 1, P + p * K * CS_NR_SFX, C + m * ldc + p * CS_NR_SFX, ldc,
+                         d, ldd, nc)
+        }
+    }
+}
+"""
+
+#: the once-per-sequence product Aᵀ·B (see the module docstring); needs :data:`STEP` before it
+SEQUENCE = r"""
+#define CS_KC 256
+
+/* C[M, N] (+)= A^T B: A [K, M] at row stride lda, B [K, N] at row stride ldb, C at row stride ldc;
+   acc: add to C (else overwrite); S (NULL: none): B's column sums, added likewise. */
+void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 ldb, REAL *C, i64 ldc,
+               i64 acc, REAL *S, i64 nth) {
+    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads((int)nth) if(nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 id = 0, nt = 1; (void)nth;
+#endif
+    REAL pk[CS_KC * CS_NR_SFX] __attribute__((aligned(64)));
+    for (i64 p = np * id / nt; p < np * (id + 1) / nt; p++) {
+        const i64 n0 = p * CS_NR_SFX, nc = N - n0 < CS_NR_SFX ? N - n0 : CS_NR_SFX;
+        for (i64 k0 = 0; k0 < K || k0 == 0; k0 += CS_KC) {
+            const i64 kc = K - k0 < CS_KC ? K - k0 : CS_KC;
+            const int add = acc || k0 > 0;
+            REAL s[CS_NR_SFX];
+            for (i64 j = 0; j < CS_NR_SFX; j++) s[j] = 0;
+            for (i64 k = 0; k < kc; k++) {
+                const REAL *b = B + (k0 + k) * ldb + n0;
+                REAL *q = pk + k * CS_NR_SFX;
+                if (nc == CS_NR_SFX)
+                    for (i64 j = 0; j < CS_NR_SFX; j++) { q[j] = b[j]; s[j] += b[j]; }
+                else
+                    for (i64 j = 0; j < CS_NR_SFX; j++) { q[j] = j < nc ? b[j] : (REAL)0; s[j] += q[j]; }
+            }
+            if (S)
+                for (i64 j = 0; j < nc; j++) S[n0 + j] = add ? S[n0 + j] + s[j] : s[j];
+            for (i64 m = 0; m < M; m += 8) {
+                const int mr = M - m < 8 ? (int)(M - m) : 8;
+                REAL *c = C + m * ldc + n0;
+                CS_TILES_SFX(mr, kc, A + k0 * lda + m, 1, lda, pk, c, ldc, add ? c : 0, ldc, nc)
+            }
+        }
+    }
+    }
+}
+"""
+
+_SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_int64, ctypes.c_void_p,
+                                                                        ctypes.c_int64]
+_SFX = {torch.float32: "_f", torch.float64: "_d"}
+
+
+_bound: dict[torch.dtype, object] = {}
+
+
+def _fn(dtype: torch.dtype) -> object | None:
+    """``cs_tn_f`` / ``cs_tn_d`` of the hand-written kernels' library, or None (no library, other dtypes)."""
+    if dtype in _bound:
+        return _bound[dtype]
+    from . import csrc
+
+    sfx = _SFX.get(dtype)
+    lib = csrc.library() if sfx is not None else None
+    fn = getattr(lib, "cs_tn" + sfx, None) if lib is not None and sfx is not None else None
+    if fn is not None:
+        fn.argtypes, fn.restype = _SIG, None
+    if lib is not None or sfx is None:        # a library not built yet may be built later: ask again then
+        _bound[dtype] = fn
+    return fn
+
+
+def _rows(t: Tensor) -> bool:
+    """A matrix whose rows are laid out one after another with unit column stride (any row stride)."""
+    return t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1) and t.stride(0) >= t.shape[1]
+
+
+def tn_parts(a_parts: Sequence[Tensor], b: Tensor, colsum: Tensor | None = None) -> Tensor | None:
+    """``cat(a_parts)ᵀ · b`` ([M, N]) without the concatenation: ``a_parts`` are ``[k_i, M]`` pieces of
+    ``A`` in row order and ``b`` is ``[Σ k_i, N]``; ``colsum`` (a contiguous ``[N]``, or None) receives
+    ``b``'s column sums. None where the C library does not serve it (dtype, device, layout): the caller
+    computes it another way."""
+    fn = _fn(b.dtype)
+    if fn is None or b.device.type != "cpu" or not _rows(b) or not a_parts:
+        return None
+    M, N = int(a_parts[0].shape[1]), int(b.shape[1])
+    if sum(int(a.shape[0]) for a in a_parts) != b.shape[0] or any(
+            a.dtype != b.dtype or a.device != b.device or a.shape[1] != M or not _rows(a) for a in a_parts):
+        return None
+    if colsum is not None and (colsum.dtype != b.dtype or not colsum.is_contiguous() or colsum.numel() != N):
+        return None
+    out = b.new_empty(M, N)
+    nth = torch.get_num_threads()
+    k0 = 0
+    for i, a in enumerate(a_parts):
+        k = int(a.shape[0])
+        fn(M, N, k, a.data_ptr(), a.stride(0), b[k0:].data_ptr() if k0 < b.shape[0] else b.data_ptr(),  # type: ignore[operator]
+           b.stride(0), out.data_ptr(), N, int(i > 0), None if colsum is None else colsum.data_ptr(), nth)
+        k0 += k
+    return out
+
+
+def tn(a: Tensor, b: Tensor, colsum: Tensor | None = None) -> Tensor | None:
+    """``aᵀ · b`` for ``a [K, M]`` and ``b [K, N]`` (see :func:`tn_parts`)."""
+    return tn_parts([a], b, colsum)

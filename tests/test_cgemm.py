@@ -1,0 +1,62 @@
+"""The C product Aᵀ·B of :mod:`cellsearch.fast.cgemm` (the post-loop weight gradients) against torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cellsearch.fast import cgemm, csrc, fused
+
+pytestmark = pytest.mark.skipif(csrc.library() is None, reason="no C compiler: the C product is not built")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor) -> None:
+    tol = 1e-4 if got.dtype == torch.float32 else 1e-11
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max().clamp_min(1)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 33, 5), (8, 32, 256), (13, 70, 257), (40, 16, 600),
+                                   (129, 250, 513), (3, 17, 0)])
+def test_tn_equals_torch(dtype: torch.dtype, M: int, N: int, K: int) -> None:
+    g = torch.Generator().manual_seed(M * 1000 + N + K)
+    a = torch.randn(K, M, generator=g, dtype=dtype)
+    b = torch.randn(K, N, generator=g, dtype=dtype)
+    s = torch.full((N,), float("nan"), dtype=dtype)
+    out = cgemm.tn(a, b, s)
+    assert out is not None
+    _close(out, a.t() @ b)
+    _close(s, b.sum(0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tn_reads_strided_rows_and_pieces(dtype: torch.dtype) -> None:
+    """Row strides wider than the columns (a column slice of a wider buffer), and A in pieces."""
+    g = torch.Generator().manual_seed(3)
+    wide_a = torch.randn(700, 50, generator=g, dtype=dtype)
+    wide_b = torch.randn(700, 90, generator=g, dtype=dtype)
+    a, b = wide_a[:, 5:40], wide_b[:, 10:75]
+    pieces = [a[:64], a[64:300], a[300:]]
+    out = cgemm.tn_parts(pieces, b)
+    assert out is not None
+    _close(out, a.t() @ b)
+
+
+def test_tn_refuses_what_it_does_not_serve() -> None:
+    a, b = torch.randn(10, 4), torch.randn(10, 6)
+    assert cgemm.tn(a.t().contiguous().t(), b) is None          # columns not unit-strided
+    assert cgemm.tn(a, b.half()) is None                          # dtype
+    assert cgemm.tn_parts([a[:3], a[3:]], b[:9]) is None          # rows do not add up
+    assert cgemm.tn(a, b, torch.empty(5)) is None                 # column sums of the wrong size
+
+
+def test_matmul_routes_a_transposed_left_factor_to_the_c_product() -> None:
+    """fused.matmul's hᵀ·dA (a transposed view) and the input projection's weight gradients equal torch's."""
+    g = torch.Generator().manual_seed(5)
+    h, da = torch.randn(3000, 96, generator=g), torch.randn(3000, 200, generator=g)
+    _close(fused.matmul(h.t(), da), h.t() @ da)
+    x = torch.randn(3000, 12, generator=g)
+    dw, db = fused.input_weight_grads(x, da, None)
+    _close(dw, da.t() @ x)
+    _close(db, da.sum(0))
