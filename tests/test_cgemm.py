@@ -43,6 +43,20 @@ def test_tn_reads_strided_rows_and_pieces(dtype: torch.dtype) -> None:
     _close(out, a.t() @ b)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tn_pieces_on_both_sides_and_a_second_left_factor(dtype: torch.dtype) -> None:
+    """A and B split at different rows; a second left factor (the input projection's x beside h) and
+    B's column sums (its bias gradient) in the same pass."""
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(500, 20, generator=g, dtype=dtype), torch.randn(500, 70, generator=g, dtype=dtype)
+    x = torch.randn(500, 9, generator=g, dtype=dtype)
+    s = torch.empty(70, dtype=dtype)
+    out = cgemm.tn_parts([a[:64], a[64:]], [b[:300], b[300:450], b[450:]], s, x)
+    assert out is not None
+    _close(out, torch.cat([a, x], 1).t() @ b)
+    _close(s, b.sum(0))
+
+
 def test_tn_refuses_what_it_does_not_serve() -> None:
     a, b = torch.randn(10, 4), torch.randn(10, 6)
     assert cgemm.tn(a.t().contiguous().t(), b) is None          # columns not unit-strided

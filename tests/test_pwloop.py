@@ -214,3 +214,33 @@ def test_a_hand_kernel_measured_faster_stays_first() -> None:
     ur = fast.plan(_model("ur_gru", torch.float32).layers[0])
     assert ur.path == "fused" and ur.preferred and "measured faster than the derived path" in ur.reason, ur.reason
     assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"
+
+
+@needs_cc
+@pytest.mark.parametrize("name", ["ur_lstm", "star", "gru"])
+@pytest.mark.parametrize("trained", ["all", "x only", "weights only"])
+def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, c_loop: None) -> None:
+    """float32 on the CPU: the sequence computes xp = x W_ihᵀ + b itself and its ∂x, ∂W_ih, ∂b after the
+    loop (∂W_ih in the same pass over ∂xp as the recurrent weight's where that one is over all of ∂xp:
+    ur_lstm; a pass of its own otherwise: star, gru); whichever of them are asked for equal the
+    reference loop's, the others stay None."""
+    model = _model(name, torch.float32, n=6)
+    with fast.force_derived():
+        x, state = _inputs(model, 11, torch.float32)
+        grads = []
+        for on in (True, False):
+            model.zero_grad(set_to_none=True)
+            for p in model.parameters():
+                p.requires_grad_(trained != "x only")
+            xx = x.detach().clone().requires_grad_(trained != "weights only")
+            with fast.enabled(on):
+                out, _final = model(xx, None)
+            (out * torch.linspace(-1.0, 1.0, out.numel()).view_as(out)).sum().backward()
+            grads.append({"x": xx.grad, **{k: p.grad for k, p in model.named_parameters()}})
+    for k, ref in grads[1].items():
+        got = grads[0][k]
+        assert (got is None) == (ref is None), k
+        if ref is not None:
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max().clamp_min(1)))
+    for p in model.parameters():
+        p.requires_grad_(True)

@@ -120,9 +120,10 @@ SEQUENCE = r"""
 #define CS_KC 256
 
 /* C[M, N] (+)= A^T B: A [K, M] at row stride lda, B [K, N] at row stride ldb, C at row stride ldc;
-   acc: add to C (else overwrite); S (NULL: none): B's column sums, added likewise. */
+   acc: add to C (else overwrite); S (NULL: none): B's column sums, added likewise; A2 (NULL: none) a
+   second left factor [K, M2] at row stride lda2 in the same pass over B, into the M2 rows after C's. */
 void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 ldb, REAL *C, i64 ldc,
-               i64 acc, REAL *S, i64 nth) {
+               i64 acc, REAL *S, const REAL *A2, i64 M2, i64 lda2, i64 nth) {
     const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
 #ifdef _OPENMP
     #pragma omp parallel num_threads((int)nth) if(nth > 1)
@@ -156,14 +157,19 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
                 REAL *c = C + m * ldc + n0;
                 CS_TILES_SFX(mr, kc, A + k0 * lda + m, 1, lda, pk, c, ldc, add ? c : 0, ldc, nc)
             }
+            for (i64 m = 0; A2 && m < M2; m += 8) {
+                const int mr = M2 - m < 8 ? (int)(M2 - m) : 8;
+                REAL *c = C + (M + m) * ldc + n0;
+                CS_TILES_SFX(mr, kc, A2 + k0 * lda2 + m, 1, lda2, pk, c, ldc, add ? c : 0, ldc, nc)
+            }
         }
     }
     }
 }
 """
 
-_SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_int64, ctypes.c_void_p,
-                                                                        ctypes.c_int64]
+_SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_int64, ctypes.c_void_p] + \
+    [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
 _SFX = {torch.float32: "_f", torch.float64: "_d"}
 
 
@@ -191,29 +197,66 @@ def _rows(t: Tensor) -> bool:
     return t.dim() == 2 and (t.stride(1) == 1 or t.shape[1] == 1) and t.stride(0) >= t.shape[1]
 
 
-def tn_parts(a_parts: Sequence[Tensor], b: Tensor, colsum: Tensor | None = None) -> Tensor | None:
-    """``cat(a_parts)ᵀ · b`` ([M, N]) without the concatenation: ``a_parts`` are ``[k_i, M]`` pieces of
-    ``A`` in row order and ``b`` is ``[Σ k_i, N]``; ``colsum`` (a contiguous ``[N]``, or None) receives
-    ``b``'s column sums. None where the C library does not serve it (dtype, device, layout): the caller
-    computes it another way."""
-    fn = _fn(b.dtype)
-    if fn is None or b.device.type != "cpu" or not _rows(b) or not a_parts:
+def _pieces(t: Tensor | Sequence[Tensor]) -> list[Tensor]:
+    return [t] if isinstance(t, Tensor) else list(t)
+
+
+def tn_parts(a_parts: Sequence[Tensor], b: Tensor | Sequence[Tensor], colsum: Tensor | None = None,
+             extra: Tensor | None = None) -> Tensor | None:
+    """``cat(a_parts)ᵀ · cat(b)`` ([M, N]) without the concatenations: ``a_parts`` are ``[k_i, M]`` pieces
+    of ``A`` in row order, ``b`` is ``[K, N]`` or its row pieces (split anywhere); ``colsum`` (a
+    contiguous ``[N]``, or None) receives ``b``'s column sums; ``extra`` (``[K, M2]``, or None) is a
+    second left factor multiplied in the same pass over ``b`` (read once): its product is the M2 rows
+    after the M of ``A``'s (the result is ``[M + M2, N]``). None where the C library does not serve it
+    (dtype, device, layout): the caller computes it another way."""
+    bs, As = _pieces(b), list(a_parts)
+    if not As or not bs:
         return None
-    M, N = int(a_parts[0].shape[1]), int(b.shape[1])
-    if sum(int(a.shape[0]) for a in a_parts) != b.shape[0] or any(
-            a.dtype != b.dtype or a.device != b.device or a.shape[1] != M or not _rows(a) for a in a_parts):
+    fn = _fn(bs[0].dtype)
+    if fn is None or bs[0].device.type != "cpu":
         return None
-    if colsum is not None and (colsum.dtype != b.dtype or not colsum.is_contiguous() or colsum.numel() != N):
+    M, N = int(As[0].shape[1]), int(bs[0].shape[1])
+    K = sum(int(t.shape[0]) for t in bs)
+    lefts = [*As, *([] if extra is None else [extra])]
+    if sum(int(a.shape[0]) for a in As) != K or any(
+            t.dtype != bs[0].dtype or t.device != bs[0].device or not _rows(t) for t in [*lefts, *bs]) or \
+            any(a.shape[1] != M for a in As) or any(t.shape[1] != N for t in bs) or \
+            (extra is not None and extra.shape[0] != K):
         return None
-    out = b.new_empty(M, N)
+    if colsum is not None and (colsum.dtype != bs[0].dtype or not colsum.is_contiguous() or colsum.numel() != N):
+        return None
+    M2 = 0 if extra is None else int(extra.shape[1])
+    out = bs[0].new_empty(M + M2, N)
     nth = torch.get_num_threads()
-    k0 = 0
-    for i, a in enumerate(a_parts):
-        k = int(a.shape[0])
-        fn(M, N, k, a.data_ptr(), a.stride(0), b[k0:].data_ptr() if k0 < b.shape[0] else b.data_ptr(),  # type: ignore[operator]
-           b.stride(0), out.data_ptr(), N, int(i > 0), None if colsum is None else colsum.data_ptr(), nth)
-        k0 += k
+    cuts = sorted({0, K, *_cuts(As), *_cuts(bs)})
+    for i, (k0, k1) in enumerate(zip(cuts, cuts[1:] or [0])):
+        if k1 <= k0 and K > 0:
+            continue
+        a, ka = _at(As, k0)
+        bb, kb = _at(bs, k0)
+        fn(M, N, k1 - k0, a[ka:].data_ptr() if ka < a.shape[0] else a.data_ptr(), a.stride(0),  # type: ignore[operator]
+           bb[kb:].data_ptr() if kb < bb.shape[0] else bb.data_ptr(), bb.stride(0), out.data_ptr(), N, int(i > 0),
+           None if colsum is None else colsum.data_ptr(),
+           None if extra is None else (extra[k0:].data_ptr() if k0 < K else extra.data_ptr()), M2,
+           0 if extra is None else extra.stride(0), nth)
     return out
+
+
+def _cuts(pieces: Sequence[Tensor]) -> list[int]:
+    out, k = [], 0
+    for t in pieces:
+        k += int(t.shape[0])
+        out.append(k)
+    return out
+
+
+def _at(pieces: Sequence[Tensor], k: int) -> tuple[Tensor, int]:
+    """The piece holding row ``k`` of the stacked pieces, and the row within it."""
+    for t in pieces:
+        if k < t.shape[0]:
+            return t, k
+        k -= int(t.shape[0])
+    return pieces[-1], int(pieces[-1].shape[0])
 
 
 def tn(a: Tensor, b: Tensor, colsum: Tensor | None = None) -> Tensor | None:

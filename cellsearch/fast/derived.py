@@ -35,9 +35,12 @@ device):
    one compile;
 5. the products run where they are fastest, as the fused paths run theirs: for float32 on the CPU the
    generated graphs' products by a loop invariant (:class:`_Products`: ``fused.Mat``, the weight packed
-   once per sequence), the post-loop products (``fused.matmul``) and the hoisted input GEMM with its
-   gradients (:class:`_Projection`: ``fused.project``) go through oneDNN where it is available and the
-   product large enough (MKL's sgemm, behind ``torch.mm``, takes a slow path on AMD CPUs).
+   once per sequence; in the C loop, its own packed GEMM), the post-loop products (``fused.matmul``, the
+   C loop's by :func:`cellsearch.fast.cgemm.tn_parts`) and the hoisted input GEMM
+   (``fused.projected``) go through oneDNN or cellsearch's C where it is available and the product large
+   enough (MKL's sgemm, behind ``torch.mm``, takes a slow path on AMD CPUs); the sequence owns the input
+   projection's gradients (:class:`DerivedSequence`), ∂W_ih in the same pass over ∂xp as the recurrent
+   weight's.
 
 When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
 seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
@@ -588,21 +591,26 @@ def _ensure_backward(g: StepGraphs, args: Sequence[Tensor]) -> None:
 # the whole-sequence function
 # -------------------------------------------------------------------------------------------------
 class _Tape:
-    """What one forward keeps for its backward (``env``: the C loop's buffers, else ``saved`` per step)."""
+    """What one forward keeps for its backward (``env``: the C loop's buffers, else ``saved`` per step;
+    ``proj``: the input projection's x [T·B, d] and weight when the sequence owns it)."""
 
-    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env", "leased")
+    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env", "leased", "proj")
 
 
 class DerivedSequence(torch.autograd.Function):
-    """forward(graphs, n_state, xp [T, B, ·], xs [T, B, ·] | None, *state, *invariants) →
-    (out [T, B, n], *final state)."""
+    """forward(graphs, n_state, xp [T, B, ·], xs [T, B, ·] | None, x, w, b, *state, *invariants) →
+    (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (``xp``
+    then computed without a graph, :func:`_recurrence_inputs`): its gradients come from the backward's
+    post-loop pass (∂W_ih in the same pass over ∂xp as the recurrent weight's gradient)."""
 
     @staticmethod
     def forward(ctx: Any, g: StepGraphs, n_state: int, xp: Tensor, xs: Tensor | None,  # type: ignore[override]
-                *rest: Tensor) -> tuple[Tensor, ...]:
+                x: Tensor | None, w: Tensor | None, b: Tensor | None, *rest: Tensor) -> tuple[Tensor, ...]:
         state, inv = list(rest[:n_state]), rest[n_state:]
         keep = any(ctx.needs_input_grad)
         out, tape = _forward_loop(g, xp, xs, state, inv, keep)
+        if tape is not None and x is not None and w is not None:
+            tape.proj = (x.reshape(-1, x.shape[-1]), w)
         ctx.g, ctx.tape = g, tape
         return (out, *_distinct(state, rest))
 
@@ -613,7 +621,8 @@ class DerivedSequence(torch.autograd.Function):
         if tape is None:
             raise RuntimeError("cellsearch derived sequence: backward ran twice through a graph that was not "
                                "kept; pass retain_graph=True to the first backward")
-        grads = _backward_loop(g, tape, dout, list(dfinal))
+        needs = ctx.needs_input_grad
+        grads = _backward_loop(g, tape, dout, list(dfinal), needs[4], needs[5] or needs[6])
         try:
             keep = bool(torch._C._autograd._get_current_graph_task_keep_graph())
         except Exception:  # pragma: no cover - older torch: assume the graph is kept
@@ -626,7 +635,6 @@ class DerivedSequence(torch.autograd.Function):
                 tape.env = None
                 POOL.give(*tape.leased)
                 tape.leased = []
-        needs = ctx.needs_input_grad
         return (None, None, *(gr if need else None for gr, need in zip(grads, needs[2:])))
 
 
@@ -689,6 +697,7 @@ def _tape(env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: S
           xp: Tensor, xs: Tensor | None) -> _Tape:
     tape = _Tape()
     tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), xp.shape[0], []
+    tape.proj = None
     tape.has_xs, tape.xp_shape = xs is not None, xp.shape
     tape.xs_shape = xs.shape if xs is not None else None
     return tape
@@ -710,29 +719,56 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
     return torch.cat(parts, dim)
 
 
-def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor]) -> list[Tensor | None]:
-    """The reverse loop, then the post-loop weight gradients (one large product each)."""
+def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor], need_dx: bool = False,
+                   need_dw: bool = False) -> list[Tensor | None]:
+    """The reverse loop, then the post-loop weight gradients (one large product each); returns the
+    gradients of (xp, xs, x, w, b, *state, *invariants) (x, w, b: those of the input projection the
+    sequence owns, where ``need_dx`` / ``need_dw``)."""
     pre = g.bw_pre(*tape.inv) if g.n_pre else ()
+    proj = _Proj(tape.proj, need_dx, need_dw)
     if tape.env is not None:
         from .pool import POOL
 
         dxp, dxs, dstate, factors, leased = g.loop.backward(tape.env, pre, dout, dstate, tape.xp_shape,
                                                             tape.xs_shape)
         dinv: list[Tensor | None] = [None] * g.n_inv
-        _post_products(g, dxp, factors, dinv)
+        _post_products(g, dxp, factors, dinv, proj)
         del factors
         POOL.give(*leased)
-        return [dxp, dxs, *dstate, *dinv]
+        return [dxp, dxs, *proj.grads(dxp), *dstate, *dinv]
     packed = _packed(g, g.bw_packed, (*tape.inv, *pre), tape.xp_shape[1])
     try:
-        return _backward_steps(g, tape, pre, dout, dstate)
+        return _backward_steps(g, tape, pre, dout, dstate, proj)
     finally:
         if packed:
             g.products.unpack(packed)
 
 
-def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor]
-                    ) -> list[Tensor | None]:
+class _Proj:
+    """The input projection a sequence owns (``xp = x wᵀ + b``), in its backward: ∂W and ∂b as the
+    post-loop pass computes them (:func:`_post_products`), ∂x = ∂xp·W."""
+
+    def __init__(self, saved: tuple[Tensor, Tensor] | None, need_dx: bool, need_dw: bool) -> None:
+        self.x2d, self.w = saved if saved is not None else (None, None)
+        self.need_dx, self.need_dw = need_dx and saved is not None, need_dw and saved is not None
+        self.dw: Tensor | None = None
+        self.db: Tensor | None = None
+
+    def grads(self, dxp: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        from .fused import input_weight_grads, matmul
+
+        dx = None
+        if self.need_dx:
+            assert self.x2d is not None and self.w is not None
+            dx = matmul(dxp.reshape(-1, dxp.shape[-1]), self.w)          # [T·B, d], as x2d
+        if self.need_dw and self.dw is None:
+            assert self.x2d is not None
+            self.dw, self.db = input_weight_grads(self.x2d, dxp.reshape(-1, dxp.shape[-1]), None)
+        return dx, self.dw, self.db
+
+
+def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
+                    proj: _Proj) -> list[Tensor | None]:
     inv, T = tape.inv, tape.T
     n_inv, n_var = g.n_inv, g.n_var
     dinv: list[Tensor | None] = [None] * n_inv
@@ -781,45 +817,75 @@ def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Ten
                 post_b[k].append(res[ib])
     # the lists run backwards in time; dxp and the C loop's buffers forwards
     factors = [(_cat(a[::-1], 1) if a else None, _cat(b[::-1], 0) if b else None) for a, b in zip(post_a, post_b)]
-    _post_products(g, dxp, factors, dinv)
-    return [dxp, dxs, *dstate, *dinv]
+    _post_products(g, dxp, factors, dinv, proj)
+    return [dxp, dxs, *proj.grads(dxp), *dstate, *dinv]
 
 
-def _post_products(g: StepGraphs, dxp: Tensor, factors: Sequence[tuple[Tensor | list[Tensor] | None, Tensor | None]],
-                   dinv: list[Tensor | None]) -> None:
+def _post_products(g: StepGraphs, dxp: Tensor,
+                   factors: Sequence[tuple[Tensor | list[Tensor] | None, Tensor | list[Tensor] | None]],
+                   dinv: list[Tensor | None], proj: _Proj | None = None) -> None:
     """The post-loop weight gradients (see the module docstring, 3.) added into ``dinv``: one large
     product each, by :func:`cellsearch.fast.fused.matmul` (transposed factors by
     :func:`cellsearch.fast.cgemm.tn`, else oneDNN where faster). ``factors``: per product, its two factors
     over the whole sequence in time order (``[·, T·B]``, ``[T·B, ·]``), None where it is read from
-    ``dxp``; the C loop gives the left one as the row pieces of its transpose (a list: ``cat(pieces)ᵀ``,
-    multiplied without the concatenation where the C product serves it)."""
-    from .cgemm import tn_parts
+    ``dxp``; the C loop gives them as row pieces (lists; the left one's are its transpose's), multiplied
+    by :func:`cellsearch.fast.cgemm.tn_parts` without concatenating them, with ``dxp`` as the right
+    factor (the product transposed where ``dxp`` is the left one). ``proj``: the input projection the
+    sequence owns; its ∂W and ∂b join the first product over the whole of ``dxp`` (one pass over it,
+    xᵀ·∂xp beside hᵀ·∂xp, ∂b as ∂xp's column sums)."""
     from .fused import matmul
 
     dxp2d = dxp.view(-1, dxp.shape[-1])
     for (i, _ia, _ib, fn, a_src, b_src), (a, b) in zip(g.post, factors):
-        if a_src == "dxp_t":
-            a = dxp2d.t()
         if b_src == "dxp":
             b = dxp2d
         assert b is not None
         if a_src in ("sum0", "sum0k"):                       # a sum over the batch: over T·B rows at once
-            gi = fn(b.sum(0, keepdim=a_src == "sum0k"))
+            bb = b if isinstance(b, Tensor) else torch.cat(b, 0)
+            gi = fn(bb.sum(0, keepdim=a_src == "sum0k"))
             dinv[i] = gi if dinv[i] is None else dinv[i] + gi
             continue
-        assert a is not None
-        if isinstance(a, list):
-            prod = tn_parts(a, b)
-            if prod is not None:
-                gi = fn(prod)
+        if isinstance(a, list) or isinstance(b, list) or a_src == "dxp_t":
+            gi = _post_c(a if a_src != "dxp_t" else None, b, dxp2d, b_src == "dxp", proj)
+            if gi is not None:
+                gi = fn(gi)
                 dinv[i] = gi if dinv[i] is None else dinv[i] + gi
                 continue
+        if a_src == "dxp_t":
+            a = dxp2d.t()
+        elif isinstance(a, list):
             a = (a[0] if len(a) == 1 else torch.cat(a, 0)).t()
+        if isinstance(b, list):
+            b = b[0] if len(b) == 1 else torch.cat(b, 0)
+        assert a is not None
         if a.shape[0] > b.shape[1] and not a.is_contiguous() and a.t().is_contiguous() and b.is_contiguous():
             gi = fn(matmul(b.t(), a.t()).t())  # the transposed operand (copied by oneDNN) the smaller one:
         else:                                   # (hᵀ dA)ᵀ, 1.4–1.9x faster than dAᵀ h at 128–256 wide
             gi = fn(matmul(a, b))
         dinv[i] = gi if dinv[i] is None else dinv[i] + gi
+
+
+def _post_c(a: Tensor | list[Tensor] | None, b: Tensor | list[Tensor], dxp2d: Tensor, b_is_dxp: bool,
+            proj: _Proj | None) -> Tensor | None:
+    """One post-loop product ``a·b`` by :func:`cellsearch.fast.cgemm.tn_parts` (``a`` None: ``dxpᵀ``;
+    pieces: rows of ``aᵀ``), with ``dxp`` as its right factor, the input projection's ∂W and ∂b in the
+    same pass where ``proj`` still needs them; None where the C product does not serve it."""
+    from .cgemm import tn_parts
+
+    left = [dxp2d] if a is None else a if isinstance(a, list) else [a.t()]
+    right = b if isinstance(b, list) else [b]
+    swap = a is None and not b_is_dxp                  # dxpᵀ·h = (hᵀ·dxp)ᵀ: dxp on the right
+    if swap:
+        left, right = right, left
+    joint = proj is not None and proj.need_dw and proj.dw is None and (b_is_dxp or swap)
+    db = dxp2d.new_empty(dxp2d.shape[1]) if joint else None
+    prod = tn_parts(left, right, db, proj.x2d if joint and proj is not None else None)
+    if prod is None:
+        return None
+    m = int(left[0].shape[1])
+    if joint and proj is not None:
+        proj.dw, proj.db, prod = prod[m:].t(), db, prod[:m]
+    return prod.t() if swap else prod
 
 
 # -------------------------------------------------------------------------------------------------
@@ -1126,7 +1192,7 @@ class Derived:
             from .inductor import preload
 
             preload()
-        xp, xs, st = _recurrence_inputs(cell, x, state)
+        xp, xs, st, proj = _recurrence_inputs(cell, x, state)
         try:
             g = self.graphs(cell, xp, xs, st, compile=not aten)
         except DerivationError as exc:    # remembered: the plan becomes the reference loop, with the reason
@@ -1143,7 +1209,7 @@ class Derived:
             xs = xs.contiguous() if xs is not None else None
         assert self._traced is not None
         inv = g.prologue(*self._traced.params(cell))
-        inputs = (xp, xs, *st, *inv)
+        inputs = (xp, xs, *proj, *st, *inv)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
             res = DerivedSequence.apply(g, len(st), *inputs)
             return res[0], tuple(res[1:])
@@ -1159,48 +1225,24 @@ def _width(cell: Any) -> int:
     return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(cell, "hidden_size", 1))
 
 
-def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor, Tensor | None, State]:
-    """The cell's hoisted input GEMM over every step, its short input and the state, as
-    ``cell._recurrence_inputs`` gives them; for float32 on the CPU (autocast off: :mod:`cellsearch.fast`
-    turns it off around the fast paths) the GEMM and its gradients run on oneDNN (:class:`_Projection`),
-    reading the cell as the fused paths do (``weight_ih``, ``bias``, ``short_input``)."""
-    from .fused import onednn_available
+def _recurrence_inputs(cell: Any, x: Tensor, state: State
+                       ) -> tuple[Tensor, Tensor | None, State, tuple[Tensor | None, Tensor | None, Tensor | None]]:
+    """The cell's hoisted input GEMM over every step, its short input, the state, as
+    ``cell._recurrence_inputs`` gives them, and the projection's factors (None ×3, or x [T·B, d], W_ih,
+    b). For float32 on the CPU (autocast off: :mod:`cellsearch.fast` turns it off around the fast paths),
+    reading the cell as the fused paths do (``weight_ih``, ``bias``, ``short_input``), the GEMM runs on
+    oneDNN (:func:`cellsearch.fast.fused.projected`) without a graph and the sequence owns its gradients
+    (:class:`DerivedSequence`: ∂W_ih in the same pass over ∂xp as the recurrent weight's)."""
+    from .fused import onednn_available, projected
 
     w, b = getattr(cell, "weight_ih", None), getattr(cell, "bias", None)
     if isinstance(w, Tensor) and isinstance(b, Tensor) and x.dtype == w.dtype == b.dtype == torch.float32 \
             and x.device.type == "cpu" and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu") \
             and onednn_available():
-        return _Projection.apply(x, w, b), cell.short_input(x), tuple(state)
-    _, xp, xs, st = cell._recurrence_inputs(x, state)
-    return xp, xs, tuple(st)
-
-
-class _Projection(torch.autograd.Function):
-    """xp = x W_ihᵀ + b over all steps (x [T, B, d]) by :func:`cellsearch.fast.fused.projected` (oneDNN, the
-    weight packed once; MKL's K = d products are slow on AMD), its gradients by ``fused.matmul`` and
-    ``fused.input_weight_grads`` (one product for ∂W_ih and ∂b). Not itself differentiable twice (nor is
-    the derived sequence it feeds)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, w: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
-        from .fused import projected
-
         T, B, d = x.shape
         x2d = x.reshape(T * B, d).contiguous()
-        out = projected(x2d, w, b)
-        ctx.save_for_backward(x2d, w)
-        return out.view(T, B, w.shape[0])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dxp: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        from .fused import input_weight_grads, matmul
-
-        x2d, w = ctx.saved_tensors
-        d2 = dxp.reshape(-1, dxp.shape[-1]).contiguous()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            dx = matmul(d2, w).view(*dxp.shape[:-1], w.shape[1])
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            dw, db = input_weight_grads(x2d, d2, None)
-        return dx, dw, db
+        with torch.no_grad():
+            xp = projected(x2d, w, b).view(T, B, w.shape[0])
+        return xp, cell.short_input(x), tuple(state), (x2d, w, b)
+    _, xp, xs, st = cell._recurrence_inputs(x, state)
+    return xp, xs, tuple(st), (None, None, None)

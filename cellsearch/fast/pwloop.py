@@ -373,10 +373,10 @@ class LoopPlan:
 
     def backward(self, env: dict[str, Tensor], pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
                  xp_shape: Sequence[int], xs_shape: Sequence[int] | None
-                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[list[Tensor] | None, Tensor | None]],
+                 ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[list[Tensor] | None, list[Tensor] | None]],
                             list[Tensor]]:
-        """(dxp, dxs, the initial state's gradients, the post-loop factors (the left one as the row pieces
-        of its transpose, see :func:`cellsearch.fast.derived._post_products`), the buffers leased from the
+        """(dxp, dxs, the initial state's gradients, the post-loop factors (as row pieces, the left one of its
+        transpose, see :func:`cellsearch.fast.derived._post_products`), the buffers leased from the
         pool: the factors are views of some, give them back after the post-loop products)."""
         T = int(xp_shape[0])
         env = dict(env)
@@ -390,7 +390,7 @@ class LoopPlan:
         leased = self._alloc(self.bw_buffers, env, T, dout)
         self._call(self.bw_fn, self.bw, env, T)
         dstate = [_value(h, env, 0, T).clone() for h in self.bw_state]      # out of the leased buffers
-        factors = [(None if a is None else _over_time(a, env, T), None if b is None else _joined(_over_time(b, env, T)))
+        factors = [(None if a is None else _over_time(a, env, T), None if b is None else _over_time(b, env, T))
                    for a, b in self.factors]
         return env["dxp"], env.get("dxs"), dstate, factors, leased
 
@@ -421,10 +421,6 @@ def _over_time(home: Home, env: dict[str, Tensor], T: int) -> list[Tensor]:
         rest = _over_time(home.of, env, T)[0]
         return [init, rest[: rest.shape[0] - init.shape[0]]] if T > 1 else [init]
     raise AssertionError("planned factors are sequences")     # plan() refuses the rest
-
-
-def _joined(parts: list[Tensor]) -> Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
 
 # -------------------------------------------------------------------------------------------------
