@@ -44,17 +44,27 @@ def test_tn_reads_strided_rows_and_pieces(dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_tn_pieces_on_both_sides_and_a_second_left_factor(dtype: torch.dtype) -> None:
-    """A and B split at different rows; a second left factor (the input projection's x beside h) and
-    B's column sums (its bias gradient) in the same pass."""
+@pytest.mark.parametrize("N", [70, 1100], ids=["A as it lies", "A packed"])
+def test_tn_pieces_on_both_sides_and_a_second_left_factor(dtype: torch.dtype, N: int) -> None:
+    """A and B split at different rows; a second left factor (the input projection's x beside h; here a
+    row tile spans both) and B's column sums (its bias gradient) in the same pass; with few column
+    panels per thread A is read as it lies, with many its blocks are packed first."""
     g = torch.Generator().manual_seed(4)
-    a, b = torch.randn(500, 20, generator=g, dtype=dtype), torch.randn(500, 70, generator=g, dtype=dtype)
+    a, b = torch.randn(500, 20, generator=g, dtype=dtype), torch.randn(500, N, generator=g, dtype=dtype)
     x = torch.randn(500, 9, generator=g, dtype=dtype)
-    s = torch.empty(70, dtype=dtype)
+    s = torch.empty(N, dtype=dtype)
+    threads = torch.get_num_threads()
     out = cgemm.tn_parts([a[:64], a[64:]], [b[:300], b[300:450], b[450:]], s, x)
     assert out is not None
     _close(out, torch.cat([a, x], 1).t() @ b)
     _close(s, b.sum(0))
+    for nth in (1, 2, 3):                       # any split of the panels gives the same bits
+        torch.set_num_threads(nth)
+        try:
+            again = cgemm.tn_parts([a[:64], a[64:]], [b[:300], b[300:450], b[450:]], None, x)
+        finally:
+            torch.set_num_threads(threads)
+        assert again is not None and torch.equal(again, out)
 
 
 def test_tn_refuses_what_it_does_not_serve() -> None:

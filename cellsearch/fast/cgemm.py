@@ -10,15 +10,19 @@ here), accumulated over K with the right-hand operand packed into panels of thos
   tile as vectors, the addend (a ``[rows, N]`` value or one broadcast row) added on the way.
 - :data:`SEQUENCE` — ``cs_tn``, ``C (+)= Aᵀ·B`` for ``A [K, M]`` and ``B [K, N]`` with K = T·B, the
   post-loop weight gradients (``hᵀ·dA``, ``xᵀ·dA``). ``B`` is packed a panel and 256 rows at a time (the
-  pack fits L1) while ``A``'s rows are read as they lie, so neither operand is transposed or copied first
-  (oneDNN's linear copies a transposed input: 4 ms of the 27 ms of ur_lstm's ``hᵀ·dA`` at 256/200); the
-  packing pass also sums ``B``'s columns, which is an input projection's bias gradient for free. Threads
-  split the column panels. It is part of the hand-written kernels' library
-  (:func:`cellsearch.fast.csrc.library`); :func:`tn` calls it.
+  pack fits L1); ``A``'s block of 256 rows is packed too where a thread has enough panels to share it,
+  else read as it lies; neither operand is transposed or copied whole first (oneDNN's linear copies a
+  transposed input: 4 ms of the 27 ms of ur_lstm's ``hᵀ·dA`` at 256/200). The packing pass also sums
+  ``B``'s columns, which is an input projection's bias gradient for free, and a second left factor (the
+  projection's ``x`` beside ``h``) can share the pass over ``B``. Threads split the column panels. It is
+  part of the hand-written kernels' library (:func:`cellsearch.fast.csrc.library`); :func:`tn_parts`
+  calls it.
 
 Measured (2 threads, float32, T·B = 12 800, against oneDNN's linear with its copy excluded): hᵀ·dA
 256 × 1024 20.1–22.7 ms against 20.8–21.8, 256 × 256 4.6–4.8 against 7.7–8.9, 128 × 128 (T·B = 6 400)
-0.55 against 0.94, xᵀ·dA with the column sums 32 × 1024 4.7 against 5.0 (see docs/bench/LOOP.md).
+0.55 against 0.94, xᵀ·dA with the column sums 32 × 1024 4.7 against 5.0; packing A's block then took
+[h x]ᵀ·dA, 288 × 1024, from 28.9 to 22.8 ms and 288 × 768 from 22.5 to 17.5 (same process, interleaved;
+see docs/bench/LOOP.md).
 """
 
 from __future__ import annotations
@@ -117,14 +121,20 @@ static void cs_gemm_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL 
 
 #: the once-per-sequence product Aᵀ·B (see the module docstring); needs :data:`STEP` before it
 SEQUENCE = r"""
+#include <stdlib.h>
 #define CS_KC 256
 
 /* C[M, N] (+)= A^T B: A [K, M] at row stride lda, B [K, N] at row stride ldb, C at row stride ldc;
    acc: add to C (else overwrite); S (NULL: none): B's column sums, added likewise; A2 (NULL: none) a
-   second left factor [K, M2] at row stride lda2 in the same pass over B, into the M2 rows after C's. */
+   second left factor [K, M2] at row stride lda2 in the same pass over B, into the M2 rows after C's.
+   Threads split B's column panels; per block of CS_KC rows of B, a thread packs each of its panels
+   (summing its columns on the way) and runs every row tile of A against it. A thread with at least
+   8 panels first packs the block of A (and A2) as [rows / 8][CS_KC][8], so a tile reads its A
+   contiguously instead of one row of A per k (a row stride of 1 KB at hidden 256 lands every k on the
+   same few L1 sets): 25 % faster at N = 768 / 1024, slower with fewer panels to share the packing. */
 void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 ldb, REAL *C, i64 ldc,
                i64 acc, REAL *S, const REAL *A2, i64 M2, i64 lda2, i64 nth) {
-    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX;
+    const i64 np = (N + CS_NR_SFX - 1) / CS_NR_SFX, Mt = M + (A2 ? M2 : 0), Mp = (Mt + 7) / 8 * 8;
 #ifdef _OPENMP
     #pragma omp parallel num_threads((int)nth) if(nth > 1)
 #endif
@@ -134,12 +144,20 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
 #else
     const i64 id = 0, nt = 1; (void)nth;
 #endif
+    const i64 p0 = np * id / nt, p1 = np * (id + 1) / nt;
     REAL pk[CS_KC * CS_NR_SFX] __attribute__((aligned(64)));
-    for (i64 p = np * id / nt; p < np * (id + 1) / nt; p++) {
-        const i64 n0 = p * CS_NR_SFX, nc = N - n0 < CS_NR_SFX ? N - n0 : CS_NR_SFX;
-        for (i64 k0 = 0; k0 < K || k0 == 0; k0 += CS_KC) {
-            const i64 kc = K - k0 < CS_KC ? K - k0 : CS_KC;
-            const int add = acc || k0 > 0;
+    REAL *pa = p1 - p0 >= 8 ? malloc(sizeof(REAL) * CS_KC * Mp) : 0;
+    for (i64 k0 = 0; k0 < K || k0 == 0; k0 += CS_KC) {
+        const i64 kc = K - k0 < CS_KC ? K - k0 : CS_KC;
+        const int add = acc || k0 > 0;
+        if (pa)
+            for (i64 k = 0; k < kc; k++) {
+                const REAL *a1 = A + (k0 + k) * lda, *a2 = A2 ? A2 + (k0 + k) * lda2 : 0;
+                for (i64 m = 0; m < Mp; m++)
+                    pa[((m >> 3) * kc + k) * 8 + (m & 7)] = m < M ? a1[m] : m < Mt ? a2[m - M] : (REAL)0;
+            }
+        for (i64 p = p0; p < p1; p++) {
+            const i64 n0 = p * CS_NR_SFX, nc = N - n0 < CS_NR_SFX ? N - n0 : CS_NR_SFX;
             REAL s[CS_NR_SFX];
             for (i64 j = 0; j < CS_NR_SFX; j++) s[j] = 0;
             for (i64 k = 0; k < kc; k++) {
@@ -152,18 +170,26 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
             }
             if (S)
                 for (i64 j = 0; j < nc; j++) S[n0 + j] = add ? S[n0 + j] + s[j] : s[j];
-            for (i64 m = 0; m < M; m += 8) {
-                const int mr = M - m < 8 ? (int)(M - m) : 8;
+            for (i64 m = 0; m < Mt; m += 8) {
+                const int mr = Mt - m < 8 ? (int)(Mt - m) : 8;
                 REAL *c = C + m * ldc + n0;
-                CS_TILES_SFX(mr, kc, A + k0 * lda + m, 1, lda, pk, c, ldc, add ? c : 0, ldc, nc)
-            }
-            for (i64 m = 0; A2 && m < M2; m += 8) {
-                const int mr = M2 - m < 8 ? (int)(M2 - m) : 8;
-                REAL *c = C + (M + m) * ldc + n0;
-                CS_TILES_SFX(mr, kc, A2 + k0 * lda2 + m, 1, lda2, pk, c, ldc, add ? c : 0, ldc, nc)
+                if (pa) {
+                    CS_TILES_SFX(mr, kc, pa + (m >> 3) * kc * 8, 1, 8, pk, c, ldc, add ? c : 0, ldc, nc)
+                } else if (m + mr <= M) {
+                    CS_TILES_SFX(mr, kc, A + k0 * lda + m, 1, lda, pk, c, ldc, add ? c : 0, ldc, nc)
+                } else if (m >= M) {
+                    CS_TILES_SFX(mr, kc, A2 + k0 * lda2 + (m - M), 1, lda2, pk, c, ldc, add ? c : 0, ldc, nc)
+                } else {                                   /* a tile across A and A2: row by row */
+                    for (int i = 0; i < mr; i++) {
+                        const REAL *src = m + i < M ? A + k0 * lda + m + i : A2 + k0 * lda2 + (m + i - M);
+                        const i64 ld = m + i < M ? lda : lda2;
+                        CS_TILES_SFX(1, kc, src, 1, ld, pk, c + i * ldc, ldc, add ? c + i * ldc : 0, ldc, nc)
+                    }
+                }
             }
         }
     }
+    free(pa);
     }
 }
 """
