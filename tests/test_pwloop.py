@@ -208,11 +208,12 @@ def test_pooled_buffers_go_back_and_what_leaves_the_loop_stays_intact(c_loop: No
     assert torch.equal(out1, out2) and all(torch.equal(grads2[k], grads1[k]) for k in grads1)
 
 
-def test_a_hand_kernel_measured_faster_stays_first() -> None:
-    """The GRU kernel declares itself faster than the derived path with UR gates (make bench): ur_gru keeps
-    it; with other gates the derived path comes first."""
-    ur = fast.plan(_model("ur_gru", torch.float32).layers[0])
-    assert ur.path == "fused" and ur.preferred and "measured faster than the derived path" in ur.reason, ur.reason
+def test_ur_gru_takes_the_derived_path() -> None:
+    """ur_gru kept its hand-written GRU kernel while that measured faster (an earlier session); since the
+    backward kernels compute what does not wait for the product before it, the derived path measures
+    faster (make bench, 3 Dec 2026 evening: 0.87–0.99× nn.LSTM against the hand kernel's 0.71–0.84×) and
+    it takes the derived path like every other gated cell its C loop serves."""
+    assert fast.plan(_model("ur_gru", torch.float32).layers[0]).path == "derived"
     assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"
 
 

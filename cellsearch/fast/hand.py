@@ -54,8 +54,7 @@ def _c_kernel(make: Callable[[Any], Kernel]) -> Kernel | None:
 
 
 def _gated(cell: Any, torch_kernel: Callable[[GateOps, str], Kernel],
-           c_kernel: Callable[[Any, GateOps, str], Kernel], native: Runner | None = None,
-           preferred: tuple[str, ...] = ()) -> Plan | str:
+           c_kernel: Callable[[Any, GateOps, str], Kernel], native: Runner | None = None) -> Plan | str:
     """The plan of a gated update with a torch-op and a C kernel (and torch's native kernel for the
     exact cell: sigmoid gate, tanh saturation, no deep transition)."""
     common = _common(cell)
@@ -74,10 +73,7 @@ def _gated(cell: Any, torch_kernel: Callable[[GateOps, str], Kernel],
         return Plan("fused", f"exactly {name.upper()}: fused sequence function (C pointwise kernels) on "
                     f"the CPU in float32/float64, torch.{name} elsewhere", exact_runner(ck, native))
     how = "C pointwise kernels" if ck is not None else "torch ops"
-    kept = ck is not None and gate.kind in preferred
-    return Plan("fused", f"fused {name}/{cell.gate.name}/{sat} sequence function ({how}"
-                         f"{'; measured faster than the derived path' if kept else ''})",
-                fused_runner(kernel, ck), preferred=kept)
+    return Plan("fused", f"fused {name}/{cell.gate.name}/{sat} sequence function ({how})", fused_runner(kernel, ck))
 
 
 def _lstm(cell: Any, tied: bool) -> Plan | str:
@@ -104,11 +100,8 @@ def gru(cell: Any) -> Plan | str:
     from . import ckernels, native
 
     n = cell.hidden_size
-    # kept before the derived path's C loop with UR gates (ur_gru, make bench 3 Dec 2026, × nn.LSTM, hand
-    # kernel vs derived: 0.90 vs 0.79 at 256/200, 0.69 vs 0.68 at 128/100); with other gates the derived
-    # path is faster (gru 0.81 vs 1.05 at 128/100, refined_gru 0.78 vs 0.91)
     return _gated(cell, lambda g, s: tk.GRUKernel(n, g, s), lambda lib, g, s: ckernels.CGRUKernel(lib, n, g, s),
-                  native.gru_sequence, preferred=("ur",))
+                  native.gru_sequence)
 
 
 def mgu(cell: Any) -> Plan | str:

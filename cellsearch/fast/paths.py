@@ -52,14 +52,12 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
     reference); ``steps``: the runner steps through time (False: a parallel scan, which the derived
-    path's time loop never replaces); ``preferred``: a hand-written kernel its owner measured faster
-    than the derived path's C loop for this cell (it stays first)."""
+    path's time loop never replaces)."""
 
     path: str
     reason: str
     run: Runner | None = None
     steps: bool = True
-    preferred: bool = False
 
 
 def _reference(reason: str) -> Plan:
@@ -117,7 +115,7 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
-    if hand.path == "fused" and hand.steps and not hand.preferred and derived == "auto" and _on_cpu(cell):
+    if hand.path == "fused" and hand.steps and derived == "auto" and _on_cpu(cell):
         return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
                                    f"else fused: {hand.reason}", fallback=hand)
     if hand.path != "reference" or derived == "off":
