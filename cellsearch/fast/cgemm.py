@@ -174,17 +174,16 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
             for (i64 m = 0; m < Mt; m += 8) {
                 const int mr = Mt - m < 8 ? (int)(Mt - m) : 8;
                 REAL *c = C + m * ldc + n0;
-                if (pa) {
-                    CS_TILES_SFX(mr, kc, pa + (m >> 3) * kc * 8, 1, 8, pk, c, ldc, add ? c : 0, ldc, nc)
-                } else if (m + mr <= M) {
-                    CS_TILES_SFX(mr, kc, A + k0 * lda + m, 1, lda, pk, c, ldc, add ? c : 0, ldc, nc)
-                } else if (m >= M) {
-                    CS_TILES_SFX(mr, kc, A2 + k0 * lda2 + (m - M), 1, lda2, pk, c, ldc, add ? c : 0, ldc, nc)
-                } else {                                   /* a tile across A and A2: row by row */
+                const REAL *src = pa ? pa + (m >> 3) * kc * 8 : m + mr <= M ? A + k0 * lda + m
+                                : A2 + k0 * lda2 + (m - M);
+                const i64 ak = pa ? 8 : m + mr <= M ? lda : lda2;
+                if (pa || m + mr <= M || m >= M) {          /* one expansion of the tile (compile time) */
+                    CS_TILES_SFX(mr, kc, src, 1, ak, pk, c, ldc, add ? c : 0, ldc, nc)
+                } else {                                     /* a tile across A and A2: row by row */
                     for (int i = 0; i < mr; i++) {
-                        const REAL *src = m + i < M ? A + k0 * lda + m + i : A2 + k0 * lda2 + (m + i - M);
-                        const i64 ld = m + i < M ? lda : lda2;
-                        CS_TILES_SFX(1, kc, src, 1, ld, pk, c + i * ldc, ldc, add ? c + i * ldc : 0, ldc, nc)
+                        const REAL *row = m + i < M ? A + k0 * lda + m + i : A2 + k0 * lda2 + (m + i - M);
+                        cs_tile_SFX(1, kc, row, 1, m + i < M ? lda : lda2, pk, c + i * ldc, ldc,
+                                    add ? c + i * ldc : 0, ldc, nc);
                     }
                 }
             }
