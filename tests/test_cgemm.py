@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cellsearch.fast import cgemm, csrc, fused
+from cellsearch.fast import cgemm, fused
 
-pytestmark = pytest.mark.skipif(csrc.library() is None, reason="no C compiler: the C product is not built")
+pytestmark = pytest.mark.skipif(cgemm.library() is None, reason="no C compiler: the C product is not built")
 
 
 def _close(got: torch.Tensor, want: torch.Tensor) -> None:

@@ -15,8 +15,8 @@ here), accumulated over K with the right-hand operand packed into panels of thos
   transposed input: 4 ms of the 27 ms of ur_lstm's ``hᵀ·dA`` at 256/200). The packing pass also sums
   ``B``'s columns, which is an input projection's bias gradient for free, and a second left factor (the
   projection's ``x`` beside ``h``) can share the pass over ``B``. Threads split the column panels. It is
-  part of the hand-written kernels' library (:func:`cellsearch.fast.csrc.library`); :func:`tn_parts`
-  calls it.
+  a small library of its own (:func:`library`: built once per machine into the private kernel cache by
+  :func:`cellsearch.fast.csrc.build`, 1.4 s here); :func:`tn_parts` calls it.
 
 Measured (2 threads, float32, T·B = 12 800, against oneDNN's linear with its copy excluded): hᵀ·dA
 256 × 1024 20.1–22.7 ms against 20.8–21.8, 256 × 256 4.6–4.8 against 7.7–8.9, 128 × 128 (T·B = 6 400)
@@ -28,12 +28,16 @@ see docs/bench/LOOP.md).
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["STEP", "SEQUENCE", "tn", "tn_parts"]
+__all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts"]
+
+_HEAD = "#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
 #: the register tile and the per-step packed GEMM (see the module docstring)
 STEP = r"""
@@ -199,23 +203,49 @@ _SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_
 _SFX = {torch.float32: "_f", torch.float64: "_d"}
 
 
-_bound: dict[torch.dtype, object] = {}
+_lock = threading.Lock()
+_lib: Any = False                     # False: not tried yet; None: unavailable
+_error: str | None = None
 
 
-def _fn(dtype: torch.dtype) -> object | None:
-    """``cs_tn_f`` / ``cs_tn_d`` of the hand-written kernels' library, or None (no library, other dtypes)."""
-    if dtype in _bound:
-        return _bound[dtype]
+def library() -> Any:
+    """The library of :data:`SEQUENCE` (float and double; OpenMP where torch runs on GNU OpenMP), or None
+    where no C library is built here (:func:`cellsearch.fast.csrc.disabled`, no compiler: see
+    :func:`build_error`)."""
+    global _lib, _error
+    if _lib is not False:
+        return _lib
     from . import csrc
 
+    with _lock:
+        if _lib is False:
+            _lib, _error = None, csrc.disabled()
+            if _error is None:
+                errors: list[str] = []
+                variants = ([["-march=native", "-fopenmp"]] if csrc._gnu_openmp_loaded() else []) + \
+                    [["-march=native"], []]
+                source = csrc._INCLUDES + _HEAD + csrc.instantiate(STEP + SEQUENCE)
+                built = csrc.build(source, "cellsearch_gemm", csrc._FLAGS, variants, ctypes.CDLL, errors)
+                if built is None:
+                    _error = "; ".join(errors) or "no C compiler found (set CC)"
+                else:
+                    _lib = built[0]
+                    for sfx in _SFX.values():
+                        fn = getattr(_lib, "cs_tn" + sfx)
+                        fn.argtypes, fn.restype = _SIG, None
+    return _lib
+
+
+def build_error() -> str | None:
+    """Why :func:`library` is None (None when it is in use, or before the first attempt)."""
+    return _error
+
+
+def _fn(dtype: torch.dtype) -> Any:
+    """``cs_tn_f`` / ``cs_tn_d``, or None (no library, other dtypes)."""
     sfx = _SFX.get(dtype)
-    lib = csrc.library() if sfx is not None else None
-    fn = getattr(lib, "cs_tn" + sfx, None) if lib is not None and sfx is not None else None
-    if fn is not None:
-        fn.argtypes, fn.restype = _SIG, None
-    if lib is not None or sfx is None:        # a library not built yet may be built later: ask again then
-        _bound[dtype] = fn
-    return fn
+    lib = library() if sfx is not None else None
+    return None if lib is None or sfx is None else getattr(lib, "cs_tn" + sfx)
 
 
 def _rows(t: Tensor) -> bool:

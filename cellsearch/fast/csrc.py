@@ -38,8 +38,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import cgemm as _cgemm
-
 __all__ = ["SOURCE", "math_preamble", "instantiate", "Args", "library", "build", "disabled", "build_error",
            "library_path", "time_build", "threaded"]
 
@@ -536,9 +534,8 @@ def math_preamble() -> str:
     return _INCLUDES + _EXP + instantiate(_ACT)
 
 
-#: The whole C source: the header, then the body for float (``_f``) and for double (``_d``), and the
-#: once-per-sequence product of :mod:`cellsearch.fast.cgemm`.
-SOURCE = _HEADER + _PAR + instantiate(_BODY + _cgemm.STEP + _cgemm.SEQUENCE)
+#: The whole C source: the header, then the body for float (``_f``) and for double (``_d``).
+SOURCE = _HEADER + _PAR + instantiate(_BODY)
 
 FUNCTIONS = ("lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd", "mgu_fwd1", "mgu_fwd2", "mgu_bwd1", "mgu_bwd2",
              "star_fwd", "star_bwd")

@@ -57,7 +57,6 @@ def loop_choice() -> str:
     return "python" if os.environ.get("CELLSEARCH_DERIVED_LOOP", "c").strip().lower() == "python" else "c"
 
 
-_HEAD = "\n#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
 
 def panel_width(dtype: str) -> int:
@@ -633,7 +632,7 @@ def source_head() -> str:
     """The C the loops need beside the kernels' preamble: OpenMP's header and the packed GEMM."""
     from . import cgemm, csrc
 
-    return _HEAD + csrc.instantiate(cgemm.STEP)
+    return "\n" + cgemm._HEAD + csrc.instantiate(cgemm.STEP)
 
 
 def build(fw: Lowered, bw: Lowered, g: Any) -> tuple[list[Callable[..., Any]], LoopPlan | None, str | None]:
