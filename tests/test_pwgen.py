@@ -164,6 +164,28 @@ def test_a_call_with_other_strides_is_generated_again_not_misread() -> None:
     assert pwgen_c.stats["relowered"] == before + 1
 
 
+def test_work_that_does_not_wait_for_a_product_runs_before_it() -> None:
+    """Each elementwise node joins the earliest kernel its inputs allow: tanh(x)·2 does not depend on the
+    product, so it is computed before it and the kernel after the product only adds (it neither
+    recomputes the tanh, a costly op, nor reads x); the results equal torch's."""
+    aten = torch.ops.aten
+
+    def f(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor]:
+        y = aten.mm.default(aten.sigmoid.default(x), w)
+        return (aten.add.Tensor(aten.mul.Tensor(aten.tanh.default(x), 2.0), y),)
+
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    x, w = torch.randn(5, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
+    lw = pwgen.lower(make_fx(f, tracing_mode="fake")(x, w), [x, w])
+    assert len(lw.kernels) == 2
+    first, second = ({op.name for lp in k.loops for op in lp.body} for k in lw.kernels)
+    assert {"sigmoid", "tanh"} <= first and "tanh" not in second and "sigmoid" not in second
+    assert len(lw.kernels[1].inputs) == 2                        # the product and the first kernel's value
+    (fn,) = pwgen_c.compile_graphs([(make_fx(f, tracing_mode="fake")(x, w), [x, w])])
+    torch.testing.assert_close(fn(x, w)[0], torch.tanh(x) * 2 + torch.sigmoid(x) @ w, rtol=0, atol=1e-14)
+
+
 # ------------------------------------------------------------------------------------------------
 # fallback and cache
 

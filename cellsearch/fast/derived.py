@@ -841,8 +841,8 @@ def _post_products(g: StepGraphs, dxp: Tensor,
             b = dxp2d
         assert b is not None
         if a_src in ("sum0", "sum0k"):                       # a sum over the batch: over T·B rows at once
-            bb = b if isinstance(b, Tensor) else torch.cat(b, 0)
-            gi = fn(bb.sum(0, keepdim=a_src == "sum0k"))
+            pieces = [b] if isinstance(b, Tensor) else b
+            gi = fn(sum(p.sum(0, keepdim=a_src == "sum0k") for p in pieces))
             dinv[i] = gi if dinv[i] is None else dinv[i] + gi
             continue
         if isinstance(a, list) or isinstance(b, list) or a_src == "dxp_t":
