@@ -67,6 +67,9 @@ def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -
     step graphs and time loop, at every size)."""
     from cellsearch.cells import ComposedCell
 
+    def reference_fails(self: Any, *args: Any, **kw: Any) -> None:
+        pytest.fail(f"{path}: the reference loop ran")
+
     if path == "derived":
         from cellsearch.fast import pwgen_c
 
@@ -78,8 +81,7 @@ def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
         with fast.force_derived():
             assert all(fast.plan(layer).path == "derived" for layer in model.layers)
-            monkeypatch.setattr(ComposedCell, "_reference_sequence",
-                                lambda self, *args, **kw: pytest.fail("derived: the reference loop ran"))
+            monkeypatch.setattr(ComposedCell, "_reference_sequence", reference_fails)
             with fast.enabled(True):
                 yield
         return
@@ -93,8 +95,7 @@ def forced(path: str, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -
         with fast.hand_first():
             plans = [fast.plan(layer) for layer in model.layers]
             assert all(_takes(path, p) for p in plans), [f"{p.path}: {p.reason}" for p in plans]
-            monkeypatch.setattr(ComposedCell, "_reference_sequence",
-                                lambda self, *args, **kw: pytest.fail(f"{path}: the reference loop ran"))
+            monkeypatch.setattr(ComposedCell, "_reference_sequence", reference_fails)
             with fast.enabled(True):
                 yield
     finally:

@@ -222,10 +222,8 @@ def library() -> Any:
             _lib, _error = None, csrc.disabled()
             if _error is None:
                 errors: list[str] = []
-                variants = ([["-march=native", "-fopenmp"]] if csrc._gnu_openmp_loaded() else []) + \
-                    [["-march=native"], []]
                 source = csrc._INCLUDES + _HEAD + csrc.instantiate(STEP + SEQUENCE)
-                built = csrc.build(source, "cellsearch_gemm", csrc._FLAGS, variants, ctypes.CDLL, errors)
+                built = csrc.build(source, "cellsearch_gemm", csrc._FLAGS, csrc.variants(), ctypes.CDLL, errors)
                 if built is None:
                     _error = "; ".join(errors) or "no C compiler found (set CC)"
                 else:

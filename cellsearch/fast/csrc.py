@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SOURCE", "math_preamble", "instantiate", "Args", "library", "build", "disabled", "build_error",
+__all__ = ["SOURCE", "math_preamble", "instantiate", "Args", "library", "build", "variants", "disabled", "build_error",
            "library_path", "time_build", "threaded"]
 
 _INCLUDES = r"""
@@ -679,6 +679,12 @@ def disabled() -> str | None:
     return None
 
 
+def variants(openmp: bool = True) -> list[list[str]]:
+    """The flag variants :func:`build` tries in order: native code with OpenMP where torch runs on GNU
+    OpenMP (and ``openmp``), native code, then the compiler's defaults."""
+    return ([["-march=native", "-fopenmp"]] if openmp and _gnu_openmp_loaded() else []) + [["-march=native"], []]
+
+
 def build(source: str, prefix: str, flags: list[str], variants: list[list[str]], load: Callable[[Path], Any],
           errors: list[str]) -> tuple[Any, Path, list[str]] | None:
     """``source`` built into the private cache (``<prefix>_<key>.so``, the key from the source, compiler,
@@ -722,8 +728,7 @@ def library() -> ctypes.CDLL | None:
             _error = "no C compiler found (set CC)"
             return None
         errors: list[str] = []
-        variants = ([["-march=native", "-fopenmp"]] if _gnu_openmp_loaded() else []) + [["-march=native"], []]
-        built = build(SOURCE, "cellsearch_fast", _FLAGS, variants, _load, errors)
+        built = build(SOURCE, "cellsearch_fast", _FLAGS, variants(), _load, errors)
         if built is None:
             _error = "; ".join(errors) or "build failed"
             return None

@@ -599,7 +599,7 @@ class _Tape:
 
 class DerivedSequence(torch.autograd.Function):
     """forward(graphs, n_state, xp [T, B, ·], xs [T, B, ·] | None, x, w, b, *state, *invariants) →
-    (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (``xp``
+    (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (x [T·B, d]; ``xp``
     then computed without a graph, :func:`_recurrence_inputs`): its gradients come from the backward's
     post-loop pass (∂W_ih in the same pass over ∂xp as the recurrent weight's gradient)."""
 
@@ -610,7 +610,7 @@ class DerivedSequence(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)
         out, tape = _forward_loop(g, xp, xs, state, inv, keep)
         if tape is not None and x is not None and w is not None:
-            tape.proj = (x.reshape(-1, x.shape[-1]), w)
+            tape.proj = (x, w)
         ctx.g, ctx.tape = g, tape
         return (out, *_distinct(state, rest))
 

@@ -77,9 +77,7 @@ def project(x: Tensor, w: Tensor, b: Tensor, out: Tensor) -> Tensor:
     (≤ 4 MB) are copied into ``out`` while still in cache. Single thread, T·B = 12800, d = 32, 768 / 1024
     rows: 5.8 / 7.2 ms against 8.5 / 12.3 ms for MKL's addmm (its K = d products are slow on AMD)."""
     rows = out.shape[1]
-    big = x.shape[0] * x.shape[1] * rows >= ONEDNN_MIN
-    if not (x.dtype == torch.float32 and x.device.type == "cpu" and big and x.is_contiguous()
-            and out.is_contiguous() and onednn_available()):
+    if not (_onednn_projection(x, rows) and out.is_contiguous()):
         return torch.addmm(b, x, w.t(), out=out)
     step = max(256, (1 << 20) // rows)
     wp, bc = pack_weight(w, step), b.contiguous()
@@ -92,10 +90,16 @@ def projected(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
     """x wᵀ + b as a new tensor (x [T·B, d]): one oneDNN call for float32 on the CPU (T·B = 12800, d = 32,
     1024 rows, 2 threads: 2.4 ms, against 4.4 ms for :func:`project`'s chunks and their copies into a
     given buffer), else ``torch.addmm``."""
-    big = x.shape[0] * x.shape[1] * w.shape[0] >= ONEDNN_MIN
-    if x.dtype == torch.float32 and x.device.type == "cpu" and big and x.is_contiguous() and onednn_available():
+    if _onednn_projection(x, w.shape[0]):
         return _LINEAR(x, pack_weight(w, x.shape[0]), b.contiguous(), "none", [], "")  # type: ignore[misc]
     return torch.addmm(b, x, w.t())
+
+
+def _onednn_projection(x: Tensor, rows: int) -> bool:
+    """Whether the input projection of ``x`` [T·B, d] to ``rows`` runs on oneDNN: float32 on the CPU,
+    contiguous, large enough for oneDNN's per-call cost."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() \
+        and x.shape[0] * x.shape[1] * rows >= ONEDNN_MIN and onednn_available()
 
 
 def _plain(m: Tensor) -> bool:

@@ -216,9 +216,7 @@ def _build(src: str, names: Sequence[tuple[str, Kernel]], openmp: bool = False) 
     """The library of ``src`` (built into the private kernel cache, or loaded from it), and whether it
     was built with ``-fopenmp`` (``openmp``: try that first, where torch runs on GNU OpenMP)."""
     errors: list[str] = []
-    variants = ([["-march=native", "-fopenmp"]] if openmp and csrc._gnu_openmp_loaded() else []) + \
-        [["-march=native"], []]
-    built = csrc.build(src, "cellsearch_pw", [*csrc._FLAGS, *_SAFE], variants, ctypes.CDLL, errors)
+    built = csrc.build(src, "cellsearch_pw", [*csrc._FLAGS, *_SAFE], csrc.variants(openmp), ctypes.CDLL, errors)
     if built is None:
         raise CompileError("; ".join(errors) or "no C compiler found (set CC)")
     lib = built[0]
