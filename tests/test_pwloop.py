@@ -220,11 +220,30 @@ def test_ur_gru_takes_the_derived_path() -> None:
 @needs_cc
 @pytest.mark.parametrize("name", ["ur_lstm", "star", "gru"])
 @pytest.mark.parametrize("trained", ["all", "x only", "weights only"])
-def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, c_loop: None) -> None:
-    """float32 on the CPU: the sequence computes xp = x W_ihᵀ + b itself and its ∂x, ∂W_ih, ∂b after the
-    loop (∂W_ih in the same pass over ∂xp as the recurrent weight's where that one is over all of ∂xp:
-    ur_lstm; a pass of its own otherwise: star, gru); whichever of them are asked for equal the
-    reference loop's, the others stay None."""
+@pytest.mark.parametrize("fold", [True, False], ids=["in the loop", "before the loop"])
+def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, fold: bool, c_loop: None,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 on the CPU: the sequence computes xp = x W_ihᵀ + b itself (in the C loop at every step, a
+    [T, B, ·] buffer only where the backward reads xp: star, gru; or before the loop where the loop
+    cannot), ∂x in the C loop at every step, ∂W_ih and ∂b after the loop (∂W_ih in the same pass over ∂xp
+    as the recurrent weight's where that one is over all of ∂xp: ur_lstm; a pass of its own otherwise:
+    star, gru); whichever of them are asked for equal the reference loop's, the others stay None."""
+    if not fold:
+        monkeypatch.setattr(pwloop.LoopPlan, "folds", lambda self, w, b, like: False)
+    ran: list[tuple[str, bool]] = []
+    forward, backward = pwloop.LoopPlan.forward, pwloop.LoopPlan.backward
+
+    def fw(self: pwloop.LoopPlan, xp: Any, *args: Any, **kw: Any) -> Any:
+        ran.append(("xp in the loop", xp is None))
+        return forward(self, xp, *args, **kw)
+
+    def bw(self: pwloop.LoopPlan, *args: Any, **kw: Any) -> Any:
+        res = backward(self, *args, **kw)
+        ran.append(("dx in the loop", res[-1] is not None))
+        return res
+
+    monkeypatch.setattr(pwloop.LoopPlan, "forward", fw)
+    monkeypatch.setattr(pwloop.LoopPlan, "backward", bw)
     model = _model(name, torch.float32, n=6)
     with fast.force_derived():
         x, state = _inputs(model, 11, torch.float32)
@@ -238,6 +257,15 @@ def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, 
                 out, _final = model(xx, None)
             (out * torch.linspace(-1.0, 1.0, out.numel()).view_as(out)).sum().backward()
             grads.append({"x": xx.grad, **{k: p.grad for k, p in model.named_parameters()}})
+    n = len(model.layers)
+    assert ran == [("xp in the loop", fold)] * n + [("dx in the loop", trained != "weights only")] * n
+    with fast.force_derived(), torch.no_grad():           # inference: the same forward, nothing kept
+        outs = []
+        for on in (True, False):
+            with fast.enabled(on):
+                outs.append(model(x, None)[0])
+    assert ran[-1] == ("xp in the loop", fold)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     for k, ref in grads[1].items():
         got = grads[0][k]
         assert (got is None) == (ref is None), k

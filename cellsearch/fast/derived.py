@@ -598,17 +598,18 @@ class _Tape:
 
 
 class DerivedSequence(torch.autograd.Function):
-    """forward(graphs, n_state, xp [T, B, ·], xs [T, B, ·] | None, x, w, b, *state, *invariants) →
-    (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (x [T·B, d]; ``xp``
-    then computed without a graph, :func:`_recurrence_inputs`): its gradients come from the backward's
-    post-loop pass (∂W_ih in the same pass over ∂xp as the recurrent weight's gradient)."""
+    """forward(graphs, n_state, xp [T, B, ·] | None, xs [T, B, ·] | None, x, w, b, *state, *invariants) →
+    (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (x [T, B, d]
+    contiguous; ``xp`` then computed without a graph: before the loop, or by the C loop at every step
+    where ``xp`` is None, :func:`_folds`): its gradients come from the backward (∂x by the C loop at every
+    step where it can, ∂W_ih in the same post-loop pass over ∂xp as the recurrent weight's gradient)."""
 
     @staticmethod
-    def forward(ctx: Any, g: StepGraphs, n_state: int, xp: Tensor, xs: Tensor | None,  # type: ignore[override]
+    def forward(ctx: Any, g: StepGraphs, n_state: int, xp: Tensor | None, xs: Tensor | None,  # type: ignore[override]
                 x: Tensor | None, w: Tensor | None, b: Tensor | None, *rest: Tensor) -> tuple[Tensor, ...]:
         state, inv = list(rest[:n_state]), rest[n_state:]
         keep = any(ctx.needs_input_grad)
-        out, tape = _forward_loop(g, xp, xs, state, inv, keep)
+        out, tape = _forward_loop(g, xp, xs, state, inv, keep, None if xp is not None else (x, w, b))
         if tape is not None and x is not None and w is not None:
             tape.proj = (x, w)
         ctx.g, ctx.tape = g, tape
@@ -650,14 +651,25 @@ def _distinct(state: list[Tensor], inputs: Sequence[Any]) -> list[Tensor]:
     return out
 
 
-def _forward_loop(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor],
-                  inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, _Tape | None]:
-    """Run the forward step graph over T; ``state`` is updated in place (to the final state)."""
+def _forward_loop(g: StepGraphs, xp: Tensor | None, xs: Tensor | None, state: list[Tensor],
+                  inv: Sequence[Tensor], keep: bool, proj: tuple[Any, Any, Any] | None = None
+                  ) -> tuple[Tensor, _Tape | None]:
+    """Run the forward step graph over T; ``state`` is updated in place (to the final state). ``xp`` None:
+    the C loop computes it from ``proj`` = (x [T·B, d], W_ih, b) at every step (:func:`_folds`)."""
+    if xp is None:
+        assert proj is not None
+        shape = (proj[0].shape[0], proj[0].shape[1], proj[1].shape[0])
+        out, env, leased = g.loop.forward(None, xs, state, inv, keep, proj)
+        if not keep:
+            return out, None
+        tape = _tape(env, [], inv, shape, xs)
+        tape.leased = leased
+        return out, tape
     if _c_loop(g, xp, inv):
         out, env, leased = g.loop.forward(xp, xs, state, inv, keep)
         if not keep:
             return out, None
-        tape = _tape(env, [], inv, xp, xs)
+        tape = _tape(env, [], inv, xp.shape, xs)
         tape.leased = leased                  # back to the pool after the last backward (DerivedSequence)
         return out, tape
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
@@ -690,26 +702,36 @@ def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Ten
         if keep:
             saved.append(tuple(res[n_out:]))
     assert out is not None
-    return out, _tape(None, saved, inv, xp, xs) if keep else None
+    return out, _tape(None, saved, inv, xp.shape, xs) if keep else None
 
 
 def _tape(env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
-          xp: Tensor, xs: Tensor | None) -> _Tape:
+          xp_shape: Sequence[int], xs: Tensor | None) -> _Tape:
     tape = _Tape()
-    tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), xp.shape[0], []
+    tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), int(xp_shape[0]), []
     tape.proj = None
-    tape.has_xs, tape.xp_shape = xs is not None, xp.shape
+    tape.has_xs, tape.xp_shape = xs is not None, tuple(xp_shape)
     tape.xs_shape = xs.shape if xs is not None else None
     return tape
 
 
-def _c_loop(g: StepGraphs, xp: Tensor, inv: Sequence[Tensor]) -> bool:
+def _c_loop(g: StepGraphs, xp: Tensor | Sequence[int], inv: Sequence[Tensor]) -> bool:
     """Whether the C loop runs this call: planned, and the call laid out as planned (the batch, the
-    invariants' shapes and strides baked into its code)."""
+    invariants' shapes and strides baked into its code). ``xp``: the step inputs or their shape."""
     lp = g.loop
-    if lp is None or xp.shape[1] != lp.batch or xp.shape[0] == 0:
+    shape = xp.shape if isinstance(xp, Tensor) else xp
+    if lp is None or shape[1] != lp.batch or shape[0] == 0:
         return False
     return tuple((tuple(t.shape), tuple(t.stride()), t.dtype) for t in inv) == lp.inv_layouts
+
+
+def _folds(g: StepGraphs, x: Tensor | None, w: Tensor | None, b: Tensor | None, inv: Sequence[Tensor]) -> bool:
+    """Whether the C loop computes the input projection ``x wᵀ + b`` ([T, B, d] → [T, B, rows]) at every
+    step instead of reading it from a buffer filled before the loop: it saves writing and reading back
+    a ``[T, B, rows]`` buffer, and oneDNN's per-call weight reorder."""
+    if x is None or w is None or b is None or x.dim() != 3:
+        return False
+    return _c_loop(g, (x.shape[0], x.shape[1]), inv) and g.loop.folds(w, b, x) and x.is_contiguous()
 
 
 def _cat(parts: list[Tensor], dim: int) -> Tensor:
@@ -729,8 +751,9 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
     if tape.env is not None:
         from .pool import POOL
 
-        dxp, dxs, dstate, factors, leased = g.loop.backward(tape.env, pre, dout, dstate, tape.xp_shape,
-                                                            tape.xs_shape)
+        dxp, dxs, dstate, factors, leased, dx = g.loop.backward(
+            tape.env, pre, dout, dstate, tape.xp_shape, tape.xs_shape, proj.w if proj.need_dx else None)
+        proj.dx = dx
         dinv: list[Tensor | None] = [None] * g.n_inv
         _post_products(g, dxp, factors, dinv, proj)
         del factors
@@ -749,18 +772,20 @@ class _Proj:
     post-loop pass computes them (:func:`_post_products`), ∂x = ∂xp·W."""
 
     def __init__(self, saved: tuple[Tensor, Tensor] | None, need_dx: bool, need_dw: bool) -> None:
-        self.x2d, self.w = saved if saved is not None else (None, None)
+        self.x, self.w = saved if saved is not None else (None, None)
+        self.x2d = None if self.x is None else self.x.view(-1, self.x.shape[-1])        # [T·B, d]
         self.need_dx, self.need_dw = need_dx and saved is not None, need_dw and saved is not None
         self.dw: Tensor | None = None
         self.db: Tensor | None = None
+        self.dx: Tensor | None = None         # computed by the C loop at every step (LoopPlan.bw_dx)
 
     def grads(self, dxp: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         from .fused import input_weight_grads, matmul
 
-        dx = None
-        if self.need_dx:
+        dx = self.dx
+        if self.need_dx and dx is None:
             assert self.x2d is not None and self.w is not None
-            dx = matmul(dxp.reshape(-1, dxp.shape[-1]), self.w)          # [T·B, d], as x2d
+            dx = matmul(dxp.reshape(-1, dxp.shape[-1]), self.w).view(self.x.shape)  # type: ignore[union-attr]
         if self.need_dw and self.dw is None:
             assert self.x2d is not None
             self.dw, self.db = input_weight_grads(self.x2d, dxp.reshape(-1, dxp.shape[-1]), None)
@@ -1193,8 +1218,10 @@ class Derived:
 
             preload()
         xp, xs, st, proj = _recurrence_inputs(cell, x, state)
+        if xp is None:                         # the graphs need its shape only (the projection waits)
+            xp_like = x.new_zeros(()).expand(x.shape[0], x.shape[1], proj[1].shape[0])  # type: ignore[union-attr]
         try:
-            g = self.graphs(cell, xp, xs, st, compile=not aten)
+            g = self.graphs(cell, xp if xp is not None else xp_like, xs, st, compile=not aten)
         except DerivationError as exc:    # remembered: the plan becomes the reference loop, with the reason
             self.failure = str(exc)
             return None
@@ -1204,18 +1231,20 @@ class Derived:
         if self.fallback_plan is not None and g.loop is None:
             self.hand_only = g.loop_note or g.c_note or "the step graphs are not compiled by the C generator"
             return None
-        if g.compiled:
-            xp = xp.contiguous()
-            xs = xs.contiguous() if xs is not None else None
         assert self._traced is not None
         inv = g.prologue(*self._traced.params(cell))
+        if xp is None and not _folds(g, proj[0], proj[1], proj[2], inv):
+            xp = _project(proj[0], proj[1], proj[2])    # type: ignore[arg-type]
+        if g.compiled:
+            xp = xp.contiguous() if xp is not None else None
+            xs = xs.contiguous() if xs is not None else None
         inputs = (xp, xs, *proj, *st, *inv)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
             res = DerivedSequence.apply(g, len(st), *inputs)
             return res[0], tuple(res[1:])
         with torch.no_grad():
             now = list(st)
-            out, _ = _forward_loop(g, xp, xs, now, inv, False)
+            out, _ = _forward_loop(g, xp, xs, now, inv, False, None if xp is not None else proj)
             return out, tuple(now)
 
 
@@ -1225,24 +1254,32 @@ def _width(cell: Any) -> int:
     return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(cell, "hidden_size", 1))
 
 
-def _recurrence_inputs(cell: Any, x: Tensor, state: State
-                       ) -> tuple[Tensor, Tensor | None, State, tuple[Tensor | None, Tensor | None, Tensor | None]]:
+_Factors = tuple[Tensor | None, Tensor | None, Tensor | None]
+
+
+def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor | None, Tensor | None, State, _Factors]:
     """The cell's hoisted input GEMM over every step, its short input, the state, as
-    ``cell._recurrence_inputs`` gives them, and the projection's factors (None ×3, or x [T·B, d], W_ih,
-    b). For float32 on the CPU (autocast off: :mod:`cellsearch.fast` turns it off around the fast paths),
-    reading the cell as the fused paths do (``weight_ih``, ``bias``, ``short_input``), the GEMM runs on
-    oneDNN (:func:`cellsearch.fast.fused.projected`) without a graph and the sequence owns its gradients
-    (:class:`DerivedSequence`: ∂W_ih in the same pass over ∂xp as the recurrent weight's)."""
-    from .fused import onednn_available, projected
+    ``cell._recurrence_inputs`` gives them, and the projection's factors (None ×3, or x [T, B, d]
+    contiguous, W_ih, b). For float32 on the CPU (autocast off: :mod:`cellsearch.fast` turns it off
+    around the fast paths), reading the cell as the fused paths do (``weight_ih``, ``bias``,
+    ``short_input``), the sequence owns the projection and its gradients (:class:`DerivedSequence`: ∂W_ih
+    in the same pass over ∂xp as the recurrent weight's): the GEMM is left to the caller (None in its
+    place), which runs it in the C loop (:func:`_folds`) or on oneDNN (:func:`_project`)."""
+    from .fused import onednn_available
 
     w, b = getattr(cell, "weight_ih", None), getattr(cell, "bias", None)
     if isinstance(w, Tensor) and isinstance(b, Tensor) and x.dtype == w.dtype == b.dtype == torch.float32 \
             and x.device.type == "cpu" and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu") \
             and onednn_available():
-        T, B, d = x.shape
-        x2d = x.reshape(T * B, d).contiguous()
-        with torch.no_grad():
-            xp = projected(x2d, w, b).view(T, B, w.shape[0])
-        return xp, cell.short_input(x), tuple(state), (x2d, w, b)
+        return None, cell.short_input(x), tuple(state), (x.contiguous(), w, b)
     _, xp, xs, st = cell._recurrence_inputs(x, state)
     return xp, xs, tuple(st), (None, None, None)
+
+
+def _project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """``x wᵀ + b`` for x [T, B, d], without a graph (one oneDNN call: :func:`cellsearch.fast.fused.projected`)."""
+    from .fused import projected
+
+    T, B, d = x.shape
+    with torch.no_grad():
+        return projected(x.view(T * B, d), w, b).view(T, B, w.shape[0])

@@ -16,6 +16,7 @@ warning), so nothing planted there is loaded. ``CELLSEARCH_DERIVED_COMPILE=0`` t
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import threading
@@ -58,9 +59,15 @@ def unavailable(device: torch.device | str = "cpu") -> str | None:
         return off
     if torch.device(device).type != "cpu":
         return f"Inductor compilation of derived steps is only used on the CPU (not {torch.device(device).type})"
-    if not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "g++", "clang++", "c++")):
+    if not _cxx_found(os.environ.get("CXX") or "g++"):
         return "no C++ compiler found (set CXX)"
     return None
+
+
+@functools.cache
+def _cxx_found(first: str) -> bool:
+    """Whether a C++ compiler is on the PATH (looked up once per ``CXX``: every derived call asks)."""
+    return any(shutil.which(c) for c in (first, "g++", "clang++", "c++"))
 
 
 _preloading: threading.Thread | None = None

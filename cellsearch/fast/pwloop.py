@@ -118,8 +118,10 @@ class _Func:
 
     name: str
     batch: int
+    dtype: str = "float32"
     slots: dict[str, int] = field(default_factory=dict)
     packs: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)   # (weight slot, pack slot, K N sk sn)
+    pre: list[str] = field(default_factory=list)      # C before the threads start (packs sized by kx)
     body: list[str] = field(default_factory=list)
 
     def slot(self, name: str) -> int:
@@ -237,8 +239,7 @@ class _Writer:
         pslot = f"{self.prefix}pack_{wslot}"
         if all(p[1] != pslot for p in self.fn.packs):
             self.fn.packs.append((wslot, pslot, (K, N, int(wv.stride(0)), int(wv.stride(1)))))
-            nr = panel_width(self.dtype)
-            self.buffers[pslot] = Buffer("pack", K * ((N + nr - 1) // nr) * nr, self.dtype)
+            self.buffers[pslot] = Buffer("pack", _packed_size(K, N, self.dtype), self.dtype)
         self.fn.slot(pslot)
         sfx = "f" if self.dtype == "float32" else "d"
         d, ldd = ("0", 0) if hc is None else (self.fn.ptr(hc, "r0" if hc.per_row() else ""), hc.rs)
@@ -312,17 +313,31 @@ class LoopPlan:
     factors: list[tuple[Home | None, Home | None]]    # post-loop factor homes (None: read from dxp)
     inv_layouts: tuple[Any, ...] = ()
     source: str = ""
+    #: the forward that computes the input projection at every step (its function and buffers; None:
+    #: the step input is an output of the step, kept for the backward)
+    fold: tuple[_Func, dict[str, Buffer]] | None = None
+    #: whether the backward computes the projection's ∂x at every step (∂xp has a whole-row home)
+    bw_dx: bool = False
     fw_fn: Any = None
     bw_fn: Any = None
+    fx_fn: Any = None
     threaded: bool = False
 
     # ---------------------------------------------------------------------------------------------
     def bind(self, lib: Any, threaded: bool) -> None:
         self.fw_fn, self.bw_fn = getattr(lib, self.fw.name), getattr(lib, self.bw.name)
-        for f in (self.fw_fn, self.bw_fn):
-            f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
-            f.restype = None
+        self.fx_fn = None if self.fold is None else getattr(lib, self.fold[0].name)
+        for f in (self.fw_fn, self.bw_fn, self.fx_fn):
+            if f is not None:
+                f.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+                f.restype = None
         self.threaded = threaded
+
+    def folds(self, w: Tensor, b: Tensor, like: Tensor) -> bool:
+        """Whether the forward can compute the projection ``x wᵀ + b`` at every step (``w`` [cols, kx]
+        and ``b`` contiguous, of ``like``'s dtype and device)."""
+        return self.fold is not None and w.dim() == 2 and w.is_contiguous() and b.is_contiguous() and \
+            b.numel() == w.shape[0] and w.dtype == b.dtype == like.dtype and w.device == like.device
 
     def _threads(self) -> int:
         return max(1, min(torch.get_num_threads(), self.batch // 8)) if self.threaded else 1
@@ -343,41 +358,58 @@ class LoopPlan:
                 leased.append(env[name])
         return leased
 
-    def _call(self, fn: Any, func: _Func, env: dict[str, Tensor], T: int) -> None:
+    def _call(self, fn: Any, func: _Func, env: dict[str, Tensor], T: int, kx: int = 0) -> None:
         ptrs = (ctypes.c_void_p * max(1, len(func.slots)))()
         for name, i in func.slots.items():
-            ptrs[i] = env[name].data_ptr()
-        fn(ptrs, T, self._threads())
+            if name in env or name not in _OPTIONAL:
+                ptrs[i] = env[name].data_ptr()
+        fn(ptrs, T, self._threads(), kx)
 
-    def forward(self, xp: Tensor, xs: Tensor | None, state: list[Tensor], inv: Sequence[Tensor],
-                keep: bool) -> tuple[Tensor, dict[str, Tensor] | None, list[Tensor]]:
+    def forward(self, xp: Tensor | None, xs: Tensor | None, state: list[Tensor], inv: Sequence[Tensor],
+                keep: bool, proj: tuple[Tensor, Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, dict[str, Tensor] | None, list[Tensor]]:
         """(the output sequence, the buffers the backward reads (None unless ``keep``), those of them
-        leased from the pool: give them back once no backward will read them)."""
-        T = xp.shape[0]
+        leased from the pool: give them back once no backward will read them). ``proj``: ``(x [T, B, kx],
+        w, b)`` with ``xp`` None, the projection ``x wᵀ + b`` computed at every step (:meth:`folds`)."""
         env: dict[str, Tensor] = {f"inv{i}": t for i, t in enumerate(inv)}
-        env["xp"] = xp
+        func, fn, buffers, kx = self.fw, self.fw_fn, self.fw_buffers, 0
+        if proj is not None:
+            assert self.fold is not None and xp is None
+            (func, buffers), fn = self.fold, self.fx_fn
+            env["x"], env["wih"], env["bias"] = proj
+            kx = int(proj[0].shape[-1])
+            like = proj[0]
+            env["wih_packed"] = POOL.take((_packed_size(kx, proj[1].shape[0], func.dtype),), like.dtype, like.device)
+        else:
+            assert xp is not None
+            env["xp"] = like = xp
+        T = like.shape[0]
         if xs is not None:
             env["xs"] = xs
         for j, s in enumerate(state):
             env[f"init{j}"] = s.contiguous()
-        leased = self._alloc(self.fw_buffers, env, T, xp)
-        self._call(self.fw_fn, self.fw, env, T)
+        leased = self._alloc(buffers, env, T, like)
+        if proj is not None:
+            leased.append(env["wih_packed"])
+        self._call(fn, func, env, T, kx)
         for j in range(self.n_state):                   # distinct tensors (a Function's outputs)
             state[j] = _value(self.fw_out[1 + j], env, T - 1, T).clone()
         out = env[self.fw_out[0].slot]
-        seq = {name for name, b in self.fw_buffers.items() if b.kind == "seq"} if keep else set()
+        seq = {name for name, b in buffers.items() if b.kind == "seq"} if keep else set()
         kept = [env[name] for name in seq if name != "out"]
         POOL.give(*[t for t in leased if not any(t is k for k in kept)])
         return out, (env if keep else None), kept
 
     def backward(self, env: dict[str, Tensor], pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
-                 xp_shape: Sequence[int], xs_shape: Sequence[int] | None
+                 xp_shape: Sequence[int], xs_shape: Sequence[int] | None, wih: Tensor | None = None
                  ) -> tuple[Tensor, Tensor | None, list[Tensor], list[tuple[list[Tensor] | None, list[Tensor] | None]],
-                            list[Tensor]]:
+                            list[Tensor], Tensor | None]:
         """(dxp, dxs, the initial state's gradients, the post-loop factors (as row pieces, the left one of its
         transpose, see :func:`cellsearch.fast.derived._post_products`), the buffers leased from the
-        pool: the factors are views of some, give them back after the post-loop products)."""
-        T = int(xp_shape[0])
+        pool: the factors are views of some, give them back after the post-loop products, and the
+        projection's ∂x ``[T, B, kx]`` where ``wih`` ([cols, kx], contiguous) asks for it and the loop
+        computes it at every step (:attr:`bw_dx`; else None))."""
+        T, B = int(xp_shape[0]), int(xp_shape[1])
         env = dict(env)
         env.update({f"pre{i}": t for i, t in enumerate(pre)})
         env["dout"] = dout.contiguous()
@@ -387,12 +419,28 @@ class LoopPlan:
         if xs_shape is not None:
             env["dxs"] = dout.new_zeros(xs_shape)
         leased = self._alloc(self.bw_buffers, env, T, dout)
-        self._call(self.bw_fn, self.bw, env, T)
+        kx = 0
+        if wih is not None and self.bw_dx and wih.is_contiguous() and wih.dtype == dout.dtype:
+            kx = int(wih.shape[1])
+            env["wihb"], env["dx"] = wih, dout.new_empty(T, B, kx)
+            env["wihb_packed"] = POOL.take((_packed_size(int(wih.shape[0]), kx, self.bw.dtype),), dout.dtype,
+                                           dout.device)
+            leased.append(env["wihb_packed"])
+        self._call(self.bw_fn, self.bw, env, T, kx)
         dstate = [_value(h, env, 0, T).clone() for h in self.bw_state]      # out of the leased buffers
         factors = [(None if a is None else _over_time(a, env, T), None if b is None else _over_time(b, env, T))
                    for a, b in self.factors]
-        return env["dxp"], env.get("dxs"), dstate, factors, leased
+        return env["dxp"], env.get("dxs"), dstate, factors, leased, env.get("dx")
 
+
+#: slots a loop function reads only when its ``kx`` argument is not 0 (a null pointer otherwise)
+_OPTIONAL = frozenset({"wihb", "wihb_packed", "dx"})
+
+
+def _packed_size(K: int, N: int, dtype: str) -> int:
+    """Elements of a ``[K, N]`` factor packed into panels (:func:`cellsearch.fast.cgemm` ``cs_pack``)."""
+    nr = panel_width(dtype)
+    return K * ((N + nr - 1) // nr) * nr
 
 def _value(home: Home, env: dict[str, Tensor], t: int, T: int) -> Tensor:
     """The [B, cols] value of a per-row ``home`` at step ``t`` (after the loop)."""
@@ -439,48 +487,12 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
     B, dtype = int(xp.shape[0]), _IR_DTYPES.get(xp.dtype)
     if dtype not in ("float32", "float64"):
         raise Unsupported(f"{xp.dtype} steps")
-    fwf = _Func(f"seqfw_{tag}", B)
-    fbuf: dict[str, Buffer] = {}
-    homes: dict[fx.Node, Home] = {}
-    for i, n in enumerate(fphs[:n_inv]):
-        homes[n] = _fixed(n, f"inv{i}", dtype)
-    step_in = fphs[n_inv:n_inv + 1 + has_xs]
-    for n, slot in zip(step_in, ("xp", "xs")):
-        homes[n] = _seq(n, slot, B)
-    out_node = next(n for n in fw.graph.graph.nodes if n.op == "output")
-    outs = list(out_node.args[0])
-    # outputs: h into the sequence output, every other output node into a [T, B, cols] buffer
-    w = _Writer(fw, names[0], fwf, dtype, homes, fbuf, "", {n: f"inv{i}" for i, n in enumerate(fphs[:n_inv])})
-    for i, o in enumerate(outs):
-        if i < n_out and (not isinstance(o, fx.Node) or o.op == "placeholder"):
-            raise Unsupported("the step output or a state output is a step input")
-        if not isinstance(o, fx.Node) or o in w.pinned or o.op == "placeholder":
-            continue
-        _rs, cols = w.rows_of(o)
-        slot = "out" if i == 0 else f"seq{len(fbuf)}"
-        fbuf[slot] = Buffer("seq", cols, _dtype(o))
-        w.pinned[o] = Home("seq", slot, _dtype(o), cols, cols, B * cols)
-    # state inputs: the previous step's state outputs
-    for j, n in enumerate(fphs[n_inv + 1 + has_xs:]):
-        prev = outs[1 + j]
-        if not isinstance(prev, fx.Node) or prev not in w.pinned:
-            raise Unsupported(f"state {j} is not a value the step computes")
-        ph = w.pinned[prev]
-        rs, cols = w.rows_of(n)
-        if rs != cols or cols != ph.cols:
-            raise Unsupported(f"state {j} is not contiguous")
-        homes[n] = Home("shift", f"init{j}", ph.dtype, cols, cols, of=ph)
-    w.walk()
-    for n, h in w.pinned.items():
-        if homes.get(n) != h:
-            raise Unsupported(f"output {n.name} was not written where the loop keeps it")
-    if not all(isinstance(o, fx.Node) for o in outs):
-        raise Unsupported("the forward returns a constant")
-    fw_out = [homes[o] for o in outs]
-    fwf.body = _loop_text(fwf, "for (i64 t = 0; t < T; t++)")
+    fwf, fbuf, fw_out = _forward(fw, names[0], fphs, g, dtype, B, f"seqfw_{tag}", fold=False)
+    fxf, fxbuf, fx_out = _forward(fw, names[0], fphs, g, dtype, B, f"seqfwx_{tag}", fold=True)
+    fold = (fxf, fxbuf) if fx_out == fw_out else None
 
     # the backward
-    bwf = _Func(f"seqbw_{tag}", B)
+    bwf = _Func(f"seqbw_{tag}", B, dtype)
     bbuf: dict[str, Buffer] = {}
     bhomes: dict[fx.Node, Home] = {}
     n_pre = g.n_pre
@@ -573,10 +585,100 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
                 raise Unsupported("a post-loop factor is not kept over the sequence")
             pair.append(h)
         factors.append((pair[0], pair[1]))
+    dxp_home = bhomes[bphs[-1]] if g.dxp_inplace else bw_w.pinned[dxp_o]
+    if dxp_home.kind == "seq" and dxp_home.offset == 0 and dxp_home.rs == dxp_home.cols:
+        # the projection's ∂x_t = ∂xp_t W_ih once the step has written ∂xp_t (kx: 0, none)
+        N = dxp_home.cols
+        _projection_product(bwf, "wihb", ("kx", "1", str(N), "kx"), "kx", str(N), bwf.ptr(dxp_home, "r0"), str(N),
+                            _rows_at(bwf, "dx", "kx"), "kx", None)
+        bw_dx = True
+    else:
+        bw_dx = False
     bwf.body = _loop_text(bwf, "for (i64 t = T - 1; t >= 0; t--)")
-    source = "\n".join([_function(fwf, dtype), _function(bwf, dtype)])
+    funcs = [fwf, bwf, *([] if fold is None else [fold[0]])]
+    source = "\n".join(_function(f, dtype) for f in funcs)
     inv_layouts = tuple((tuple(v.shape), tuple(v.stride()), v.dtype) for n in fphs[:n_inv] for v in [_meta(n)])
-    return LoopPlan(B, n_state, fwf, bwf, fbuf, bbuf, fw_out, bw_state, factors, inv_layouts, source)
+    return LoopPlan(B, n_state, fwf, bwf, fbuf, bbuf, fw_out, bw_state, factors, inv_layouts, source,
+                    fold=fold, bw_dx=bw_dx)
+
+
+def _forward(fw: Lowered, knames: list[str], fphs: list[fx.Node], g: Any, dtype: str, B: int, name: str,
+             fold: bool) -> tuple[_Func, dict[str, Buffer], list[Home]]:
+    """The forward loop function, its buffers and its outputs' homes. ``fold``: the step input ``xp`` is
+    computed at every step from the sequence's ``x`` (``[T, B, kx]``, ``kx`` the function's argument), the
+    projection's weight ``[cols, kx]`` and bias, into a scratch row block, instead of read from a
+    ``[T, B, cols]`` buffer filled before the loop (:meth:`LoopPlan.forward`'s ``proj``)."""
+    n_inv, n_out = g.n_inv, g.n_out
+    has_xs = g.n_var - n_out == 1
+    fwf = _Func(name, B, dtype)
+    fbuf: dict[str, Buffer] = {}
+    homes: dict[fx.Node, Home] = {}
+    for i, n in enumerate(fphs[:n_inv]):
+        homes[n] = _fixed(n, f"inv{i}", dtype)
+    step_in = fphs[n_inv:n_inv + 1 + has_xs]
+    for n, slot in zip(step_in, ("xp", "xs")):
+        homes[n] = _seq(n, slot, B)
+    out_node = next(n for n in fw.graph.graph.nodes if n.op == "output")
+    outs = list(out_node.args[0])
+    # outputs: h into the sequence output, every other output node into a [T, B, cols] buffer
+    w = _Writer(fw, knames, fwf, dtype, homes, fbuf, "", {n: f"inv{i}" for i, n in enumerate(fphs[:n_inv])})
+    for i, o in enumerate(outs):
+        if i < n_out and (not isinstance(o, fx.Node) or o.op == "placeholder"):
+            raise Unsupported("the step output or a state output is a step input")
+        if not isinstance(o, fx.Node) or o in w.pinned or o.op == "placeholder":
+            continue
+        _rs, cols = w.rows_of(o)
+        slot = "out" if i == 0 else f"seq{len(fbuf)}"
+        fbuf[slot] = Buffer("seq", cols, _dtype(o))
+        w.pinned[o] = Home("seq", slot, _dtype(o), cols, cols, B * cols)
+    if fold:                              # xp_t = x_t W_ihᵀ + b, a GEMM of K = kx at each step, into
+        home = homes[step_in[0]]          # one scratch block (a [T, B, cols] buffer if the backward reads it)
+        if any(o is step_in[0] for o in outs):
+            fbuf["xp"] = Buffer("seq", home.cols, dtype)
+        else:
+            home = homes[step_in[0]] = Home("fixed", "xpt", dtype, home.cols, home.cols)
+            fbuf["xpt"] = Buffer("tmp", home.cols, dtype)
+        cols = str(home.cols)
+        _projection_product(fwf, "wih", ("1", "kx", "kx", cols), cols, "kx", _rows_at(fwf, "x", "kx"), "kx",
+                            fwf.ptr(home, "r0"), cols, "bias")
+    # state inputs: the previous step's state outputs
+    for j, n in enumerate(fphs[n_inv + 1 + has_xs:]):
+        prev = outs[1 + j]
+        if not isinstance(prev, fx.Node) or prev not in w.pinned:
+            raise Unsupported(f"state {j} is not a value the step computes")
+        ph = w.pinned[prev]
+        rs, cols = w.rows_of(n)
+        if rs != cols or cols != ph.cols:
+            raise Unsupported(f"state {j} is not contiguous")
+        homes[n] = Home("shift", f"init{j}", ph.dtype, cols, cols, of=ph)
+    w.walk()
+    for n, h in w.pinned.items():
+        if homes.get(n) != h:
+            raise Unsupported(f"output {n.name} was not written where the loop keeps it")
+    if not all(isinstance(o, fx.Node) for o in outs):
+        raise Unsupported("the forward returns a constant")
+    fw_out = [homes[o] for o in outs]
+    fwf.body = _loop_text(fwf, "for (i64 t = 0; t < T; t++)")
+    return fwf, fbuf, fw_out
+
+
+def _projection_product(fn: _Func, weight: str, pack: tuple[str, str, str, str], N: str, K: str, a: str, lda: str,
+                        c: str, ldc: str, bias: str | None) -> None:
+    """The input projection's product at every step, by its weight (slot ``weight``, packed before the
+    threads start: ``pack`` = the C of ``sk, sn, K, N``): ``c = a·W (+ the row bias)``, ``a`` and ``c``
+    C addresses of this thread's rows. Without a bias it is ∂x, computed only where the function's
+    ``kx`` is not 0."""
+    real, sfx = _C[fn.dtype], "f" if fn.dtype == "float32" else "d"
+    guard = "if (kx) " if bias is None else ""
+    packed = f"(({real} *)P[{fn.slot(weight + '_packed')}])"
+    fn.pre.append(f"    {guard}cs_pack_{sfx}((({real} *)P[{fn.slot(weight)}]), {', '.join(pack)}, {packed});")
+    d = "0" if bias is None else f"(({real} *)P[{fn.slot(bias)}])"
+    fn.body.append(f"        {guard}cs_gemm_{sfx}(r1 - r0, {N}, {K}, {a}, {lda}, {packed}, {c}, {ldc}, {d}, 0);")
+
+
+def _rows_at(fn: _Func, slot: str, cols: str) -> str:
+    """The C address of this thread's rows at step t of the ``[T, B, cols]`` buffer in ``slot``."""
+    return f"((({_C[fn.dtype]} *)P[{fn.slot(slot)}]) + (t * {fn.batch} + r0) * {cols})"
 
 
 #: torch dtypes -> the IR's names (pwgen.TORCH_DTYPES inverted)
@@ -610,8 +712,10 @@ def _function(fn: _Func, dtype: str) -> str:
     packs = [f"    cs_pack_{sfx}(({real} *)P[{fn.slot(w)}], {sk}, {sn}, {K}, {N}, ({real} *)P[{fn.slot(p)}]);"
              for w, p, (K, N, sk, sn) in fn.packs]
     return "\n".join([
-        f"void {fn.name}(void *const *P, i64 T, i64 nth) {{",
+        f"void {fn.name}(void *const *P, i64 T, i64 nth, i64 kx) {{",
+        "    (void)kx;",
         *packs,
+        *fn.pre,
         "#ifdef _OPENMP",
         "    #pragma omp parallel num_threads((int)nth)",
         "#endif",
