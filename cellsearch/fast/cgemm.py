@@ -158,7 +158,10 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
         if (pa)
             for (i64 k = 0; k < kc; k++) {
                 const REAL *a1 = A + (k0 + k) * lda, *a2 = A2 ? A2 + (k0 + k) * lda2 : 0;
-                for (i64 m = 0; m < Mp; m++)
+                i64 m = 0;
+                for (; m + 8 <= M; m += 8)                   /* whole groups of 8: one 8-wide copy each */
+                    memcpy(pa + ((m >> 3) * kc + k) * 8, a1 + m, 8 * sizeof(REAL));
+                for (; m < Mp; m++)
                     pa[((m >> 3) * kc + k) * 8 + (m & 7)] = m < M ? a1[m] : m < Mt ? a2[m - M] : (REAL)0;
             }
         for (i64 p = p0; p < p1; p++) {
