@@ -1,4 +1,5 @@
-"""The C product Aᵀ·B of :mod:`cellsearch.fast.cgemm` (the post-loop weight gradients) against torch."""
+"""The C products of :mod:`cellsearch.fast.cgemm` against torch: Aᵀ·B (the post-loop weight gradients) and
+the per-step products of a time loop alone (the GEMM floor's)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,27 @@ def test_tn_refuses_what_it_does_not_serve() -> None:
     assert cgemm.tn(a, b.half()) is None                          # dtype
     assert cgemm.tn_parts([a[:3], a[3:]], b[:9]) is None          # rows do not add up
     assert cgemm.tn(a, b, torch.empty(5)) is None                 # column sums of the wrong size
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T,B,K,N", [(1, 1, 1, 1), (3, 11, 37, 45), (2, 64, 128, 512), (4, 9, 300, 33)])
+def test_steps_equal_torch(dtype: torch.dtype, T: int, B: int, K: int, N: int) -> None:
+    """out[t] = a[t]·w for every t: w transposed or not, out a column slice of a wider buffer."""
+    g = torch.Generator().manual_seed(T + B + K + N)
+    a = torch.randn(T, B, K, generator=g, dtype=dtype)
+    for w in (torch.randn(K, N, generator=g, dtype=dtype), torch.randn(N, K, generator=g, dtype=dtype).t()):
+        wide = torch.full((T, B, N + 5), float("nan"), dtype=dtype)
+        assert cgemm.steps(a, w, wide[:, :, 2:N + 2])
+        _close(wide[:, :, 2:N + 2], a @ w)
+        assert wide[:, :, :2].isnan().all() and wide[:, :, N + 2:].isnan().all()
+
+
+def test_steps_refuse_what_they_do_not_serve() -> None:
+    a, w, out = torch.randn(2, 3, 4), torch.randn(4, 5), torch.empty(2, 3, 5)
+    assert not cgemm.steps(a.half(), w.half(), out.half())                   # dtype
+    assert not cgemm.steps(a, w[:3], out)                                    # shapes
+    assert not cgemm.steps(a.transpose(1, 2).contiguous().transpose(1, 2), w, out)   # columns not unit-strided
+    assert not cgemm.steps(a, w.double(), out)                                # mixed dtypes
 
 
 def test_matmul_routes_a_transposed_left_factor_to_the_c_product() -> None:

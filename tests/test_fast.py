@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -420,6 +421,27 @@ def test_the_gemm_floor_runs_the_cells_matrix_products() -> None:
     x = torch.randn(3, 4, 5, requires_grad=True)
     floor(x).sum().backward()
     assert x.grad is not None
+
+
+def test_the_gemm_floor_runs_on_the_c_loops_products_where_they_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C product library is built, the floor's per-step products are the C loop's own
+    (cgemm.steps: projection, recurrent and transition products, ∂h, ∂x); where it is not, oneDNN's."""
+    from cellsearch.bench import GemmFloor
+    from cellsearch.fast import cgemm
+
+    steps, calls = cgemm.steps, []
+
+    def counted(*args: Any) -> bool:
+        calls.append(steps(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(cgemm, "steps", counted)
+    floor = GemmFloor(cs.create_rnn("dt_rnn", 5, 8))
+    floor(torch.randn(3, 4, 5))
+    if cgemm.library() is not None:
+        assert calls == [True] * 6
+    monkeypatch.setattr(cgemm, "steps", lambda *args: False)
+    floor(torch.randn(3, 4, 5))                    # the oneDNN / torch floor
 
 
 def test_the_gemm_floor_counts_deep_transitions_and_deep_output() -> None:

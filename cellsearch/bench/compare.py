@@ -120,10 +120,13 @@ class GemmFloor(nn.Module):
     over all T·B rows at once: forward, input gradient and weight gradient, one large GEMM each. A
     saturation's matrices are not counted: asRNN's fused loop folds its U_f and D_f into its one step
     product, but still pays three T·B products for them (all h_t = y_t P, ∂h Pᵀ, the ∂P reduction).
-    Each product runs on the engine the fused paths use (:class:`cellsearch.fast.fused.Mat`, ``project``
-    and ``matmul``: oneDNN with packed weights for float32 on the CPU where it is faster, else
-    ``torch.mm``), so the floor is what those paths could reach with free pointwise work. Run as a model
-    by :func:`time_runs` (same rounds)."""
+    Each product runs on the fastest engine the fast paths have, so the floor is what they could reach
+    with free pointwise work: where the C product library is built (:mod:`cellsearch.fast.cgemm`), the
+    derived path's C loop's own products, laid out as it runs them (:func:`_floor_layer_c`: the
+    projection and ∂x at every step, ∂W_ih joining the recurrent weight's pass where it can); else the
+    fused paths' (:class:`cellsearch.fast.fused.Mat`, ``project`` and ``matmul``: oneDNN with packed
+    weights for float32 on the CPU where it is faster, else ``torch.mm``). Run as a model by
+    :func:`time_runs` (same rounds)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -152,8 +155,9 @@ class GemmFloor(nn.Module):
             mats = []
             for g, d, r_, n, steps in self.shapes:
                 X = r(T * B, d)
+                wide = max(g, d, r_, n, *(max(o, i) for o, i in steps))
                 mats.append((X, r(g, d), r(g), r(r_, n), r(T, B, n), r(T, B, r_), r(T * B, g), r(T * B, g),
-                             torch.cat([X.t(), X.new_ones(1, T * B)]),
+                             torch.cat([X.t(), X.new_ones(1, T * B)]), r(T, B, wide),
                              *(r(o, i) for o, i in steps), *(r(T, B, max(o, i)) for o, i in steps)))
             mlps = [(r(o, i), r(T * B, i), r(T * B, o)) for o, i in self.mlps]
             self._mats[key] = (mats, mlps)
@@ -162,8 +166,9 @@ class GemmFloor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mats, mlps = self._matrices(x)
         with torch.no_grad():
-            for X, W, b, U, H, DA, XP, DXP, X1t, *trans in mats:
-                _floor_layer(x.shape[0], X, W, b, U, H, DA, XP, DXP, X1t, trans)
+            for X, W, b, U, H, DA, XP, DXP, X1t, S, *trans in mats:
+                if not _floor_layer_c(x.shape[0], X, W, U, H, DA, DXP, S, trans):
+                    _floor_layer(x.shape[0], X, W, b, U, H, DA, XP, DXP, X1t, trans)
             for V, IN, OUT in mlps:
                 _floor_mlp(V, IN, OUT)
         return x.sum() * 0.0
@@ -194,6 +199,40 @@ def _floor_layer(B: int, X: Tensor, W: Tensor, b: Tensor, U: Tensor, H: Tensor, 
         matmul(flat[:, :v.shape[1]].t(), flat[:, :v.shape[0]])
     matmul(X1t, DXP)
     matmul(DXP, W)
+
+
+def _floor_layer_c(B: int, X: Tensor, W: Tensor, U: Tensor, H: Tensor, DA: Tensor, DXP: Tensor, S: Tensor,
+                   trans: list[Tensor]) -> bool:
+    """One recurrent layer's products on the engine of the derived path's C loop
+    (:mod:`cellsearch.fast.cgemm`), as the loop runs them: the input projection and ∂x at every step
+    (K = d), the recurrent and transition products at every step (:func:`~cellsearch.fast.cgemm.steps`),
+    the post-loop weight gradients by ``cs_tn`` (∂W_ih, ∂b in the pass over ∂xp that gives the
+    recurrent weight's where it spans all of ∂xp, the LSTM family's, as the loop does). False where the
+    library does not serve it (the oneDNN floor of :func:`_floor_layer` is measured instead)."""
+    from ..fast import cgemm
+
+    T, d = H.shape[0], X.shape[1]
+    weights, bufs = trans[:len(trans) // 2], trans[len(trans) // 2:]
+    xs, dxp = X.view(T, B, d), DXP.view(T, B, -1)
+    if not cgemm.steps(xs, W.t(), S[:, :, :W.shape[0]]):
+        return False
+    cgemm.steps(H, U.t(), S[:, :, :U.shape[0]])
+    for v, z in zip(weights, bufs):
+        cgemm.steps(z[:, :, :v.shape[1]], v.t(), S[:, :, :v.shape[0]])
+    for v, z in zip(weights, bufs):
+        cgemm.steps(z[:, :, :v.shape[0]], v, S[:, :, :v.shape[1]])
+    cgemm.steps(DA, U, S[:, :, :U.shape[1]])
+    cgemm.steps(dxp, W, S[:, :, :d])
+    h2d, colsum = H.reshape(-1, H.shape[-1]), DXP.new_empty(DXP.shape[1])
+    for v, z in zip(weights, bufs):
+        flat = z.reshape(-1, z.shape[-1])
+        cgemm.tn(flat[:, :v.shape[1]], flat[:, :v.shape[0]])
+    if DA.shape[-1] == DXP.shape[1]:
+        cgemm.tn_parts([h2d], DXP, colsum, X)
+    else:
+        cgemm.tn(h2d, DA.reshape(-1, DA.shape[-1]))
+        cgemm.tn(X, DXP, colsum)
+    return True
 
 
 def _floor_mlp(V: Tensor, IN: Tensor, OUT: Tensor) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts"]
+__all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts", "steps", "row_threads"]
 
 _HEAD = "#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
@@ -199,11 +199,35 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
     free(pa);
     }
 }
+
+/* T products C_t [B, N] = A_t [B, K] W, W (element (k, n) at W[k * sk + n * sn]) packed once into P:
+   the products of a time loop alone, rows split over the threads as the loop splits them (the GEMM
+   floor of cellsearch.bench.compare times the loops' products through it) */
+void cs_steps_SFX(i64 T, i64 B, i64 N, i64 K, const REAL *A, i64 sa, i64 lda, const REAL *W, i64 sk, i64 sn,
+                  REAL *C, i64 sc, i64 ldc, REAL *P, i64 nth) {
+    cs_pack_SFX(W, sk, sn, K, N, P);
+#ifdef _OPENMP
+    #pragma omp parallel num_threads((int)nth) if(nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 id = 0, nt = 1; (void)nth;
+#endif
+    const i64 r0 = B * id / nt, r1 = B * (id + 1) / nt;
+    for (i64 t = 0; t < T; t++)
+        cs_gemm_SFX(r1 - r0, N, K, A + t * sa + r0 * lda, lda, P, C + t * sc + r0 * ldc, ldc, 0, 0);
+    }
+}
 """
 
 _SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_int64, ctypes.c_void_p] + \
     [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
 _SFX = {torch.float32: "_f", torch.float64: "_d"}
+_STEPS_SIG = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + \
+    [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + \
+    [ctypes.c_void_p, ctypes.c_int64]
 
 
 _lock = threading.Lock()
@@ -234,6 +258,8 @@ def library() -> Any:
                     for sfx in _SFX.values():
                         fn = getattr(_lib, "cs_tn" + sfx)
                         fn.argtypes, fn.restype = _SIG, None
+                        fn = getattr(_lib, "cs_steps" + sfx)
+                        fn.argtypes, fn.restype = _STEPS_SIG, None
     return _lib
 
 
@@ -242,11 +268,35 @@ def build_error() -> str | None:
     return _error
 
 
-def _fn(dtype: torch.dtype) -> Any:
-    """``cs_tn_f`` / ``cs_tn_d``, or None (no library, other dtypes)."""
+def _fn(dtype: torch.dtype, name: str = "cs_tn") -> Any:
+    """``cs_tn_f`` / ``cs_tn_d`` (or ``name``'s), or None (no library, other dtypes)."""
     sfx = _SFX.get(dtype)
     lib = library() if sfx is not None else None
-    return None if lib is None or sfx is None else getattr(lib, "cs_tn" + sfx)
+    return None if lib is None or sfx is None else getattr(lib, name + sfx)
+
+
+def steps(a: Tensor, w: Tensor, out: Tensor) -> bool:
+    """``out[t] = a[t] · w`` for every t (``a`` [T, B, K] and ``out`` [T, B, N] with unit column stride,
+    ``w`` [K, N], any strides) by the time loops' per-step GEMM (:data:`STEP`), ``w`` packed once, the
+    rows split over torch's threads as the loops split them; False where the C library does not serve
+    it (dtype, device, layout): the products of a time loop without its pointwise work."""
+    fn = _fn(a.dtype, "cs_steps")
+    if fn is None or a.device.type != "cpu" or any(t.dtype != a.dtype or t.device != a.device for t in (w, out)) \
+            or a.dim() != 3 or out.dim() != 3 or a.stride(2) != 1 or out.stride(2) != 1 \
+            or a.shape[:2] != out.shape[:2] or w.shape != (a.shape[2], out.shape[2]):
+        return False
+    T, B, K = a.shape
+    N = int(out.shape[2])
+    nr = 2 * 64 // a.element_size()
+    pack = a.new_empty(K * ((N + nr - 1) // nr) * nr)
+    fn(T, B, N, K, a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(), w.stride(0), w.stride(1),
+       out.data_ptr(), out.stride(0), out.stride(1), pack.data_ptr(), row_threads(B))
+    return True
+
+
+def row_threads(rows: int) -> int:
+    """The threads a time loop splits ``rows`` batch rows over: torch's, at least 8 rows each."""
+    return max(1, min(torch.get_num_threads(), rows // 8))
 
 
 def _rows(t: Tensor) -> bool:

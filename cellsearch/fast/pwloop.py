@@ -340,7 +340,9 @@ class LoopPlan:
             b.numel() == w.shape[0] and w.dtype == b.dtype == like.dtype and w.device == like.device
 
     def _threads(self) -> int:
-        return max(1, min(torch.get_num_threads(), self.batch // 8)) if self.threaded else 1
+        from .cgemm import row_threads
+
+        return row_threads(self.batch) if self.threaded else 1
 
     def _alloc(self, buffers: dict[str, Buffer], env: dict[str, Tensor], T: int, like: Tensor) -> list[Tensor]:
         """The buffers, leased from :data:`cellsearch.fast.pool.POOL` (with glibc's default allocator a
