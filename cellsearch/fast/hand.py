@@ -87,7 +87,8 @@ def _lstm(cell: Any, tied: bool) -> Plan | str:
 
 
 def lstm(cell: Any) -> Plan | str:
-    """LSTM (PRIMITIVES.md §1): torch.lstm when exact, else the fused LSTM kernels."""
+    """LSTM (PRIMITIVES.md §1): the fused LSTM kernels (torch.lstm when exact and the C kernels are not
+    built here, or on CUDA: :data:`~cellsearch.fast.paths.NATIVE`)."""
     return _lstm(cell, tied=False)
 
 
