@@ -97,6 +97,36 @@ def test_steps_refuse_what_they_do_not_serve() -> None:
     assert not cgemm.steps(a, w.double(), out)                                # mixed dtypes
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T,B,n", [(1, 3, 5), (7, 11, 37), (5, 64, 128)])
+def test_the_sigmoid_recurrence_equals_its_loop(dtype: torch.dtype, T: int, B: int, n: int) -> None:
+    """asRNN's loop: forward g_t = σ(g_t + g_{t−1}·k), backward g_t = (g_t + g_{t+1}·k) ⊙ s_t(1 − s_t), k
+    transposed or not."""
+    gen = torch.Generator().manual_seed(T * 100 + n)
+    g0 = torch.randn(T, B, n, generator=gen, dtype=dtype)
+    for k in (torch.randn(n, n, generator=gen, dtype=dtype) / n ** 0.5,
+              (torch.randn(n, n, generator=gen, dtype=dtype) / n ** 0.5).t()):
+        want = g0.clone()
+        for t in range(T):
+            if t > 0:
+                want[t] += want[t - 1] @ k
+            want[t] = torch.sigmoid(want[t])
+        got = g0.clone()
+        assert cgemm.sigmoid_recurrence(got, k)
+        _close(got, want)
+        d0 = torch.randn(T, B, n, generator=gen, dtype=dtype)
+        dwant = d0.clone()
+        for t in range(T - 1, -1, -1):
+            if t + 1 < T:
+                dwant[t] += dwant[t + 1] @ k
+            dwant[t] *= want[t] * (1 - want[t])
+        dgot = d0.clone()
+        assert cgemm.sigmoid_recurrence(dgot, k, want)
+        _close(dgot, dwant)
+    assert not cgemm.sigmoid_recurrence(torch.randn(T, n, B, dtype=dtype).transpose(1, 2), k)   # not contiguous
+    assert not cgemm.sigmoid_recurrence(g0, k[:-1])                       # shapes
+
+
 def test_matmul_routes_a_transposed_left_factor_to_the_c_product() -> None:
     """fused.matmul's hᵀ·dA (a transposed view) and the input projection's weight gradients equal torch's."""
     g = torch.Generator().manual_seed(5)

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts", "steps", "row_threads"]
+__all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts", "steps", "row_threads",
+           "sigmoid_recurrence"]
 
 _HEAD = "#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
@@ -223,6 +224,40 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
     }
 }
 
+/* A sigmoid recurrence over T steps, in place in G [T, B, n] (contiguous), rows over the threads (each row
+   depends on its own row only): forward (dir 0) G_t = sigma(G_t + G_{t-1} K) (G_0 = sigma(G_0)); backward
+   (dir 1, S the forward's G) G_t = (G_t + G_{t+1} K) * S_t (1 - S_t) from t = T - 1 down (the last
+   without the product). K [n, n] (element (k, j) at K[k * sk + j * sn]) packed once into P. asRNN's
+   fused kernel (cellsearch.fast.kernels.AdaptiveKernel): its whole time loop in one call. */
+void cs_sigrec_SFX(i64 dir, i64 T, i64 B, i64 n, REAL *G, const REAL *S, const REAL *K, i64 sk, i64 sn,
+                   REAL *P, i64 nth) {
+    cs_pack_SFX(K, sk, sn, n, n, P);
+#ifdef _OPENMP
+    #pragma omp parallel num_threads((int)nth) if(nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+    const i64 id = 0, nt = 1; (void)nth;
+#endif
+    const i64 r0 = B * id / nt, r1 = B * (id + 1) / nt;
+    for (i64 i = 0; i < T; i++) {
+        const i64 t = dir ? T - 1 - i : i;
+        REAL *g = G + (t * B + r0) * n;
+        if (i > 0) {
+            const REAL *prev = G + ((dir ? t + 1 : t - 1) * B + r0) * n;
+            cs_gemm_SFX(r1 - r0, n, n, prev, n, P, g, n, g, n);
+        }
+        if (dir) {
+            const REAL *st = S + (t * B + r0) * n;
+            for (i64 e = 0; e < (r1 - r0) * n; e++) g[e] = g[e] * (st[e] * ((REAL)1 - st[e]));
+        } else
+            for (i64 e = 0; e < (r1 - r0) * n; e++) g[e] = sig_SFX(g[e]);
+    }
+    }
+}
+
 /* T products C_t [B, N] = A_t [B, K] W, W (element (k, n) at W[k * sk + n * sn]) packed once into P:
    the products of a time loop alone, rows split over the threads as the loop splits them (the GEMM
    floor of cellsearch.bench.compare times the loops' products through it) */
@@ -248,6 +283,7 @@ void cs_steps_SFX(i64 T, i64 B, i64 N, i64 K, const REAL *A, i64 sa, i64 lda, co
 _SIG = [ctypes.c_int64] * 3 + [ctypes.c_void_p, ctypes.c_int64] * 3 + [ctypes.c_int64, ctypes.c_void_p] + \
     [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
 _SFX = {torch.float32: "_f", torch.float64: "_d"}
+_SIGREC_SIG = [ctypes.c_int64] * 4 + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_void_p, ctypes.c_int64]
 _STEPS_SIG = [ctypes.c_int64] * 4 + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + \
     [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + \
     [ctypes.c_void_p, ctypes.c_int64]
@@ -272,7 +308,7 @@ def library() -> Any:
             _lib, _error = None, csrc.disabled()
             if _error is None:
                 errors: list[str] = []
-                source = csrc._INCLUDES + _HEAD + csrc.instantiate(STEP + SEQUENCE)
+                source = csrc.math_preamble() + _HEAD + csrc.instantiate(STEP + SEQUENCE)
                 built = csrc.build(source, "cellsearch_gemm", csrc._FLAGS, csrc.variants(), ctypes.CDLL, errors)
                 if built is None:
                     _error = "; ".join(errors) or "no C compiler found (set CC)"
@@ -283,6 +319,8 @@ def library() -> Any:
                         fn.argtypes, fn.restype = _SIG, None
                         fn = getattr(_lib, "cs_steps" + sfx)
                         fn.argtypes, fn.restype = _STEPS_SIG, None
+                        fn = getattr(_lib, "cs_sigrec" + sfx)
+                        fn.argtypes, fn.restype = _SIGREC_SIG, None
     return _lib
 
 
@@ -314,6 +352,24 @@ def steps(a: Tensor, w: Tensor, out: Tensor) -> bool:
     pack = a.new_empty(K * ((N + nr - 1) // nr) * nr)
     fn(T, B, N, K, a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(), w.stride(0), w.stride(1),
        out.data_ptr(), out.stride(0), out.stride(1), pack.data_ptr(), row_threads(B))
+    return True
+
+
+def sigmoid_recurrence(g: Tensor, k: Tensor, s: Tensor | None = None) -> bool:
+    """asRNN's time loop in one call, in place in ``g`` [T, B, n] (contiguous): forward (``s`` None)
+    ``g_t ← σ(g_t + g_{t−1}·k)``; backward (``s`` the forward's result) ``g_t ← (g_t + g_{t+1}·k) ⊙ s_t(1 −
+    s_t)`` from the last step down. ``k`` [n, n], any strides. Rows split over torch's threads as the time
+    loops split them. False where the C library does not serve it (dtype, device, layout)."""
+    fn = _fn(g.dtype, "cs_sigrec")
+    if fn is None or g.device.type != "cpu" or g.dim() != 3 or not g.is_contiguous() \
+            or k.shape != (g.shape[2], g.shape[2]) or k.dtype != g.dtype or k.device != g.device \
+            or (s is not None and (s.shape != g.shape or not s.is_contiguous() or s.dtype != g.dtype)):
+        return False
+    T, B, n = g.shape
+    nr = 2 * 64 // g.element_size()
+    pack = g.new_empty(n * ((n + nr - 1) // nr) * nr)
+    fn(int(s is not None), T, B, n, g.data_ptr(), None if s is None else s.data_ptr(), k.data_ptr(), k.stride(0),
+       k.stride(1), pack.data_ptr(), row_threads(B))
     return True
 
 

@@ -23,6 +23,7 @@ import math
 import torch
 from torch import Tensor
 
+from .cgemm import sigmoid_recurrence
 from .fused import Kernel, Mat, Workspace, _input_weight_grads, matmul
 from .gates import GateOps, block_steps
 
@@ -498,11 +499,12 @@ class AdaptiveKernel(Kernel):
         T, B, n = ws.T, ws.B, self.n
         Gs = ws.G.unbind(0)
         Gs[0].add_(torch.mm(ws.h0, ws.v).sub_(ws.k.sum(0)))
-        step = Mat((-2.0 * ws.k).t(), B)                   # s ↦ −2 s K
-        for t in range(T):
-            Gs[t].sigmoid_()
-            if t + 1 < T:
-                step.add_to(Gs[t + 1], Gs[t])
+        if not sigmoid_recurrence(ws.G, -2.0 * ws.k):   # the loop in C: s_t = σ(p_t − 2 s_{t−1} K)
+            step = Mat((-2.0 * ws.k).t(), B)               # s ↦ −2 s K
+            for t in range(T):
+                Gs[t].sigmoid_()
+                if t + 1 < T:
+                    step.add_to(Gs[t + 1], Gs[t])
         TB = T * B                                         # h = (1 − 2s) P, all steps in one product
         ws.Y = Mat((-2.0 * ws.p).t(), TB).mm(ws.G.view(TB, n), ws.p.sum(0)).view(T, B, n)
 
@@ -511,12 +513,13 @@ class AdaptiveKernel(Kernel):
         TB = T * B
         dy2 = dY.reshape(TB, n).contiguous()
         ws.dA = DW = Mat(ws.p, TB).mm(dy2).view(T, B, n)   # ∂h Pᵀ, all steps in one product
-        back = Mat(-2.0 * ws.k, B)                         # ∂s-part ↦ ∂p Kᵀ with ∂p = −2 dA
         DWs, Ss = DW.unbind(0), ws.G.unbind(0)
-        for t in range(T - 1, -1, -1):
-            if t + 1 < T:
-                back.add_to(DWs[t], DWs[t + 1])
-            _sigmoid_backward(DWs[t], Ss[t], grad_input=DWs[t])
+        if not sigmoid_recurrence(DW, (-2.0 * ws.k).t(), ws.G):   # the loop in C
+            back = Mat(-2.0 * ws.k, B)                     # ∂s-part ↦ ∂p Kᵀ with ∂p = −2 dA
+            for t in range(T - 1, -1, -1):
+                if t + 1 < T:
+                    back.add_to(DWs[t], DWs[t + 1])
+                _sigmoid_backward(DWs[t], Ss[t], grad_input=DWs[t])
         s2, dw2 = ws.G.view(TB, n), DW.view(TB, n)
         if T > 1:                                          # ∂K = Σ_{t≥1} y_{t−1}ᵀ ∂p_t
             ys_dp = DW[1:].sum((0, 1)).expand(n, n) - 2.0 * matmul(s2[:-B].t(), dw2[B:])
