@@ -444,6 +444,15 @@ def test_the_gemm_floor_runs_on_the_c_loops_products_where_they_are_built(monkey
     floor(torch.randn(3, 4, 5))                    # the oneDNN / torch floor
 
 
+def test_the_gemm_floor_counts_the_adaptive_saturations_map_over_all_rows() -> None:
+    """asRNN's P = U_f D_f⁻¹ maps every step's output: a linear map over all T·B rows, like an MLP's."""
+    from cellsearch.bench import GemmFloor
+
+    floor = GemmFloor(cs.create_rnn("asrnn", 5, 8, num_layers=2))
+    assert floor.mlps == [(8, 8), (8, 8)]
+    floor(torch.randn(3, 4, 5))
+
+
 def test_the_gemm_floor_counts_deep_transitions_and_deep_output() -> None:
     """DT(S) + deep output (dots_rnn): the transition layer is a per-step product in each direction, its
     shortcut joins the recurrent rows (it multiplies h_{t−1}), the output MLP's linear map runs over

@@ -118,8 +118,9 @@ class GemmFloor(nn.Module):
     post-loop weight gradient; its shortcut W_s [n, n] multiplies h_{t−1} too, so it joins U's rows (as
     the fused kernel stacks them). Every other linear map of the network (deep input / output MLPs) runs
     over all T·B rows at once: forward, input gradient and weight gradient, one large GEMM each. A
-    saturation's matrices are not counted: asRNN's fused loop folds its U_f and D_f into its one step
-    product, but still pays three T·B products for them (all h_t = y_t P, ∂h Pᵀ, the ∂P reduction).
+    saturation's matrices fold into the one step product (asRNN's fused loop), but its map P = U_f D_f⁻¹
+    of every step's output is counted as such a linear map over all rows (h = y P, ∂h Pᵀ, the ∂P
+    reduction); the matrix exponentials forming its orthogonal matrices are not.
     Each product runs on the fastest engine the fast paths have, so the floor is what they could reach
     with free pointwise work: where the C product library is built (:mod:`cellsearch.fast.cgemm`), the
     derived path's C loop's own products, laid out as it runs them (:func:`_floor_layer_c`: the
@@ -143,6 +144,10 @@ class GemmFloor(nn.Module):
             self.shapes.append((g, d, rows, int(u.shape[1]), steps))
         self.mlps = [tuple(m.weight.shape) for name, m in model.named_modules()
                      if isinstance(m, nn.Linear) and not name.startswith("layers.")]
+        # an adaptive saturation (asRNN) maps every step's tanh output through P = U_f D_f⁻¹ [n, n]: over
+        # all T·B rows at once, forward (h = y P), input gradient and weight gradient, as a linear map
+        self.mlps += [(int(cell.hidden_size),) * 2 for cell in getattr(model, "layers", [])
+                      if callable(getattr(getattr(cell, "saturation", None), "orthogonal", None))]
         self._mats: dict[tuple[Any, ...], tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]] = {}
 
     def _matrices(self, x: Tensor) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]:
