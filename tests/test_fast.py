@@ -444,6 +444,20 @@ def test_the_gemm_floor_runs_on_the_c_loops_products_where_they_are_built(monkey
     floor(torch.randn(3, 4, 5))                    # the oneDNN / torch floor
 
 
+def test_the_gemm_floor_counts_no_recurrent_product_for_a_parallel_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """minGRU / RG-LRU have no recurrent matrix (recurrence ``none``): no recurrent rows, on either engine."""
+    from cellsearch.bench import GemmFloor
+    from cellsearch.fast import cgemm
+
+    for name in ("mingru", "rg_lru"):
+        floor = GemmFloor(cs.create_rnn(name, 5, 8))
+        assert [rows for _g, _d, rows, _n, _s in floor.shapes] == [0]
+        floor(torch.randn(3, 4, 5))
+        with monkeypatch.context() as m:
+            m.setattr(cgemm, "steps", lambda *args: False)
+            floor(torch.randn(3, 4, 5))
+
+
 def test_the_gemm_floor_counts_the_adaptive_saturations_map_over_all_rows() -> None:
     """asRNN's P = U_f D_f⁻¹ maps every step's output: a linear map over all T·B rows, like an MLP's."""
     from cellsearch.bench import GemmFloor

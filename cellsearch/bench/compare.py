@@ -136,7 +136,9 @@ class GemmFloor(nn.Module):
             with torch.no_grad():
                 u = cell.recurrence.matrix()
             g, d = cell.weight_ih.shape
-            rows, steps = int(u.shape[0]), ()
+            # a recurrence that provides "no_recurrence" (the parallel scans' cells) has no recurrent product
+            rows = 0 if "no_recurrence" in getattr(cell.recurrence, "provides", ()) else int(u.shape[0])
+            steps: tuple[tuple[int, int], ...] = ()
             tr = getattr(cell, "transition", None)
             if tr is not None:
                 steps = tuple(tuple(layer.weight.shape) for layer in tr.layers)
@@ -187,18 +189,22 @@ def _floor_layer(B: int, X: Tensor, W: Tensor, b: Tensor, U: Tensor, H: Tensor, 
 
     weights, bufs = trans[:len(trans) // 2], trans[len(trans) // 2:]
     project(X, W, b, XP)
-    fwd, back = Mat(U, B), Mat(U.t(), B)
+    recurrent = U.shape[0] > 0
+    fwd, back = (Mat(U, B), Mat(U.t(), B)) if recurrent else (None, None)
     steps_f = [Mat(v, B) for v in weights]
     steps_b = [Mat(v.t(), B) for v in weights]
     for t in range(H.shape[0]):
-        fwd.mm(H[t])
+        if fwd is not None:
+            fwd.mm(H[t])
         for v, mat, z in zip(weights, steps_f, bufs):
             mat.mm(z[t, :, :v.shape[1]])
     for t in range(H.shape[0] - 1, -1, -1):
         for v, mat, z in zip(weights, steps_b, bufs):
             mat.mm(z[t, :, :v.shape[0]])
-        back.mm(DA[t])
-    matmul(H.reshape(-1, H.shape[-1]).t(), DA.reshape(-1, DA.shape[-1]))
+        if back is not None:
+            back.mm(DA[t])
+    if recurrent:
+        matmul(H.reshape(-1, H.shape[-1]).t(), DA.reshape(-1, DA.shape[-1]))
     for v, z in zip(weights, bufs):
         flat = z.reshape(-1, z.shape[-1])
         matmul(flat[:, :v.shape[1]].t(), flat[:, :v.shape[0]])
@@ -221,21 +227,25 @@ def _floor_layer_c(B: int, X: Tensor, W: Tensor, U: Tensor, H: Tensor, DA: Tenso
     xs, dxp = X.view(T, B, d), DXP.view(T, B, -1)
     if not cgemm.steps(xs, W.t(), S[:, :, :W.shape[0]]):
         return False
-    cgemm.steps(H, U.t(), S[:, :, :U.shape[0]])
+    recurrent = U.shape[0] > 0
+    if recurrent:
+        cgemm.steps(H, U.t(), S[:, :, :U.shape[0]])
     for v, z in zip(weights, bufs):
         cgemm.steps(z[:, :, :v.shape[1]], v.t(), S[:, :, :v.shape[0]])
     for v, z in zip(weights, bufs):
         cgemm.steps(z[:, :, :v.shape[0]], v, S[:, :, :v.shape[1]])
-    cgemm.steps(DA, U, S[:, :, :U.shape[1]])
+    if recurrent:
+        cgemm.steps(DA, U, S[:, :, :U.shape[1]])
     cgemm.steps(dxp, W, S[:, :, :d])
     h2d, colsum = H.reshape(-1, H.shape[-1]), DXP.new_empty(DXP.shape[1])
     for v, z in zip(weights, bufs):
         flat = z.reshape(-1, z.shape[-1])
         cgemm.tn(flat[:, :v.shape[1]], flat[:, :v.shape[0]])
-    if DA.shape[-1] == DXP.shape[1]:
+    if recurrent and DA.shape[-1] == DXP.shape[1]:
         cgemm.tn_parts([h2d], DXP, colsum, X)
     else:
-        cgemm.tn(h2d, DA.reshape(-1, DA.shape[-1]))
+        if recurrent:
+            cgemm.tn(h2d, DA.reshape(-1, DA.shape[-1]))
         cgemm.tn(X, DXP, colsum)
     return True
 
