@@ -230,10 +230,10 @@ class ComposedCell(nn.Module):
     def forward_sequence(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """A whole time-major sequence: x [T, B, d] → (out [T, B, n], final state).
 
-        Runs on the cell's fast path when it has one (:mod:`cellsearch.fast`: torch's native LSTM/GRU
-        kernels for exactly-LSTM/GRU specs, a fused whole-sequence function for the other families),
-        otherwise on :meth:`_reference_sequence`. Both give the same outputs and gradients;
-        ``with cellsearch.fast.enabled(False):`` forces the reference loop.
+        Runs on the cell's fast path when it has one (:mod:`cellsearch.fast`: a whole-sequence function,
+        derived from the step or hand-written; torch's native LSTM/GRU kernels for exactly-LSTM/GRU specs
+        on CUDA or without the C kernels), otherwise on :meth:`_reference_sequence`. Both give the same
+        outputs and gradients; ``with cellsearch.fast.enabled(False):`` forces the reference loop.
         """
         out = _fast.sequence(self, x, state)
         return out if out is not None else self._reference_sequence(x, state)

@@ -9,7 +9,8 @@ declares the same fused form runs on these kernels too, and one that does not ta
 
 Kernels: the torch-op kernels of :mod:`cellsearch.fast.kernels` (any device and dtype), the compiled C
 kernels of :mod:`cellsearch.fast.ckernels` (float32/float64 on the CPU, when the library builds), and
-torch's native LSTM/GRU (:mod:`cellsearch.fast.native`) for exactly-LSTM and exactly-GRU cells.
+torch's native LSTM/GRU (:mod:`cellsearch.fast.native`) for exactly-LSTM and exactly-GRU cells on CUDA
+or where the C kernels are not built (:data:`cellsearch.fast.paths.NATIVE`).
 """
 
 from __future__ import annotations
