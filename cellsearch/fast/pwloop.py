@@ -14,6 +14,10 @@ the library of the step's kernels (:mod:`cellsearch.fast.pwgen_c`), from the sam
   transition's layers) run in a small generated GEMM: the invariant packed once per call into
   32- (float) or 16- (double) column panels, the 8-row register tile of :mod:`cellsearch.fast.cgemm` that GCC
   vectorizes (AVX-512 here), ``addmm``'s addend added in the same pass. No call leaves the library;
+- **the input projection** ``xp = x W_ihᵀ + b`` of a sequence that owns it (float32 on the CPU,
+  :func:`cellsearch.fast.derived._folds`) runs at every step in the same GEMM (K = d), and so does its
+  ``∂x`` in the backward once the step has written ``∂xp_t``: no ``[T, B, ·]`` buffer of it is written
+  before the loop and read back, and no separate product runs after it;
 - **rows are independent**: every op of a step acts on each batch row alone (checked: kernels iterate
   the batch rows, products by invariants multiply rows), so the rows are split once over torch's
   OpenMP threads and each thread runs its rows through the whole sequence with no barrier between
@@ -313,8 +317,8 @@ class LoopPlan:
     factors: list[tuple[Home | None, Home | None]]    # post-loop factor homes (None: read from dxp)
     inv_layouts: tuple[Any, ...] = ()
     source: str = ""
-    #: the forward that computes the input projection at every step (its function and buffers; None:
-    #: the step input is an output of the step, kept for the backward)
+    #: the forward that computes the input projection at every step (its function and buffers; None
+    #: where its outputs would not be laid out as the plain forward's, which the backward reads)
     fold: tuple[_Func, dict[str, Buffer]] | None = None
     #: whether the backward computes the projection's ∂x at every step (∂xp has a whole-row home)
     bw_dx: bool = False
@@ -443,6 +447,7 @@ def _packed_size(K: int, N: int, dtype: str) -> int:
     """Elements of a ``[K, N]`` factor packed into panels (:func:`cellsearch.fast.cgemm` ``cs_pack``)."""
     nr = panel_width(dtype)
     return K * ((N + nr - 1) // nr) * nr
+
 
 def _value(home: Home, env: dict[str, Tensor], t: int, T: int) -> Tensor:
     """The [B, cols] value of a per-row ``home`` at step ``t`` (after the loop)."""
@@ -608,8 +613,9 @@ def _forward(fw: Lowered, knames: list[str], fphs: list[fx.Node], g: Any, dtype:
              fold: bool) -> tuple[_Func, dict[str, Buffer], list[Home]]:
     """The forward loop function, its buffers and its outputs' homes. ``fold``: the step input ``xp`` is
     computed at every step from the sequence's ``x`` (``[T, B, kx]``, ``kx`` the function's argument), the
-    projection's weight ``[cols, kx]`` and bias, into a scratch row block, instead of read from a
-    ``[T, B, cols]`` buffer filled before the loop (:meth:`LoopPlan.forward`'s ``proj``)."""
+    projection's weight ``[cols, kx]`` and bias, into a scratch row block (into a ``[T, B, cols]`` buffer
+    of the loop's where the backward reads ``xp``), instead of read from a ``[T, B, cols]`` buffer filled
+    before the loop (:meth:`LoopPlan.forward`'s ``proj``)."""
     n_inv, n_out = g.n_inv, g.n_out
     has_xs = g.n_var - n_out == 1
     fwf = _Func(name, B, dtype)
