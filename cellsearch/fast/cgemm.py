@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts", "steps", "row_threads",
-           "sigmoid_recurrence"]
+           "sigmoid_recurrence", "packed_size"]
 
 _HEAD = "#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
 
@@ -348,8 +348,7 @@ def steps(a: Tensor, w: Tensor, out: Tensor) -> bool:
         return False
     T, B, K = a.shape
     N = int(out.shape[2])
-    nr = 2 * 64 // a.element_size()
-    pack = a.new_empty(K * ((N + nr - 1) // nr) * nr)
+    pack = a.new_empty(packed_size(K, N, a.element_size()))
     fn(T, B, N, K, a.data_ptr(), a.stride(0), a.stride(1), w.data_ptr(), w.stride(0), w.stride(1),
        out.data_ptr(), out.stride(0), out.stride(1), pack.data_ptr(), row_threads(B))
     return True
@@ -366,11 +365,16 @@ def sigmoid_recurrence(g: Tensor, k: Tensor, s: Tensor | None = None) -> bool:
             or (s is not None and (s.shape != g.shape or not s.is_contiguous() or s.dtype != g.dtype)):
         return False
     T, B, n = g.shape
-    nr = 2 * 64 // g.element_size()
-    pack = g.new_empty(n * ((n + nr - 1) // nr) * nr)
+    pack = g.new_empty(packed_size(n, n, g.element_size()))
     fn(int(s is not None), T, B, n, g.data_ptr(), None if s is None else s.data_ptr(), k.data_ptr(), k.stride(0),
        k.stride(1), pack.data_ptr(), row_threads(B))
     return True
+
+
+def packed_size(K: int, N: int, itemsize: int) -> int:
+    """Elements of a ``[K, N]`` factor packed into panels of two 64-byte vectors (``cs_pack``)."""
+    nr = 2 * 64 // itemsize
+    return K * ((N + nr - 1) // nr) * nr
 
 
 def row_threads(rows: int) -> int:

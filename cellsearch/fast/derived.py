@@ -655,7 +655,7 @@ def _forward_loop(g: StepGraphs, xp: Tensor | None, xs: Tensor | None, state: li
                   inv: Sequence[Tensor], keep: bool, proj: tuple[Any, Any, Any] | None = None
                   ) -> tuple[Tensor, _Tape | None]:
     """Run the forward step graph over T; ``state`` is updated in place (to the final state). ``xp`` None:
-    the C loop computes it from ``proj`` = (x [T·B, d], W_ih, b) at every step (:func:`_folds`)."""
+    the C loop computes it from ``proj`` = (x [T, B, d], W_ih, b) at every step (:func:`_folds`)."""
     if xp is None:
         assert proj is not None
         shape = (proj[0].shape[0], proj[0].shape[1], proj[1].shape[0])

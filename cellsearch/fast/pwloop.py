@@ -61,13 +61,6 @@ def loop_choice() -> str:
     return "python" if os.environ.get("CELLSEARCH_DERIVED_LOOP", "c").strip().lower() == "python" else "c"
 
 
-
-
-def panel_width(dtype: str) -> int:
-    """Columns of one packed panel (two 64-byte vectors)."""
-    return 32 if dtype == "float32" else 16
-
-
 # -------------------------------------------------------------------------------------------------
 # homes
 # -------------------------------------------------------------------------------------------------
@@ -444,9 +437,10 @@ _OPTIONAL = frozenset({"wihb", "wihb_packed", "dx"})
 
 
 def _packed_size(K: int, N: int, dtype: str) -> int:
-    """Elements of a ``[K, N]`` factor packed into panels (:func:`cellsearch.fast.cgemm` ``cs_pack``)."""
-    nr = panel_width(dtype)
-    return K * ((N + nr - 1) // nr) * nr
+    """Elements of a ``[K, N]`` factor packed into panels (:func:`cellsearch.fast.cgemm.packed_size`)."""
+    from .cgemm import packed_size
+
+    return packed_size(K, N, TORCH_DTYPES[dtype].itemsize)
 
 
 def _value(home: Home, env: dict[str, Tensor], t: int, T: int) -> Tensor:
