@@ -38,7 +38,14 @@ from torch import Tensor
 __all__ = ["STEP", "SEQUENCE", "library", "build_error", "tn", "tn_parts", "steps", "row_threads",
            "sigmoid_recurrence", "packed_size"]
 
-_HEAD = "#ifdef _OPENMP\n#include <omp.h>\n#endif\n"
+#: OpenMP's header, and this thread's number ``id`` of ``nt`` inside a parallel region (0 of 1 without OpenMP)
+_HEAD = """#ifdef _OPENMP
+#include <omp.h>
+#define CS_THREAD_ID const i64 id = omp_get_thread_num(), nt = omp_get_num_threads()
+#else
+#define CS_THREAD_ID const i64 id = 0, nt = 1
+#endif
+"""
 
 #: the register tile and the per-step packed GEMM (see the module docstring)
 STEP = r"""
@@ -147,11 +154,7 @@ void cs_tn_SFX(i64 M, i64 N, i64 K, const REAL *A, i64 lda, const REAL *B, i64 l
     #pragma omp parallel num_threads((int)nth) if(nth > 1)
 #endif
     {
-#ifdef _OPENMP
-    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const i64 id = 0, nt = 1; (void)nth;
-#endif
+    CS_THREAD_ID;
     const i64 p0 = np * id / nt, p1 = np * (id + 1) / nt;
     REAL pk[CS_KC * CS_NR_SFX] __attribute__((aligned(64)));
     REAL *pa = p1 - p0 > 8 ? malloc(sizeof(REAL) * CS_KC * Mp) : 0;
@@ -236,11 +239,7 @@ void cs_sigrec_SFX(i64 dir, i64 T, i64 B, i64 n, REAL *G, const REAL *S, const R
     #pragma omp parallel num_threads((int)nth) if(nth > 1)
 #endif
     {
-#ifdef _OPENMP
-    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const i64 id = 0, nt = 1; (void)nth;
-#endif
+    CS_THREAD_ID;
     const i64 r0 = B * id / nt, r1 = B * (id + 1) / nt;
     for (i64 i = 0; i < T; i++) {
         const i64 t = dir ? T - 1 - i : i;
@@ -268,11 +267,7 @@ void cs_steps_SFX(i64 T, i64 B, i64 N, i64 K, const REAL *A, i64 sa, i64 lda, co
     #pragma omp parallel num_threads((int)nth) if(nth > 1)
 #endif
     {
-#ifdef _OPENMP
-    const i64 id = omp_get_thread_num(), nt = omp_get_num_threads();
-#else
-    const i64 id = 0, nt = 1; (void)nth;
-#endif
+    CS_THREAD_ID;
     const i64 r0 = B * id / nt, r1 = B * (id + 1) / nt;
     for (i64 t = 0; t < T; t++)
         cs_gemm_SFX(r1 - r0, N, K, A + t * sa + r0 * lda, lda, P, C + t * sc + r0 * ldc, ldc, 0, 0);

@@ -85,6 +85,8 @@ DERIVED_MIN = 1 << 19
 DERIVED_AFTER = 8
 
 State = tuple[Tensor, ...]
+#: an input projection's factors a sequence owns: (x [T, B, d], W_ih, b), or None ×3
+_Factors = tuple[Tensor | None, Tensor | None, Tensor | None]
 
 #: ops whose result must never be hoisted or replayed out of order
 _IMPURE = ("rand", "bernoulli", "dropout", "normal", "multinomial", "uniform", "exponential", "poisson",
@@ -656,20 +658,12 @@ def _forward_loop(g: StepGraphs, xp: Tensor | None, xs: Tensor | None, state: li
                   ) -> tuple[Tensor, _Tape | None]:
     """Run the forward step graph over T; ``state`` is updated in place (to the final state). ``xp`` None:
     the C loop computes it from ``proj`` = (x [T, B, d], W_ih, b) at every step (:func:`_folds`)."""
-    if xp is None:
-        assert proj is not None
-        shape = (proj[0].shape[0], proj[0].shape[1], proj[1].shape[0])
-        out, env, leased = g.loop.forward(None, xs, state, inv, keep, proj)
+    if xp is None or _c_loop(g, xp, inv):
+        out, env, leased = g.loop.forward(xp, xs, state, inv, keep, None if xp is not None else proj)
         if not keep:
             return out, None
+        shape = xp.shape if xp is not None else (proj[0].shape[0], proj[0].shape[1], proj[1].shape[0])  # type: ignore[index]
         tape = _tape(env, [], inv, shape, xs)
-        tape.leased = leased
-        return out, tape
-    if _c_loop(g, xp, inv):
-        out, env, leased = g.loop.forward(xp, xs, state, inv, keep)
-        if not keep:
-            return out, None
-        tape = _tape(env, [], inv, xp.shape, xs)
         tape.leased = leased                  # back to the pool after the last backward (DerivedSequence)
         return out, tape
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
@@ -725,13 +719,13 @@ def _c_loop(g: StepGraphs, xp: Tensor | Sequence[int], inv: Sequence[Tensor]) ->
     return tuple((tuple(t.shape), tuple(t.stride()), t.dtype) for t in inv) == lp.inv_layouts
 
 
-def _folds(g: StepGraphs, x: Tensor | None, w: Tensor | None, b: Tensor | None, inv: Sequence[Tensor]) -> bool:
-    """Whether the C loop computes the input projection ``x wᵀ + b`` ([T, B, d] → [T, B, rows]) at every
-    step instead of reading it from a buffer filled before the loop: it saves writing and reading back
-    a ``[T, B, rows]`` buffer, and oneDNN's per-call weight reorder."""
-    if x is None or w is None or b is None or x.dim() != 3:
-        return False
-    return _c_loop(g, (x.shape[0], x.shape[1]), inv) and g.loop.folds(w, b, x) and x.is_contiguous()
+def _folds(g: StepGraphs, proj: _Factors, inv: Sequence[Tensor]) -> bool:
+    """Whether the C loop computes the input projection ``proj`` = (x [T, B, d], w, b) at every step
+    instead of reading ``x wᵀ + b`` from a buffer filled before the loop: it saves writing and reading
+    back a ``[T, B, rows]`` buffer, and oneDNN's per-call weight reorder."""
+    x, w, b = proj
+    return x is not None and w is not None and b is not None and _c_loop(g, x.shape[:2], inv) \
+        and g.loop.folds(w, b, x)
 
 
 def _cat(parts: list[Tensor], dim: int) -> Tensor:
@@ -1233,7 +1227,7 @@ class Derived:
             return None
         assert self._traced is not None
         inv = g.prologue(*self._traced.params(cell))
-        if xp is None and not _folds(g, proj[0], proj[1], proj[2], inv):
+        if xp is None and not _folds(g, proj, inv):
             xp = _project(proj[0], proj[1], proj[2])    # type: ignore[arg-type]
         if g.compiled:
             xp = xp.contiguous() if xp is not None else None
@@ -1252,9 +1246,6 @@ def _width(cell: Any) -> int:
     """Pre-activations per step and batch row (the input projection's width)."""
     w = getattr(cell, "weight_ih", None)
     return int(w.shape[0]) if isinstance(w, Tensor) else int(getattr(cell, "hidden_size", 1))
-
-
-_Factors = tuple[Tensor | None, Tensor | None, Tensor | None]
 
 
 def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor | None, Tensor | None, State, _Factors]:

@@ -272,7 +272,6 @@ class OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
     @staticmethod
@@ -281,11 +280,10 @@ class OneDNNLinear(torch.autograd.Function):
         from .fused import input_weight_grads, matmul
 
         x, weight = ctx.saved_tensors
-        gx = matmul(grad, weight) if ctx.needs_input_grad[0] else None
-        gw = gb = None
-        if ctx.needs_input_grad[1] or (ctx.has_bias and ctx.needs_input_grad[2]):
-            gw, gb = input_weight_grads(x, grad.contiguous(), None)
-        return gx, gw if ctx.needs_input_grad[1] else None, gb if ctx.has_bias and ctx.needs_input_grad[2] else None
+        need_x, need_w, need_b = ctx.needs_input_grad      # (∂b is not needed without a bias)
+        gx = matmul(grad, weight) if need_x else None
+        gw, gb = input_weight_grads(x, grad.contiguous(), None) if need_w or need_b else (None, None)
+        return gx, gw if need_w else None, gb if need_b else None
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
