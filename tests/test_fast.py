@@ -467,6 +467,16 @@ def test_the_gemm_floor_counts_the_adaptive_saturations_map_over_all_rows() -> N
     floor(torch.randn(3, 4, 5))
 
 
+def test_the_gemm_floor_counts_a_refined_gates_projected_short_input() -> None:
+    """x̃ = P x (refined gate, d ≠ n) is a linear map over all T·B rows; with d = n the gate reads x itself."""
+    from cellsearch.bench import GemmFloor
+
+    floor = GemmFloor(cs.create_rnn("refined_mgu", 5, 8, num_layers=2))
+    assert floor.mlps == [(8, 5)]                       # the second layer's input is n wide: x̃ = x
+    floor(torch.randn(3, 4, 5))
+    assert GemmFloor(cs.create_rnn("refined_gru", 8, 8)).mlps == []
+
+
 def test_the_gemm_floor_counts_deep_transitions_and_deep_output() -> None:
     """DT(S) + deep output (dots_rnn): the transition layer is a per-step product in each direction, its
     shortcut joins the recurrent rows (it multiplies h_{t−1}), the output MLP's linear map runs over

@@ -218,7 +218,7 @@ def test_ur_gru_takes_the_derived_path() -> None:
 
 
 @needs_cc
-@pytest.mark.parametrize("name", ["ur_lstm", "star", "gru"])
+@pytest.mark.parametrize("name", ["ur_lstm", "star", "gru", "refined_mgu"])
 @pytest.mark.parametrize("trained", ["all", "x only", "weights only"])
 @pytest.mark.parametrize("fold", [True, False], ids=["in the loop", "before the loop"])
 def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, fold: bool, c_loop: None,
@@ -227,7 +227,9 @@ def test_the_sequence_owned_input_projection_gradients(name: str, trained: str, 
     [T, B, ·] buffer only where the backward reads xp: star, gru; or before the loop where the loop
     cannot), ∂x in the C loop at every step, ∂W_ih and ∂b after the loop (∂W_ih in the same pass over ∂xp
     as the recurrent weight's where that one is over all of ∂xp: ur_lstm; a pass of its own otherwise:
-    star, gru); whichever of them are asked for equal the reference loop's, the others stay None."""
+    star, gru); refined_mgu (d ≠ n) also owns its short input's projection x̃ = x Pᵀ (computed before the
+    loop, ∂P and ∂x's share from ∂x̃ after it); whichever of them are asked for equal the reference loop's,
+    the others stay None."""
     if not fold:
         monkeypatch.setattr(pwloop.LoopPlan, "folds", lambda self, w, b, like: False)
     ran: list[tuple[str, bool]] = []

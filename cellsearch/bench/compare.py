@@ -120,7 +120,8 @@ class GemmFloor(nn.Module):
     over all T·B rows at once: forward, input gradient and weight gradient, one large GEMM each. A
     saturation's matrices fold into the one step product (asRNN's fused loop), but its map P = U_f D_f⁻¹
     of every step's output is counted as such a linear map over all rows (h = y P, ∂h Pᵀ, the ∂P
-    reduction); the matrix exponentials forming its orthogonal matrices are not.
+    reduction); the matrix exponentials forming its orthogonal matrices are not. So is a refined gate's
+    projected short input x̃ = P x (d ≠ n).
     Each product runs on the fastest engine the fast paths have, so the floor is what they could reach
     with free pointwise work: where the C product library is built (:mod:`cellsearch.fast.cgemm`), the
     derived path's C loop's own products, laid out as it runs them (:func:`_floor_layer_c`: the
@@ -150,6 +151,9 @@ class GemmFloor(nn.Module):
         # all T·B rows at once, forward (h = y P), input gradient and weight gradient, as a linear map
         self.mlps += [(int(cell.hidden_size),) * 2 for cell in getattr(model, "layers", [])
                       if callable(getattr(getattr(cell, "saturation", None), "orthogonal", None))]
+        # a refined gate's short input x̃ = P x (d ≠ n, PRIMITIVES.md §4) is a linear map over all rows too
+        self.mlps += [tuple(cell.weight_proj.shape) for cell in getattr(model, "layers", [])
+                      if isinstance(getattr(cell, "weight_proj", None), Tensor)]
         self._mats: dict[tuple[Any, ...], tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]] = {}
 
     def _matrices(self, x: Tensor) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]:

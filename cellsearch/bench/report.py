@@ -56,7 +56,7 @@ def _preamble(results: Sequence[BenchResult], info: dict[str, str], command: str
               "peak allocated memory (CUDA), see cellsearch/bench/memory.py. *× GEMM floor*: the cell's time "
               "over the time of its matrix products alone (input GEMM, one recurrent GEMM per step and "
               "direction, post-loop weight gradients, a deep transition's layers and shortcut, deep input / "
-              "output MLPs, an adaptive saturation's map of every step's output; on the derived path's own C "
+              "output MLPs, an adaptive saturation's map of every step's output, a refined gate's projected short input; on the derived path's own C "
               "products where they are built; `GemmFloor` in cellsearch/bench/compare.py), timed "
               "in the same rounds; *µs/step over floor*: what the rest costs per time step. *First call*: "
               "the first forward + backward of a new model (plan, weight reorders, first allocations; "

@@ -85,8 +85,9 @@ DERIVED_MIN = 1 << 19
 DERIVED_AFTER = 8
 
 State = tuple[Tensor, ...]
-#: an input projection's factors a sequence owns: (x [T, B, d], W_ih, b), or None ×3
-_Factors = tuple[Tensor | None, Tensor | None, Tensor | None]
+#: an input projection's factors a sequence owns: (x [T, B, d], W_ih, b, P), P the short input's projection
+#: (the refined gate's x̃ = x Pᵀ, PRIMITIVES.md §4) or None; or None ×4
+_Factors = tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]
 
 #: ops whose result must never be hoisted or replayed out of order
 _IMPURE = ("rand", "bernoulli", "dropout", "normal", "multinomial", "uniform", "exponential", "poisson",
@@ -600,20 +601,23 @@ class _Tape:
 
 
 class DerivedSequence(torch.autograd.Function):
-    """forward(graphs, n_state, xp [T, B, ·] | None, xs [T, B, ·] | None, x, w, b, *state, *invariants) →
+    """forward(graphs, n_state, xp [T, B, ·] | None, xs [T, B, ·] | None, x, w, b, p, *state, *invariants) →
     (out [T, B, n], *final state). ``x, w, b``: None, or the input projection ``xp = x wᵀ + b`` (x [T, B, d]
     contiguous; ``xp`` then computed without a graph: before the loop, or by the C loop at every step
     where ``xp`` is None, :func:`_folds`): its gradients come from the backward (∂x by the C loop at every
-    step where it can, ∂W_ih in the same post-loop pass over ∂xp as the recurrent weight's gradient)."""
+    step where it can, ∂W_ih in the same post-loop pass over ∂xp as the recurrent weight's gradient).
+    ``p``: None, or the short input's projection (``xs = x pᵀ``, computed without a graph by the caller):
+    ∂p and its share of ∂x from ∂xs in the backward."""
 
     @staticmethod
     def forward(ctx: Any, g: StepGraphs, n_state: int, xp: Tensor | None, xs: Tensor | None,  # type: ignore[override]
-                x: Tensor | None, w: Tensor | None, b: Tensor | None, *rest: Tensor) -> tuple[Tensor, ...]:
+                x: Tensor | None, w: Tensor | None, b: Tensor | None, p: Tensor | None,
+                *rest: Tensor) -> tuple[Tensor, ...]:
         state, inv = list(rest[:n_state]), rest[n_state:]
         keep = any(ctx.needs_input_grad)
         out, tape = _forward_loop(g, xp, xs, state, inv, keep, None if xp is not None else (x, w, b))
         if tape is not None and x is not None and w is not None:
-            tape.proj = (x, w)
+            tape.proj = (x, w, p)
         ctx.g, ctx.tape = g, tape
         return (out, *_distinct(state, rest))
 
@@ -625,7 +629,7 @@ class DerivedSequence(torch.autograd.Function):
             raise RuntimeError("cellsearch derived sequence: backward ran twice through a graph that was not "
                                "kept; pass retain_graph=True to the first backward")
         needs = ctx.needs_input_grad
-        grads = _backward_loop(g, tape, dout, list(dfinal), needs[4], needs[5] or needs[6])
+        grads = _backward_loop(g, tape, dout, list(dfinal), needs[4], needs[5] or needs[6], needs[7])
         try:
             keep = bool(torch._C._autograd._get_current_graph_task_keep_graph())
         except Exception:  # pragma: no cover - older torch: assume the graph is kept
@@ -723,7 +727,7 @@ def _folds(g: StepGraphs, proj: _Factors, inv: Sequence[Tensor]) -> bool:
     """Whether the C loop computes the input projection ``proj`` = (x [T, B, d], w, b) at every step
     instead of reading ``x wᵀ + b`` from a buffer filled before the loop: it saves writing and reading
     back a ``[T, B, rows]`` buffer, and oneDNN's per-call weight reorder."""
-    x, w, b = proj
+    x, w, b, _p = proj
     return x is not None and w is not None and b is not None and _c_loop(g, x.shape[:2], inv) \
         and g.loop.folds(w, b, x)
 
@@ -736,12 +740,12 @@ def _cat(parts: list[Tensor], dim: int) -> Tensor:
 
 
 def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor], need_dx: bool = False,
-                   need_dw: bool = False) -> list[Tensor | None]:
+                   need_dw: bool = False, need_dp: bool = False) -> list[Tensor | None]:
     """The reverse loop, then the post-loop weight gradients (one large product each); returns the
-    gradients of (xp, xs, x, w, b, *state, *invariants) (x, w, b: those of the input projection the
-    sequence owns, where ``need_dx`` / ``need_dw``)."""
+    gradients of (xp, xs, x, w, b, p, *state, *invariants) (x, w, b, p: those of the input and short
+    projections the sequence owns, where ``need_dx`` / ``need_dw`` / ``need_dp``)."""
     pre = g.bw_pre(*tape.inv) if g.n_pre else ()
-    proj = _Proj(tape.proj, need_dx, need_dw)
+    proj = _Proj(tape.proj, need_dx, need_dw, need_dp)
     if tape.env is not None:
         from .pool import POOL
 
@@ -752,7 +756,7 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
         _post_products(g, dxp, factors, dinv, proj)
         del factors
         POOL.give(*leased)
-        return [dxp, dxs, *proj.grads(dxp), *dstate, *dinv]
+        return [dxp, dxs, *proj.grads(dxp, dxs), *dstate, *dinv]
     packed = _packed(g, g.bw_packed, (*tape.inv, *pre), tape.xp_shape[1])
     try:
         return _backward_steps(g, tape, pre, dout, dstate, proj)
@@ -763,27 +767,37 @@ def _backward_loop(g: StepGraphs, tape: _Tape, dout: Tensor, dstate: list[Tensor
 
 class _Proj:
     """The input projection a sequence owns (``xp = x wᵀ + b``), in its backward: ∂W and ∂b as the
-    post-loop pass computes them (:func:`_post_products`), ∂x = ∂xp·W."""
+    post-loop pass computes them (:func:`_post_products`), ∂x = ∂xp·W; and the short input's projection
+    ``xs = x pᵀ`` where it owns one: ∂p = ∂xsᵀ·x, ∂x += ∂xs·p."""
 
-    def __init__(self, saved: tuple[Tensor, Tensor] | None, need_dx: bool, need_dw: bool) -> None:
-        self.x, self.w = saved if saved is not None else (None, None)
+    def __init__(self, saved: tuple[Tensor, Tensor, Tensor | None] | None, need_dx: bool, need_dw: bool,
+                 need_dp: bool = False) -> None:
+        self.x, self.w, self.p = saved if saved is not None else (None, None, None)
         self.x2d = None if self.x is None else self.x.view(-1, self.x.shape[-1])        # [T·B, d]
         self.need_dx, self.need_dw = need_dx and saved is not None, need_dw and saved is not None
+        self.need_dp = need_dp and self.p is not None
         self.dw: Tensor | None = None
         self.db: Tensor | None = None
         self.dx: Tensor | None = None         # computed by the C loop at every step (LoopPlan.bw_dx)
 
-    def grads(self, dxp: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    def grads(self, dxp: Tensor, dxs: Tensor | None
+              ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         from .fused import input_weight_grads, matmul
 
-        dx = self.dx
+        dx, dp = self.dx, None
         if self.need_dx and dx is None:
             assert self.x2d is not None and self.w is not None
             dx = matmul(dxp.reshape(-1, dxp.shape[-1]), self.w).view(self.x.shape)  # type: ignore[union-attr]
         if self.need_dw and self.dw is None:
             assert self.x2d is not None
             self.dw, self.db = input_weight_grads(self.x2d, dxp.reshape(-1, dxp.shape[-1]), None)
-        return dx, self.dw, self.db
+        if self.p is not None and dxs is not None:
+            dxs2d = dxs.view(-1, dxs.shape[-1])
+            if self.need_dx and dx is not None:
+                dx.view(-1, dx.shape[-1]).add_(matmul(dxs2d, self.p))
+            if self.need_dp:
+                dp = matmul(dxs2d.t(), self.x2d)
+        return dx, self.dw, self.db, dp
 
 
 def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
@@ -837,7 +851,7 @@ def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Ten
     # the lists run backwards in time; dxp and the C loop's buffers forwards
     factors = [(_cat(a[::-1], 1) if a else None, _cat(b[::-1], 0) if b else None) for a, b in zip(post_a, post_b)]
     _post_products(g, dxp, factors, dinv, proj)
-    return [dxp, dxs, *proj.grads(dxp), *dstate, *dinv]
+    return [dxp, dxs, *proj.grads(dxp, dxs), *dstate, *dinv]
 
 
 def _post_products(g: StepGraphs, dxp: Tensor,
@@ -1238,7 +1252,7 @@ class Derived:
             return res[0], tuple(res[1:])
         with torch.no_grad():
             now = list(st)
-            out, _ = _forward_loop(g, xp, xs, now, inv, False, None if xp is not None else proj)
+            out, _ = _forward_loop(g, xp, xs, now, inv, False, None if xp is not None else proj[:3])
             return out, tuple(now)
 
 
@@ -1250,21 +1264,31 @@ def _width(cell: Any) -> int:
 
 def _recurrence_inputs(cell: Any, x: Tensor, state: State) -> tuple[Tensor | None, Tensor | None, State, _Factors]:
     """The cell's hoisted input GEMM over every step, its short input, the state, as
-    ``cell._recurrence_inputs`` gives them, and the projection's factors (None ×3, or x [T, B, d]
-    contiguous, W_ih, b). For float32 on the CPU (autocast off: :mod:`cellsearch.fast` turns it off
-    around the fast paths), reading the cell as the fused paths do (``weight_ih``, ``bias``,
+    ``cell._recurrence_inputs`` gives them, and the projections' factors (None ×4, or x [T, B, d]
+    contiguous, W_ih, b, P or None). For float32 on the CPU (autocast off: :mod:`cellsearch.fast` turns it
+    off around the fast paths), reading the cell as the fused paths do (``weight_ih``, ``bias``,
     ``short_input``), the sequence owns the projection and its gradients (:class:`DerivedSequence`: ∂W_ih
     in the same pass over ∂xp as the recurrent weight's): the GEMM is left to the caller (None in its
-    place), which runs it in the C loop (:func:`_folds`) or on oneDNN (:func:`_project`)."""
-    from .fused import onednn_available
+    place), which runs it in the C loop (:func:`_folds`) or on oneDNN (:func:`_project`). A short input
+    projected by the cell's ``weight_proj`` P (the refined gate's x̃ = P x where d ≠ n, ``short`` ``project``)
+    is owned too: ``xs = x Pᵀ`` here without a graph (oneDNN: :func:`cellsearch.fast.fused.matmul`), ∂P
+    and ∂x from ∂xs in the sequence's backward (through autograd, the product's forward and two backward
+    products cost 1.1–1.5 ms a call at 128/100 on the project's Zen 5, with a slice's zero fill)."""
+    from .fused import matmul, onednn_available
 
     w, b = getattr(cell, "weight_ih", None), getattr(cell, "bias", None)
     if isinstance(w, Tensor) and isinstance(b, Tensor) and x.dtype == w.dtype == b.dtype == torch.float32 \
             and x.device.type == "cpu" and w.device.type == "cpu" and not torch.is_autocast_enabled("cpu") \
             and onednn_available():
-        return None, cell.short_input(x), tuple(state), (x.contiguous(), w, b)
+        x = x.contiguous()
+        p = getattr(cell, "weight_proj", None) if getattr(cell, "short", None) == "project" else None
+        if isinstance(p, Tensor) and p.dtype == x.dtype and p.device == x.device:
+            with torch.no_grad():
+                xs = matmul(x.view(-1, x.shape[-1]), p.t()).view(x.shape[0], x.shape[1], p.shape[0])
+            return None, xs, tuple(state), (x, w, b, p)
+        return None, cell.short_input(x), tuple(state), (x, w, b, None)
     _, xp, xs, st = cell._recurrence_inputs(x, state)
-    return xp, xs, tuple(st), (None, None, None)
+    return xp, xs, tuple(st), (None, None, None, None)
 
 
 def _project(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
