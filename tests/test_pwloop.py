@@ -217,6 +217,15 @@ def test_ur_gru_takes_the_derived_path() -> None:
     assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"
 
 
+def test_the_generic_scan_yields_to_the_c_loop_and_the_fused_scans_do_not() -> None:
+    """rg_lru's coefficients run as separate torch ops in the generic scan; the C loop fuses them and
+    measures faster at every bench size (scan.linear's docstring). minGRU's and minLSTM's scans fuse
+    their gate math into one C pass each way and keep it (the loop is slower at hidden 256)."""
+    plans = {name: fast.plan(_model(name, torch.float32).layers[0]) for name in ("rg_lru", "mingru", "minlstm")}
+    assert plans["rg_lru"].path == "derived" and "parallel scan" in plans["rg_lru"].reason
+    assert plans["mingru"].path == plans["minlstm"].path == "fused"
+
+
 @needs_cc
 @pytest.mark.parametrize("name", ["ur_lstm", "star", "gru", "refined_mgu"])
 @pytest.mark.parametrize("trained", ["all", "x only", "weights only"])

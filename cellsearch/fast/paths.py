@@ -51,13 +51,15 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 @dataclass(frozen=True)
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
-    reference); ``steps``: the runner steps through time (False: a parallel scan, which the derived
-    path's time loop never replaces)."""
+    reference); ``loop_first``: on the CPU the derived path's C time loop, where it runs, is preferred to
+    this fused runner (a stepping kernel; the generic parallel scan, whose coefficients run as separate
+    torch ops over the whole sequence); False for the scans with their gate math fused into one C pass
+    each way, which the loop does not beat at every size (make bench, docs/bench/LOOP.md)."""
 
     path: str
     reason: str
     run: Runner | None = None
-    steps: bool = True
+    loop_first: bool = True
 
 
 def _reference(reason: str) -> Plan:
@@ -119,7 +121,7 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
-    if hand.path == "fused" and hand.steps and derived == "auto" and _on_cpu(cell):
+    if hand.path == "fused" and hand.loop_first and derived == "auto" and _on_cpu(cell):
         return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
                                    f"else fused: {hand.reason}", fallback=hand)
     if hand.path != "reference" or derived == "off":
