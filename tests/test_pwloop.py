@@ -217,6 +217,28 @@ def test_ur_gru_takes_the_derived_path() -> None:
     assert fast.plan(_model("refined_gru", torch.float32).layers[0]).path == "derived"
 
 
+@needs_cc
+@pytest.mark.parametrize("name", ["gru", "lstm", "star"])
+def test_the_c_backward_reads_the_forwards_transcendentals(name: str, c_loop: None) -> None:
+    """With the C generator the backward step reads σ / tanh / divisions from the forward instead of
+    recomputing them (derived._partition's ``keep_costly``): no such op in its graph, the results equal
+    the reference loop's. sLSTM, whose kept partition the generator does not serve, falls back to the
+    recomputing one and keeps its C loop (SERVED, above)."""
+    from cellsearch.fast import derived
+    from cellsearch.fast.pwgen import COSTLY
+
+    model = _model(name, torch.float32, n=6)
+    with fast.force_derived():
+        x, state = _inputs(model, 11, torch.float32)
+        assert_same(model, x, state)
+        graphs = _graphs(model)
+    assert graphs and all(g.loop is not None for g in graphs)
+    for g in graphs:
+        ops = {derived._target_name(n).split(".")[0] for n in g.modules["backward"].graph.nodes
+               if n.op == "call_function"}
+        assert not ops & COSTLY, ops & COSTLY
+
+
 def test_the_generic_scan_yields_to_the_c_loop_and_the_fused_scans_do_not() -> None:
     """rg_lru's coefficients run as separate torch ops in the generic scan; the C loop fuses them and
     measures faster at every bench size (scan.linear's docstring). minGRU's and minLSTM's scans fuse

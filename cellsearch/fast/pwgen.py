@@ -722,9 +722,9 @@ RECOMPUTE_MAX = 24
 
 #: ops a value is not recomputed through (a transcendental or a division costs more than the store and
 #: load of passing the value between kernels)
-_COSTLY = frozenset({"exp", "exp2", "expm1", "log", "log2", "log1p", "sigmoid", "tanh", "softplus",
-                     "log_sigmoid_forward", "pow", "sqrt", "rsqrt", "div", "reciprocal", "erf", "sin", "cos",
-                     "atan", "atan2", "silu", "gelu", "elu", "logit"})
+COSTLY = frozenset({"exp", "exp2", "expm1", "log", "log2", "log1p", "sigmoid", "tanh", "softplus",
+                    "log_sigmoid_forward", "pow", "sqrt", "rsqrt", "div", "reciprocal", "erf", "sin", "cos",
+                    "atan", "atan2", "silu", "gelu", "elu", "logit"})
 
 
 def _cone(n: fx.Node, group: dict[fx.Node, Any]) -> list[fx.Node] | None:
@@ -737,7 +737,7 @@ def _cone(n: fx.Node, group: dict[fx.Node, Any]) -> list[fx.Node] | None:
         if m in seen or m not in group:
             continue
         seen.add(m)
-        if len(seen) > RECOMPUTE_MAX or _op_name(m).endswith("_") or _op_name(m) in _COSTLY:
+        if len(seen) > RECOMPUTE_MAX or _op_name(m).endswith("_") or _op_name(m) in COSTLY:
             return None
         stack.extend(m.all_input_nodes)
     return list(seen)
@@ -756,7 +756,7 @@ def _copy_before(graph: fx.Graph, nodes: Sequence[fx.Node], before: fx.Node) -> 
 def _recompute_across(graph: fx.Graph, groups: list[dict[fx.Node, Any]]) -> None:
     """Where a region reads a value another region computes (the second kernel after an extern product
     reading what the first one wrote), copy the nodes that value comes from into the reading region when
-    they are few and cheap (no transcendental or division: :data:`_COSTLY`): the first kernel no longer
+    they are few and cheap (no transcendental or division: :data:`COSTLY`): the first kernel no longer
     writes it (unless an extern node reads it too) and the second one computes it from the first one's
     inputs instead of reading it back. No cycle can appear: the copies read only
     values the original already depended on."""
