@@ -133,6 +133,7 @@ class StepContext:
     cand: Callable[[Tensor, Tensor, Callable[[Tensor], Tensor]], Tensor]
     sat: Callable[[Tensor], Tensor]
     params: dict[str, Tensor]
+    recurrent: bool = True
 
 
 class ComposedCell(nn.Module):
@@ -206,7 +207,8 @@ class ComposedCell(nn.Module):
         sat = self.saturation.function()
         cand = self.transition.candidate if self.transition is not None else _plain_candidate
         return StepContext(self.hidden_size, self.k, self.recurrence.matrix().t(), self.gate.function(self.k),
-                           cand, sat, dict(self.extra.items()))
+                           cand, sat, dict(self.extra.items()),
+                           recurrent="no_recurrence" not in self.recurrence.provides)
 
     def initial_state(self, batch: int, like: Tensor) -> State:
         return tuple(like.new_zeros(batch, self.hidden_size) for _ in range(self.update.n_states))

@@ -163,15 +163,15 @@ def test_scan_chunks_are_about_sqrt_t() -> None:
 def test_scan_cells_take_the_scan_and_equal_the_reference_loop(name: str) -> None:
     """mingru / minlstm / rg_lru (recurrence none) take the parallel scan; outputs, final state and every
     gradient (weights, input, initial state) equal the reference loop's, float64 and float32, at T = 1 and
-    at a T that no chunk size divides. rg_lru's generic scan yields to the derived path's C loop on the
-    CPU where that runs (test_pwloop), not at these sizes: the scan runs them."""
+    at a T that no chunk size divides. On the CPU the scans yield to the derived path's C loop where that
+    runs (test_pwloop), not at these sizes: the scan runs them."""
     for dtype in (torch.float64, torch.float32):
         torch.manual_seed(1)
         model = perturb_(cs.create_rnn(name, 5, 6, num_layers=2).to(dtype), 0.3)
         for layer in model.layers:
             plan = fast.plan(layer)
             if plan.path == "derived":
-                assert name == "rg_lru" and plan.run is not None
+                assert plan.run is not None
                 plan = plan.run.fallback_plan
             assert plan.reason.split(" (")[0] == "parallel scan of h_t = a_t⊙h_(t−1) + b_t"
         for steps in (1, 37):

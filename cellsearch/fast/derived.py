@@ -482,8 +482,10 @@ def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence
         kept = g if g.c_note is None else None
         g = _graphs(prologue, step, joint, n_inv, n_out, var, keep_costly=False)
         g.c_note = _compile_generated(g, inv, var)
-        if g.c_note is None:
-            return g if g.loop is not None or kept is None else kept
+        if g.c_note is None and (g.loop is not None or kept is None):
+            return g
+        if kept is not None:                 # compiled, without a C loop either way
+            return kept
     else:
         g = _graphs(prologue, step, joint, n_inv, n_out, var, keep_costly=False)
         if compile and triton_device(var[0].device):        # generated Triton kernels (Inductor: CPU only here)

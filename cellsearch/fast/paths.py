@@ -19,8 +19,9 @@ the built-in ones live in :mod:`cellsearch.fast.hand`. Paths:
 - ``derived``: everything else (adaptive saturation on a gated update, deep transition on a gated
   update, STAR's ``beta`` option, third-party primitives): a whole-sequence function derived from the
   cell's own step (:mod:`cellsearch.fast.derived`; generated C on the CPU, Triton on CUDA). On the CPU
-  it is also preferred to a ``fused`` plan wherever its time loop runs in C (:mod:`cellsearch.fast.pwloop`:
-  measured at or above the hand-written kernels, docs/bench): the hand-written kernel keeps the calls the
+  it is also preferred to a ``fused`` plan (the hand-written stepping kernels and the parallel scans alike)
+  wherever its time loop runs in C (:mod:`cellsearch.fast.pwloop`: measured at or above the hand-written
+  kernels, docs/bench): the hand-written kernel keeps the calls the
   derived path does not take (small or first calls, other devices), and the whole cell once its step
   graphs turn out not to get a C loop (``fast.explain`` then says so). ``hand_first()`` keeps the hand
   kernels first.
@@ -51,15 +52,11 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 @dataclass(frozen=True)
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
-    reference); ``loop_first``: on the CPU the derived path's C time loop, where it runs, is preferred to
-    this fused runner (a stepping kernel; the generic parallel scan, whose coefficients run as separate
-    torch ops over the whole sequence); False for the scans with their gate math fused into one C pass
-    each way, which the loop does not beat at every size (make bench, docs/bench/LOOP.md)."""
+    reference)."""
 
     path: str
     reason: str
     run: Runner | None = None
-    loop_first: bool = True
 
 
 def _reference(reason: str) -> Plan:
@@ -121,7 +118,7 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
-    if hand.path == "fused" and hand.loop_first and derived == "auto" and _on_cpu(cell):
+    if hand.path == "fused" and derived == "auto" and _on_cpu(cell):
         return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
                                    f"else fused: {hand.reason}", fallback=hand)
     if hand.path != "reference" or derived == "off":

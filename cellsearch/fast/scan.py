@@ -8,7 +8,12 @@ at once (one batched call of the same function: every gate and saturation is row
 
     h_t = A_t⊙h_0 + Σ_{s≤t} (Π_{s<r≤t} a_r)⊙b_s,      A_t = Π_{r≤t} a_r
 
-without a loop over T in Python. Three forms of the solve:
+without a loop over T in Python. On the CPU, where the derived path's C time loop runs (large enough
+sequences, after the first calls of a shape: :mod:`cellsearch.fast.paths`), it takes these cells instead:
+it computes the input projection at every step inside the loop and fuses the coefficients' math, and the
+step skips the product with the zero recurrent matrix (``recurrence: none``). Same process, × nn.LSTM,
+this scan / the loop: minGRU 128/100 1.87 / 4.45, 256/200 3.74 / 7.04; minLSTM 2.11 / 3.05, 3.20 / 5.09;
+RG-LRU 64/100 0.92 / 2.14 (docs/bench/LOOP.md). This scan keeps the rest. Three forms of the solve:
 
 - ``compiled`` (default on the CPU in float32 / float64, when the C library builds): the recurrence
   itself in one forward pass and one reverse pass over the sequence, vectorised over the units and
@@ -218,10 +223,7 @@ def _form() -> str:
 def linear(cell: Any) -> Plan | str:
     """The parallel scan, for a cell whose update declares ``coefficients`` (h' = a(x)⊙h + b(x)) and whose
     candidate cannot read h (no deep transition). On the CPU the derived path's C loop is preferred
-    where it runs (``loop_first``): it fuses the coefficients' math, which runs here as separate torch
-    ops over the whole sequence (rg_lru, same process: 1.53–1.88× nn.LSTM on the loop against 0.92–1.78×
-    on this scan, hidden/sequence 64/100 to 256/200); this scan runs the calls the derived path does not
-    take (small or first calls, other devices)."""
+    where it runs (:func:`cellsearch.fast.paths.build_plan`; see :func:`_fused`)."""
     why = _scannable(cell)
     if why is not None:
         return why
@@ -340,7 +342,7 @@ def _fused(cell: Any, kind: str) -> Plan | str:
         return f"fused {kind} scan: the C kernels are unavailable ({scan_c.build_error()})"
     return Plan("fused", f"parallel scan of h_t = a_t⊙h_(t−1) + b_t (compiled, {kind} gates/{sat} fused "
                 "into one pass each way on the CPU in float32/float64; the generic scan elsewhere)",
-                _fused_runner(kind, sat), loop_first=False)
+                _fused_runner(kind, sat))
 
 
 def mingru(cell: Any) -> Plan | str:

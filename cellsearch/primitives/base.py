@@ -49,6 +49,9 @@ class StepContext(Protocol):
     w_hh_t: Tensor
     #: parameters the update asked for in ``extra_parameters`` (e.g. GRU's ``bias_hn``)
     params: Mapping[str, Tensor]
+    #: False where the recurrence has no matrix (it provides ``no_recurrence``: ``w_hh_t`` is the constant
+    #: zero): an update whose state still enters its step (``input_only``) may skip the product with it
+    recurrent: bool
 
     def gates(self, a: Tensor, xs: Tensor | None) -> tuple[Tensor, ...]:
         """Gate pre-activations ``a`` ([B, k·n]) and the short input x̃ (or None) → the update's gates."""

@@ -40,9 +40,11 @@ class LinearUpdate(Update):
 
     @staticmethod
     def gate_input(ctx: StepContext, xp: Tensor, h: Tensor | None) -> Tensor:
-        """The gate blocks' pre-activations W x + b (+ U h when ``h`` is given): [rows, k·n]."""
+        """The gate blocks' pre-activations W x + b (+ U h when ``h`` is given and the recurrence has a
+        matrix: with ``recurrence: none`` U = 0 and the product is skipped, so the step loop, the derived
+        path and the export carry no product with the zero matrix)."""
         pre = xp[:, : ctx.k * ctx.n]
-        return pre if h is None else torch.addmm(pre, h, ctx.w_hh_t.to(h))
+        return pre if h is None or not ctx.recurrent else torch.addmm(pre, h, ctx.w_hh_t.to(h))
 
     def coefficients(self, ctx: StepContext, xp: Tensor, xs: Tensor | None, h: Tensor | None
                      ) -> tuple[Tensor, Tensor]:

@@ -18,11 +18,11 @@ class NoRecurrence(Recurrence):
     No recurrent matrix and no parameter: the blocks of the update see only x_t, and h enters the step
     only through the update's own recurrence (minGRU, minLSTM: h_t = a(x_t)⊙h_{t−1} + b(x_t); RG-LRU).
     This is what makes a cell trainable by a parallel scan (Feng et al. 2024, §3: "removing the hidden
-    state dependencies from the gates"); the scan (:mod:`cellsearch.fast.scan`) skips the product with
-    U, the step loop multiplies by this constant zero ([R·n, n], float32 on the CPU: the updates cast
-    it to h's dtype and device). Provides ``no_recurrence``. Pairs only with updates that provide
-    ``input_only`` (those whose state still enters the step when U = 0: a vanilla update would keep
-    no memory at all).
+    state dependencies from the gates"); the scan (:mod:`cellsearch.fast.scan`) and the step (the step
+    context's ``recurrent`` is False: :meth:`cellsearch.primitives.linear.LinearUpdate.gate_input`) skip
+    the product with U, this constant zero ([R·n, n], float32 on the CPU). Provides ``no_recurrence``.
+    Pairs only with updates that provide ``input_only`` (those whose state still enters the step when
+    U = 0: a vanilla update would keep no memory at all).
     """
 
     name = "none"

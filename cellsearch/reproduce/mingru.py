@@ -84,7 +84,8 @@ def _variants(steps: int, spec: Mapping[str, Any]) -> dict[str, Callable[[], Non
 
     def step(model: torch.nn.Module, on: bool = True) -> Callable[[], None]:
         def run() -> None:
-            with fast.enabled(on):
+            # the scan itself (on the CPU the derived path's C loop would take these calls: hand_first)
+            with fast.enabled(on), fast.hand_first():
                 out = model(x)[0]
             out.sum().backward()
             model.zero_grad(set_to_none=True)

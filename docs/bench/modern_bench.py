@@ -47,7 +47,7 @@ def _fwd_bwd(model: torch.nn.Module, x: torch.Tensor, loop: bool = False, compil
         old = scan.use_compiled()
         scan.use_compiled(compiled)
         try:
-            with fast.enabled(not loop):
+            with fast.enabled(not loop), fast.hand_first():    # the scan (not the derived C loop)
                 out = model(x)[0]
             out.sum().backward()
         finally:
