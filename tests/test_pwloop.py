@@ -232,6 +232,25 @@ def test_the_c_backward_reads_the_forwards_transcendentals(name: str, c_loop: No
         assert not ops & COSTLY, ops & COSTLY
 
 
+@needs_cc
+def test_the_gemm_floor_joins_the_projection_where_the_loop_does(c_loop: None) -> None:
+    """The floor's post-loop products mirror the loop's: ∂W_ih in the recurrent weight's pass where that
+    pass is over ∂xp itself (ur_lstm), a pass of its own where the recurrent product's right factor is
+    another (GRU: r⊙(U h)); read from the derived graphs once they exist."""
+    from cellsearch.bench import GemmFloor
+
+    joint = {}
+    for name in ("ur_lstm", "gru"):
+        model = _model(name, torch.float32, n=6)
+        assert GemmFloor(model).joint == [None]                 # not run yet: the shapes decide
+        with fast.force_derived():
+            x, state = _inputs(model, 11, torch.float32)
+            model(x, state)[0].sum().backward()
+            joint[name] = GemmFloor(model).joint
+            GemmFloor(model)(x)
+    assert joint == {"ur_lstm": [True], "gru": [False]}
+
+
 def test_the_scans_yield_to_the_c_loop() -> None:
     """minGRU, minLSTM and RG-LRU take the derived path's C loop on the CPU where it runs (it folds the
     projection into the loop, fuses the coefficients' math and skips the product with the zero recurrent

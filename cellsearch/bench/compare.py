@@ -125,7 +125,8 @@ class GemmFloor(nn.Module):
     Each product runs on the fastest engine the fast paths have, so the floor is what they could reach
     with free pointwise work: where the C product library is built (:mod:`cellsearch.fast.cgemm`), the
     derived path's C loop's own products, laid out as it runs them (:func:`_floor_layer_c`: the
-    projection and ∂x at every step, ∂W_ih joining the recurrent weight's pass where it can); else the
+    projection and ∂x at every step, ∂W_ih joining the recurrent weight's pass where the loop joins
+    them: :func:`_joins_projection`); else the
     fused paths' (:class:`cellsearch.fast.fused.Mat`, ``project`` and ``matmul``: oneDNN with packed
     weights for float32 on the CPU where it is faster, else ``torch.mm``). Run as a model by
     :func:`time_runs` (same rounds)."""
@@ -154,6 +155,8 @@ class GemmFloor(nn.Module):
         # a refined gate's short input x̃ = P x (d ≠ n, PRIMITIVES.md §4) is a linear map over all rows too
         self.mlps += [tuple(cell.weight_proj.shape) for cell in getattr(model, "layers", [])
                       if isinstance(getattr(cell, "weight_proj", None), Tensor)]
+        #: per layer, whether ∂W_ih joins the recurrent weight's post-loop pass (see :func:`_joins_projection`)
+        self.joint = [_joins_projection(cell) for cell in getattr(model, "layers", [])]
         self._mats: dict[tuple[Any, ...], tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]] = {}
 
     def _matrices(self, x: Tensor) -> tuple[list[tuple[Tensor, ...]], list[tuple[Tensor, ...]]]:
@@ -177,8 +180,8 @@ class GemmFloor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mats, mlps = self._matrices(x)
         with torch.no_grad():
-            for X, W, b, U, H, DA, XP, DXP, X1t, S, *trans in mats:
-                if not _floor_layer_c(x.shape[0], X, W, U, H, DA, DXP, S, trans):
+            for (X, W, b, U, H, DA, XP, DXP, X1t, S, *trans), joint in zip(mats, self.joint):
+                if not _floor_layer_c(x.shape[0], X, W, U, H, DA, DXP, S, trans, joint is not False):
                     _floor_layer(x.shape[0], X, W, b, U, H, DA, XP, DXP, X1t, trans)
             for V, IN, OUT in mlps:
                 _floor_mlp(V, IN, OUT)
@@ -216,14 +219,30 @@ def _floor_layer(B: int, X: Tensor, W: Tensor, b: Tensor, U: Tensor, H: Tensor, 
     matmul(DXP, W)
 
 
+def _joins_projection(cell: Any) -> bool | None:
+    """Whether the derived path's C loop computes ``cell``'s ∂W_ih in the recurrent weight's post-loop pass
+    (that product's right factor is ∂xp itself: the LSTM family, not GRU's r⊙(U h) or MGU's U(f⊙h), whose
+    ``hᵀ·∂A`` has another right factor), read from the cell's derived step graphs; None where it has
+    none with a C loop (another path, or not run yet: the shapes decide, as for the fused paths)."""
+    from .. import fast
+
+    plan = fast.plan(cell)
+    graphs = getattr(plan.run, "_graphs", {}) if plan.path == "derived" else {}
+    for g in list(graphs.values()):
+        if g.loop is not None:
+            return any(b_src == "dxp" or a_src == "dxp_t" for *_, a_src, b_src in g.post)
+    return None
+
+
 def _floor_layer_c(B: int, X: Tensor, W: Tensor, U: Tensor, H: Tensor, DA: Tensor, DXP: Tensor, S: Tensor,
-                   trans: list[Tensor]) -> bool:
+                   trans: list[Tensor], joint: bool = True) -> bool:
     """One recurrent layer's products on the engine of the derived path's C loop
     (:mod:`cellsearch.fast.cgemm`), as the loop runs them: the input projection and ∂x at every step
     (K = d), the recurrent and transition products at every step (:func:`~cellsearch.fast.cgemm.steps`),
     the post-loop weight gradients by ``cs_tn`` (∂W_ih, ∂b in the pass over ∂xp that gives the
-    recurrent weight's where it spans all of ∂xp, the LSTM family's, as the loop does). False where the
-    library does not serve it (the oneDNN floor of :func:`_floor_layer` is measured instead)."""
+    recurrent weight's where it spans all of ∂xp and ``joint``: the LSTM family's, as the loop does).
+    False where the library does not serve it (the oneDNN floor of :func:`_floor_layer` is measured
+    instead)."""
     from ..fast import cgemm
 
     T, d = H.shape[0], X.shape[1]
@@ -245,7 +264,7 @@ def _floor_layer_c(B: int, X: Tensor, W: Tensor, U: Tensor, H: Tensor, DA: Tenso
     for v, z in zip(weights, bufs):
         flat = z.reshape(-1, z.shape[-1])
         cgemm.tn(flat[:, :v.shape[1]], flat[:, :v.shape[0]])
-    if recurrent and DA.shape[-1] == DXP.shape[1]:
+    if recurrent and joint and DA.shape[-1] == DXP.shape[1]:
         cgemm.tn_parts([h2d], DXP, colsum, X)
     else:
         if recurrent:
