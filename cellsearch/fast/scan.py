@@ -13,7 +13,8 @@ sequences, after the first calls of a shape: :mod:`cellsearch.fast.paths`), it t
 it computes the input projection at every step inside the loop and fuses the coefficients' math, and the
 step skips the product with the zero recurrent matrix (``recurrence: none``). Same process, × nn.LSTM,
 this scan / the loop: minGRU 128/100 1.87 / 4.45, 256/200 3.74 / 7.04; minLSTM 2.11 / 3.05, 3.20 / 5.09;
-RG-LRU 64/100 0.92 / 2.14 (docs/bench/LOOP.md). This scan keeps the rest. Three forms of the solve:
+RG-LRU (separate runs) 64/100 0.92 / 2.14, 256/200 1.70 / 4.29 (docs/bench/LOOP.md). This scan keeps the
+rest. Three forms of the solve:
 
 - ``compiled`` (default on the CPU in float32 / float64, when the C library builds): the recurrence
   itself in one forward pass and one reverse pass over the sequence, vectorised over the units and
