@@ -826,8 +826,8 @@ class _Proj:
             dxs2d = dxs.view(-1, dxs.shape[-1])
             if self.need_dx and dx is not None:
                 dx.view(-1, dx.shape[-1]).add_(matmul(dxs2d, self.p))
-            if self.need_dp:
-                dp = matmul(dxs2d.t(), self.x2d)
+            if self.need_dp:                  # (xᵀ·∂xs)ᵀ: cs_tn splits the n columns over the threads, where
+                dp = matmul(self.x2d.t(), dxs2d).t()     # ∂xsᵀ·x's d = 32 are one panel: 2× faster
         return dx, self.dw, self.db, dp
 
 
