@@ -467,6 +467,13 @@ def test_the_gemm_floor_counts_the_adaptive_saturations_map_over_all_rows() -> N
     floor(torch.randn(3, 4, 5))
 
 
+def test_explain_takes_a_network_as_well_as_a_cell() -> None:
+    """``fast.explain`` on what ``create_rnn`` returns gives one line per layer (it raised AttributeError)."""
+    model = cs.create_rnn("gru", 4, 6, num_layers=2)
+    lines = fast.explain(model).splitlines()
+    assert lines == [f"layer {i}: {fast.explain(layer)}" for i, layer in enumerate(model.layers)]
+
+
 def test_the_gemm_floor_counts_a_refined_gates_projected_short_input() -> None:
     """x̃ = P x (refined gate, d ≠ n) is a linear map over all T·B rows; with d = n the gate reads x itself."""
     from cellsearch.bench import GemmFloor

@@ -124,7 +124,11 @@ def plan(cell: Any) -> Plan:
 
 
 def explain(cell: Any) -> str:
-    """One line: the path ``cell`` takes and why."""
+    """One line: the path ``cell`` takes and why; for a network (``cellsearch.create_rnn``'s, whose cells
+    are its ``layers``) one such line per layer."""
+    layers = getattr(cell, "layers", None)
+    if layers is not None and getattr(cell, "update", None) is None:
+        return "\n".join(f"layer {i}: {explain(layer)}" for i, layer in enumerate(layers))
     p = plan(cell)
     return f"{p.path}: {p.reason}"
 
