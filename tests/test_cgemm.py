@@ -128,11 +128,16 @@ def test_the_sigmoid_recurrence_equals_its_loop(dtype: torch.dtype, T: int, B: i
 
 
 def test_matmul_routes_a_transposed_left_factor_to_the_c_product() -> None:
-    """fused.matmul's hᵀ·dA (a transposed view) and the input projection's weight gradients equal torch's."""
+    """fused.matmul's hᵀ·dA (a transposed view) and the input projection's weight gradients equal torch's;
+    a transposed left factor with more rows than the right one has columns runs the other way round (the
+    C product splits the result's columns over the threads)."""
     g = torch.Generator().manual_seed(5)
     h, da = torch.randn(3000, 96, generator=g), torch.randn(3000, 200, generator=g)
     _close(fused.matmul(h.t(), da), h.t() @ da)
     x = torch.randn(3000, 12, generator=g)
+    narrow = fused.matmul(da.t(), x)          # 200 rows by 12 columns: computed as (xᵀ·da)ᵀ, a transposed view
+    _close(narrow, da.t() @ x)
+    assert narrow.t().is_contiguous() and not narrow.is_contiguous()
     dw, db = fused.input_weight_grads(x, da, None)
     _close(dw, da.t() @ x)
     _close(db, da.sum(0))

@@ -279,10 +279,7 @@ def _floor_mlp(V: Tensor, IN: Tensor, OUT: Tensor) -> None:
 
     matmul(IN, V.t())
     matmul(OUT, V)
-    if IN.shape[1] < OUT.shape[1]:       # (INᵀ·OUT)ᵀ: cs_tn splits the wider side's column panels over
-        matmul(IN.t(), OUT)              # the threads (a refined gate's P: d = 32 is one panel)
-    else:
-        matmul(OUT.t(), IN)
+    matmul(OUT.t(), IN)
 
 
 class _ReferenceOnly(nn.Module):

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .cgemm import sigmoid_recurrence, steps
+from .cgemm import sigmoid_recurrence
 from .fused import Kernel, Mat, Workspace, _input_weight_grads, matmul
 from .gates import GateOps, block_steps
 
@@ -457,16 +457,6 @@ class MGUKernel(_CandidateKernel):
         ws.dw_hh = dw
 
 
-def _over_rows(a: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``a·w (+ bias)`` for ``a`` [rows, K] over all T·B rows at once: the C products' packed GEMM, the rows
-    split over the threads (:func:`cellsearch.fast.cgemm.steps`; no per-call weight reorder: at 6 400 ×
-    128 × 128, 0.55–0.61 ms against oneDNN's 0.77 with it), else :class:`Mat`."""
-    out = a.new_empty(a.shape[0], w.shape[1])
-    if steps(a.unsqueeze(0), w, out.unsqueeze(0)):
-        return out if bias is None else out.add_(bias)
-    return Mat(w.t(), a.shape[0]).mm(a, None if bias is None else bias.contiguous())
-
-
 class AdaptiveKernel(Kernel):
     """asRNN: a = W x + U h + b; h_t = D⁻¹ U_fᵀ tanh(U_f D a) (adaptive saturation on an Elman RNN).
 
@@ -516,13 +506,13 @@ class AdaptiveKernel(Kernel):
                 if t + 1 < T:
                     step.add_to(Gs[t + 1], Gs[t])
         TB = T * B                                         # h = (1 − 2s) P, all steps in one product
-        ws.Y = _over_rows(ws.G.view(TB, n), -2.0 * ws.p, ws.p.sum(0)).view(T, B, n)
+        ws.Y = matmul(ws.G.view(TB, n), -2.0 * ws.p).add_(ws.p.sum(0)).view(T, B, n)  # no per-call Mat reorder
 
     def backward(self, ws: Workspace, dY: Tensor, dc: Tensor | None) -> None:
         T, B, n = ws.T, ws.B, self.n
         TB = T * B
         dy2 = dY.reshape(TB, n).contiguous()
-        ws.dA = DW = _over_rows(dy2, ws.p.t()).view(T, B, n)   # ∂h Pᵀ, all steps in one product
+        ws.dA = DW = matmul(dy2, ws.p.t()).view(T, B, n)   # ∂h Pᵀ, all steps in one product
         if not sigmoid_recurrence(DW, (-2.0 * ws.k).t(), ws.G):   # the loop in C
             DWs, Ss = DW.unbind(0), ws.G.unbind(0)
             back = Mat(-2.0 * ws.k, B)                     # ∂s-part ↦ ∂p Kᵀ with ∂p = −2 dA
