@@ -9,6 +9,7 @@ float64 to 1e-10, float32 to 1e-5 relative to the largest value). No test assert
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,8 +19,9 @@ from test_derived import _inputs, _model
 from test_pwgen import c_path, needs_cc  # noqa: F401  (c_path: a fixture)
 
 import cellsearch as cs
-from cellsearch import fast
+from cellsearch import fast, registry
 from cellsearch.fast import pwloop
+from cellsearch.primitives.saturation import Saturation
 
 #: published cells whose step graphs the C loop must serve (a regression in planning fails here)
 SERVED = ("janet", "indrnn", "ur_lstm", "u_lstm", "r_lstm", "refined_lstm", "star", "slstm", "mgu",
@@ -102,16 +104,55 @@ def test_the_python_loop_switch_and_a_layout_change_keep_results(c_loop: None,
     assert not called
 
 
+class TemperatureTest(Saturation):
+    """sat(v) = tanh(β v) with one learnable β: a scalar invariant, whose gradient sums a step value over
+    every element (neither a product of two step values nor a sum over the batch rows)"""
+
+    name = "temperature_pwloop_test"
+
+    def bind(self, hidden_size: int) -> None:
+        super().bind(hidden_size)
+        self.beta = torch.nn.Parameter(torch.ones(()))
+
+    def reset_parameters(self) -> None:
+        self.beta.data.fill_(0.7)
+
+    def function(self) -> Any:
+        beta = self.beta
+        return lambda v: torch.tanh(v * beta)
+
+
+@pytest.fixture
+def temperature() -> Iterator[str]:
+    registry.register_primitive(TemperatureTest, origin="package test_pwloop")
+    yield TemperatureTest.name
+    registry.unregister("primitive", TemperatureTest.name, "saturation")
+
+
 @needs_cc
-def test_a_per_step_invariant_gradient_keeps_the_python_loop_with_the_reason(c_loop: None) -> None:
-    """asRNN's step has a gradient of a loop invariant that is neither a product of two step values nor a
-    sum over the batch (those move after the loop): the Python loop runs it."""
-    model = _model("asrnn", torch.float64, n=5)
+def test_a_per_step_invariant_gradient_keeps_the_python_loop_with_the_reason(c_loop: None, temperature: str) -> None:
+    """A step with a gradient of a loop invariant that the loop cannot move after it (a scalar's: a sum
+    over every element of a step value) runs in the Python loop."""
+    model = _model(cs.CellSpec(update="vanilla", saturation=temperature), torch.float64, n=5)
     with fast.force_derived():
         x, state = _inputs(model, 4, torch.float64)
         assert_same(model, x, state)
         (g,) = _graphs(model)
     assert g.loop is None and "gradient is computed at every step" in g.loop_note
+
+
+@needs_cc
+def test_an_invariant_used_twice_has_its_gradient_terms_after_the_loop(c_loop: None) -> None:
+    """asRNN's scale d multiplies before the product by U_f and divides after the one by U_fᵀ: its gradient
+    adds two sums over the batch, each summed once over all T·B rows after the loop, and the C loop runs."""
+    model = _model("asrnn", torch.float64, n=5)
+    with fast.force_derived():
+        x, state = _inputs(model, 4, torch.float64)
+        assert_same(model, x, state)
+        (g,) = _graphs(model)
+    assert g.loop is not None, g.loop_note
+    sums = [entry[0] for entry in g.post if entry[4] in ("sum0", "sum0k")]
+    assert len(sums) == 2 and sums[0] == sums[1], g.post
 
 
 @needs_cc
@@ -170,16 +211,31 @@ def test_the_derived_c_loop_is_preferred_to_the_hand_kernel(c_loop: None, monkey
 
 
 @needs_cc
-def test_a_cell_the_c_loop_does_not_serve_goes_back_to_its_hand_kernel(c_loop: None) -> None:
-    """asrnn's step has a per-step gradient of an invariant: after its first derived call finds no C loop,
-    the plan settles on the hand-written kernel, with the reason."""
-    model = _model("asrnn", torch.float64, n=5)
+def test_a_cell_the_c_loop_does_not_serve_goes_back_to_its_hand_kernel(c_loop: None,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where its first derived call finds no C loop (here: the planner refuses), the plan settles on the
+    cell's hand-written kernel, with the reason."""
+    def refuse(*args: Any) -> Any:
+        raise pwloop.Unsupported("refused by the test")
+
+    monkeypatch.setattr(pwloop, "plan", refuse)
+    model = _model("star", torch.float64, n=3)          # a size no other test compiles (graphs are shared)
     assert fast.plan(model.layers[0]).path == "derived"
     x, state = _inputs(model, 4, torch.float64)
     assert_same(model, x, state)
     p = fast.plan(model.layers[0])
     assert p.path == "fused" and "time loop does not run in C" in p.reason, p.reason
-    assert "gradient is computed at every step" in p.reason
+    assert "refused by the test" in p.reason
+
+
+def test_a_hand_kernel_that_does_less_arithmetic_stays_ahead_of_the_derived_path() -> None:
+    """asRNN's kernel folds U, U_f and d into one n × n product a step (the step has three): the plan
+    keeps it first although the derived path's time loop runs in C for asRNN."""
+    model = _model("asrnn", torch.float32, n=5)
+    p = fast.plan(model.layers[0])
+    assert p.path == "fused" and "ahead of the derived path" in p.reason, p.reason
+    with fast.force_derived():
+        assert fast.plan(model.layers[0]).path == "derived"
 
 
 @needs_cc

@@ -147,5 +147,6 @@ def adaptive(cell: Any) -> Plan | str:
         return f"adaptive saturation on update {cell.update.name!r}: fused only on an Elman update"
     if cell.transition is not None:
         return "adaptive saturation with a deep transition: no fused path"
-    return Plan("fused", "fused vanilla/adaptive sequence function (torch ops)",
-                fused_runner(tk.AdaptiveKernel(cell.hidden_size), None))
+    return Plan("fused", "fused vanilla/adaptive sequence function (torch ops; one n × n product a step "
+                "where the step has three, so ahead of the derived path)",
+                fused_runner(tk.AdaptiveKernel(cell.hidden_size), None), first=True)

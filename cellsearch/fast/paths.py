@@ -52,11 +52,13 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 @dataclass(frozen=True)
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
-    reference)."""
+    reference). ``first``: a hand-written kernel that does less arithmetic than the cell's step (it
+    folds the step's fixed matrices into each other), kept ahead of the derived path on the CPU."""
 
     path: str
     reason: str
     run: Runner | None = None
+    first: bool = False
 
 
 def _reference(reason: str) -> Plan:
@@ -118,7 +120,7 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
-    if hand.path == "fused" and derived == "auto" and _on_cpu(cell):
+    if hand.path == "fused" and not hand.first and derived == "auto" and _on_cpu(cell):
         return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
                                    f"else fused: {hand.reason}", fallback=hand)
     if hand.path != "reference" or derived == "off":

@@ -7,15 +7,18 @@ B = (I + S)⁻¹(I − S).
 
 Why :func:`expm` is not simply ``torch.linalg.matrix_exp``: torch's gradient of the exponential
 exponentiates the 2n × 2n block matrix [[Sᵀ, G], [0, Sᵀ]], each of its products costing eight n × n
-ones (n = 256, 2 threads: 2.8 ms forward, ~23 ms forward + backward). :func:`expm` evaluates a
-truncated Taylor series with scaling and squaring in n × n products that autograd differentiates
-(the gradient is the exact gradient of the approximant, whose truncation error and that of its
-derivative are below the dtype's unit roundoff), so the backward costs two products per forward
-product. Its *value* is ``torch.linalg.matrix_exp``'s, bit for bit (the series only carries the
-derivative: ``exp + (series − series.detach())``), so the eager loop, the derived path and the exported
-module, whose traced graphs hold ``torch.linalg.matrix_exp`` (one op with no value-dependent control
-flow; used under ``make_fx``, ``torch.compile`` and fake tensors), compute the same matrix. Without a
-gradient to record, only ``torch.linalg.matrix_exp`` runs.
+ones (n = 256, 2 threads: 2.8 ms forward, ~23 ms forward + backward; n = 128: 0.54 ms, 4.2–4.8 ms).
+:func:`expm` evaluates a truncated Taylor series with scaling and squaring in n × n products that
+autograd differentiates (the gradient is the exact gradient of the approximant, whose truncation error
+and that of its derivative are below the dtype's unit roundoff), so the backward costs two products per
+forward product (n = 128: 1.2 ms forward + backward). The series is also the value: within rounding of
+``torch.linalg.matrix_exp``'s (float32: a few units in the last place; it used to return torch's value
+plus the series' derivative, an extra 0.54 ms a call at n = 128 for equality bit for bit). Traced
+(``make_fx``, ``torch.compile``, fake tensors: the exported module's graphs) it is
+``torch.linalg.matrix_exp``, one op with no value-dependent control flow (the number of squarings);
+the derived path runs its traced prologue with this function in that op's place
+(:func:`cellsearch.trace.eager_for`), so the reference loop, the fast paths and the derived
+path compute the same matrix, and the exported module the same to rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from ..trace import eager_for
 
 __all__ = ["skew_size", "skew_matrix", "expm", "orthogonal_from_skew", "henaff_skew_", "cayley_skew_"]
 
@@ -61,18 +66,14 @@ def _traced(s: Tensor) -> bool:
             or torch.compiler.is_compiling() or (functorch is not None and bool(functorch())))
 
 
+@eager_for(torch.ops.aten.linalg_matrix_exp.default)
 def expm(s: Tensor) -> Tensor:
-    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here): the value of
-    ``torch.linalg.matrix_exp``, differentiated by autograd through a Taylor series at n × n cost (see
-    the module docstring); ``torch.linalg.matrix_exp`` alone under tracing, without a gradient to record
-    and for dtypes other than float32/float64."""
-    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0 \
-            or not (torch.is_grad_enabled() and s.requires_grad):
+    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here): a scaled and squared Taylor
+    series in n × n products, differentiated by autograd (see the module docstring);
+    ``torch.linalg.matrix_exp`` under tracing and for dtypes other than float32/float64."""
+    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0:
         return torch.linalg.matrix_exp(s)
-    series = _series(s)
-    with torch.no_grad():
-        value = torch.linalg.matrix_exp(s)
-    return value + (series - series.detach())       # torch's value + 0 exactly; the series' derivative
+    return _series(s)
 
 
 def _series(s: Tensor) -> Tensor:
@@ -87,13 +88,17 @@ def _series(s: Tensor) -> Tensor:
     powers = [x]
     for _ in range(p - 1):
         powers.append(powers[-1] @ x)                       # X, X², …, X^p
-    coef = [[1.0 / math.factorial(j * p + i) for i in range(1, p)] for j in range(q + 1)]
     eye = torch.eye(n, dtype=s.dtype, device=s.device)
-    stacked = torch.stack(powers[:-1])                      # [p − 1, ..., n, n]
-    chunks = torch.tensordot(torch.tensor(coef, dtype=s.dtype, device=s.device), stacked, 1)
-    out = chunks[q] + eye * (1.0 / math.factorial(q * p))
+
+    def chunk(j: int) -> Tensor:                            # Σ_{i<p} X^i / (jp + i)!, X⁰ = I
+        out = eye * (1.0 / math.factorial(j * p))
+        for i in range(1, p):
+            out = out + powers[i - 1] * (1.0 / math.factorial(j * p + i))
+        return out
+
+    out = chunk(q)
     for j in range(q - 1, -1, -1):                         # Horner in X^p over the chunks
-        out = out @ powers[-1] + chunks[j] + eye * (1.0 / math.factorial(j * p))
+        out = torch.matmul(out, powers[-1]) + chunk(j)
     for _ in range(k):
         out = out @ out
     return out
