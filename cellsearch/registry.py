@@ -32,6 +32,8 @@ __all__ = [
     "PluginLoadError",
     "PluginLoadWarning",
     "register_primitive",
+    "eager_for",
+    "eager_functions",
     "register_cell",
     "register_task",
     "get_primitive",
@@ -136,6 +138,29 @@ def register_primitive(cls: type | None = None, *, origin: str | None = None) ->
         return c
 
     return wrap(cls) if cls is not None else wrap
+
+
+#: functions that run as one op under tracing but otherwise as their own code (value-dependent control
+#: flow, a cheaper gradient), by that op (a torch OpOverload): see :func:`eager_for`
+_EAGER: dict[Any, Any] = {}
+
+
+def eager_for(op: Any) -> Any:
+    """Decorator for a primitive's function that computes ``op``'s value (to rounding) and is traced as
+    ``op``: a traced graph holding ``op`` calls the function instead where it runs eagerly
+    (:func:`cellsearch.trace.eager_graph`, the derived path's prologue). The orthogonal map's matrix
+    exponential (:func:`cellsearch.primitives.orthogonal.expm`, traced as ``torch.linalg.matrix_exp``)."""
+
+    def register(fn: Any) -> Any:
+        _EAGER[op] = fn
+        return fn
+
+    return register
+
+
+def eager_functions() -> dict[Any, Any]:
+    """The functions registered with :func:`eager_for`, by op (a copy)."""
+    return dict(_EAGER)
 
 
 def register_cell(card: Any, *, origin: str | None = None) -> Any:

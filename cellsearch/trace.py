@@ -31,15 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-__all__ = ["TracedStep", "TracedInit", "TraceError", "trace_step", "trace_init", "flat_name", "eager_for",
-           "eager_graph"]
+__all__ = ["TracedStep", "TracedInit", "TraceError", "trace_step", "trace_init", "flat_name", "eager_graph"]
 
 _FULL = 2**62  # a slice end at or beyond this is "to the end"
 
@@ -48,34 +47,19 @@ class TraceError(RuntimeError):
     """The cell's step could not be traced into a graph (e.g. it branches on tensor values)."""
 
 
-#: functions that run as one ATen op under tracing but otherwise as their own code (value-dependent
-#: control flow, a cheaper gradient), by that op: registered with :func:`eager_for`, called in the
-#: op's place where a traced graph runs eagerly (:func:`eager_graph`)
-_EAGER: dict[Any, Callable[..., Any]] = {}
-
-
-def eager_for(op: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator: the decorated function computes ``op``'s value (to rounding) and is what a traced graph
-    holding ``op`` calls when it runs eagerly (the orthogonal map's matrix exponential:
-    :func:`cellsearch.primitives.orthogonal.expm`, traced as ``torch.linalg.matrix_exp``)."""
-
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        _EAGER[op] = fn
-        return fn
-
-    return register
-
-
 def eager_graph(gm: fx.GraphModule) -> fx.GraphModule:
-    """``gm`` with every op registered by :func:`eager_for` replaced by its function (a copy; ``gm``
-    itself when it holds none): for a graph run eagerly with autograd, such as the derived path's
-    prologue (``prepare``), never for one traced or compiled again."""
-    if not any(n.op == "call_function" and n.target in _EAGER for n in gm.graph.nodes):
+    """``gm`` with every op a primitive registered with :func:`cellsearch.registry.eager_for` replaced by
+    its function (a copy; ``gm`` itself when it holds none): for a graph run eagerly with autograd, such
+    as the derived path's prologue (``prepare``), never for one traced or compiled again."""
+    from .registry import eager_functions
+
+    eager = eager_functions()
+    if not any(n.op == "call_function" and n.target in eager for n in gm.graph.nodes):
         return gm
     graph = copy.deepcopy(gm.graph)
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in _EAGER:
-            node.target = _EAGER[node.target]
+        if node.op == "call_function" and node.target in eager:
+            node.target = eager[node.target]
     return fx.GraphModule(gm, graph, gm.__class__.__name__)
 
 

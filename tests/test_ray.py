@@ -424,11 +424,12 @@ def test_both_backends_leave_the_same_trials_in_storage(tmp_path: Path, monkeypa
 def test_a_trial_of_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path: Path, local_ray: str) -> None:
     """Issue 15: SIGKILL a Ray-backed ``cellsearch run`` once its trial wrote a checkpoint; the rerun's
     retry resumes after the checkpoint's epoch (``resumed_from_epoch`` ≥ 1) and ends with the values and
-    metrics of the same trial trained without interruption."""
+    metrics of the same trial trained without interruption. 10 epochs of ~0.1 s, so that the run cannot
+    end before the poll sees its first checkpoint, even under load (with 4 the window was ~0.3 s)."""
     from cellsearch.search import run_study
 
     space = {"cell": {"update": ["lstm"]}}
-    train = {"epochs": 4, "steps_per_epoch": 80, "batch_size": 16, "threads": 1}
+    train = {"epochs": 10, "steps_per_epoch": 80, "batch_size": 16, "threads": 1}
     search = {"n_trials": 1, "max_concurrent_trials": 1, "pruner": "none", "ray_address": local_ray}
     path = _write(tmp_path, tiny("ray_resume", space=space, train=train, search=search))
     folder = tmp_path / "runs" / "ray_resume" / "checkpoints"

@@ -10,7 +10,7 @@ device):
 1. **hoisting**: the trace's ``prepare`` graph (every node that depends only on parameters: the
    recurrent matrices, an orthogonal matrix exponential, a saturation's matrices, transposes, …) is the
    *prologue*, run once per sequence with ordinary autograd (an op a primitive registered with
-   :func:`cellsearch.trace.eager_for` runs as the primitive's own function there: the matrix
+   `cellsearch.registry.eager_for` runs as the primitive's own function there: the matrix
    exponential as its n × n Taylor series, whose gradient costs 2 products per product where torch's
    exponentiates a 2n × 2n matrix; vanilla / LSTM with an orthogonal recurrence at hidden 128, T 100:
    11.9 → 6.7 ms and 39 → 23 ms a call); its ``step`` graph is a function of those

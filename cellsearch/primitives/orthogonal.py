@@ -17,7 +17,7 @@ plus the series' derivative, an extra 0.54 ms a call at n = 128 for equality bit
 (``make_fx``, ``torch.compile``, fake tensors: the exported module's graphs) it is
 ``torch.linalg.matrix_exp``, one op with no value-dependent control flow (the number of squarings);
 the derived path runs its traced prologue with this function in that op's place
-(:func:`cellsearch.trace.eager_for`), so the reference loop, the fast paths and the derived
+(:func:`cellsearch.registry.eager_for`), so the reference loop, the fast paths and the derived
 path compute the same matrix, and the exported module the same to rounding.
 """
 
@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..trace import eager_for
+from ..registry import eager_for
 
 __all__ = ["skew_size", "skew_matrix", "expm", "orthogonal_from_skew", "henaff_skew_", "cayley_skew_"]
 
