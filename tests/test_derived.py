@@ -201,6 +201,37 @@ def test_switches_force_and_turn_off_the_derived_path(aten: None) -> None:
     assert "preferred to the hand-written kernel" in fast.explain(lstm.layers[0])
 
 
+def test_the_prologue_runs_the_exponential_as_its_series() -> None:
+    """The traced ``prepare`` holds torch's matrix_exp (the exported module keeps it); the derived path's
+    prologue calls ``orthogonal.expm`` in its place (registered with ``registry.eager_for``: the reference
+    loop's function, whose gradient costs n × n products where torch's exponentiates a 2n × 2n matrix);
+    values and gradients equal torch's op's to rounding (float64)."""
+    from cellsearch.fast.derived import _trace
+    from cellsearch.primitives.orthogonal import expm
+    from cellsearch.trace import eager_graph
+
+    model = _model(cs.CellSpec(update="gru", recurrence="orthogonal", saturation="adaptive"), torch.float64)
+    cell = model.layers[0]
+    traced = _trace(cell, B)
+    matrix_exp = torch.ops.aten.linalg_matrix_exp.default
+    targets = [n.target for n in traced.step.prepare.graph.nodes]
+    assert targets.count(matrix_exp) == 2 and expm not in targets
+    eager = [n.target for n in traced.prepare.graph.nodes]
+    assert eager.count(expm) == 2 and matrix_exp not in eager
+    assert eager_graph(traced.step.step) is traced.step.step        # nothing to replace: the graph itself
+    params = traced.params(cell)
+    ours = traced.prologue(params[0])(*params)
+    torchs = traced.step.prepare(*params, *[params[0].device] * traced.step.device,
+                                 *[params[0].dtype] * traced.step.dtype)
+    g = [torch.randn(v.shape, dtype=v.dtype, generator=torch.Generator().manual_seed(i)) for i, v in enumerate(ours)]
+    for a, b in zip(ours, torchs):
+        assert (a - b).abs().max() < 1e-13
+    mine = torch.autograd.grad(sum((v * w).sum() for v, w in zip(ours, g)), params, allow_unused=True)
+    theirs = torch.autograd.grad(sum((v * w).sum() for v, w in zip(torchs, g)), params, allow_unused=True)
+    for a, b in zip(mine, theirs):
+        assert (a is None) == (b is None) and (a is None or (a - b).abs().max() < 1e-10 * b.abs().max())
+
+
 def test_a_step_with_value_dependent_control_flow_keeps_the_reference_loop(aten: None) -> None:
     model = _model(cs.CellSpec(update="branchy_derived_test"), torch.float64)
     assert fast.plan(model.layers[0]).path == "derived"        # traced when it first runs

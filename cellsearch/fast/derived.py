@@ -188,7 +188,6 @@ def _trace(cell: nn.Module, batch: int) -> _Traced:
     return _Traced(traced, eager_graph(traced.prepare))
 
 
-
 # -------------------------------------------------------------------------------------------------
 # level 2: the joint forward/backward graph of the step, partitioned
 # -------------------------------------------------------------------------------------------------
