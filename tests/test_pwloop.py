@@ -167,6 +167,20 @@ def test_a_sum_over_the_batch_moves_after_the_loop(c_loop: None) -> None:
 
 
 @needs_cc
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_overlapping_column_blocks_keep_the_c_loop(dtype: torch.dtype, c_loop: None) -> None:
+    """JANET with the UR gate: the update reads the forget columns alone and the gate reads them with its
+    r columns, so the gradients of overlapping column blocks of xp add up; they are cut into segments
+    (one cat of sums of column slices) and the step runs in the C loop (it ran in Python)."""
+    model = _model(cs.CellSpec(update="janet", gate="ur"), dtype, n=6)
+    with fast.force_derived():
+        x, state = _inputs(model, 11, dtype)
+        assert_same(model, x, state)
+        graphs = _graphs(model)
+    assert graphs and all(g.loop is not None for g in graphs), [g.loop_note for g in graphs]
+
+
+@needs_cc
 def test_retain_graph_backward_twice_through_the_c_tape(c_loop: None) -> None:
     model = _model("slstm", torch.float64, n=6)
     x, _ = _inputs(model, 4, torch.float64)

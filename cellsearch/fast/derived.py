@@ -551,9 +551,12 @@ def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphM
 def _slice_sums_to_cat(gm: fx.GraphModule) -> int:
     """Rewrite sums of ``slice_backward`` (the gradient of a tensor whose column blocks were used
     separately, e.g. the pre-activations of the gate and candidate blocks) into one ``cat`` of the
-    blocks' gradients (blocks used twice summed first). A compiled graph then writes each block once
-    with a plain loop, instead of evaluating every block's expression under masks for every column.
-    Only sums that tile the whole tensor are rewritten; returns how many."""
+    blocks' gradients (blocks used twice summed first; blocks that overlap, such as JANET's forget
+    columns read alone by the update and with the r columns by the UR gate, cut into the segments
+    between their ends, each the sum of its covering blocks' column slices). A compiled graph then
+    writes each block once with a plain loop, instead of evaluating every block's expression under
+    masks for every column, and the C time loop can run it. Only sums that cover the whole tensor are
+    rewritten; returns how many."""
     aten = torch.ops.aten
     graph = gm.graph
     done = 0
@@ -587,17 +590,28 @@ def _slice_sums_to_cat(gm: fx.GraphModule) -> int:
         for lf in leaves:
             start, end = int(lf.args[3]), min(int(lf.args[4]), total)
             blocks.setdefault((start, end), []).append(lf)
-        spans = sorted(blocks)
-        if spans[0][0] != 0 or spans[-1][1] != total or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        # column segments between every block's ends: a segment's gradient sums the pieces of the blocks
+        # that cover it (overlapping blocks: a block read whole by one primitive and in part by another)
+        bounds = sorted({0, total, *(e for span in blocks for e in span)})
+        segments = list(zip(bounds, bounds[1:]))
+        cover = {seg: [(span, lf) for span in sorted(blocks) for lf in blocks[span]
+                       if span[0] <= seg[0] and seg[1] <= span[1]] for seg in segments}
+        if any(not pieces for pieces in cover.values()):
             continue
         with graph.inserting_before(node):
             parts = []
-            for span in spans:
-                grads = [lf.args[0] for lf in blocks[span]]
-                acc = grads[0]
-                for gr in grads[1:]:
-                    acc = graph.call_function(aten.add.Tensor, (acc, gr))
-                    acc.meta = dict(gr.meta)          # same shape (a block's gradient): for pwgen
+            for seg in segments:
+                acc: fx.Node | None = None
+                for (start, stop), lf in cover[seg]:
+                    gr = lf.args[0]
+                    if (start, stop) != seg:
+                        val = gr.meta["val"]
+                        gr = graph.call_function(aten.slice.Tensor, (gr, dim, seg[0] - start, seg[1] - start))
+                        gr.meta = {"val": val.narrow(dim, seg[0] - start, seg[1] - seg[0])}
+                    if acc is not None:
+                        gr, meta = graph.call_function(aten.add.Tensor, (acc, gr)), dict(gr.meta)
+                        gr.meta = meta                  # same shape (a segment's gradient): for pwgen
+                    acc = gr
                 parts.append(acc)
             cat = graph.call_function(aten.cat.default, (parts, dim))
         cat.meta = dict(node.meta)
