@@ -303,6 +303,27 @@ def test_the_c_backward_reads_the_forwards_transcendentals(name: str, c_loop: No
 
 
 @needs_cc
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_a_step_without_a_product_recomputes_its_transcendentals(name: str, c_loop: None) -> None:
+    """A step of pointwise work alone (the scans: no recurrent matrix) is bound by memory, so its C
+    backward recomputes σ / tanh / divisions from the saved step inputs instead of saving them."""
+    from cellsearch.fast import derived
+    from cellsearch.fast.pwgen import COSTLY
+
+    model = _model(name, torch.float32, n=6)
+    with fast.force_derived():
+        x, state = _inputs(model, 11, torch.float32)
+        assert_same(model, x, state)
+        graphs = _graphs(model)
+    assert graphs and all(g.loop is not None for g in graphs)
+    for g in graphs:
+        assert not derived._has_product(g.modules["step"])
+        ops = {derived._target_name(n).split(".")[0] for n in g.modules["backward"].graph.nodes
+               if n.op == "call_function"}
+        assert ops & COSTLY, ops
+
+
+@needs_cc
 def test_the_gemm_floor_joins_the_projection_where_the_loop_does(c_loop: None) -> None:
     """The floor's post-loop products mirror the loop's: ∂W_ih in the recurrent weight's pass where that
     pass is over ∂xp itself (ur_lstm), a pass of its own where the recurrent product's right factor is

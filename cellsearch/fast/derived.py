@@ -21,10 +21,11 @@ device):
    graph (the step's outputs and the few tensors the backward cannot cheaply recompute: matrix products
    and the step's inputs), a once-per-backward graph (backward nodes that depend only on loop
    invariants) and a per-step backward graph that recomputes the pointwise forward values it needs
-   (fused into its loops when compiled); for the C generator it reads the transcendentals and
-   divisions from the forward instead (the backward's costliest work: GRU 1.07–1.08× faster, star
-   1.02–1.11×, the LSTM family 1.01–1.02× at hidden 128, T 100; neutral at 256 / 200, same process),
-   and recomputes them where that partition does not compile to a C loop (sLSTM);
+   (fused into its loops when compiled); for the C generator, where the step multiplies by a matrix,
+   it reads the transcendentals and divisions from the forward instead (the backward's costliest work:
+   GRU 1.07–1.08× faster, star 1.02–1.11×, the LSTM family 1.01–1.02× at hidden 128, T 100; neutral at
+   256 / 200, same process), and recomputes them where that partition does not compile to a C loop
+   (sLSTM) and in a step of pointwise work alone (the scans, bound by memory: minLSTM 1.08–1.11×);
 3. **post-loop weight gradients**: a gradient of a loop invariant that the backward graph computes as a
    matrix product of two per-step tensors (``dW = hᵀ·dA``: the recurrent GEMM's weight gradient) is not
    computed per step; the two factors are kept (dA straight from the dxp buffer the backward graph
@@ -497,14 +498,19 @@ def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence
     joint, n_out = _joint(step, inv, var)
     if compile and not triton_device(var[0].device) and compiler_choice() != "inductor":
         # the C generator: the backward reads the forward's transcendentals and divisions instead of
-        # recomputing them (:func:`_partition`'s ``keep_costly``), else every cheap value is recomputed
-        g = _graphs(prologue, step, joint, n_inv, n_out, var, keep_costly=True)
-        g.c_note = _compile_generated(g, inv, var)
-        if g.c_note is None and g.loop is not None:
-            return g
-        # where that does not compile or plan a C loop (sLSTM's stabilised exponential gates), the
-        # recomputing partition: the C generator, else Inductor
-        kept = g if g.c_note is None else None
+        # recomputing them (:func:`_partition`'s ``keep_costly``) where the step multiplies by a matrix;
+        # a step of pointwise work alone (the scans) is bound by memory, and every value it saves costs a
+        # write and a read (same process, recompute / keep: minLSTM 1.08–1.11×, minGRU 1.02–1.05×,
+        # RG-LRU 0.97–1.01× at 64/100 to 256/200), so it recomputes them
+        kept = None
+        if _has_product(step):
+            g = _graphs(prologue, step, joint, n_inv, n_out, var, keep_costly=True)
+            g.c_note = _compile_generated(g, inv, var)
+            if g.c_note is None and g.loop is not None:
+                return g
+            kept = g if g.c_note is None else None
+        # where that does not compile or plan a C loop (sLSTM's stabilised exponential gates), and for a
+        # step without a product, the recomputing partition: the C generator, else Inductor
         g = _graphs(prologue, step, joint, n_inv, n_out, var, keep_costly=False)
         g.c_note = _compile_generated(g, inv, var)
         if g.c_note is None and (g.loop is not None or kept is None):
@@ -528,6 +534,14 @@ def _derive(prologue: Callable[..., Any], step: fx.GraphModule, values: Sequence
         g.compiled = True
         g.bw_pending = True      # compiled at the first backward pass (inference never pays for it)
     return g
+
+
+def _has_product(step: fx.GraphModule) -> bool:
+    """Whether the step graph multiplies matrices (a recurrent product, a deep transition's layers)."""
+    return any(n.op == "call_function" and _target_name(n).split(".")[0] in _PRODUCTS for n in step.graph.nodes)
+
+
+_PRODUCTS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"})
 
 
 def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphModule, n_inv: int, n_out: int,
