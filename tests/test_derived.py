@@ -187,6 +187,31 @@ def test_first_calls_small_runs_and_no_compiler_take_the_reference_loop(monkeypa
     assert calls
 
 
+def test_a_cell_without_a_hand_kernel_takes_the_derived_path_from_a_smaller_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size threshold is lower where the reference loop, not a hand-written kernel, would run instead:
+    a call between the two thresholds runs a plugin cell on the derived path and ur_lstm on its kernel."""
+    from cellsearch.fast.derived import DERIVED_MIN, DERIVED_MIN_LOOP
+
+    monkeypatch.delenv("CELLSEARCH_DERIVED_MIN", raising=False)
+    monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
+    assert DERIVED_MIN_LOOP < DERIVED_MIN
+    plugin, lstm = _model(PLUGIN, torch.float32, n=16), _model("ur_lstm", torch.float32, n=16)
+    assert f"runs under {DERIVED_MIN_LOOP:,} pre-activations" in fast.explain(plugin.layers[0])
+    assert f"runs under {DERIVED_MIN:,} pre-activations" in fast.explain(lstm.layers[0])
+    monkeypatch.setenv("CELLSEARCH_DERIVED_BACKEND", "aten")
+    monkeypatch.setenv("CELLSEARCH_DERIVED_AFTER", "0")
+    x = torch.randn(16, 32, D)                   # 16 × 32 × 32 (plugin) and × 64 (ur_lstm) pre-activations
+    for model in (plugin, lstm):
+        rows = model.layers[0].weight_ih.shape[0]
+        assert DERIVED_MIN_LOOP <= x.shape[0] * x.shape[1] * rows < DERIVED_MIN
+    calls = _count_reference(monkeypatch, plugin)
+    plugin(x)
+    assert not calls and list(fast.plan(plugin.layers[0]).run._graphs)        # type: ignore[union-attr]
+    lstm(x)
+    assert not fast.plan(lstm.layers[0]).run._graphs                            # type: ignore[union-attr]
+
+
 def test_switches_force_and_turn_off_the_derived_path(aten: None) -> None:
     plugin, lstm = _model(PLUGIN, torch.float64), _model("ur_lstm", torch.float64)
     with fast.hand_first():

@@ -54,7 +54,8 @@ device):
 
 When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
 seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
-:data:`DERIVED_MIN` pre-activations, from the ``DERIVED_AFTER + 1``-th call of an input shape (the
+:data:`DERIVED_MIN` pre-activations (:data:`DERIVED_MIN_LOOP` for a cell without a hand-written kernel,
+whose alternative is the reference loop), from the ``DERIVED_AFTER + 1``-th call of an input shape (the
 backward graph compiles at the first backward pass); otherwise the reference loop runs. ``force``
 (:func:`cellsearch.fast.force_derived`) drops the size and call-count conditions;
 ``CELLSEARCH_DERIVED_BACKEND=aten`` runs the same graphs uncompiled (tests, debugging).
@@ -80,15 +81,24 @@ from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "DERIVED_MIN",
-           "DERIVED_AFTER", "backend_choice", "compiler_choice", "min_work", "warmup_calls"]
+           "DERIVED_MIN_LOOP", "DERIVED_AFTER", "backend_choice", "compiler_choice", "min_work", "warmup_calls"]
 
 #: the derived path runs (unless forced) when one call has at least this many pre-activations
-#: (T × batch × blocks × hidden, e.g. 100 × 64 × 1 × 128 ≈ 0.8M): a first use traces and compiles (the C
-#: generator: tenths of a second once the library is cached, 1–2 s to build it), which the smallest runs
-#: never earn back; those keep the reference loop (or a hand-written kernel). Measured: the quickstart
-#: study (hidden 32, T 100, batch 64) ran in 70.6 s with 2²⁰ and 61.1 s with 400,000 (its 3- and 4-block
-#: cells on the derived path's C loop), 74.3 s with 2¹⁸ (noise between parallel trials is ~±10 s)
-DERIVED_MIN = 1 << 19
+#: (T × batch × blocks × hidden, e.g. 100 × 64 × 1 × 128 ≈ 0.8M) and the cell has a hand-written kernel
+#: (which runs the smaller calls): a first use traces and compiles (0.6–2 s in a process with the C
+#: library cached, 1–2 s more to build it), which the smallest runs never earn back. Measured, whole
+#: trials in fresh processes (6 epochs × 50 steps, lstm + ur gate, threshold 2¹⁹ / 2¹⁴): 16 × 20 × 16
+#: rows 1.50, 1.52 / 1.62, 1.69 s; T 64, batch 16, hidden 16 or 32 (65k / 131k pre-activations) equal
+#: within the noise (1.9–2.6 s); mgu at the quickstart's size (410k) 3.5, 4.6 / 2.8, 3.0 s
+DERIVED_MIN = 1 << 17
+#: ... and where the cell has no hand-written kernel, so that the reference loop would run instead: a
+#: Python loop over the steps, 2–8× slower a call (janet + ur: 25 against 3 ms at hidden 32, T 100,
+#: batch 64; 4.5 against 1.3 ms at hidden 16, T 20, batch 16). A plugin cell (mgu + adaptive saturation)
+#: trained for the quickstart's trial in 9.8–12.5 s with the old single threshold 2¹⁹ and 3.2–3.8 s
+#: with 2¹⁴ (7.0 s with an empty kernel cache); at 20k pre-activations 2.9, 3.4 / 2.7, 2.1 s.
+#: The whole quickstart study (`make run`, its cells at 205k–820k) took 55–57 s with 2¹⁹ and 32–37 s
+#: with these thresholds (37.7 against 56.3 s with an empty cache)
+DERIVED_MIN_LOOP = 1 << 14
 #: ... and (unless forced) from its ``DERIVED_AFTER + 1``-th call with the same input shape: the first
 #: calls run the reference loop, so that a shape seen a few times only (an evaluation batch, a short
 #: trial) never pays for a compile
@@ -1163,12 +1173,14 @@ def warmup_calls() -> int:
         return DERIVED_AFTER
 
 
-def min_work() -> int:
-    """:data:`DERIVED_MIN`, or ``CELLSEARCH_DERIVED_MIN`` when set."""
+def min_work(hand: bool = True) -> int:
+    """:data:`DERIVED_MIN` (a cell with a hand-written kernel: ``hand``) or :data:`DERIVED_MIN_LOOP`, or
+    ``CELLSEARCH_DERIVED_MIN`` for both when set."""
+    default = DERIVED_MIN if hand else DERIVED_MIN_LOOP
     try:
-        return int(os.environ.get("CELLSEARCH_DERIVED_MIN", DERIVED_MIN))
+        return int(os.environ.get("CELLSEARCH_DERIVED_MIN", default))
     except ValueError:
-        return DERIVED_MIN
+        return default
 
 
 class Derived:
@@ -1234,7 +1246,8 @@ class Derived:
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
         other = "the hand-written kernel" if self.fallback_plan is not None else "the reference loop"
-        size = "" if self.forced else (f"; runs under {min_work():,} pre-activations a sequence, and the "
+        size = "" if self.forced else (f"; runs under {min_work(self.fallback_plan is not None):,} "
+                                        f"pre-activations a sequence, and the "
                                         f"first {warmup_calls()} calls of an input shape, take {other}")
         if compiler_choice() == "inductor":
             return "Inductor C++ step graphs (CELLSEARCH_DERIVED_COMPILER=inductor)" + size
@@ -1285,7 +1298,7 @@ class Derived:
 
     def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
         if not self.forced:
-            if x.shape[0] * x.shape[1] * _width(cell) < min_work():
+            if x.shape[0] * x.shape[1] * _width(cell) < min_work(self.fallback_plan is not None):
                 return None
             seen = (tuple(x.shape[1:]), x.dtype, x.device, tuple(tuple(s.shape) for s in state))
             count = self._seen.get(seen, 0)
