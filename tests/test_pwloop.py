@@ -281,12 +281,14 @@ def test_ur_gru_takes_the_derived_path() -> None:
 
 
 @needs_cc
-@pytest.mark.parametrize("name", ["gru", "lstm", "star"])
-def test_the_c_backward_reads_the_forwards_transcendentals(name: str, c_loop: None) -> None:
-    """With the C generator the backward step reads σ / tanh / divisions from the forward instead of
-    recomputing them (derived._partition's ``keep_costly``): no such op in its graph, the results equal
-    the reference loop's. sLSTM, whose kept partition the generator does not serve, falls back to the
-    recomputing one and keeps its C loop (SERVED, above)."""
+@pytest.mark.parametrize("name", ["gru", "lstm", "star", "mingru", "minlstm"])
+def test_the_c_backward_reads_the_forwards_transcendentals_where_the_step_multiplies(name: str,
+                                                                                     c_loop: None) -> None:
+    """With the C generator the backward step of a step with a matrix product reads σ / tanh / divisions
+    from the forward instead of recomputing them (derived._partition's ``keep_costly``): no such op in
+    its graph. A step of pointwise work alone (the scans: no recurrent matrix) is bound by memory and
+    recomputes them. The results equal the reference loop's either way. sLSTM, whose kept partition the
+    generator does not serve, falls back to the recomputing one and keeps its C loop (SERVED, above)."""
     from cellsearch.fast import derived
     from cellsearch.fast.pwgen import COSTLY
 
@@ -299,28 +301,9 @@ def test_the_c_backward_reads_the_forwards_transcendentals(name: str, c_loop: No
     for g in graphs:
         ops = {derived._target_name(n).split(".")[0] for n in g.modules["backward"].graph.nodes
                if n.op == "call_function"}
-        assert not ops & COSTLY, ops & COSTLY
-
-
-@needs_cc
-@pytest.mark.parametrize("name", ["mingru", "minlstm"])
-def test_a_step_without_a_product_recomputes_its_transcendentals(name: str, c_loop: None) -> None:
-    """A step of pointwise work alone (the scans: no recurrent matrix) is bound by memory, so its C
-    backward recomputes σ / tanh / divisions from the saved step inputs instead of saving them."""
-    from cellsearch.fast import derived
-    from cellsearch.fast.pwgen import COSTLY
-
-    model = _model(name, torch.float32, n=6)
-    with fast.force_derived():
-        x, state = _inputs(model, 11, torch.float32)
-        assert_same(model, x, state)
-        graphs = _graphs(model)
-    assert graphs and all(g.loop is not None for g in graphs)
-    for g in graphs:
-        assert not derived._has_product(g.modules["step"])
-        ops = {derived._target_name(n).split(".")[0] for n in g.modules["backward"].graph.nodes
-               if n.op == "call_function"}
-        assert ops & COSTLY, ops
+        multiplies = derived._has_product(g.modules["step"])
+        assert multiplies == (name not in ("mingru", "minlstm"))
+        assert bool(ops & COSTLY) != multiplies, ops & COSTLY
 
 
 @needs_cc
