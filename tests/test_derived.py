@@ -190,12 +190,14 @@ def test_first_calls_small_runs_and_no_compiler_take_the_reference_loop(monkeypa
 def test_a_cell_without_a_hand_kernel_takes_the_derived_path_from_a_smaller_size(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The size threshold is lower where the reference loop, not a hand-written kernel, would run instead:
-    a call between the two thresholds runs a plugin cell on the derived path and ur_lstm on its kernel."""
-    from cellsearch.fast.derived import DERIVED_MIN, DERIVED_MIN_LOOP
+    a call between the two thresholds runs a plugin cell on the derived path and ur_lstm on its kernel.
+    Both are the CPU's; another device keeps the threshold of before."""
+    from cellsearch.fast.derived import DERIVED_MIN, DERIVED_MIN_DEVICE, DERIVED_MIN_LOOP, min_work
 
     monkeypatch.delenv("CELLSEARCH_DERIVED_MIN", raising=False)
     monkeypatch.delenv("CELLSEARCH_DERIVED_BACKEND", raising=False)
-    assert DERIVED_MIN_LOOP < DERIVED_MIN
+    assert DERIVED_MIN_LOOP < DERIVED_MIN <= DERIVED_MIN_DEVICE
+    assert min_work(False, "cuda") == min_work(True, "cuda") == DERIVED_MIN_DEVICE
     plugin, lstm = _model(PLUGIN, torch.float32, n=16), _model("ur_lstm", torch.float32, n=16)
     assert f"runs under {DERIVED_MIN_LOOP:,} pre-activations" in fast.explain(plugin.layers[0])
     assert f"runs under {DERIVED_MIN:,} pre-activations" in fast.explain(lstm.layers[0])

@@ -55,8 +55,9 @@ device):
 When it runs (measured: uncompiled graphs are slower than the reference loop, and a compile takes
 seconds): where Inductor can compile (the CPU, float32/float64, a C++ compiler), for calls with at least
 :data:`DERIVED_MIN` pre-activations (:data:`DERIVED_MIN_LOOP` for a cell without a hand-written kernel,
-whose alternative is the reference loop), from the ``DERIVED_AFTER + 1``-th call of an input shape (the
-backward graph compiles at the first backward pass); otherwise the reference loop runs. ``force``
+whose alternative is the reference loop; :data:`DERIVED_MIN_DEVICE` off the CPU), from the
+``DERIVED_AFTER + 1``-th call of an input shape (the backward graph compiles at the first backward
+pass); otherwise the reference loop runs. ``force``
 (:func:`cellsearch.fast.force_derived`) drops the size and call-count conditions;
 ``CELLSEARCH_DERIVED_BACKEND=aten`` runs the same graphs uncompiled (tests, debugging).
 
@@ -81,7 +82,8 @@ from torch import Tensor, fx, nn
 from torch.autograd.function import once_differentiable
 
 __all__ = ["Derived", "DerivationError", "derive", "DerivedSequence", "StepGraphs", "DERIVED_MIN",
-           "DERIVED_MIN_LOOP", "DERIVED_AFTER", "backend_choice", "compiler_choice", "min_work", "warmup_calls"]
+           "DERIVED_MIN_LOOP", "DERIVED_MIN_DEVICE", "DERIVED_AFTER", "backend_choice", "compiler_choice",
+           "min_work", "warmup_calls"]
 
 #: the derived path runs (unless forced) when one call has at least this many pre-activations
 #: (T × batch × blocks × hidden, e.g. 100 × 64 × 1 × 128 ≈ 0.8M) and the cell has a hand-written kernel
@@ -99,6 +101,9 @@ DERIVED_MIN = 1 << 17
 #: The whole quickstart study (`make run`, its cells at 205k–820k) took 55–57 s with 2¹⁹ and 32–37 s
 #: with these thresholds (37.7 against 56.3 s with an empty cache)
 DERIVED_MIN_LOOP = 1 << 14
+#: ... both on the CPU, where they were measured; on another device (CUDA: generated Triton kernels under
+#: a Python time loop, their compile not measured against these sizes) the single threshold of before
+DERIVED_MIN_DEVICE = 1 << 19
 #: ... and (unless forced) from its ``DERIVED_AFTER + 1``-th call with the same input shape: the first
 #: calls run the reference loop, so that a shape seen a few times only (an evaluation batch, a short
 #: trial) never pays for a compile
@@ -1173,10 +1178,14 @@ def warmup_calls() -> int:
         return DERIVED_AFTER
 
 
-def min_work(hand: bool = True) -> int:
-    """:data:`DERIVED_MIN` (a cell with a hand-written kernel: ``hand``) or :data:`DERIVED_MIN_LOOP`, or
-    ``CELLSEARCH_DERIVED_MIN`` for both when set."""
-    default = DERIVED_MIN if hand else DERIVED_MIN_LOOP
+def min_work(hand: bool = True, device: torch.device | str = "cpu") -> int:
+    """On the CPU :data:`DERIVED_MIN` (a cell with a hand-written kernel: ``hand``) or
+    :data:`DERIVED_MIN_LOOP`, elsewhere :data:`DERIVED_MIN_DEVICE`; ``CELLSEARCH_DERIVED_MIN`` for all
+    when set."""
+    if torch.device(device).type != "cpu":
+        default = DERIVED_MIN_DEVICE
+    else:
+        default = DERIVED_MIN if hand else DERIVED_MIN_LOOP
     try:
         return int(os.environ.get("CELLSEARCH_DERIVED_MIN", default))
     except ValueError:
@@ -1246,7 +1255,7 @@ class Derived:
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
         other = "the hand-written kernel" if self.fallback_plan is not None else "the reference loop"
-        size = "" if self.forced else (f"; runs under {min_work(self.fallback_plan is not None):,} "
+        size = "" if self.forced else (f"; runs under {min_work(self.fallback_plan is not None, device):,} "
                                         f"pre-activations a sequence, and the "
                                         f"first {warmup_calls()} calls of an input shape, take {other}")
         if compiler_choice() == "inductor":
@@ -1298,7 +1307,7 @@ class Derived:
 
     def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
         if not self.forced:
-            if x.shape[0] * x.shape[1] * _width(cell) < min_work(self.fallback_plan is not None):
+            if x.shape[0] * x.shape[1] * _width(cell) < min_work(self.fallback_plan is not None, x.device):
                 return None
             seen = (tuple(x.shape[1:]), x.dtype, x.device, tuple(tuple(s.shape) for s in state))
             count = self._seen.get(seen, 0)
