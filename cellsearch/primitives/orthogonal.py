@@ -11,14 +11,15 @@ ones (n = 256, 2 threads: 2.8 ms forward, ~23 ms forward + backward; n = 128: 0.
 :func:`expm` evaluates a truncated Taylor series with scaling and squaring in n × n products that
 autograd differentiates (the gradient is the exact gradient of the approximant, whose truncation error
 and that of its derivative are below the dtype's unit roundoff), so the backward costs two products per
-forward product (n = 128: 1.2 ms forward + backward). The series is also the value: within rounding of
-``torch.linalg.matrix_exp``'s (float32: a few units in the last place; it used to return torch's value
-plus the series' derivative, an extra 0.54 ms a call at n = 128 for equality bit for bit). Traced
-(``make_fx``, ``torch.compile``, fake tensors: the exported module's graphs) it is
-``torch.linalg.matrix_exp``, one op with no value-dependent control flow (the number of squarings);
-the derived path runs its traced prologue with this function in that op's place
-(:func:`cellsearch.registry.eager_for`), so the reference loop, the fast paths and the derived
-path compute the same matrix, and the exported module the same to rounding.
+forward product (n = 128: 1.2 ms forward + backward). With a gradient to record the series is also the
+value, within rounding of ``torch.linalg.matrix_exp``'s (float32: a few units in the last place; it used
+to return torch's value plus the series' derivative, an extra 0.54 ms a call at n = 128 for equality bit
+for bit). Without one (evaluation, inference) only ``torch.linalg.matrix_exp`` runs, so an evaluated
+model and its exported module, whose traced graphs hold that op (one op with no value-dependent control
+flow: the number of squarings; under ``make_fx``, ``torch.compile``, fake tensors), compute the same
+matrix. The derived path runs its traced prologue with this function in that op's place
+(:func:`cellsearch.registry.eager_for`), so the reference loop, the fast paths and the derived path
+compute the same matrix in training and in evaluation.
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ def _traced(s: Tensor) -> bool:
 
 @eager_for(torch.ops.aten.linalg_matrix_exp.default)
 def expm(s: Tensor) -> Tensor:
-    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here): a scaled and squared Taylor
-    series in n × n products, differentiated by autograd (see the module docstring);
-    ``torch.linalg.matrix_exp`` under tracing and for dtypes other than float32/float64."""
-    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0:
+    """exp(S) for square matrices ``s`` ([..., n, n]; skew-symmetric here): with a gradient to record, a
+    scaled and squared Taylor series in n × n products, differentiated by autograd (see the module
+    docstring); ``torch.linalg.matrix_exp`` without one (inference, evaluation: the exported module's
+    value bit for bit), under tracing and for dtypes other than float32/float64."""
+    if _traced(s) or s.dtype not in (torch.float32, torch.float64) or s.numel() == 0 \
+            or not (torch.is_grad_enabled() and s.requires_grad):
         return torch.linalg.matrix_exp(s)
     return _series(s)
 
