@@ -318,9 +318,11 @@ def _replay(chain: list[fx.Node]) -> Callable[[Tensor], Tensor]:
     return apply
 
 
+#: matrix products (:func:`_has_product`)
+_PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear")
 #: ops that are worth keeping from the forward instead of recomputing them in the backward
-_EXPENSIVE = ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "conv", "linalg", "matrix_exp", "solve",
-              "sort", "topk", "cumsum", "cumprod", "scan", "_linear_pointwise", "embedding")
+_EXPENSIVE = (*_PRODUCTS, "conv", "linalg", "matrix_exp", "solve", "sort", "topk", "cumsum", "cumprod", "scan",
+              "_linear_pointwise", "embedding")
 
 
 def _recomputable(node: fx.Node, keep_costly: bool = False) -> bool:
@@ -366,9 +368,10 @@ def _post_loop_grads(grads: list[Any], n_inv: int, dep_var: set[fx.Node]
 
 
 def _addends(node: fx.Node) -> list[fx.Node]:
-    """The terms of ``node`` when it is a sum ``a + b + …`` of same-shaped tensors, each used only there
-    (an invariant used twice in the step: asRNN's scale d multiplies before the product by U_f and
-    divides after the one by U_fᵀ, so its gradient adds two sums over the batch), else ``[node]``."""
+    """The terms of ``node`` when it is a sum ``a + b + …`` of same-shaped tensors, each used only there,
+    else ``[node]``: the gradient of an invariant the step uses twice (asRNN's scale d multiplies before
+    the product by U_f and divides after the one by U_fᵀ: two sums over the batch), or of a tensor whose
+    column blocks were read separately (a sum of ``slice_backward``s, :func:`_slice_sums_to_cat`)."""
     if node.op != "call_function" or node.target is not torch.ops.aten.add.Tensor or node.kwargs \
             or len(node.args) != 2:
         return [node]
@@ -556,8 +559,6 @@ def _has_product(step: fx.GraphModule) -> bool:
     return any(n.op == "call_function" and _target_name(n).split(".")[0] in _PRODUCTS for n in step.graph.nodes)
 
 
-_PRODUCTS = frozenset({"mm", "addmm", "bmm", "baddbmm", "matmul", "linear"})
-
 
 def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphModule, n_inv: int, n_out: int,
             var: list[Tensor], keep_costly: bool) -> StepGraphs:
@@ -590,26 +591,9 @@ def _slice_sums_to_cat(gm: fx.GraphModule) -> int:
     graph = gm.graph
     done = 0
     for node in reversed(list(graph.nodes)):
-        if node.op != "call_function" or node.target is not aten.add.Tensor or node.kwargs or len(node.args) != 2:
-            continue
-        leaves: list[fx.Node] = []
-        inner: list[fx.Node] = []
-        stack = [node]
-        ok = True
-        while stack and ok:
-            n = stack.pop()
-            for a in n.args:
-                if not isinstance(a, fx.Node):
-                    ok = False
-                elif a.op == "call_function" and a.target is aten.add.Tensor and not a.kwargs \
-                        and len(a.users) == 1 and len(a.args) == 2:
-                    inner.append(a)
-                    stack.append(a)
-                elif a.op == "call_function" and a.target is aten.slice_backward.default and len(a.users) == 1:
-                    leaves.append(a)
-                else:
-                    ok = False
-        if not ok or len(leaves) < 2:
+        leaves = _addends(node)
+        if len(leaves) < 2 or any(lf.op != "call_function" or lf.target is not aten.slice_backward.default
+                                  for lf in leaves):
             continue
         sizes, dim = leaves[0].args[1], leaves[0].args[2]
         if any(list(lf.args[1]) != list(sizes) or lf.args[2] != dim or lf.args[5] != 1 for lf in leaves):
