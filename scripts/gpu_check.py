@@ -91,11 +91,11 @@ def _trials_per_hour(env: dict[str, str], device: str, workers: int, trials: int
         path.write_text(yaml.safe_dump(study))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "cellsearch.cli", "run", str(path), "--workers", str(workers),
-                        "--quiet"], env=env, cwd=ROOT, check=True, timeout=300)
+                        "--quiet"], env=env, cwd=ROOT, check=True, timeout=150)
         return trials / ((time.perf_counter() - t0) / 3600)
 
 
-def run(out: Path, device: str, install: bool, seq: int) -> int:
+def run(out: Path, device: str, install: bool, seq: int, steps: set[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CELLSEARCH_TEST_DEVICE": device}
     if install:
@@ -104,12 +104,27 @@ def run(out: Path, device: str, install: bool, seq: int) -> int:
                         "--upgrade", "--target", str(SITE), *wheels], check=True)
         env["PYTHONPATH"] = f"{SITE}:{os.environ.get('PYTHONPATH', '')}"
     log = out / "gpu_check.log"
-    bench = [sys.executable, "-m", "cellsearch.cli", "bench", "ur_lstm", "gru", "star", "lstm", "mingru",
+    machine = ("import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', "
+               "torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'); "
+               "import triton; print('triton', triton.__version__)")
+    _step(log, "machine", [sys.executable, "-c", machine], env, 60)
+    bench = [sys.executable, "-m", "cellsearch.cli", "bench", "ur_lstm", "gru", "star", "lstm", "mingru", "asrnn",
              "--device", device, "--hidden", "256", "--seq", str(seq), "--batch", "128", "--repeats", "5",
-             "--max-load", "0", "--no-memory", "--derived", "--out", str(out)]
+             "--max-load", "0", "--no-memory", "--derived"]
     tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py",
-             f"--junitxml={out / 'test_cuda.xml'}"]
-    rcs = [_step(log, "GPU tests", tests, env, 240), _step(log, "bench", bench, env, 180)]
+             "--durations=15", f"--junitxml={out / 'test_cuda.xml'}"]
+    rcs = []
+    if "bench" in steps:
+        rcs.append(_step(log, "bench", [*bench, "--out", str(out)], env, 180))
+    if "eager" in steps:                  # the same with the derived path's loops step by step (no CUDA Graphs)
+        (out / "eager").mkdir(exist_ok=True)
+        rcs.append(_step(log, "bench, CELLSEARCH_CUDA_GRAPHS=0", [*bench, "--out", str(out / "eager")],
+                         {**env, "CELLSEARCH_CUDA_GRAPHS": "0"}, 180))
+        (out / "eager" / "bench.png").unlink(missing_ok=True)
+    if "tests" in steps:
+        rcs.append(_step(log, "GPU tests", tests, env, 240))
+    if "trials" not in steps:
+        return max(rcs, default=0)
     try:
         rate = {w: _trials_per_hour(env, device, w, 8) for w in (1, 4)}
         (out / "trials.json").write_text(json.dumps({"trials_per_hour": rate, "ratio": rate[4] / rate[1]}))
@@ -127,11 +142,12 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of the same steps without a GPU")
     parser.add_argument("--no-install", action="store_true", help="use the packages already importable")
     parser.add_argument("--seq", type=int, default=784, help="the bench's sequence length (default 784)")
+    parser.add_argument("--steps", default="tests,bench,eager,trials", help="which steps to run (comma-separated)")
     args = parser.parse_args()
     if args.what == "prepare":
         prepare()
         return 0
-    return run(Path(args.out), args.device, not args.no_install, args.seq)
+    return run(Path(args.out), args.device, not args.no_install, args.seq, set(args.steps.split(",")))
 
 
 if __name__ == "__main__":

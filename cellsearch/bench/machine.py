@@ -47,7 +47,7 @@ def machine_info(device: str | torch.device = "cpu", build_time: bool = False) -
         "torch threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device": f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu",
         "allocator": allocator_setting(),
         "oneDNN linear (fused paths' GEMMs)": "yes" if onednn_available() else "no",
         "fused paths' pointwise kernels": _pointwise_backend(build_time),

@@ -242,6 +242,11 @@ class StepGraphs:
     #: why there are none
     loop: Any = None
     loop_note: str | None = None
+    #: whether the step multiplies matrices (:func:`_has_product`)
+    product: bool = True
+    #: the loops captured as CUDA Graphs (:class:`cellsearch.fast.cudagraph.Graphs`; on CUDA, created at
+    #: the first sequence)
+    cuda_graphs: Any = None
 
 
 def _joint(step: fx.GraphModule, inv: Sequence[Tensor], var: Sequence[Tensor]) -> tuple[fx.GraphModule, int]:
@@ -575,6 +580,7 @@ def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphM
                    {"step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
     g.dxp_inplace = dxp_inplace
+    g.product = _has_product(step)
     return g
 
 
@@ -680,7 +686,8 @@ class _Tape:
     """What one forward keeps for its backward (``env``: the C loop's buffers, else ``saved`` per step;
     ``proj``: the input projection's x [T·B, d] and weight when the sequence owns it)."""
 
-    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env", "leased", "proj")
+    __slots__ = ("saved", "inv", "T", "has_xs", "xp_shape", "xs_shape", "env", "leased", "proj", "graphed",
+                 "__weakref__")
 
 
 class DerivedSequence(torch.autograd.Function):
@@ -753,6 +760,9 @@ def _forward_loop(g: StepGraphs, xp: Tensor | None, xs: Tensor | None, state: li
         tape = _tape(env, [], inv, shape, xs)
         tape.leased = leased                  # back to the pool after the last backward (DerivedSequence)
         return out, tape
+    graphed = _graphed_forward(g, xp, xs, state, inv, keep)
+    if graphed is not None:
+        return graphed
     packed = _packed(g, g.fw_packed, inv, xp.shape[1])
     try:
         return _forward_steps(g, xp, xs, state, inv, keep)
@@ -786,11 +796,52 @@ def _forward_steps(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Ten
     return out, _tape(None, saved, inv, xp.shape, xs) if keep else None
 
 
+def _graphed_forward(g: StepGraphs, xp: Tensor, xs: Tensor | None, state: list[Tensor], inv: Sequence[Tensor],
+                     keep: bool) -> tuple[Tensor, _Tape | None] | None:
+    """:func:`_forward_steps` replayed from a CUDA Graph (:mod:`cellsearch.fast.cudagraph`); None where
+    it is not (not CUDA, turned off, the first sequence of a shape, capture failed)."""
+    from . import cudagraph
+
+    if not cudagraph.enabled(xp.device):
+        return None
+    if g.cuda_graphs is None:
+        with g.lock:
+            if g.cuda_graphs is None:
+                g.cuda_graphs = cudagraph.Graphs()
+
+    def run(xp_: Tensor, xs_: Tensor | None, state_: list[Tensor], inv_: Sequence[Tensor], keep_: bool
+            ) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
+        out, tape = _forward_steps(g, xp_, xs_, state_, inv_, keep_)
+        return out, tape.saved if tape is not None else []
+
+    res = g.cuda_graphs.forward(run, xp, xs, state, inv, keep)
+    if res is None:
+        return None
+    out, final, inst = res
+    state[:] = final
+    if not keep:
+        return out, None
+    tape = _tape(None, inst.saved, inst.inv, xp.shape, xs)
+    tape.graphed = inst                   # its buffers hold the saved values until the tape is freed
+    cudagraph.release_on_free(tape, g.cuda_graphs, inst)
+    return out, tape
+
+
+def _replica(tape: _Tape) -> _Tape:
+    """A copy of ``tape``'s fields, without its CUDA Graph instance."""
+    out = _Tape()
+    for name in _Tape.__slots__:
+        if name != "__weakref__":
+            setattr(out, name, getattr(tape, name))
+    out.graphed = None
+    return out
+
+
 def _tape(env: dict[str, Tensor] | None, saved: list[tuple[Tensor, ...]], inv: Sequence[Tensor],
           xp_shape: Sequence[int], xs: Tensor | None) -> _Tape:
     tape = _Tape()
     tape.env, tape.saved, tape.inv, tape.T, tape.leased = env, saved, tuple(inv), int(xp_shape[0]), []
-    tape.proj = None
+    tape.proj = tape.graphed = None
     tape.has_xs, tape.xp_shape = xs is not None, tuple(xp_shape)
     tape.xs_shape = xs.shape if xs is not None else None
     return tape
@@ -885,6 +936,31 @@ class _Proj:
 
 def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor],
                     proj: _Proj) -> list[Tensor | None]:
+    inst = tape.graphed
+    if inst is not None:          # what a captured loop keeps must not keep the tape (freeing it frees inst)
+        tape = _replica(tape)
+
+    def run(dout_: Tensor, dstate_: list[Tensor], pre_: Sequence[Tensor]) -> Any:
+        return _backward_step_loop(g, tape, pre_, dout_, dstate_)
+
+    if inst is None:
+        dinv, dxp, dxs, dstate, factors = run(dout, dstate, pre)
+    else:                                 # replayed from a CUDA Graph: its outputs are the instance's buffers
+        dinv, dxp, dxs, dstate, factors = g.cuda_graphs.backward(inst, run, dout, dstate, pre)
+        dinv, dstate = list(dinv), list(dstate)
+    _post_products(g, dxp, factors, dinv, proj)
+    del factors
+    if inst is not None:                  # copies: what leaves the instance outlives its next replay
+        dxp, dxs = dxp.clone(), None if dxs is None else dxs.clone()
+        dstate = [d.clone() for d in dstate]
+        dinv = [None if d is None else d.clone() for d in dinv]
+    return [dxp, dxs, *proj.grads(dxp, dxs), *dstate, *dinv]
+
+
+def _backward_step_loop(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Tensor, dstate: list[Tensor]
+                        ) -> tuple[list[Tensor | None], Tensor, Tensor | None, list[Tensor], list[Any]]:
+    """The reverse loop of :func:`_backward_steps`: (∂invariants so far, ∂xp, ∂xs, ∂initial state, the
+    post-loop products' factors)."""
     inv, T = tape.inv, tape.T
     n_inv, n_var = g.n_inv, g.n_var
     dinv: list[Tensor | None] = [None] * n_inv
@@ -933,8 +1009,7 @@ def _backward_steps(g: StepGraphs, tape: _Tape, pre: Sequence[Tensor], dout: Ten
                 post_b[k].append(res[ib])
     # the lists run backwards in time; dxp and the C loop's buffers forwards
     factors = [(_cat(a[::-1], 1) if a else None, _cat(b[::-1], 0) if b else None) for a, b in zip(post_a, post_b)]
-    _post_products(g, dxp, factors, dinv, proj)
-    return [dxp, dxs, *proj.grads(dxp, dxs), *dstate, *dinv]
+    return dinv, dxp, dxs, dstate, factors
 
 
 def _post_products(g: StepGraphs, dxp: Tensor,
@@ -1235,7 +1310,12 @@ class Derived:
             return "uncompiled aten step graphs (CELLSEARCH_DERIVED_BACKEND=aten)"
         why = self.unavailable(device)
         if why is None and triton_device(device):
-            return "generated Triton step graphs (cellsearch.fast.pwgen_triton)"
+            from .cudagraph import enabled
+
+            notes = [g.cuda_graphs.note for g in self._graphs.values() if g.cuda_graphs and g.cuda_graphs.note]
+            loops = f"loops step by step: {notes[0]}" if notes else "loops replayed as CUDA Graphs, " \
+                "cellsearch.fast.cudagraph" if enabled(device) else "loops step by step: CELLSEARCH_CUDA_GRAPHS=0"
+            return f"generated Triton step graphs (cellsearch.fast.pwgen_triton; {loops})"
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
         other = "the hand-written kernel" if self.fallback_plan is not None else "the reference loop"
@@ -1286,7 +1366,7 @@ class Derived:
         hand = self.fallback_plan
         if hand is None:
             return self._run(cell, x, state)
-        res = None if self.hand_only or x.device.type != "cpu" else self._run(cell, x, state)
+        res = None if self.hand_only or not _before_hand(x.device) else self._run(cell, x, state)
         return res if res is not None else hand.run(cell, x, state)
 
     def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
@@ -1323,7 +1403,7 @@ class Derived:
         except Exception as exc:          # a compiler error: remember it, run the reference loop
             self.compile_error = f"compiling failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
             return None
-        if self.fallback_plan is not None and g.loop is None:
+        if self.fallback_plan is not None and g.loop is None and not triton_device(x.device):
             self.hand_only = g.loop_note or g.c_note or "the step graphs are not compiled by the C generator"
             return None
         assert self._traced is not None
@@ -1341,6 +1421,15 @@ class Derived:
             now = list(st)
             out, _ = _forward_loop(g, xp, xs, now, inv, False, None if xp is not None else proj[:3])
             return out, tuple(now)
+
+
+def _before_hand(device: torch.device) -> bool:
+    """Whether the derived path runs ahead of a hand-written kernel on ``device``: the CPU (where its
+    time loop runs in C, else the hand kernel takes the cell), CUDA where its loops replay as CUDA
+    Graphs (:mod:`cellsearch.fast.cudagraph`)."""
+    from .cudagraph import enabled
+
+    return device.type == "cpu" or enabled(device)
 
 
 def _width(cell: Any) -> int:

@@ -72,7 +72,8 @@ def _gated(cell: Any, torch_kernel: Callable[[GateOps, str], Kernel],
         if ck is None:
             return Plan("native", f"exactly {name.upper()}: torch.{name}", native)
         return Plan("fused", f"exactly {name.upper()}: fused sequence function (C pointwise kernels) on "
-                    f"the CPU in float32/float64, torch.{name} elsewhere", exact_runner(ck, native))
+                    f"the CPU in float32/float64, torch.{name} elsewhere", exact_runner(ck, native),
+                    device_native=True)
     how = "C pointwise kernels" if ck is not None else "torch ops"
     return Plan("fused", f"fused {name}/{cell.gate.name}/{sat} sequence function ({how})",
                 fused_runner(kernel, ck))

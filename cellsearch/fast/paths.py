@@ -53,12 +53,16 @@ Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
 class Plan:
     """``path`` (native | fused | derived | reference), a one-line ``reason`` and the runner (None:
     reference). ``first``: a hand-written kernel that does less arithmetic than the cell's step (it
-    folds the step's fixed matrices into each other), kept ahead of the derived path on the CPU."""
+    folds the step's fixed matrices into each other), kept ahead of the derived path on the CPU.
+    ``device_native``: a plan that runs torch's native kernel (cuDNN) off the CPU, kept ahead of the
+    derived path there (measured on an H200, docs/bench/GPU.md: cuDNN's LSTM and GRU ahead at H = 128,
+    T = 100, batch 64, behind the derived path's CUDA Graphs at 256 / 784 / 128)."""
 
     path: str
     reason: str
     run: Runner | None = None
     first: bool = False
+    device_native: bool = False
 
 
 def _reference(reason: str) -> Plan:
@@ -123,6 +127,12 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if hand.path == "fused" and not hand.first and derived == "auto" and _on_cpu(cell):
         return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
                                    f"else fused: {hand.reason}", fallback=hand)
+    if hand.device_native and not _on_cpu(cell):       # torch's own kernel off the CPU: say so
+        return Plan("native", hand.reason, hand.run, device_native=True)
+    if hand.path == "fused" and not hand.device_native and derived == "auto" and _graphed(cell):
+        return _derived_plan(cell, f"preferred on CUDA to the hand-written kernel (its loops replay as CUDA "
+                                   f"Graphs, cellsearch.fast.cudagraph), else fused: {hand.reason}",
+                             fallback=hand)
     if hand.path != "reference" or derived == "off":
         return hand
     why = hand.reason.replace(" (reference loop)", "")
@@ -132,6 +142,14 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
 def _on_cpu(cell: Any) -> bool:
     p = next(iter(cell.parameters()), None)
     return p is None or p.device.type == "cpu"
+
+
+def _graphed(cell: Any) -> bool:
+    """Whether the cell's parameters live where the derived path's loops replay as CUDA Graphs."""
+    from .cudagraph import enabled
+
+    p = next(iter(cell.parameters()), None)
+    return p is not None and enabled(p.device)
 
 
 def _derived_plan(cell: Any, why: str, fallback: Plan | None = None) -> Plan:
