@@ -1,7 +1,7 @@
 """The GPU checks of issues 10 and 15 in one run, for a session whose task is lent a GPU machine.
 
-No GPU has been lent to this project yet; this is the prepared script docs/bench/GPU.md points to, so that
-a lease (15 minutes of device time in all) goes to measuring, not to setting up.
+The prepared script docs/bench/GPU.md points to, so that a lease (15 minutes of device time in all) goes to
+measuring, not to setting up; its first use (an H200, 2026-12-04) is in docs/bench/gpu/.
 
 Here, before asking for the machine (its image has torch, triton, numpy, pyyaml, rich, scikit-learn,
 matplotlib and safetensors, but not optuna and its needs, nor cellsearch itself)::
@@ -12,15 +12,19 @@ Then one device call, carrying ``.whl``, with a timeout that leaves room for a s
 
     python3 scripts/gpu_check.py run                   # results into $OUT (or --out DIR)
 
-``run`` installs the wheels into /tmp/site, then, each step's output kept in ``$OUT/gpu_check.log``:
+``run`` installs the wheels into /tmp/site, then runs the steps ``--steps`` names (all by default), each
+step's output kept in ``$OUT/gpu_check.log``:
 
-1. ``pytest tests/test_cuda.py`` — every registered cell on the GPU against the float64 reference,
-   precision, pinned prefetching, checkpoints, ``bench --device`` (``$OUT/test_cuda.xml``);
-2. ``cellsearch bench`` on the GPU at H = 256, T = 784, batch 128 against cuDNN ``nn.LSTM``
-   (target: composed ``ur_lstm`` >= 0.5x), each cell also forced onto the derived path (Triton step
-   kernels): which of the two is faster on a GPU decides the default there (``$OUT/bench.json``, ``BENCH.md``);
-3. trials per hour of a small study with 1 and with 4 worker processes sharing the one GPU (target:
-   >= 3x; ``$OUT/trials.json``).
+- ``bench``: ``cellsearch bench`` on the GPU at H = 256, T = 784, batch 128 against cuDNN ``nn.LSTM``
+  (target: composed ``ur_lstm`` >= 0.5x), each cell also forced onto the derived path
+  (``$OUT/bench.json``, ``BENCH.md``);
+- ``eager``: the same with the derived path's loops step by step, ``CELLSEARCH_CUDA_GRAPHS=0``
+  (``$OUT/eager/``);
+- ``tests``: ``pytest tests/test_cuda.py`` — every registered cell on the GPU against the float64
+  reference, the CUDA Graph loops against the step-by-step ones, precision, pinned prefetching,
+  checkpoints, ``bench --device`` (``$OUT/test_cuda.xml``);
+- ``trials``: trials per hour of a small study with 1 and with 4 worker processes sharing the one GPU
+  (target: >= 3x; ``$OUT/trials.json``).
 """
 
 from __future__ import annotations

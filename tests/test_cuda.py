@@ -1,8 +1,8 @@
 """What only a GPU can show (issues 10 and 15), marked ``cuda``: skipped where torch sees no CUDA device.
 
 ``CELLSEARCH_TEST_DEVICE=cpu`` runs the same tests on the CPU, which checks their logic on machines
-without a GPU (this project has had none so far); ``CELLSEARCH_TEST_DEVICE=cuda:1`` picks a device.
-``scripts/gpu_check.sh`` runs these and the GPU benchmarks in one go when a GPU is lent.
+without a GPU; ``CELLSEARCH_TEST_DEVICE=cuda:1`` picks a device. ``scripts/gpu_check.py`` runs these and
+the GPU benchmarks in one go when a GPU is lent (they passed on an H200 on 2026-12-04, docs/bench/GPU.md).
 """
 
 from __future__ import annotations

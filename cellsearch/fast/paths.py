@@ -23,8 +23,10 @@ the built-in ones live in :mod:`cellsearch.fast.hand`. Paths:
   wherever its time loop runs in C (:mod:`cellsearch.fast.pwloop`: measured at or above the hand-written
   kernels, docs/bench): the hand-written kernel keeps the calls the
   derived path does not take (small or first calls, other devices), and the whole cell once its step
-  graphs turn out not to get a C loop (``fast.explain`` then says so). ``hand_first()`` keeps the hand
-  kernels first.
+  graphs turn out not to get a C loop (``fast.explain`` then says so). On CUDA it goes ahead of every
+  hand-written kernel but torch's native LSTM / GRU (``Plan.device_native``), its loops replayed as CUDA
+  Graphs (:mod:`cellsearch.fast.cudagraph`; measured on an H200, docs/bench/GPU.md); with
+  ``CELLSEARCH_CUDA_GRAPHS=0`` the hand kernels run there. ``hand_first()`` keeps the hand kernels first.
   ``cellsearch.fast.force_derived()`` (or ``CELLSEARCH_FAST_DERIVED=force``) puts every cell on it;
   ``CELLSEARCH_FAST_DERIVED=0`` turns it off.
 - ``reference``: a step that cannot be derived (e.g. control flow that depends on tensor values): the
