@@ -131,6 +131,26 @@ def test_a_forward_without_backward_gives_its_instance_back(recorded: list[_Reco
     assert loops.count[key] == 1 and len(loops.free[key]) == 1
 
 
+def test_sequence_shapes_beyond_the_limit_run_step_by_step(recorded: list[_Recorded],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sequences of many lengths: the first MAX_SHAPES shapes are captured, the others run step by step
+    (no instance, no memory kept for them), with the same results."""
+    monkeypatch.setattr(cudagraph, "enabled", lambda device: True)
+    monkeypatch.setattr(cudagraph, "MAX_SHAPES", 2)
+    torch.manual_seed(0)
+    model = cs.create_rnn("gru", 5, 8)
+    ref = copy.deepcopy(model)
+    with fast.force_derived():
+        for T in (3, 4, 5, 3, 4, 5, 3, 4, 5):
+            x = torch.randn(2, T, 5)             # batch first: sequences of T steps
+            out, _ = model(x)
+            with fast.enabled(False):
+                want, _ = ref(x)
+            torch.testing.assert_close(out, want)
+        (loops,) = [g.cuda_graphs for g in fast.plan(model.layers[0]).run._graphs.values() if g.cuda_graphs]  # type: ignore[union-attr]
+    assert len(loops.count) == 2 and len(loops.seen) == 3
+
+
 def test_a_capture_that_fails_leaves_the_step_by_step_loop_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     """Anything the graph cannot record: the loops run step by step from then on, with the same
     results, and ``fast.explain`` gives the reason."""

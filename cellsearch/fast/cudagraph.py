@@ -8,15 +8,19 @@ cuDNN's 32 ms: ~180 µs a step for work the GPU finishes in a few tens of µs. A
 kernels of the whole loop once and replays them with one call, so the Python runs once a sequence shape
 instead of once a step.
 
-One :class:`Captured` holds a loop's graphs and the buffers they read and write (static inputs, the
-forward's saved values, the outputs). Replaying it overwrites them, so an instance serves one sequence
-at a time: a forward that keeps its values for a backward holds its instance until that backward has
-run (or its autograd graph is freed, :func:`weakref.finalize` on the tape), and a second sequence of
-the same shapes meanwhile (another layer with the same graphs, a cell called twice in one pass) gets an
-instance of its own, up to :data:`MAX_INSTANCES` per shape; beyond that, or where capturing fails (the
-reason is kept in ``note`` for :func:`cellsearch.fast.explain`), the loop runs step by step as before.
-Every tensor handed back to the caller (outputs, final state, gradients) is a copy, never a buffer a
-later replay overwrites.
+One :class:`Captured` holds a loop's graphs and the buffers they read and write: the static inputs, the
+forward's saved values and the outputs. A replay overwrites them, so an instance serves one sequence at a
+time:
+
+- a forward that keeps its values for a backward holds its instance until its tape is freed (after the
+  backward, or with its autograd graph: :func:`weakref.finalize`);
+- a second sequence of the same shapes meanwhile (another layer with the same graphs, a model called
+  twice before one backward) gets an instance of its own, up to :data:`MAX_INSTANCES` per shape and
+  :data:`MAX_SHAPES` shapes; beyond that the loop runs step by step;
+- a capture that fails leaves every loop of the graph set step by step, the reason in ``note``
+  (:func:`cellsearch.fast.explain` shows it);
+- every tensor handed back to the caller (outputs, final state, gradients) is a copy, never a buffer a
+  later replay overwrites.
 
 The first sequence of each shape runs step by step (it compiles and autotunes what the graph then
 records); the backward is captured at its second pass for the same reason. ``CELLSEARCH_CUDA_GRAPHS=0``
@@ -34,11 +38,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Captured", "Graphs", "MAX_INSTANCES", "enabled"]
+__all__ = ["Captured", "Graphs", "MAX_INSTANCES", "MAX_SHAPES", "enabled"]
 
 #: instances (captured loops with their buffers) per sequence shape and graph set; each holds the
 #: memory of one sequence's forward values
 MAX_INSTANCES = 4
+#: sequence shapes captured per graph set (sequences of many lengths would otherwise keep the memory of
+#: every length); other shapes run step by step
+MAX_SHAPES = 8
 
 
 def enabled(device: torch.device | str) -> bool:
@@ -120,6 +127,8 @@ class Graphs:
                 return None, False
             if key not in self.seen:             # the first sequence of a shape runs step by step
                 self.seen.add(key)
+                return None, False
+            if key not in self.count and len(self.count) >= MAX_SHAPES:
                 return None, False
             free = self.free.get(key)
             if free:

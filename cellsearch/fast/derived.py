@@ -246,8 +246,6 @@ class StepGraphs:
     #: why there are none
     loop: Any = None
     loop_note: str | None = None
-    #: whether the step multiplies matrices (:func:`_has_product`)
-    product: bool = True
     #: the loops captured as CUDA Graphs (:class:`cellsearch.fast.cudagraph.Graphs`; on CUDA, created at
     #: the first sequence)
     cuda_graphs: Any = None
@@ -584,7 +582,6 @@ def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphM
                    {"step": step, "joint": joint, "forward": part["fw"],
                     "bw_pre": part["pre"], "backward": part["bw"]})
     g.dxp_inplace = dxp_inplace
-    g.product = _has_product(step)
     return g
 
 
@@ -1317,8 +1314,12 @@ class Derived:
             from .cudagraph import enabled
 
             notes = [g.cuda_graphs.note for g in self._graphs.values() if g.cuda_graphs and g.cuda_graphs.note]
-            loops = f"loops step by step: {notes[0]}" if notes else "loops replayed as CUDA Graphs, " \
-                "cellsearch.fast.cudagraph" if enabled(device) else "loops step by step: CELLSEARCH_CUDA_GRAPHS=0"
+            if notes:
+                loops = f"loops step by step: {notes[0]}"
+            elif enabled(device):
+                loops = "loops replayed as CUDA Graphs, cellsearch.fast.cudagraph"
+            else:
+                loops = "loops step by step: CELLSEARCH_CUDA_GRAPHS=0"
             return f"generated Triton step graphs (cellsearch.fast.pwgen_triton; {loops})"
         if why is not None:
             return f"unavailable here, so the reference loop runs: {why}"
@@ -1370,7 +1371,7 @@ class Derived:
         hand = self.fallback_plan
         if hand is None:
             return self._run(cell, x, state)
-        res = None if self.hand_only or not _before_hand(x.device) else self._run(cell, x, state)
+        res = None if self.hand_only or not _before_hand(x.device, hand) else self._run(cell, x, state)
         return res if res is not None else hand.run(cell, x, state)
 
     def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
@@ -1427,13 +1428,14 @@ class Derived:
             return out, tuple(now)
 
 
-def _before_hand(device: torch.device) -> bool:
-    """Whether the derived path runs ahead of a hand-written kernel on ``device``: the CPU (where its
-    time loop runs in C, else the hand kernel takes the cell), CUDA where its loops replay as CUDA
-    Graphs (:mod:`cellsearch.fast.cudagraph`)."""
+def _before_hand(device: torch.device, hand: Any) -> bool:
+    """Whether the derived path runs ahead of the hand-written kernel plan ``hand`` on ``device``: the
+    CPU (where its time loop runs in C, else the hand kernel takes the cell), CUDA where its loops replay
+    as CUDA Graphs (:mod:`cellsearch.fast.cudagraph`) and ``hand`` is not torch's native kernel there
+    (cuDNN: a cell planned on the CPU and moved, see :func:`cellsearch.fast.paths.build_plan`)."""
     from .cudagraph import enabled
 
-    return device.type == "cpu" or enabled(device)
+    return device.type == "cpu" or (enabled(device) and not getattr(hand, "device_native", False))
 
 
 def _width(cell: Any) -> int:
