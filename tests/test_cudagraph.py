@@ -42,6 +42,17 @@ def _write(dst: Any, src: Any) -> None:
             _write(d, s)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step graphs derived anew in each test: cells of the same structure share them (and their captured
+    loops, and a failed capture's note) process-wide."""
+    import weakref
+
+    from cellsearch.fast import derived
+
+    monkeypatch.setattr(derived, "_SHARED", weakref.WeakValueDictionary())
+
+
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[_Recorded]:
     """CUDA Graphs stood in for on the CPU; the derived path's uncompiled step graphs (the Python loop
