@@ -142,6 +142,26 @@ def test_a_forward_without_backward_gives_its_instance_back(recorded: list[_Reco
     assert loops.count[key] == 1 and len(loops.free[key]) == 1
 
 
+def test_inference_mode_and_no_grad_keep_their_own_instances(recorded: list[_Recorded],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffers made under ``torch.inference_mode`` cannot be written outside it: evaluation under
+    inference mode and under ``no_grad`` (same shapes) each replay instances of their own."""
+    monkeypatch.setattr(cudagraph, "enabled", lambda device: True)
+    torch.manual_seed(0)
+    model = cs.create_rnn("gru", 5, 8)
+    ref = copy.deepcopy(model)
+    xs = [torch.randn(3, 6, 5) for _ in range(4)]
+    with fast.force_derived():
+        for modes in ("ii", "nn", "in" * 2):          # captured under inference mode first
+            for x, mode in zip(xs, modes):
+                with fast.enabled(False), torch.no_grad():
+                    want, _ = ref(x)
+                with torch.inference_mode() if mode == "i" else torch.no_grad():
+                    out, _ = model(x)
+                torch.testing.assert_close(out, want)
+    assert any(r.replays for r in recorded)
+
+
 def test_sequence_shapes_beyond_the_limit_run_step_by_step(recorded: list[_Recorded],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Sequences of many lengths: the first MAX_SHAPES shapes are captured, the others run step by step

@@ -155,7 +155,9 @@ class Graphs:
         no backward will read them. None: run the loop step by step."""
         if not all(map(_dense, (xp, xs, *state, *inv))):
             return None                   # a broadcast view: no buffer of the same layout to copy it into
-        key = (keep, _layout(xp), _layout(xs), tuple(map(_layout, state)), tuple(map(_layout, inv)))
+        # buffers made under torch.inference_mode cannot be written outside it: its own instances
+        key = (keep, torch.is_inference_mode_enabled(), _layout(xp), _layout(xs), tuple(map(_layout, state)),
+               tuple(map(_layout, inv)))
         inst, new = self._take(key)
         if inst is None and not new:
             return None
