@@ -142,6 +142,41 @@ def test_a_forward_without_backward_gives_its_instance_back(recorded: list[_Reco
     assert loops.count[key] == 1 and len(loops.free[key]) == 1
 
 
+def test_threads_sharing_the_graphs_get_their_own_instances(recorded: list[_Recorded],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trials in threads (Optuna's ``n_jobs``) whose cells share step graphs: each sequence replays an
+    instance no other thread holds, so every thread's passes equal the same passes run alone (a buffer
+    two threads shared would give one of them the other's values)."""
+    import threading
+
+    monkeypatch.setattr(cudagraph, "enabled", lambda device: True)
+    torch.manual_seed(0)
+    models = [cs.create_rnn("ur_lstm", 5, 8, num_layers=2) for _ in range(4)]
+    xs = [torch.randn(3, 6, 5) for _ in range(6)]
+    with fast.force_derived():
+        alone = [_passes(copy.deepcopy(m), xs) for m in models]
+        results: dict[int, Any] = {}
+        errors: list[BaseException] = []
+
+        def work(i: int) -> None:
+            try:
+                results[i] = _passes(models[i], xs)
+            except BaseException as exc:      # re-raised below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(len(models))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    for i, want in enumerate(alone):      # to rounding: the CPU's products split work by thread (1e-7
+        for (out0, g0), (out1, g1) in zip(want, results[i]):        # apart with the graphs off too)
+            torch.testing.assert_close(out1, out0, rtol=1e-5, atol=1e-6)
+            for a, b in zip(g0, g1):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_inference_mode_and_no_grad_keep_their_own_instances(recorded: list[_Recorded],
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Buffers made under ``torch.inference_mode`` cannot be written outside it: evaluation under
