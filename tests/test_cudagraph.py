@@ -90,7 +90,7 @@ def _passes(model: torch.nn.Module, xs: list[torch.Tensor]) -> list[tuple[torch.
     return results
 
 
-@pytest.mark.parametrize("name", ["ur_lstm", "gru", "star", "dots_rnn", "mingru"])
+@pytest.mark.parametrize("name", ["ur_lstm", "gru", "star", "dots_rnn", "mingru", "refined_lstm", "asrnn"])
 def test_replayed_loops_equal_the_step_by_step_loops(name: str, recorded: list[_Recorded],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Passes of a 2-layer model with the loops replayed equal the same passes step by step, exactly
