@@ -73,12 +73,14 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[_Recorded]:
 def _grads(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     model.zero_grad(set_to_none=True)
     out, _ = model(x)
-    (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+    (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype, device=out.device)).sum().backward()
     return out.detach(), [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
 def _passes(model: torch.nn.Module, xs: list[torch.Tensor]) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-    """Forward + backward of each input; two sequences in flight before one backward; inference."""
+    """Forward + backward of each input; two sequences in flight before one backward (each layer's loop
+    holds two sequences' saved values at once); inference. Every pass's output and gradients (also used
+    by tests/test_cuda.py on the device)."""
     results = [_grads(model, x) for x in xs]
     model.zero_grad(set_to_none=True)
     a, _ = model(xs[0])
@@ -251,14 +253,18 @@ def test_plans_where_loops_replay_as_cuda_graphs(name: str, path: str, monkeypat
     the hand kernel kept for the calls it does not take; with CELLSEARCH_CUDA_GRAPHS=0, the hand plans."""
     from cellsearch.fast import paths
 
-    monkeypatch.setattr(paths, "_on_cpu", lambda cell: False)
+    monkeypatch.setattr(paths, "_device", lambda cell: torch.device("cuda"))
     cell = cs.create_rnn(name, 5, 8).layers[0]
-    for graphs, want in ((True, path), (False, "native" if path == "native" else "fused")):
-        monkeypatch.setattr(paths, "_graphed", lambda cell, graphs=graphs: graphs)
+    for graphs, want in (("1", path), ("0", "native" if path == "native" else "fused")):
+        monkeypatch.setenv("CELLSEARCH_CUDA_GRAPHS", graphs)
         p = paths.build_plan(cell)
         assert p.path == want, (graphs, p.reason)
         if want == "derived":
             assert p.run.fallback_plan.path == "fused" and "CUDA Graphs" in p.reason  # type: ignore[union-attr]
+            hand = p.run.fallback_plan  # type: ignore[union-attr]
+            # the same rule at each call (a cell planned on one device and run on another)
+            assert paths.derived_ahead(hand, torch.device("cuda")) and \
+                paths.derived_ahead(hand, torch.device("cpu")) == (not hand.first)
 
 
 def test_only_cuda_is_captured_and_the_switch_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -106,7 +106,7 @@ class Captured:
         self.bw: Any = None
         self.bw_inputs: list[Tensor] = []           # dout, *dstate, *pre
         self.bw_result: Any = None
-        self.bw_runs = 0
+        self.bw_warm = False                        # its backward ran once step by step
 
 
 class Graphs:
@@ -142,10 +142,14 @@ class Graphs:
         with self.lock:
             self.free.setdefault(inst.key, []).append(inst)
 
-    def _failed(self, key: Any, exc: BaseException) -> None:
+    def _failed(self, what: str, exc: BaseException, key: Any = None) -> None:
+        """Every loop of this graph set step by step from now on, with the reason; ``key``: the shape whose
+        new instance was not captured."""
         with self.lock:
-            self.count[key] -= 1
-            self.note = f"capturing the loop as a CUDA Graph failed: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            if key is not None:
+                self.count[key] -= 1
+            self.note = f"capturing the {what} loop as a CUDA Graph failed: {type(exc).__name__}: " \
+                        f"{str(exc).strip()[:200]}"
 
     def forward(self, run: Callable[..., Any], xp: Tensor, xs: Tensor | None, state: list[Tensor],
                 inv: Sequence[Tensor], keep: bool) -> tuple[Tensor, list[Tensor], Captured] | None:
@@ -166,7 +170,7 @@ class Graphs:
             try:
                 self._capture_forward(inst, run, xp, xs, state, inv, keep)
             except Exception as exc:      # anything the graph cannot record: step by step from now on
-                self._failed(key, exc)
+                self._failed("forward", exc, key)
                 return None
         else:
             _fill(inst.inputs, [xp, xs, *state, *inv])
@@ -196,11 +200,11 @@ class Graphs:
     def backward(self, inst: Captured, run: Callable[..., Any], dout: Tensor, dstate: Sequence[Tensor],
                  pre: Sequence[Tensor]) -> Any:
         """The backward loop ``run(dout, dstate, pre)`` over ``inst``'s saved values: step by step at its
-        first pass, captured at its second and replayed from then on; returns ``run``'s result with every
-        tensor in it the instance's own buffers where replayed: the caller copies what outlives the
-        instance)."""
-        if inst.bw is None and inst.bw_runs == 0 or self.note is not None:
-            inst.bw_runs += 1
+        first pass, captured at its second and replayed from then on. Returns ``run``'s result; where
+        replayed, its tensors are the instance's own buffers, and the caller copies what outlives the
+        instance."""
+        if inst.bw is None and not inst.bw_warm or self.note is not None:
+            inst.bw_warm = True
             return run(dout, list(dstate), list(pre))
         if inst.bw is None:
             inst.bw_inputs = [_static(t.contiguous()) for t in (dout, *dstate, *pre)]  # type: ignore[misc]
@@ -213,9 +217,7 @@ class Graphs:
             try:
                 graph, result = _capture(inst, loop)
             except Exception as exc:
-                with self.lock:
-                    self.note = f"capturing the backward loop as a CUDA Graph failed: {type(exc).__name__}: " \
-                                f"{str(exc).strip()[:200]}"
+                self._failed("backward", exc)
                 return run(dout, list(dstate), list(pre))
             inst.bw, inst.bw_result = graph, result
         else:

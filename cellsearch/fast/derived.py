@@ -1371,7 +1371,9 @@ class Derived:
         hand = self.fallback_plan
         if hand is None:
             return self._run(cell, x, state)
-        res = None if self.hand_only or not _before_hand(x.device, hand) else self._run(cell, x, state)
+        from .paths import derived_ahead
+
+        res = None if self.hand_only or not derived_ahead(hand, x.device) else self._run(cell, x, state)
         return res if res is not None else hand.run(cell, x, state)
 
     def _run(self, cell: Any, x: Tensor, state: State) -> tuple[Tensor, State] | None:
@@ -1426,16 +1428,6 @@ class Derived:
             now = list(st)
             out, _ = _forward_loop(g, xp, xs, now, inv, False, None if xp is not None else proj[:3])
             return out, tuple(now)
-
-
-def _before_hand(device: torch.device, hand: Any) -> bool:
-    """Whether the derived path runs ahead of the hand-written kernel plan ``hand`` on ``device``: the
-    CPU (where its time loop runs in C, else the hand kernel takes the cell), CUDA where its loops replay
-    as CUDA Graphs (:mod:`cellsearch.fast.cudagraph`) and ``hand`` is not torch's native kernel there
-    (cuDNN: a cell planned on the CPU and moved, see :func:`cellsearch.fast.paths.build_plan`)."""
-    from .cudagraph import enabled
-
-    return device.type == "cpu" or (enabled(device) and not getattr(hand, "device_native", False))
 
 
 def _width(cell: Any) -> int:

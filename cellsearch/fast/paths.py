@@ -41,11 +41,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .fused import Kernel, run_fused
 
-__all__ = ["Plan", "build_plan", "NATIVE", "use_c", "settled", "fused_runner", "exact_runner", "ROLES"]
+__all__ = ["Plan", "build_plan", "derived_ahead", "NATIVE", "use_c", "settled", "fused_runner", "exact_runner",
+           "ROLES"]
 
 State = tuple[Tensor, ...]
 Runner = Callable[[Any, Tensor, State], tuple[Tensor, State]]
@@ -126,14 +128,13 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     if derived == "force":
         return _derived_plan(cell, "forced")
     hand = _hand_plan(cell)
-    if hand.path == "fused" and not hand.first and derived == "auto" and _on_cpu(cell):
-        return _derived_plan(cell, f"preferred to the hand-written kernel where its time loop runs in C, "
-                                   f"else fused: {hand.reason}", fallback=hand)
-    if hand.device_native and not _on_cpu(cell):       # torch's own kernel off the CPU: say so
+    device = _device(cell)
+    if hand.device_native and device.type != "cpu":       # torch's own kernel off the CPU: say so
         return Plan("native", hand.reason, hand.run, device_native=True)
-    if hand.path == "fused" and not hand.device_native and derived == "auto" and _graphed(cell):
-        return _derived_plan(cell, f"preferred on CUDA to the hand-written kernel (its loops replay as CUDA "
-                                   f"Graphs, cellsearch.fast.cudagraph), else fused: {hand.reason}",
+    if hand.path == "fused" and derived == "auto" and derived_ahead(hand, device):
+        where = "where its time loop runs in C" if device.type == "cpu" else \
+            "on CUDA (its loops replay as CUDA Graphs, cellsearch.fast.cudagraph)"
+        return _derived_plan(cell, f"preferred to the hand-written kernel {where}, else fused: {hand.reason}",
                              fallback=hand)
     if hand.path != "reference" or derived == "off":
         return hand
@@ -141,17 +142,22 @@ def build_plan(cell: Any, derived: str = "auto") -> Plan:
     return _derived_plan(cell, f"no hand-written path: {why}")
 
 
-def _on_cpu(cell: Any) -> bool:
+def _device(cell: Any) -> torch.device:
     p = next(iter(cell.parameters()), None)
-    return p is None or p.device.type == "cpu"
+    return p.device if p is not None else torch.device("cpu")
 
 
-def _graphed(cell: Any) -> bool:
-    """Whether the cell's parameters live where the derived path's loops replay as CUDA Graphs."""
+def derived_ahead(hand: Plan, device: torch.device) -> bool:
+    """Whether the derived path goes ahead of the hand-written plan ``hand`` on ``device`` (the plan, and
+    each call of a derived plan with ``hand`` as its fallback): on the CPU unless ``hand`` does less
+    arithmetic than the step (``Plan.first``; the derived path then still needs its C loop, else the
+    hand kernel takes the cell); on CUDA where the derived loops replay as CUDA Graphs, unless ``hand``
+    is torch's native kernel there (``Plan.device_native``)."""
+    if device.type == "cpu":
+        return not hand.first
     from .cudagraph import enabled
 
-    p = next(iter(cell.parameters()), None)
-    return p is not None and enabled(p.device)
+    return not hand.device_native and enabled(device)
 
 
 def _derived_plan(cell: Any, why: str, fallback: Plan | None = None) -> Plan:
