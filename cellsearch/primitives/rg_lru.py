@@ -30,8 +30,10 @@ class RGLRU(LinearUpdate):
         h_t = a_t⊙h_{t−1} + √(1 − a_t²)⊙(i_t⊙x_t)
 
     with c = 8 (option ``c``) and a learnable Λ ∈ R^n (extra parameter ``lambda_``), initialised by the
-    ``lru`` init primitive so that a^c is uniform in [0.9, 0.999] (the paper's init). √(1 − a_t²) is
-    computed as √(−expm1(2 log a_t)). Neither gate sees h: a linear recurrence with input-only
+    ``lru`` init primitive so that a^c is uniform in [0.9, 0.999] (the paper's init). Both come from
+    one exponential, e = expm1(log a_t): a_t = 1 + e and √(1 − a_t²) = √(−e(e + 2)), accurate where
+    a_t → 1 (√(1 − a_t²) → 0, the paper's init), as √(−expm1(2 log a_t)) was, with one exponential
+    fewer forward and backward (docs/bench/BOUND.md). Neither gate sees h: a linear recurrence with input-only
     coefficients (parallel scan, :mod:`cellsearch.fast.scan`).
 
     Adaptations, to say with any comparison: in Griffin the RG-LRU's input x_t is the output of a
@@ -71,5 +73,5 @@ class RGLRU(LinearUpdate):
         r, i = ctx.gates(self.gate_input(ctx, xp, h), xs)
         v = ctx.cand(xp[:, kn:], h, ctx.sat)  # type: ignore[arg-type]
         log_a = -self.decay_exponent * r * F.softplus(-ctx.params[self.decay_parameter])
-        scale = torch.sqrt(-torch.expm1(2.0 * log_a))
-        return torch.exp(log_a), scale * i * v
+        e = torch.expm1(log_a)
+        return e + 1.0, torch.sqrt(-e * (e + 2.0)) * i * v
