@@ -2,6 +2,8 @@
 
     .venv/bin/python docs/bench/pointwise_bound.py [ROUNDS] [CELL ...]   # writes docs/bench/BOUND.md
 
+(default: 15 rounds, every published cell; ~10 min on 2 cores)
+
 ``make bench``'s *× GEMM floor* is a cell's forward + backward over the time of its matrix products
 alone (cellsearch.bench.compare.GemmFloor). Whatever the implementation, a cell also pays its pointwise
 work: its gates' exponentials, divisions and products, forward and backward. This script measures that
@@ -41,6 +43,7 @@ os.environ.setdefault("CELLSEARCH_DERIVED_AFTER", "0")
 
 import torch  # noqa: E402
 
+import cellsearch as cs  # noqa: E402
 from cellsearch import allocator, fast  # noqa: E402
 from cellsearch.bench.compare import GemmFloor  # noqa: E402
 from cellsearch.fast import csrc, pwgen_c  # noqa: E402
@@ -49,7 +52,6 @@ from cellsearch.timing import build_model, forward_backward, time_runs  # noqa: 
 OUT = Path(__file__).resolve().parent / "BOUND.md"
 SIZES = ((128, 100), (256, 200))
 B, D = 64, 32
-CELLS = ("lstm", "gru", "ur_lstm", "star", "mgu", "janet", "mingru", "minlstm", "rg_lru", "asrnn", "slstm")
 
 _captured: list[str] = []
 _build = csrc.build
@@ -195,7 +197,7 @@ def _fmt(v: object, digits: int = 2) -> str:
 def main() -> None:
     args = sys.argv[1:]
     rounds = int(args.pop(0)) if args and args[0].isdigit() else 15
-    cells = args or list(CELLS)
+    cells = args or list(cs.list_cells())                 # every published cell
     allocator.tune()
     rows = []
     for H, T in SIZES:
