@@ -315,6 +315,8 @@ class LoopPlan:
     fold: tuple[_Func, dict[str, Buffer]] | None = None
     #: whether the backward computes the projection's ∂x at every step (∂xp has a whole-row home)
     bw_dx: bool = False
+    #: whether the backward reads ∂out with its own strides (gathered a step at a time), else contiguous
+    dout_strided: bool = False
     fw_fn: Any = None
     bw_fn: Any = None
     fx_fn: Any = None
@@ -411,7 +413,11 @@ class LoopPlan:
         T, B = int(xp_shape[0]), int(xp_shape[1])
         env = dict(env)
         env.update({f"pre{i}": t for i, t in enumerate(pre)})
-        env["dout"] = dout.contiguous()
+        if self.dout_strided:         # read where it lies (a batch-first output's ∂out, a sum's expanded one)
+            env["dout"] = dout
+            env["dout_strides"] = torch.tensor(dout.stride(), dtype=torch.int64)
+        else:
+            env["dout"] = dout.contiguous()
         for j, d in enumerate(dstate):
             env[f"dinit{j}"] = d.contiguous()
         env["dxp"] = dout.new_empty(xp_shape)                 # every step writes its row of dxp
@@ -515,6 +521,15 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
         bhomes[bphs[-1]] = _seq(bphs[-1], "dxp", B)
     bout_node = next(n for n in bw.graph.graph.nodes if n.op == "output")
     bouts = list(bout_node.args[0])
+    factor_nodes = {bouts[idx] for (_i, ia, ib, _fn, a_src, b_src) in g.post
+                    for idx, src in ((ia, a_src), (ib, b_src)) if src is None}
+    strided = not any(n is dout or (isinstance(n, fx.Node) and n.target is torch.ops.aten.t.default
+                                    and n.args[0] is dout) for n in factor_nodes)
+    if strided:       # ∂out_t gathered at each step into a [B, cols] block: ∂out is read where it lies
+        dh = bhomes[dout]
+        bhomes[dout] = Home("fixed", "doutt", dh.dtype, dh.cols, dh.cols)
+        bbuf["doutt"] = Buffer("tmp", dh.cols, dh.dtype)
+        bwf.body.append(_gather(bwf, "doutt", "dout", "dout_strides", dh.cols))
     bw_w = _Writer(bw, names[1], bwf, dtype, bhomes, bbuf, "b", fixed)
     n_grads = n_inv + n_var
     if any(o is not None for o in bouts[:n_inv]):
@@ -600,7 +615,7 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
     source = "\n".join(_function(f, dtype) for f in funcs)
     inv_layouts = tuple((tuple(v.shape), tuple(v.stride()), v.dtype) for n in fphs[:n_inv] for v in [_meta(n)])
     return LoopPlan(B, n_state, fwf, bwf, fbuf, bbuf, fw_out, bw_state, factors, inv_layouts, source,
-                    fold=fold, bw_dx=bw_dx)
+                    fold=fold, bw_dx=bw_dx, dout_strided=strided)
 
 
 def _forward(fw: Lowered, knames: list[str], fphs: list[fx.Node], g: Any, dtype: str, B: int, name: str,
@@ -676,6 +691,20 @@ def _projection_product(fn: _Func, weight: str, pack: tuple[str, str, str, str],
     fn.pre.append(f"    {guard}cs_pack_{sfx}((({real} *)P[{fn.slot(weight)}]), {', '.join(pack)}, {packed});")
     d = "0" if bias is None else f"(({real} *)P[{fn.slot(bias)}])"
     fn.body.append(f"        {guard}cs_gemm_{sfx}(r1 - r0, {N}, {K}, {a}, {lda}, {packed}, {c}, {ldc}, {d}, 0);")
+
+
+def _gather(fn: _Func, into: str, src: str, strides: str, cols: int) -> str:
+    """C that copies this thread's rows of step t of ``src`` (a ``[T, B, cols]`` tensor with any strides,
+    in elements, at ``strides``: an int64 ``[3]``; an expanded ∂out has 0s) into the ``[B, cols]`` block
+    ``into``: the whole of ∂out is never copied before the loop, and the block stays in cache."""
+    real = _C[fn.dtype]
+    d, s_, st = (f"P[{fn.slot(name)}]" for name in (into, src, strides))
+    return (f"        {{ const i64 *ds = (const i64 *){st}; const {real} *src = (const {real} *){s_} + t * ds[0]; "
+            f"{real} *dst = ({real} *){d};\n"
+            f"          if (ds[2] == 1) for (i64 r = r0; r < r1; r++) "
+            f"memcpy(dst + r * {cols}, src + r * ds[1], {cols} * sizeof({real}));\n"
+            f"          else for (i64 r = r0; r < r1; r++) for (i64 j = 0; j < {cols}; j++) "
+            f"dst[r * {cols} + j] = src[r * ds[1] + j * ds[2]]; }}")
 
 
 def _rows_at(fn: _Func, slot: str, cols: str) -> str:
