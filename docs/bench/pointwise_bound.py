@@ -21,7 +21,8 @@ work at its cheapest and adds it to the floor:
    leaves out; median of 20;
 4. **bound** = (floor + pointwise + prologue) / floor: the × GEMM floor a perfect implementation of the
    same math would reach, next to the cell's measured × floor on the path it takes by default (floor
-   and cell timed in the same rounds, as ``make bench`` does).
+   and cell timed as ``make bench`` times them: interleaved rounds, a round during which other processes
+   kept a CPU busy discarded and run again, ``time_runs``).
 
 The inputs are uniform in (0.05, 0.95) (every transcendental's argument stays in range; timings do not
 depend on the values otherwise). A cell whose step has no C loop is reported without a bound.
@@ -178,9 +179,9 @@ def measure(cell: str, H: int, T: int, rounds: int) -> dict[str, object]:
     row: dict[str, object] = {"cell": cell, "size": f"{H} / {T}", "path": fast.plan(model.layers[0]).path}
     pw = None if src is None else pointwise_ms(src, T)
     pro = prologue_ms(model, x)
-    times, *_ = time_runs([model, GemmFloor(model)], x.detach(), rounds, 2, max_load=None)
+    times, _first, discarded, _kept = time_runs([model, GemmFloor(model)], x.detach(), rounds, 2)
     cell_ms, floor_ms = (statistics.median(t) for t in times)
-    row.update(cell_ms=cell_ms, floor_ms=floor_ms, measured=cell_ms / floor_ms, prologue=pro)
+    row.update(cell_ms=cell_ms, floor_ms=floor_ms, measured=cell_ms / floor_ms, prologue=pro, rerun=discarded)
     if pw is None:
         row.update(pw_ms=None, bound=None)
     else:
@@ -210,7 +211,8 @@ def main() -> None:
         f"Produced by `docs/bench/pointwise_bound.py {rounds}` (see its docstring for the method). Batch {B}, "
         f"input {D}, float32, {torch.get_num_threads()} torch threads, forward + backward of `out.sum()`, "
         f"the pointwise kernels those of the cell's derived C loop; torch {torch.__version__}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs; glibc malloc tuned (cellsearch.allocator).", "",
+        f"{os.cpu_count()} CPUs; glibc malloc tuned (cellsearch.allocator); "
+        f"{sum(int(r['rerun']) for r in rows)} disturbed rounds re-run.", "",
         "*floor*: the cell's matrix products alone (`GemmFloor`, as in BENCH.md); *pointwise*: the step "
         "kernels of the forward and backward loops over T steps with their data in cache (ideal split over "
         "the threads); *prologue*: the per-sequence work on parameters alone, forward + backward; "
