@@ -1070,7 +1070,7 @@ def _post_c(a: Tensor | list[Tensor] | None, b: Tensor | list[Tensor], dxp2d: Te
     if not joint and int(left[0].shape[1]) > int(right[0].shape[1]):
         # the wider factor on the right: cs_tn splits the right factor's column panels over the threads and
         # shares the left's packed rows among them (GRU's dAᵀ·h, 3n × n: 4.4 → 4.3 ms at hidden 128,
-        # T·B 6,400; MGU's 2n × n at 256, T·B 12,800: 23.0 → 17.8 ms; docs/bench/LOOP.md)
+        # T·B 6,400; a 2n × n product at hidden 256, T·B 12,800: 23.0 → 17.8 ms; docs/bench/LOOP.md)
         left, right, swap = right, left, not swap
     db = dxp2d.new_empty(dxp2d.shape[1]) if joint else None
     prod = tn_parts(left, right, db, proj.x2d if joint and proj is not None else None)

@@ -30,11 +30,12 @@ class RGLRU(LinearUpdate):
         h_t = a_t⊙h_{t−1} + √(1 − a_t²)⊙(i_t⊙x_t)
 
     with c = 8 (option ``c``) and a learnable Λ ∈ R^n (extra parameter ``lambda_``), initialised by the
-    ``lru`` init primitive so that a^c is uniform in [0.9, 0.999] (the paper's init). Both come from
-    one exponential, e = expm1(log a_t): a_t = 1 + e and √(1 − a_t²) = √(−e(e + 2)), accurate where
-    a_t → 1 (√(1 − a_t²) → 0, the paper's init), as √(−expm1(2 log a_t)) was, with one exponential
-    fewer forward and backward (docs/bench/BOUND.md). Neither gate sees h: a linear recurrence with input-only
-    coefficients (parallel scan, :mod:`cellsearch.fast.scan`).
+    ``lru`` init primitive so that a^c is uniform in [0.9, 0.999] (the paper's init). a_t and √(1 − a_t²)
+    come from one exponential, e = expm1(log a_t): a_t = 1 + e and √(1 − a_t²) = √(−e(e + 2)), accurate
+    where a_t → 1 (√(1 − a_t²) → 0; the paper's init puts a_t there), as √(−expm1(2 log a_t)) was, with
+    one exponential fewer forward and backward (docs/bench/LOOP.md); a small a_t is exact to 1 ulp of 1
+    rather than of itself. Neither gate sees h: a linear recurrence with input-only coefficients
+    (parallel scan, :mod:`cellsearch.fast.scan`).
 
     Adaptations, to say with any comparison: in Griffin the RG-LRU's input x_t is the output of a
     linear projection and a short convolution of width n; here it is a candidate block
