@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Captured", "Graphs", "MAX_INSTANCES", "MAX_SHAPES", "enabled"]
+__all__ = ["Captured", "Graphs", "MAX_INSTANCES", "MAX_SHAPES", "enabled", "release_on_free"]
 
 #: instances (captured loops with their buffers) per sequence shape and graph set; each holds the
 #: memory of one sequence's forward values

@@ -566,7 +566,6 @@ def _has_product(step: fx.GraphModule) -> bool:
     return any(n.op == "call_function" and _target_name(n).split(".")[0] in _PRODUCTS for n in step.graph.nodes)
 
 
-
 def _graphs(prologue: Callable[..., Any], step: fx.GraphModule, joint: fx.GraphModule, n_inv: int, n_out: int,
             var: list[Tensor], keep_costly: bool) -> StepGraphs:
     """The step graphs of one partition of the joint graph (:func:`_partition`), not compiled."""

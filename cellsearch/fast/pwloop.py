@@ -521,10 +521,13 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
         bhomes[bphs[-1]] = _seq(bphs[-1], "dxp", B)
     bout_node = next(n for n in bw.graph.graph.nodes if n.op == "output")
     bouts = list(bout_node.args[0])
-    factor_nodes = {bouts[idx] for (_i, ia, ib, _fn, a_src, b_src) in g.post
-                    for idx, src in ((ia, a_src), (ib, b_src)) if src is None}
-    strided = not any(n is dout or (isinstance(n, fx.Node) and n.target is torch.ops.aten.t.default
-                                    and n.args[0] is dout) for n in factor_nodes)
+    # the post-loop products' factors the loop keeps (None: read from dxp, or a sum), and whether transposed
+    post_nodes: list[tuple[fx.Node | None, bool]] = []
+    for (_i, ia, ib, _fn, a_src, b_src) in g.post:
+        for idx, src, transposed in ((ia, a_src, True), (ib, b_src, False)):
+            post_nodes.append((bouts[idx] if src is None else None, transposed))
+    strided = not any(n is dout or (n is not None and n.target is torch.ops.aten.t.default and n.args[0] is dout)
+                      for n, _t in post_nodes)
     if strided:       # ∂out_t gathered at each step into a [B, cols] block: ∂out is read where it lies
         dh = bhomes[dout]
         bhomes[dout] = Home("fixed", "doutt", dh.dtype, dh.cols, dh.cols)
@@ -565,11 +568,6 @@ def plan(fw: Lowered, bw: Lowered, names: list[list[str]], g: Any, tag: str) -> 
             raise Unsupported(f"state gradient {j} is not contiguous")
         bhomes[dst[j]] = Home("shift", f"dinit{j}", h.dtype, cols, cols, of=h, backward=True)
     factors: list[tuple[Home | None, Home | None]] = []
-    post_nodes: list[tuple[fx.Node | None, bool]] = []
-    for (_i, ia, ib, _fn, a_src, b_src) in g.post:
-        for idx, src, transposed in ((ia, a_src, True), (ib, b_src, False)):
-            node = bouts[idx] if src is None else None
-            post_nodes.append((node, transposed))
     for node, transposed in post_nodes:
         if node is None:
             continue

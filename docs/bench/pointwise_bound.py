@@ -153,8 +153,7 @@ def prologue_ms(model: torch.nn.Module, x: torch.Tensor, reps: int = 20) -> floa
     runs = []
     for cell in getattr(model, "layers", []):
         tr = _trace(cell, x.shape[0])
-        params = [p for p in tr.params(cell)]
-        runs.append((tr.prologue(x), params))
+        runs.append((tr.prologue(x), tr.params(cell)))
 
     def once() -> float:
         t0 = time.perf_counter()
